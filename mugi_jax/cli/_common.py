@@ -36,3 +36,8 @@ def _jsonable(obj: Any) -> Any:
 def print_json(obj: Any) -> None:
     """Print one JSON object on stdout (numpy/jax values converted)."""
     typer.echo(json.dumps(_jsonable(obj), indent=2, sort_keys=False))
+
+
+@app.callback()
+def _root() -> None:
+    """Mugi VLP accelerator models: numerics, cost, tuning and paper reproduction."""
