@@ -1,0 +1,27 @@
+"""Nonlinear units: VLP table approximation (Mugi), Mugi-L, PWL, Taylor and exact baselines.
+
+Usage::
+
+    from mugi_jax import nonlinear as nl
+    cfg = nl.VLPConfig(mantissa_bits=3, window=8, lut_exponents=12, e_top=3)
+    p = nl.softmax(scores, approx=cfg)             # BF16, bit-exact model of the unit
+    h = nl.silu(x, approx=nl.PWL(segments=22))
+    cycles = nl.subscription_cycles(x, "silu", cfg)
+
+See docs/nonlinear.md and docs/numerics.md ("VLP nonlinear unit").
+"""
+
+from mugi_jax.nonlinear.baselines import (PWL_RANGES, TAYLOR_DEFAULTS, exact, pwl,
+                                          pwl_coefficients, taylor, taylor_coefficients)
+from mugi_jax.nonlinear.config import (BUILDS, FUNCTIONS, PWL, TAILS, Exact, MugiL, Taylor,
+                                       VLPConfig)
+from mugi_jax.nonlinear.softmax import activation, gelu, pairwise_sum, silu, softmax
+from mugi_jax.nonlinear.tables import reference_f64, vlp_table
+from mugi_jax.nonlinear.vlp import subscription_cycles, vlp
+
+__all__ = [
+    "VLPConfig", "MugiL", "PWL", "Taylor", "Exact", "FUNCTIONS", "BUILDS", "TAILS",
+    "vlp", "softmax", "silu", "gelu", "activation", "subscription_cycles",
+    "exact", "pwl", "taylor", "pwl_coefficients", "taylor_coefficients", "PWL_RANGES",
+    "TAYLOR_DEFAULTS", "pairwise_sum", "vlp_table", "reference_f64",
+]
