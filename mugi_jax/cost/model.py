@@ -1,0 +1,239 @@
+"""The vectorised cost model: per-row cycles, energy and FLOPs of an op table.
+
+An architecture is flattened into :class:`ArchParams`, a NamedTuple of float32 scalars (a
+pytree).  Designs differ only in these numbers, so one jitted function serves every design, and a
+stack of them (leading axis) can be ``vmap``-ped together with a stack of op tables: a whole sweep
+is one compiled call.
+
+GEMM row (batch b, m x k @ k x n), on-chip tile (tm, tk, tn) = (min(W, m), min(Ks, k), min(H, n)):
+
+    compute   = b * ceil(m/tm) * ceil(n/tn) * ceil(k/min(K, k)) * cycles_per_step
+    isram_r   = b * mt * kt * nt * ceil(tm*tk*16 / w_i)
+    wsram_r   = b * kt * nt * ceil(tk*tn*wbits / w_w) * (mt if node-stationary os else 1)
+    osram_r/w = b * mt * nt * ceil(tm*tn*16 / w_o) * (1 if os else kt)
+    fills     = isram_w = ceil(b*m*k*16/w_i) * n_offchip_tiles, wsram_w = ceil(b*k*n*wbits/w_w) * m_offchip_tiles,
+                drain   = ceil(b*m*n*16/w_o)
+    cycles    = max(all streams) / nodes                               (perfect overlap)
+
+Nonlinear row (m x n elements; columns of tm = min(lanes, m) elements):
+
+    compute   = ceil(m/tm) * n * cycles_per_column
+    osram_r/w = n * f * (floor(m/tm) * ceil(tm*16/w_o) + ceil((m mod tm)*16/w_o)),  f = 2 softmax, 1 SiLU
+    cycles    = max(compute, osram_r, osram_w, fill) / nodes
+
+Energy [pJ] = sum over bases of count x (events per unit x energy per event), plus SRAM accesses x
+CACTI access energy, plus NoC bit-hops x router energy.  FLOPs: 2 per MAC, 3 per nonlinear element.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from mugi_jax.cost.events import (
+    MUGI_SILU_COLUMN_CYCLES, MUGI_SOFTMAX_COLUMN_CYCLES, VECTOR_COLUMN_CYCLES, paper_charges,
+)
+from mugi_jax.hw.arch import MIXPE_GROUP, Arch
+from mugi_jax.hw.components import MissingAttribute
+from mugi_jax.hw.inventory import area_breakdown_mm2, leakage_breakdown_mw, module_figures
+from mugi_jax.hw.memory import sram_figures
+from mugi_jax.workloads import GEMM, NONLINEAR, SOFTMAX, OpTable
+
+N_CLASSES = 5
+LUT_BITS = 8 * 12 * 4  # lut_height x lut_width x 4 b: the "virtual LUT" loaded into isram per op
+WINDOW_BITS = 8 * 4  # window_width x 4 b streamed per table read
+ROUTER_ENERGY_PJ_PER_BIT = None  # from the noc_router table (bandwidth 64)
+
+
+class ArchParams(NamedTuple):
+    """Numeric description of a design for the vectorised model (all float32 scalars)."""
+
+    W: Float[Array, ""]  # array columns (m tile)
+    H: Float[Array, ""]  # array rows (n tile)
+    K: Float[Array, ""]  # k per compute step (tensor 16, else 1)
+    Ks: Float[Array, ""]  # on-chip k tile for SRAM traffic (H, tensor 16)
+    cyc: Float[Array, ""]  # cycles per k-step
+    w_i: Float[Array, ""]
+    w_w: Float[Array, ""]
+    w_o: Float[Array, ""]
+    e_o_elems: Float[Array, ""]  # usable osram elements (half the banks): 2 * w_o * d_o / 16
+    wbits: Float[Array, ""]
+    ws: Float[Array, ""]  # 1 if node-stationary ws, 0 if os
+    nodes: Float[Array, ""]
+    hops: Float[Array, ""]  # average NoC hops (mesh rows), 0 for one node
+    nl_lanes: Float[Array, ""]
+    sm_col_cycles: Float[Array, ""]
+    si_col_cycles: Float[Array, ""]
+    lut_streamed: Float[Array, ""]  # 1 for Mugi vlp (table read from isram)
+    # energies, pJ
+    e_mac: Float[Array, ""]
+    e_output: Float[Array, ""]
+    e_output_ktile: Float[Array, ""]
+    e_output_group: Float[Array, ""]
+    e_op: Float[Array, ""]
+    e_softmax_elem: Float[Array, ""]
+    e_silu_elem: Float[Array, ""]
+    e_softmax_col: Float[Array, ""]
+    e_silu_col: Float[Array, ""]
+    e_isram_r: Float[Array, ""]
+    e_isram_w: Float[Array, ""]
+    e_wsram_r: Float[Array, ""]
+    e_wsram_w: Float[Array, ""]
+    e_osram_r: Float[Array, ""]
+    e_osram_w: Float[Array, ""]
+    e_router_bit: Float[Array, ""]
+    # statics
+    leakage_w: Float[Array, ""]
+    area_mm2: Float[Array, ""]
+    frequency_hz: Float[Array, ""]
+
+
+def basis_energies_pj(arch: Arch, missing: MissingAttribute = "one") -> dict[str, float]:
+    """Energy per unit of each basis: sum over charged modules of events x E(module) [pJ]."""
+    mods = {m.name: m for m in arch.modules}
+    out = {}
+    for base, table in paper_charges(arch).items():
+        out[base] = float(sum(n * module_figures(mods[name], missing).energy_pj for name, n in table.items()))
+    return out
+
+
+def arch_params(arch: Arch, missing: MissingAttribute = "one") -> ArchParams:
+    """Flatten ``arch`` into :class:`ArchParams` (paper preset charges)."""
+    e = basis_energies_pj(arch, missing)
+    si, sw, so = (sram_figures(s) for s in arch.srams)
+    is_mugi = arch.family == "mugi"
+    vec = VECTOR_COLUMN_CYCLES.get(arch.nonlinear, 0.0)
+    router = [m for m in arch.router_modules()]
+    e_bit = module_figures(router[0], missing).energy_pj if router else 0.0
+    vals = dict(
+        W=arch.width, H=arch.height, K=arch.depth, Ks=arch.depth if arch.depth > 1 else arch.height,
+        cyc=arch.cycles_per_step, w_i=arch.isram.width_bits, w_w=arch.wsram.width_bits,
+        w_o=arch.osram.width_bits, e_o_elems=2 * arch.osram.width_bits * arch.osram.depth / 16,
+        wbits=arch.weight_bits, ws=1.0 if arch.node_stationary == "ws" else 0.0,
+        nodes=arch.nodes, hops=float(arch.mesh.rows) if arch.nodes > 1 else 0.0,
+        nl_lanes=arch.height if is_mugi else arch.vector_lanes,
+        sm_col_cycles=MUGI_SOFTMAX_COLUMN_CYCLES if is_mugi else vec,
+        si_col_cycles=MUGI_SILU_COLUMN_CYCLES if is_mugi else vec,
+        lut_streamed=1.0 if (is_mugi and arch.variant == "vlp") else 0.0,
+        e_mac=e["mac"], e_output=e["output"], e_output_ktile=e["output_ktile"],
+        e_output_group=e["output_group"], e_op=e["op"], e_softmax_elem=e["softmax_elem"],
+        e_silu_elem=e["silu_elem"], e_softmax_col=e["softmax_col"], e_silu_col=e["silu_col"],
+        e_isram_r=si.read_energy_pj, e_isram_w=si.write_energy_pj,
+        e_wsram_r=sw.read_energy_pj, e_wsram_w=sw.write_energy_pj,
+        e_osram_r=so.read_energy_pj, e_osram_w=so.write_energy_pj, e_router_bit=e_bit,
+        leakage_w=leakage_breakdown_mw(arch, missing)["total"] / 1e3,
+        area_mm2=area_breakdown_mm2(arch, missing)["total"],
+        frequency_hz=arch.frequency_mhz * 1e6,
+    )
+    return ArchParams(**{k: jnp.asarray(v, jnp.float32) for k, v in vals.items()})
+
+
+def stack_params(params: list[ArchParams]) -> ArchParams:
+    """Stack several designs along a new leading axis (for vmap)."""
+    return ArchParams(*(jnp.stack(col) for col in zip(*params)))
+
+
+def table_arrays(table: OpTable) -> dict[str, np.ndarray]:
+    """The float32 columns the model needs, plus a one-hot class matrix."""
+    return {
+        "kind": table.kind.astype(np.float32), "cls": table.op_class.astype(np.int32),
+        "b": table.batch.astype(np.float32), "m": table.m.astype(np.float32),
+        "k": table.k.astype(np.float32), "n": table.n.astype(np.float32),
+        "rep": table.repeat.astype(np.float32),
+    }
+
+
+def _cdiv(a, b):
+    return jnp.ceil(a / b)
+
+
+def _pow2_floor(x):
+    return jnp.exp2(jnp.floor(jnp.log2(jnp.maximum(x, 1.0))))
+
+
+def row_costs(p: ArchParams, t: dict[str, Float[Array, " R"]]) -> dict[str, Float[Array, " R"]]:
+    """Per-row cycles, dynamic energy [pJ] and FLOPs (for one execution of each row).
+
+    Pure and elementwise over the rows; see the module docstring for the formulas.
+    """
+    b, m, k, n, kind = t["b"], t["m"], t["k"], t["n"], t["kind"]
+    is_gemm = kind == GEMM
+    # ---------------- GEMM ----------------
+    tm = jnp.minimum(p.W, m)
+    tn = jnp.minimum(p.H, n)
+    tk = jnp.minimum(p.Ks, k)
+    mt, nt, kt = _cdiv(m, tm), _cdiv(n, tn), _cdiv(k, tk)
+    kc = _cdiv(k, jnp.minimum(p.K, k))
+    compute = b * mt * nt * kc * p.cyc
+    isram_r = b * mt * kt * nt * _cdiv(tm * tk * 16.0, p.w_i)
+    wsram_r = b * kt * nt * _cdiv(tk * tn * p.wbits, p.w_w) * jnp.where(p.ws > 0, 1.0, mt)
+    out_acc = b * mt * nt * _cdiv(tm * tn * 16.0, p.w_o) * jnp.where(p.ws > 0, kt, 1.0)
+    # off-chip tile (notes 2.2, simplified to its fixed point): tn_off = pow2 >= tn filling the
+    # osram with tm columns, tm_off grown with what is left.
+    tn_off = jnp.minimum(n, jnp.maximum(tn, _pow2_floor(p.e_o_elems / tm)))
+    tm_off = jnp.minimum(m, jnp.maximum(tm, _pow2_floor(p.e_o_elems / tn_off)))
+    isram_w = _cdiv(b * m * k * 16.0, p.w_i) * _cdiv(n, tn_off)
+    wsram_w = _cdiv(b * k * n * p.wbits, p.w_w) * _cdiv(m, tm_off)
+    drain = _cdiv(b * m * n * 16.0, p.w_o)
+    g_cycles = jnp.maximum(jnp.maximum(jnp.maximum(compute, isram_r), jnp.maximum(wsram_r, isram_w)),
+                           jnp.maximum(jnp.maximum(wsram_w, out_acc), drain)) / p.nodes
+    macs = b * m * k * n
+    outputs = b * m * n
+    g_energy = (
+        macs * p.e_mac + outputs * p.e_output + outputs * kt * p.e_output_ktile
+        + outputs * _cdiv(k, MIXPE_GROUP) * p.e_output_group + p.e_op
+        + isram_r * p.e_isram_r + isram_w * p.e_isram_w + wsram_r * p.e_wsram_r
+        + wsram_w * p.e_wsram_w + (out_acc + drain) * p.e_osram_r + out_acc * p.e_osram_w
+        # NoC bit-hops; archx pairs the routers with swapped SRAM widths (kept: paper preset)
+        + p.hops * (isram_w * p.w_o + wsram_w * p.w_i + drain * p.w_w) * p.e_router_bit
+    )
+    g_flops = 2.0 * macs
+    # ---------------- nonlinear ----------------
+    sm = kind == SOFTMAX
+    elems = m * n
+    lt = jnp.minimum(p.nl_lanes, m)
+    full = jnp.floor(m / lt)
+    rem = m - full * lt
+    cols = (full + (rem > 0)) * n
+    col_cycles = jnp.where(sm, p.sm_col_cycles, p.si_col_cycles)
+    nl_compute = cols * col_cycles
+    f = jnp.where(sm, 2.0, 1.0)
+    nl_osram = n * f * (full * _cdiv(lt * 16.0, p.w_o) + _cdiv(rem * 16.0, p.w_o))
+    nl_fill = _cdiv(elems * 16.0, p.w_o)
+    lut_reads = cols * col_cycles * _cdiv(WINDOW_BITS, p.w_i) * p.lut_streamed
+    lut_fill = _cdiv(LUT_BITS, p.w_i) * p.lut_streamed
+    n_cycles = jnp.maximum(jnp.maximum(nl_compute, nl_osram), nl_fill) / p.nodes
+    n_energy = (
+        elems * jnp.where(sm, p.e_softmax_elem, p.e_silu_elem)
+        + cols * jnp.where(sm, p.e_softmax_col, p.e_silu_col) + p.e_op
+        + nl_osram * (p.e_osram_r + p.e_osram_w) + nl_fill * (p.e_osram_w + p.e_osram_r)
+        + lut_reads * p.e_isram_r + lut_fill * p.e_isram_w
+    )
+    n_flops = 3.0 * elems
+    return {
+        "cycles": jnp.where(is_gemm, g_cycles, n_cycles),
+        "energy_pj": jnp.where(is_gemm, g_energy, n_energy),
+        "flops": jnp.where(is_gemm, g_flops, n_flops),
+        "is_gemm": is_gemm.astype(jnp.float32),
+    }
+
+
+def table_totals(p: ArchParams, t: dict[str, Float[Array, " R"]]) -> dict[str, Float[Array, "..."]]:
+    """Whole-run sums per op class (cycles, dynamic energy pJ, FLOPs) and GEMM / nonlinear cycles."""
+    r = row_costs(p, t)
+    rep = t["rep"]
+    onehot = (t["cls"][:, None] == jnp.arange(N_CLASSES)[None, :]).astype(jnp.float32)
+    cyc = r["cycles"] * rep
+    return {
+        "class_cycles": cyc @ onehot,
+        "class_energy_pj": (r["energy_pj"] * rep) @ onehot,
+        "class_flops": (r["flops"] * rep) @ onehot,
+        "gemm_cycles": jnp.sum(cyc * r["is_gemm"]),
+        "nonlinear_cycles": jnp.sum(cyc * (1.0 - r["is_gemm"])),
+    }
+
+
+assert NONLINEAR == 3
