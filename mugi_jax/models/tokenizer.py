@@ -55,7 +55,7 @@ def from_gguf(reader: Any) -> Tokenizer:
     if kind != "gpt2":
         raise ValueError(f"GGUF tokenizer model {kind!r} is not supported (only byte-level BPE 'gpt2')")
     tokens = field("tokenizer.ggml.tokens")
-    merges = [tuple(m.split(" ", 1)) for m in field("tokenizer.ggml.merges")]
+    merges = [tuple(m.split(" ", 1)) for m in (field("tokenizer.ggml.merges") or [])]
     types = field("tokenizer.ggml.token_type", [1] * len(tokens))
     vocab = {t: i for i, t in enumerate(tokens)}
     tk = HFTokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
