@@ -217,6 +217,34 @@ def op_table(workload: Workload, convention: DecodeConvention = DecodeConvention
     return OpTable(*cols)
 
 
+def op_table_family(
+    model: ModelShape, batch: int, seq_lens: "list[int] | tuple[int, ...]", prefill_len: int = 64,
+    convention: DecodeConvention = DecodeConvention(),
+) -> tuple[OpTable, Float[np.ndarray, "S R"]]:
+    """One op table serving several sequence lengths of the same (model, batch, prompt).
+
+    Row costs do not depend on the sequence length, only the repeat counts do, and the attention
+    decode rows of a shorter run are a prefix of the longer run's.  Returns the table of the longest
+    run and a repeat matrix ``reps[i, r]`` such that ``op_table(Workload(model, batch, seq_lens[i]))``
+    equals the rows r with ``reps[i, r] > 0`` (with those repeats).  A sweep evaluates each row once
+    per design and gets every sequence length by one matrix product.
+    """
+    if not seq_lens:
+        raise ValueError("seq_lens must not be empty")
+    s_max = max(seq_lens)
+    union = op_table(Workload(model, batch, s_max, prefill_len), convention)
+    c_max = s_max - prefill_len
+    n_fixed = union.rows - 3 * c_max
+    reps = np.zeros((len(seq_lens), union.rows), dtype=np.float64)
+    for i, s in enumerate(seq_lens):
+        t = op_table(Workload(model, batch, s, prefill_len), convention)
+        c = s - prefill_len
+        reps[i, :n_fixed] = t.repeat[:n_fixed]
+        for blk in range(3):  # qkt, pv, softmax blocks, each a prefix of the union's block
+            reps[i, n_fixed + blk * c_max: n_fixed + blk * c_max + c] = t.repeat[n_fixed + blk * c: n_fixed + (blk + 1) * c]
+    return union, reps
+
+
 def table_rows(workload: Workload) -> int:
     """Rows of :func:`op_table` for this workload (21 fixed + 3 per attention decode step)."""
     return 21 + 3 * attention_decode_rows(workload)

@@ -5,11 +5,14 @@ Structure (Timeloop-style, kept apart):
 - architecture (:mod:`mugi_jax.hw`): what each design instantiates;
 - workload (:mod:`mugi_jax.workloads`): op tables;
 - mapping + cycles + event counts (:mod:`mugi_jax.cost.model`, :mod:`mugi_jax.cost.events`):
-  pure functions over whole op tables, ``jax.jit``/``vmap``-ped, designs flattened into numeric
-  :class:`~mugi_jax.cost.model.ArchParams` so that one compiled call covers a sweep;
+  pure functions over whole op tables, ``jax.jit``/``vmap``-ped; designs are flattened into
+  numeric :class:`~mugi_jax.cost.model.ArchParams`, so one compiled function serves every design;
 - metrics and carbon (:mod:`mugi_jax.cost.report`), presets (:mod:`mugi_jax.cost.presets`).
 
-Entry points: :func:`evaluate` (one design x one workload) and :func:`sweep` (grids).
+Entry points: :func:`evaluate` (one design x one workload) and :func:`sweep` (grids).  A sweep
+groups workloads that differ only in sequence length (their tables nest, see
+:func:`mugi_jax.workloads.op_table_family`), pads every array to fixed buckets so the compiled
+function is reused across calls, and runs designs in vmapped chunks.
 """
 
 from __future__ import annotations
@@ -20,30 +23,32 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mugi_jax.cost.model import ArchParams, arch_params, stack_params, table_arrays, table_totals
+from mugi_jax.cost.model import ArchParams, arch_params, family_totals, stack_params, table_arrays
 from mugi_jax.cost.presets import PAPER, PRESETS, Preset, get_preset
 from mugi_jax.cost.report import Breakdown, Report, derive_report
 from mugi_jax.hw.arch import Arch
-from mugi_jax.workloads import OpTable, Workload, op_table
+from mugi_jax.workloads import Workload, op_table_family
 
-ROW_BUCKET = 2048  # tables are padded to a multiple of this to limit recompilation
-
-
-@jax.jit
-def _totals_single(p: ArchParams, t: dict) -> dict:
-    return table_totals(p, t)
+ROW_BUCKET = 4096  # table rows are padded to a multiple of this
+SEQ_BUCKET = 8  # sequence lengths per family, padded
+GROUP_BUCKET = 4  # families per call, padded
+ARCH_CHUNK = 8  # designs per vmapped call
 
 
 @jax.jit
-def _totals_grid(ps: ArchParams, ts: dict) -> dict:
-    """ps: designs stacked on axis 0; ts: tables stacked on axis 0 -> sums with axes [A, W]."""
-    per_table = jax.vmap(table_totals, in_axes=(None, 0))
-    return jax.lax.map(lambda p: per_table(p, ts), ps)
+def _chunk_totals(ps: ArchParams, ts: dict, reps: jax.Array) -> dict:
+    """ps: [A] designs; ts: [G, R] tables; reps: [G, S, R] -> sums with axes [A, G, S, ...]."""
+    per_group = jax.vmap(family_totals, in_axes=(None, 0, 0))
+    return jax.vmap(per_group, in_axes=(0, None, None))(ps, ts, reps)
 
 
-def _padded(table: OpTable, rows: int | None = None) -> OpTable:
-    target = rows if rows is not None else -(-table.rows // ROW_BUCKET) * ROW_BUCKET
-    return table.pad_to(target)
+def _ceil_to(x: int, q: int) -> int:
+    return -(-x // q) * q
+
+
+def _check_preset(preset: Preset) -> None:
+    if preset.name != "paper":  # only the paper row model exists so far (issue 6 adds more)
+        raise ValueError(f"preset={preset.name!r}: implemented presets are {', '.join(PRESETS)}")
 
 
 def _tokens(workload: Workload, preset: Preset) -> float:
@@ -53,52 +58,84 @@ def _tokens(workload: Workload, preset: Preset) -> float:
     return float(workload.batch * steps)
 
 
-def _report(totals: dict, p: ArchParams, tokens, preset: Preset) -> Report:
-    return derive_report(
-        totals, leakage_w=p.leakage_w, area_mm2=p.area_mm2, frequency_hz=p.frequency_hz,
-        tokens=jnp.asarray(tokens, jnp.float32),
-        carbon_intensity_g_per_kwh=preset.carbon_intensity_g_per_kwh,
-        embodied_g_per_mm2=preset.embodied_g_per_mm2, lifetime_s=preset.lifetime_s,
-    )
-
-
-def _check_preset(preset: Preset) -> None:
-    if preset.name != "paper":  # only the paper row model exists so far (issue 6 adds more)
-        raise ValueError(f"preset={preset.name!r}: implemented presets are {', '.join(PRESETS)}")
-
-
-def evaluate(arch: Arch, workload: Workload, preset: str | Preset = "paper") -> Report:
-    """Cost of running ``workload`` (prefill + decode, all layers) on ``arch`` under ``preset``."""
-    pr = get_preset(preset)
-    _check_preset(pr)
-    p = arch_params(arch, pr.missing_attribute)
-    t = {k: jnp.asarray(v) for k, v in table_arrays(_padded(op_table(workload, pr.decode))).items()}
-    totals = _totals_single(p, t)
-    return _report(totals, p, _tokens(workload, pr), pr)
+def _group_workloads(workloads: Sequence[Workload]):
+    """Families of workloads differing only in seq_len: key -> [(position, seq_len)]."""
+    groups: dict[tuple, list[tuple[int, int]]] = {}
+    for pos, w in enumerate(workloads):
+        groups.setdefault((w.model, w.batch, w.prefill_len), []).append((pos, w.seq_len))
+    # split families larger than SEQ_BUCKET
+    out = []
+    for key, members in groups.items():
+        for i in range(0, len(members), SEQ_BUCKET):
+            out.append((key, members[i:i + SEQ_BUCKET]))
+    return out
 
 
 def sweep(
     archs: Sequence[Arch], workloads: Sequence[Workload], preset: str | Preset = "paper"
 ) -> Report:
-    """Every design x every workload in one jitted call: a Report with leading axes [A, W]."""
+    """Every design x every workload: a :class:`Report` with leading axes [len(archs), len(workloads)]."""
     pr = get_preset(preset)
     _check_preset(pr)
     if not archs or not workloads:
         raise ValueError("sweep needs at least one arch and one workload")
-    tables = [op_table(w, pr.decode) for w in workloads]
-    rows = -(-max(t.rows for t in tables) // ROW_BUCKET) * ROW_BUCKET
-    cols = [table_arrays(t.pad_to(rows)) for t in tables]
+    fams = _group_workloads(workloads)
+    built = []
+    for (model, batch, prefill), members in fams:
+        seqs = sorted({s for _, s in members})
+        table, reps = op_table_family(model, batch, seqs, prefill, pr.decode)
+        built.append((table, reps, seqs, members))
+    rows = _ceil_to(max(t.rows for t, *_ in built), ROW_BUCKET)
+    n_groups = _ceil_to(len(built), GROUP_BUCKET)
+    cols = [table_arrays(t.pad_to(rows)) for t, *_ in built]
+    cols += [cols[0]] * (n_groups - len(cols))
     ts = {k: jnp.asarray(np.stack([c[k] for c in cols])) for k in cols[0]}
-    ps = stack_params([arch_params(a, pr.missing_attribute) for a in archs])
-    totals = _totals_grid(ps, ts)
-    tokens = jnp.asarray([_tokens(w, pr) for w in workloads], jnp.float32)[None, :]
-    expand = ArchParams(*(v[:, None] for v in ps))
-    return _report(totals, expand, tokens, pr)
+    reps_all = np.zeros((n_groups, SEQ_BUCKET, rows), np.float32)
+    for g, (_, reps, _, _) in enumerate(built):
+        reps_all[g, : reps.shape[0], : reps.shape[1]] = reps
+    reps_all = jnp.asarray(reps_all)
+
+    params = [arch_params(a, pr.missing_attribute) for a in archs]
+    n_arch = _ceil_to(len(params), ARCH_CHUNK)
+    params += [params[0]] * (n_arch - len(params))
+    chunks = []
+    for i in range(0, n_arch, ARCH_CHUNK):
+        ps = stack_params(params[i:i + ARCH_CHUNK])
+        chunks.append(_chunk_totals(ps, ts, reps_all))
+    # post-processing in NumPy float64 (no per-shape compilation, exact enough for the sums)
+    totals = {k: np.concatenate([np.asarray(c[k], np.float64) for c in chunks])[: len(archs)]
+              for k in chunks[0]}
+
+    # gather [A, G, S] -> [A, W] in the caller's workload order
+    g_idx = np.zeros(len(workloads), np.int32)
+    s_idx = np.zeros(len(workloads), np.int32)
+    for g, (_, _, seqs, members) in enumerate(built):
+        for pos, s in members:
+            g_idx[pos], s_idx[pos] = g, seqs.index(s)
+    totals = {k: v[:, g_idx, s_idx] for k, v in totals.items()}
+    ps = stack_params(params[: len(archs)])
+    col = lambda v: np.asarray(v, np.float64)[:, None]  # noqa: E731
+    tokens = np.asarray([_tokens(w, pr) for w in workloads], np.float64)[None, :]
+    report = derive_report(
+        totals, leakage_w=col(ps.leakage_w), area_mm2=col(ps.area_mm2),
+        frequency_hz=col(ps.frequency_hz), tokens=tokens,
+        carbon_intensity_g_per_kwh=pr.carbon_intensity_g_per_kwh,
+        embodied_g_per_mm2=pr.embodied_g_per_mm2, lifetime_s=pr.lifetime_s, xp=np,
+    )
+    return report
 
 
 def report_at(report: Report, *index: int) -> Report:
     """One entry of a swept report (e.g. ``report_at(r, a, w)``)."""
     return jax.tree_util.tree_map(lambda x: x[index], report)
+
+
+def evaluate(arch: Arch, workload: Workload, preset: str | Preset = "paper") -> Report:
+    """Cost of running ``workload`` (prefill + decode, all layers) on ``arch`` under ``preset``.
+
+    The same compiled path as :func:`sweep` (a 1 x 1 sweep), so single results and grids agree.
+    """
+    return report_at(sweep([arch], [workload], preset), 0, 0)
 
 
 __all__ = [

@@ -128,12 +128,13 @@ def arch_params(arch: Arch, missing: MissingAttribute = "one") -> ArchParams:
         area_mm2=area_breakdown_mm2(arch, missing)["total"],
         frequency_hz=arch.frequency_mhz * 1e6,
     )
-    return ArchParams(**{k: jnp.asarray(v, jnp.float32) for k, v in vals.items()})
+    # NumPy scalars: building and stacking params must not dispatch (or compile) JAX ops.
+    return ArchParams(**{k: np.float32(v) for k, v in vals.items()})
 
 
 def stack_params(params: list[ArchParams]) -> ArchParams:
     """Stack several designs along a new leading axis (for vmap)."""
-    return ArchParams(*(jnp.stack(col) for col in zip(*params)))
+    return ArchParams(*(np.stack(col).astype(np.float32) for col in zip(*params)))
 
 
 def table_arrays(table: OpTable) -> dict[str, np.ndarray]:
@@ -233,6 +234,27 @@ def table_totals(p: ArchParams, t: dict[str, Float[Array, " R"]]) -> dict[str, F
         "class_flops": (r["flops"] * rep) @ onehot,
         "gemm_cycles": jnp.sum(cyc * r["is_gemm"]),
         "nonlinear_cycles": jnp.sum(cyc * (1.0 - r["is_gemm"])),
+    }
+
+
+def family_totals(p: ArchParams, t: dict[str, Float[Array, " R"]], reps: Float[Array, "S R"]) -> dict:
+    """Like :func:`table_totals` for every repeat vector of ``reps`` at once (leading axis S).
+
+    Each row is costed once; ``reps @ [row cost x class one-hot]`` gives every member of the
+    family (see :func:`mugi_jax.workloads.op_table_family`) in one matrix product.
+    """
+    r = row_costs(p, t)
+    onehot = (t["cls"][:, None] == jnp.arange(N_CLASSES)[None, :]).astype(jnp.float32)
+    cols = jnp.concatenate([
+        r["cycles"][:, None] * onehot, r["energy_pj"][:, None] * onehot, r["flops"][:, None] * onehot,
+        (r["cycles"] * r["is_gemm"])[:, None], (r["cycles"] * (1.0 - r["is_gemm"]))[:, None],
+    ], axis=1)
+    sums = reps @ cols
+    c = N_CLASSES
+    return {
+        "class_cycles": sums[:, :c], "class_energy_pj": sums[:, c:2 * c],
+        "class_flops": sums[:, 2 * c:3 * c], "gemm_cycles": sums[:, 3 * c],
+        "nonlinear_cycles": sums[:, 3 * c + 1],
     }
 
 

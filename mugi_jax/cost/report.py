@@ -84,20 +84,25 @@ def derive_report(
     carbon_intensity_g_per_kwh: float,
     embodied_g_per_mm2: float,
     lifetime_s: float,
+    xp: Any = jnp,
 ) -> Report:
-    """Metrics from per-class sums (see the module docstring); broadcasts over leading axes."""
+    """Metrics from per-class sums (see the module docstring); broadcasts over leading axes.
+
+    ``xp`` is the array namespace (``jax.numpy`` or ``numpy``); :func:`mugi_jax.cost.sweep`
+    finishes in NumPy float64.
+    """
     class_cycles = totals["class_cycles"]
     f = frequency_hz[..., None]
     class_time = class_cycles / f
     class_dyn = totals["class_energy_pj"] * 1e-12
     class_leak = class_time * leakage_w[..., None]
     class_flops_g = totals["class_flops"] / 1e9
-    cycles = jnp.sum(class_cycles, -1)
+    cycles = xp.sum(class_cycles, -1)
     t = cycles / frequency_hz
-    e_dyn = jnp.sum(class_dyn, -1)
+    e_dyn = xp.sum(class_dyn, -1)
     e_leak = leakage_w * t
     e = e_dyn + e_leak
-    flops_g = jnp.sum(class_flops_g, -1)
+    flops_g = xp.sum(class_flops_g, -1)
     thr = flops_g / t
     return Report(
         cycles=cycles,
@@ -108,14 +113,14 @@ def derive_report(
         nonlinear_time_s=totals["nonlinear_cycles"] / frequency_hz,
         flops_g=flops_g,
         dynamic_energy_j=e_dyn,
-        leakage_w=jnp.broadcast_to(leakage_w, t.shape),
+        leakage_w=xp.broadcast_to(leakage_w, t.shape),
         leakage_energy_j=e_leak,
         energy_j=e,
-        area_mm2=jnp.broadcast_to(area_mm2, t.shape),
+        area_mm2=xp.broadcast_to(area_mm2, t.shape),
         throughput_gflops=thr,
         energy_efficiency=thr / e,
         power_efficiency_gflops_per_j=flops_g / e,
-        tokens=jnp.broadcast_to(tokens, t.shape),
+        tokens=xp.broadcast_to(tokens, t.shape),
         tokens_per_s=tokens / t,
         j_per_token=e / tokens,
         operational_carbon_g=carbon_intensity_g_per_kwh * e / 3.6e6,
