@@ -1,0 +1,120 @@
+"""Datapath configurations (frozen, hashable: usable as static ``jit`` arguments).
+
+Each class describes *what numerics* a GEMM unit implements (docs/numerics.md sections 4-8) and,
+for :class:`Mugi`, the array geometry the cycle model needs.  The kernels in
+:mod:`mugi_jax.gemm.matmul` dispatch on the class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+__all__ = ["Mugi", "Carat", "MixPE", "SystolicMAC", "FIGNA", "Datapath", "DATAPATHS",
+           "ACCUMULATORS"]
+
+ACCUMULATORS = ("fp32", "bf16")
+
+
+def _check_pos_int(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name}: must be a positive integer, got {value!r}")
+
+
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}: must be one of {choices}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Mugi:
+    """Mugi VLP GEMM array (docs/numerics.md section 4): ``rows`` x ``cols`` PEs.
+
+    Attributes:
+      rows: PE rows ``H`` (one output channel each; 32/64/128/256 in the paper).
+      cols: PE columns (activations of 8 tokens, or the 8 query heads of a GQA group).
+      magnitude_bits: width of the swept code magnitude: 3 (sign-magnitude INT4, 8-cycle sweep)
+        or 4 (two's complement INT4 and asymmetric uint4, 16-cycle sweep).
+      product: ``"bf16"`` (the column unit is a BF16 multiplier: ``bf16_rne(a t)``) or
+        ``"exact"`` (the exact product ``a t``, representable in FP32; for studies/oracles).
+      accumulator: ``"fp32"`` (default) or ``"bf16"`` (the paper's adders); the reference
+        simulator additionally accepts ``"fp64"`` (float64 oracle).
+      adders_per_row: row adders; a k-step takes at least ``ceil(cols / adders_per_row)`` cycles.
+    """
+
+    rows: int = 256
+    cols: int = 8
+    magnitude_bits: int = 3
+    product: str = "bf16"
+    accumulator: str = "fp32"
+    adders_per_row: int = 1
+
+    def __post_init__(self) -> None:
+        _check_pos_int("rows", self.rows)
+        _check_pos_int("cols", self.cols)
+        _check_pos_int("adders_per_row", self.adders_per_row)
+        if self.magnitude_bits not in (3, 4):
+            raise ValueError(f"magnitude_bits: must be 3 or 4, got {self.magnitude_bits!r}")
+        _check_choice("product", self.product, ("bf16", "exact"))
+        _check_choice("accumulator", self.accumulator, ACCUMULATORS + ("fp64",))
+
+    @property
+    def sweep(self) -> int:
+        """Counter values per k-step without early termination: ``2^magnitude_bits``."""
+        return 1 << self.magnitude_bits
+
+    @property
+    def adder_bound(self) -> int:
+        """Cycles the row adder(s) need per k-step: ``ceil(cols / adders_per_row)``."""
+        return -(-self.cols // self.adders_per_row)
+
+
+@dataclasses.dataclass(frozen=True)
+class Carat:
+    """Carat (FP8 x FP8, docs/numerics.md section 5): activations and dequantized weights are
+    converted to FP8 E4M3 (RNE); products exact in FP32; FP32 accumulation sequential in k."""
+
+    accumulator: str = "fp32"
+
+    def __post_init__(self) -> None:
+        _check_choice("accumulator", self.accumulator, ("fp32",))
+
+
+@dataclasses.dataclass(frozen=True)
+class MixPE:
+    """MixPE (docs/numerics.md section 6): shift-and-add ``a q`` (exact in FP32), sequential
+    accumulation in k within a group, dequantization after each group sum."""
+
+    accumulator: str = "fp32"
+
+    def __post_init__(self) -> None:
+        _check_choice("accumulator", self.accumulator, ACCUMULATORS)
+
+
+@dataclasses.dataclass(frozen=True)
+class SystolicMAC:
+    """Output-stationary systolic / SIMD MAC array (docs/numerics.md section 7): INT4 weights
+    dequantized per element to BF16 before the multiplier, BF16 x BF16 products exact in FP32,
+    FP32 accumulation sequential in k."""
+
+    accumulator: str = "fp32"
+
+    def __post_init__(self) -> None:
+        _check_choice("accumulator", self.accumulator, ("fp32",))
+
+
+@dataclasses.dataclass(frozen=True)
+class FIGNA:
+    """FIGNA FP-INT PE (docs/numerics.md section 8): per (row, quantization group) the BF16
+    activations are aligned to the group's largest exponent as ``align_bits``-bit fixed point
+    (bits shifted out are truncated), multiplied by the integer codes and summed exactly in an
+    int32 accumulator; the group sum is converted to FP32 once and dequantized."""
+
+    align_bits: int = 12
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.align_bits, int) or not 8 <= self.align_bits <= 16:
+            raise ValueError(f"align_bits: must be an integer in [8, 16], got {self.align_bits!r}")
+
+
+Datapath = Mugi | Carat | MixPE | SystolicMAC | FIGNA
+DATAPATHS = (Mugi, Carat, MixPE, SystolicMAC, FIGNA)

@@ -1,0 +1,423 @@
+"""BF16 x INT4 GEMM on the modelled datapaths: ``matmul(a, w, datapath, mode)``.
+
+``mode="exact"`` follows docs/numerics.md sections 4-8 operation by operation and is bit-identical
+to the NumPy reference simulator :mod:`mugi_jax.sim.gemm`:
+
+.. math::
+
+    p_{mkn} = \\mathrm{bf16}(a_{mk} \\, q_{kn}), \\qquad
+    \\mathrm{acc}_{g} = (\\dots((0 + p_{m,k_0,n}) + p_{m,k_0+1,n}) + \\dots)\\ \\text{(FP32 or BF16)},
+
+    y_g = \\mathrm{f32}(\\mathrm{acc}_g s_g)\\ [\\,+ \\mathrm{f32}(m_g A_g)\\ |\\ -
+    \\mathrm{f32}(\\mathrm{f32}(s_g z_g) A_g)\\,], \\qquad
+    \\mathrm{out} = (\\dots((0 + y_0) + y_1) + \\dots)
+
+with ``A_g`` the sequential FP32 sum of the activations of group ``g`` (offset decomposition of
+asymmetric schemes).  The sequential accumulation is a ``lax.scan`` over ``k`` (unrolled by 32,
+vectorised over ``m`` and ``n``; ``n`` is tiled for large ``m`` to keep the state in cache).
+
+``mode="fast"`` keeps the product rounding and the scale placement (group sum, then scale) but lets
+XLA order the sums: for small ``m`` a fused elementwise-product + reduction, for large ``m`` one
+BF16 x BF16 -> FP32 ``dot`` per group using the odd-multiple decomposition
+
+.. math::
+
+    \\mathrm{bf16}(a\\,t) = a\\,t + \\sum_{o\\ \\mathrm{odd} > 1} [t = o 2^j]\\, 2^j\\,
+    (\\mathrm{bf16}(a\\,o) - a\\,o),
+
+where every term is exact in BF16/FP32 (``a t`` has at most 12 significant bits, the rounding
+error at most 4).  So one GEMM with ``k`` stretched by the number of odd magnitudes (4 for
+sign-magnitude) replaces the per-element rounding.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jaxtyping import Array, Float
+
+from mugi_jax import quant
+from mugi_jax.gemm._weights import KN, as_kn
+from mugi_jax.gemm.datapaths import DATAPATHS, FIGNA, Carat, MixPE, Mugi, SystolicMAC
+
+__all__ = ["matmul", "MODES", "check_datapath", "activations_bf16"]
+
+MODES = ("exact", "fast")
+UNROLL = 32
+_TILE_ELEMS = 1 << 18  # state elements per n-tile of the sequential scan (1 MiB of FP32)
+_FAST_DOT_MIN_M = 64  # fast mode: fused elementwise path below this many rows, dot above
+_TINY = float(jnp.finfo(jnp.float32).tiny)
+
+
+# --------------------------------------------------------------------------------------------
+# validation
+
+
+def check_datapath(datapath: object) -> None:
+    if not isinstance(datapath, DATAPATHS):
+        raise TypeError(f"datapath: expected one of {[d.__name__ for d in DATAPATHS]} "
+                        f"(e.g. gemm.Mugi()), got {datapath!r}")
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode: must be one of {MODES}, got {mode!r}")
+
+
+def activations_bf16(a: Array, name: str = "a") -> Array:
+    """BF16 activations (other float types rounded to BF16 with RNE at the unit's entry)."""
+    a = jnp.asarray(a)
+    if not jnp.issubdtype(a.dtype, jnp.floating):
+        raise TypeError(f"{name}: expected BF16 (or another floating-point type, rounded to BF16), "
+                        f"got dtype {a.dtype}")
+    return a.astype(jnp.bfloat16)
+
+
+def check_scheme(datapath: object, scheme: quant.Scheme, name: str = "w") -> None:
+    """Which (scheme, datapath) pairs exist: Mugi needs ``magnitude_bits >= scheme.magnitude_bits``
+    (sign-magnitude: 3; Int4 and AsymUInt4: 4); the other datapaths take every scheme."""
+    if not isinstance(scheme, (quant.SignMagnitudeInt4, quant.Int4, quant.AsymUInt4)):
+        raise TypeError(f"{name}: unsupported scheme {type(scheme).__name__}; supported: "
+                        "SignMagnitudeInt4, Int4, AsymUInt4")
+    if isinstance(datapath, Mugi) and scheme.magnitude_bits > datapath.magnitude_bits:
+        raise ValueError(
+            f"{name}: scheme {type(scheme).__name__} has code magnitudes up to "
+            f"{max(abs(scheme.qmin), scheme.qmax)}, which needs Mugi(magnitude_bits="
+            f"{scheme.magnitude_bits}); Mugi(magnitude_bits={datapath.magnitude_bits}) supports "
+            + ("SignMagnitudeInt4 only" if datapath.magnitude_bits == 3 else "every INT4 scheme"))
+    if getattr(datapath, "accumulator", "fp32") == "fp64":
+        raise ValueError("datapath: accumulator='fp64' exists only in the reference simulator "
+                         "(mugi_jax.sim.gemm, the float64 oracle); use 'fp32' or 'bf16'")
+
+
+# --------------------------------------------------------------------------------------------
+# elementary operations (explicit so they are identical on every backend)
+
+
+def _round_bf16(x: Array) -> Array:
+    """FP32 -> nearest-even BF16, kept in FP32 (bit arithmetic; exact for every value a product
+    or an FP32 sum can take: NaNs here always carry their payload in the upper 16 bits)."""
+    b = lax.bitcast_convert_type(x, jnp.uint32)
+    b = (b + (jnp.uint32(0x7FFF) + ((b >> 16) & jnp.uint32(1)))) & jnp.uint32(0xFFFF0000)
+    return lax.bitcast_convert_type(b, jnp.float32)
+
+
+def _ftz(x: Array) -> Array:
+    """Flush subnormals to zero of the same sign (XLA:CPU arithmetic already does this)."""
+    return jnp.where(jnp.abs(x) < _TINY, jnp.copysign(jnp.zeros_like(x), x), x)
+
+
+def _explicit_ftz() -> bool:
+    return jax.default_backend() != "cpu"
+
+
+def _maybe_ftz(x: Array) -> Array:
+    return _ftz(x) if _explicit_ftz() else x
+
+
+def _fence(product: Array) -> Array:
+    """A rounded product that no following add can absorb.
+
+    XLA:CPU lets LLVM contract ``c + a * b`` into one FMA (single rounding); an explicit
+    flush-to-zero select between the multiply and the add prevents it (checked by the tests:
+    ``lax.optimization_barrier`` and bit casts do *not*), and it is the FTZ rule anyway."""
+    return _ftz(product)
+
+
+def _a32(a_bf16: Array) -> Array:
+    """Activations as FP32 with BF16 subnormals flushed (the DAZ rule)."""
+    return _ftz(a_bf16.astype(jnp.float32))
+
+
+def _array_codes(kn: KN) -> Array:
+    """The value the array multiplies by: the signed code (symmetric) or the unsigned code."""
+    return kn.codes.astype(jnp.float32)
+
+
+def _dequant_weights(kn: KN) -> Array:
+    """Per-element dequantization in FP32 as a baseline datapath does it: ``f32(q s)``,
+    ``f32(f32(q s) + m)`` or ``f32(f32(q - z) s)``; shape ``(k, n)``."""
+    q = kn.codes.astype(jnp.float32)
+    s = jnp.repeat(kn.scales, kn.group, axis=-2)
+    if kn.zero_point == "none":
+        return q * s
+    z = jnp.repeat(kn.zeros, kn.group, axis=-2)
+    if kn.zero_point == "min":
+        return _fence(q * s) + z
+    return (q - z) * s
+
+
+# --------------------------------------------------------------------------------------------
+# exact kernels
+
+
+def _tile_size(m: int, n: int) -> int:
+    if m * n <= 2 * _TILE_ELEMS:
+        return n
+    t = 128
+    while t * 2 * m <= _TILE_ELEMS:
+        t *= 2
+    return min(t, n)
+
+
+def _exact_sequential(a32: Array, qf: Array, scales: Array | None, zeros: Array | None,
+                      group: int, zero_point: str, product: str, accumulator: str) -> Array:
+    """Sequential-in-k accumulation per group, then dequantization per group (``scales=None``:
+    one group, no dequantization: ``out = acc``)."""
+    m, k = a32.shape
+    n = qf.shape[1]
+    dequant = scales is not None
+    if not dequant:
+        group = k
+    ng = k // group
+    tile = _tile_size(m, n)
+    pad = -n % tile
+    if pad:
+        qf = jnp.pad(qf, ((0, 0), (0, pad)))
+        if dequant:
+            scales = jnp.pad(scales, ((0, 0), (0, pad)))
+        if zeros is not None:
+            zeros = jnp.pad(zeros, ((0, 0), (0, pad)))
+    n_tiles = (n + pad) // tile
+    a_g = a32.T.reshape(ng, group, m)
+    need_sum = zero_point != "none"
+
+    def run_tile(qt, st, zt):
+        def one_group(out, xs):
+            ag, qg, sg, zg = xs
+
+            def step(carry, x):
+                acc, asum = carry
+                ak, qk = x
+                p = ak[:, None] * qk[None, :]
+                # bf16: one rounding; exact: a select, so no FMA contraction / no subnormal
+                p = _round_bf16(p) if product == "bf16" else _fence(p)
+                acc = acc + p
+                if accumulator == "bf16":
+                    acc = _round_bf16(acc)
+                acc = _maybe_ftz(acc)
+                if need_sum:
+                    asum = _maybe_ftz(asum + ak)
+                return (acc, asum), None
+
+            init = (jnp.zeros((m, tile), jnp.float32), jnp.zeros((m,), jnp.float32))
+            (acc, asum), _ = lax.scan(step, init, (ag, qg), unroll=min(group, UNROLL))
+            if not dequant:
+                return acc, None
+            y = _fence(acc * sg[None, :])
+            if zero_point == "min":
+                y = _maybe_ftz(y + _fence(zg[None, :] * asum[:, None]))
+            elif zero_point == "int":
+                c = _fence(sg * zg)
+                y = _maybe_ftz(y - _fence(c[None, :] * asum[:, None]))
+            return _maybe_ftz(out + y), None
+
+        xs = (a_g, qt.reshape(ng, group, tile), st, zt)
+        out, _ = lax.scan(one_group, jnp.zeros((m, tile), jnp.float32), xs)
+        return out
+
+    def tiles(x):
+        return None if x is None else x.reshape(x.shape[0], n_tiles, tile).transpose(1, 0, 2)
+
+    if n_tiles == 1:
+        out = run_tile(qf, scales, zeros)
+    else:
+        out = lax.map(lambda t: run_tile(*t), (tiles(qf), tiles(scales), tiles(zeros)))
+        out = out.transpose(1, 0, 2).reshape(m, n_tiles * tile)
+    return out[:, :n]
+
+
+def _figna(a_bf16: Array, kn: KN, align_bits: int) -> Array:
+    """FIGNA: per (row, group) pre-alignment to the largest exponent, exact integer group sum."""
+    from mugi_jax import formats
+
+    a = _ftz(a_bf16.astype(jnp.float32)).astype(jnp.bfloat16)  # exact (DAZ on the input)
+    m, k = a.shape
+    n = kn.codes.shape[1]
+    g = kn.group
+    ng = k // g
+    f = formats.decompose(a)
+    finite_nz = f.kind == formats.Kind.NORMAL
+    sig = jnp.where(finite_nz, f.mantissa + 128, 0)
+    e = f.exponent.reshape(m, ng, g)
+    emax = jnp.max(jnp.where(finite_nz.reshape(m, ng, g), e, -1000), axis=-1)  # (m, ng)
+    d = jnp.clip(emax[..., None] - e, 0, 31)
+    mag = (sig.reshape(m, ng, g) << (align_bits - 8)) >> d
+    a_int = jnp.where(f.sign.reshape(m, ng, g) == 1, -mag, mag).astype(jnp.int32)
+    codes = kn.codes.astype(jnp.int32).reshape(ng, g, n)
+    s_int = jnp.einsum("mgk,gkn->mgn", a_int, codes, preferred_element_type=jnp.int32)
+    emax_c = jnp.clip(emax, -126, 127)
+    pow2 = lax.bitcast_convert_type(((emax_c + 127).astype(jnp.uint32) << 23), jnp.float32)
+    s_f = _fence(_fence(s_int.astype(jnp.float32) * (2.0 ** -(align_bits - 1))) * pow2[..., None])
+    # Non-finite activations: the IEEE sum of their products (order-independent).
+    a32 = a.astype(jnp.float32).reshape(m, ng, g)
+    nonfin = ~jnp.isfinite(a32)
+    any_nonfin = jnp.any(nonfin, axis=-1)  # (m, ng)
+    special = jnp.sum(jnp.where(nonfin[..., None], a32[..., None] * codes[None].astype(jnp.float32),
+                                0.0), axis=2)
+    acc = jnp.where(any_nonfin[..., None], special, s_f)  # (m, ng, n)
+    return _dequant_groups_sequential(acc, a32, kn)
+
+
+def _dequant_groups_sequential(acc: Array, a32_grouped: Array, kn: KN) -> Array:
+    """Section 4 dequantization of group sums ``acc`` (m, ng, n), groups added in order."""
+    m, ng, g = a32_grouped.shape
+
+    def step(out, xs):
+        acc_g, a_g, s_g, z_g = xs  # (m, n), (m, g), (n,), (n,)|None
+        y = _fence(acc_g * s_g[None, :])
+        if kn.zero_point != "none":
+            def add(c, x):
+                return _ftz(c + x), None
+            asum, _ = lax.scan(add, jnp.zeros((m,), jnp.float32), a_g.T)
+            if kn.zero_point == "min":
+                y = _ftz(y + _fence(z_g[None, :] * asum[:, None]))
+            else:
+                c = _fence(s_g * z_g)
+                y = _ftz(y - _fence(c[None, :] * asum[:, None]))
+        return _ftz(out + y), None
+
+    xs = (acc.transpose(1, 0, 2), a32_grouped.transpose(1, 0, 2), kn.scales, kn.zeros)
+    out, _ = lax.scan(step, jnp.zeros((m, acc.shape[-1]), jnp.float32), xs)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# fast kernels
+
+
+def _odd_terms(kn: KN) -> tuple[int, ...]:
+    """Odd multipliers > 1 whose product rounding must be reproduced (magnitudes up to 15)."""
+    top = 15 if kn.zero_point != "none" else 8
+    return tuple(o for o in range(3, top + 1, 2))
+
+
+def _odd_weight(codes: Array, o: int) -> Array:
+    """``sign(q) 2^j`` where ``|q| = o 2^j``, else 0."""
+    q = codes.astype(jnp.int32)
+    mag = jnp.abs(q)
+    out = jnp.zeros_like(q)
+    j = 0
+    while o << j <= 15:
+        out = jnp.where(mag == (o << j), jnp.sign(q) * (1 << j), out)
+        j += 1
+    return out
+
+
+def _fast_grouped(a32: Array, kn: KN, product: str) -> Array:
+    m, k = a32.shape
+    n = kn.codes.shape[1]
+    g = kn.group
+    ng = k // g
+    qf = _array_codes(kn)
+    if m < _FAST_DOT_MIN_M or g < 16:
+        p = a32.reshape(m, ng, g, 1) * qf.reshape(1, ng, g, n)
+        if product == "bf16":
+            p = _round_bf16(p)
+        s = jnp.sum(p, axis=2)  # (m, ng, n)
+    else:
+        terms = [a32]
+        odds = _odd_terms(kn) if product == "bf16" else ()
+        for o in odds:
+            ao = a32 * o
+            terms.append(jnp.where(jnp.isfinite(a32), _round_bf16(ao) - ao, 0.0))
+        nt = len(terms)
+        a_ext = jnp.stack(terms, 0).reshape(nt, m, ng, g).transpose(2, 1, 0, 3)
+        a_ext = a_ext.reshape(ng, m, nt * g).astype(jnp.bfloat16)
+        codes_g = kn.codes.reshape(ng, g, n)
+
+        def one(c):
+            ws = [c.astype(jnp.int32)] + [_odd_weight(c, o) for o in odds]
+            return jnp.stack(ws, 0).reshape(nt * g, n).astype(jnp.bfloat16)
+
+        def step(_, xs):
+            a_g, c_g = xs
+            return None, lax.dot(a_g, one(c_g), preferred_element_type=jnp.float32)
+
+        _, s = lax.scan(step, None, (a_ext, codes_g))  # (ng, m, n)
+        s = s.transpose(1, 0, 2)
+    y = s * kn.scales[None]
+    if kn.zero_point != "none":
+        asum = jnp.sum(a32.reshape(m, ng, g), axis=-1)[..., None]  # (m, ng, 1)
+        if kn.zero_point == "min":
+            y = y + kn.zeros[None] * asum
+        else:
+            y = y - (kn.scales * kn.zeros)[None] * asum
+    return jnp.sum(y, axis=1)
+
+
+# --------------------------------------------------------------------------------------------
+# dispatch
+
+
+@functools.partial(jax.jit, static_argnames=("datapath", "mode"))
+def _matmul_2d(a: Array, kn: KN, datapath: object, mode: str) -> Array:
+    a32 = _a32(a)
+    kn = KN(kn.codes, _ftz(kn.scales), None if kn.zeros is None else _ftz(kn.zeros), kn.group,
+            kn.zero_point)
+    if isinstance(datapath, (Mugi, MixPE)):
+        product = datapath.product if isinstance(datapath, Mugi) else "exact"
+        if mode == "fast":
+            return _fast_grouped(a32, kn, product)
+        return _exact_sequential(a32, _array_codes(kn), kn.scales, kn.zeros, kn.group,
+                                 kn.zero_point, product, datapath.accumulator)
+    if isinstance(datapath, FIGNA):
+        return _figna(a, kn, datapath.align_bits)  # integer group sums: exact in either mode
+    if isinstance(datapath, SystolicMAC):
+        w = _dequant_weights(kn).astype(jnp.bfloat16)
+        a_in = a32
+    elif isinstance(datapath, Carat):
+        w = _dequant_weights(kn).astype(jnp.float8_e4m3fn)
+        a_in = a32.astype(jnp.float8_e4m3fn).astype(jnp.float32)
+    else:  # pragma: no cover - check_datapath ran before
+        raise TypeError(f"datapath: {datapath!r}")
+    if mode == "fast":
+        return lax.dot(a_in.astype(jnp.bfloat16), w.astype(jnp.bfloat16),
+                       preferred_element_type=jnp.float32)
+    return _exact_sequential(a_in, w.astype(jnp.float32), None, None, 1, "none", "exact", "fp32")
+
+
+def _kn_pytree(kn: KN):
+    return (kn.codes, kn.scales, kn.zeros), (kn.group, kn.zero_point)
+
+
+jax.tree_util.register_pytree_node(
+    KN, _kn_pytree, lambda aux, ch: KN(ch[0], ch[1], ch[2], aux[0], aux[1]))
+
+
+def matmul(a: Float[Array, "... m k"], w: quant.QuantizedTensor, datapath: object,
+           mode: str = "exact") -> Float[Array, "... m n"]:
+    """``a @ w`` on ``datapath`` (FP32 output; leading axes of ``a`` are batch axes).
+
+    Args:
+      a: activations ``(..., m, k)``, BF16 (other float types are rounded to BF16 with RNE).
+      w: a 2-D ``QuantizedTensor`` ``(k, n)``; groups along ``k`` (axis 0, the usual layout) or
+        along ``n`` (axis 1: the scale then changes at every ``k``, dequantization per element).
+      datapath: :class:`Mugi`, :class:`Carat`, :class:`MixPE`, :class:`SystolicMAC` or
+        :class:`FIGNA`.
+      mode: ``"exact"`` (bit-identical to :mod:`mugi_jax.sim.gemm`) or ``"fast"``.
+
+    Raises:
+      TypeError: non-floating ``a``, ``w`` not a ``QuantizedTensor``, unknown datapath.
+      ValueError: shape mismatch, unknown mode, a scheme the datapath cannot sweep (Mugi with
+        ``magnitude_bits=3`` supports SignMagnitudeInt4 only; ``magnitude_bits=4`` every scheme).
+    """
+    check_datapath(datapath)
+    _check_mode(mode)
+    a = activations_bf16(a)
+    if not isinstance(w, quant.QuantizedTensor):
+        raise TypeError(f"w: expected a mugi_jax.quant.QuantizedTensor (k, n), got {type(w)}")
+    if w.codes.ndim != 2:
+        raise ValueError(f"w: expected a 2-D (k, n) QuantizedTensor, got shape {w.shape}")
+    if a.ndim < 2:
+        raise ValueError(f"a: expected (..., m, k), got shape {a.shape}")
+    if a.shape[-1] != w.shape[0]:
+        raise ValueError(f"a: reduction length {a.shape[-1]} does not match w (k, n) = {w.shape}")
+    check_scheme(datapath, w.scheme)
+    kn = as_kn(w)
+    lead, m, k = a.shape[:-2], a.shape[-2], a.shape[-1]
+    out = _matmul_2d(a.reshape(-1, k), kn, datapath, mode)
+    return out.reshape(*lead, m, w.shape[1])
