@@ -17,7 +17,7 @@ from mugi_jax.nonlinear.config import (BUILDS, FUNCTIONS, PWL, TAILS, Exact, Mug
                                        VLPConfig)
 from mugi_jax.nonlinear.softmax import activation, gelu, pairwise_sum, silu, softmax
 from mugi_jax.nonlinear.tables import reference_f64, vlp_table
-from mugi_jax.nonlinear.vlp import subscription_cycles, vlp
+from mugi_jax.nonlinear.vlp import as_bf16, round_to_bf16, subscription_cycles, vlp
 
 __all__ = [
     "VLPConfig", "MugiL", "PWL", "Taylor", "Exact", "FUNCTIONS", "BUILDS", "TAILS",

@@ -20,14 +20,17 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, BFloat16, Float
 
-from mugi_jax import formats
 from mugi_jax.nonlinear.baselines import exact, pwl, taylor
 from mugi_jax.nonlinear.config import PWL, Exact, MugiL, Taylor, VLPConfig
-from mugi_jax.nonlinear.vlp import as_bf16, vlp, vlp_parts
+from mugi_jax.nonlinear.vlp import as_bf16, round_to_bf16, vlp, vlp_parts
 
-__all__ = ["softmax", "silu", "gelu", "activation", "pairwise_sum", "shifted_input", "rows_last"]
+_TINY32 = np.float32(2.0 ** -126)
+
+__all__ = ["softmax", "silu", "gelu", "activation", "pairwise_sum", "shifted_input", "rows_last",
+           "flush_bf16", "exact_divide"]
 
 
 def pairwise_sum(v: Float[Array, "... n"]) -> Float[Array, "... 1"]:
@@ -43,11 +46,32 @@ def pairwise_sum(v: Float[Array, "... n"]) -> Float[Array, "... 1"]:
     return v
 
 
+def flush_bf16(xb: BFloat16[Array, "..."]) -> BFloat16[Array, "..."]:
+    """FTZ on BF16 bit patterns (exponent field 0 -> +-0); an integer select, device-independent."""
+    bits = jax.lax.bitcast_convert_type(xb, jnp.uint16)
+    return jax.lax.bitcast_convert_type(
+        jnp.where((bits & jnp.uint16(0x7F80)) == 0, bits & jnp.uint16(0x8000), bits), jnp.bfloat16)
+
+
 def shifted_input(xb: BFloat16[Array, "..."], axis: int) -> BFloat16[Array, "... n"]:
-    """Steps 1-2: ``FTZ(bf16(x - max x))`` with ``axis`` moved last."""
-    x = formats.flush_subnormals(jnp.moveaxis(xb, axis, -1))
-    xf = x.astype(jnp.float32)
-    return formats.flush_subnormals((xf - jnp.max(xf, axis=-1, keepdims=True)).astype(jnp.bfloat16))
+    """Steps 1-2: ``bf16_rne(FTZ(x) - max FTZ(x))`` with ``axis`` moved last.
+
+    A subnormal difference is left as is: the VLP unit counts it as zero, exactly as if it had
+    been flushed, so the result does not depend on the device's FTZ mode.
+    """
+    xf = flush_bf16(jnp.moveaxis(xb, axis, -1)).astype(jnp.float32)
+    return round_to_bf16(xf - jnp.max(xf, axis=-1, keepdims=True))
+
+
+def exact_divide(num: Float[Array, "... n"], den: Float[Array, "... 1"]) -> Float[Array, "... n"]:
+    """IEEE FP32 ``num / den`` (den broadcast along the last axis).
+
+    XLA's CPU compiler rewrites ``a / broadcast(b)`` into ``a * broadcast(1 / b)``, which is not
+    correctly rounded; adding ``0 * num`` makes the divisor a full-shape value and keeps a true
+    division (``0 * num`` is 0 for finite num and NaN where num is NaN/inf, where the quotient is
+    NaN anyway).
+    """
+    return num / (den + 0.0 * num)
 
 
 def rows_last(y: Array) -> tuple[Array, int]:
@@ -72,9 +96,9 @@ def _approx_exp(y: Array, approx: object) -> Array:
 @functools.partial(jax.jit, static_argnames=("axis", "approx"))
 def _softmax_jit(xb: Array, axis: int, approx: object) -> Array:
     y = shifted_input(xb, axis)
-    e32 = formats.flush_subnormals(_approx_exp(y, approx).astype(jnp.float32))
-    total = pairwise_sum(e32)
-    out = formats.flush_subnormals(e32 / total).astype(jnp.bfloat16)
+    e32 = flush_bf16(_approx_exp(y, approx)).astype(jnp.float32)
+    q = exact_divide(e32, pairwise_sum(e32))
+    out = round_to_bf16(jnp.where(jnp.abs(q) < _TINY32, 0.0 * q, q))  # FTZ, then RNE
     out = jnp.where(jnp.moveaxis(xb, axis, -1) == -jnp.inf, jnp.zeros((), jnp.bfloat16), out)
     return jnp.moveaxis(out, -1, axis)
 

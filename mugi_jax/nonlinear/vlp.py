@@ -30,16 +30,15 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, BFloat16, Int
+import numpy as np
+from jaxtyping import Array, ArrayLike, BFloat16, Float, Int
 
-from mugi_jax import formats
-from mugi_jax.formats import Kind
 from mugi_jax.nonlinear.config import FUNCTIONS, MugiL, VLPConfig
 from mugi_jax.nonlinear.tables import value_at_zero, vlp_table
 
 __all__ = ["vlp", "subscription_cycles", "as_bf16", "VLPParts", "vlp_parts", "check_fn"]
 
-_FAR = 1 << 20  # exponent sentinel for elements that do not take part in the window choice
+_TINY32 = np.float32(2.0 ** -126)  # smallest normal FP32 (FTZ threshold)
 
 
 def check_fn(fn: str, allowed: tuple[str, ...] = FUNCTIONS) -> str:
@@ -56,13 +55,26 @@ def _check_cfg(cfg: object) -> VLPConfig:
     return cfg
 
 
+def round_to_bf16(v: Float[Array, "..."]) -> BFloat16[Array, "..."]:
+    """Round a float32/float64 array to BF16 once (nearest, ties to even).
+
+    ``lax.reduce_precision`` does the rounding and the final convert is exact.  A bare
+    ``astype(bfloat16)`` is not enough inside ``jit``: with XLA's default
+    ``xla_allow_excess_precision`` a later ``astype(float32)`` may cancel the round trip and
+    the value would silently keep FP32 precision.
+    """
+    if v.dtype == jnp.float16:
+        v = v.astype(jnp.float32)  # exact
+    return jax.lax.reduce_precision(v, exponent_bits=8, mantissa_bits=7).astype(jnp.bfloat16)
+
+
 def as_bf16(x: ArrayLike) -> BFloat16[Array, "..."]:
-    """The unit's entry: floating inputs are converted to BF16 (RNE, XLA convert); non-floating
-    inputs raise ``TypeError``."""
+    """The unit's entry: floating inputs are rounded to BF16 once (RNE); non-floating inputs
+    raise ``TypeError``."""
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"x: expected a floating-point array, got dtype {x.dtype}")
-    return x if x.dtype == jnp.bfloat16 else x.astype(jnp.bfloat16)
+    return x if x.dtype == jnp.bfloat16 else round_to_bf16(x)
 
 
 def _norm_axis(axis: int, ndim: int) -> int:
@@ -113,62 +125,104 @@ class VLPParts(NamedTuple):
     groups: _Groups
 
 
+class BitFields(NamedTuple):
+    """Integer view of BF16 values: ``magnitude`` = the 15 bits below the sign, ``biased`` its
+    exponent field, ``rounded`` = the magnitude rounded (half to even) to M fraction bits, i.e.
+    ``biased_exponent' * 2^M + j`` with the carry already in the exponent."""
+
+    sign: Int[Array, "..."]
+    magnitude: Int[Array, "..."]
+    biased: Int[Array, "..."]
+    rounded: Int[Array, "..."]
+
+
+def _round_magnitude(magnitude: Array, m_bits: int) -> Array:
+    """Round-half-to-even of a BF16 magnitude to M fraction bits, as one integer operation on
+    the 15-bit pattern ``e_biased * 128 + m``: a carry out of the fraction lands in the exponent.
+    Equal to :func:`formats.round_mantissa` for normal values (tested exhaustively)."""
+    shift = 7 - m_bits
+    if shift == 0:
+        return magnitude
+    return (magnitude + ((1 << (shift - 1)) - 1) + ((magnitude >> shift) & 1)) >> shift
+
+
+def bit_fields(xb: BFloat16[Array, "..."], m_bits: int) -> BitFields:
+    bits = jax.lax.bitcast_convert_type(xb, jnp.uint16).astype(jnp.int32)
+    magnitude = bits & 0x7FFF
+    return BitFields(bits >> 15, magnitude, magnitude >> 7, _round_magnitude(magnitude, m_bits))
+
+
+def _window_bottom(xb: Array, cfg: VLPConfig, g: _Groups) -> Array:
+    """Biased exponent of the window's first column, per element (broadcast from its group).
+
+    The group extreme is taken on the uint16 magnitudes of the normal elements (rounding is
+    monotone, so the rounded exponent of the extreme magnitude is the extreme rounded exponent).
+    """
+    w, e_top_b, e_lo_b = cfg.window, cfg.e_top + 127, cfg.e_bottom + 127
+    mag = jax.lax.bitcast_convert_type(xb, jnp.uint16) & jnp.uint16(0x7FFF)
+    normal = (mag >= 0x0080) & (mag < 0x7F80)
+    if cfg.build == "max":
+        key = jnp.where(normal, mag, jnp.uint16(0))
+        extreme = jnp.max(_grouped(key, g, 0), axis=g.axis + 1, keepdims=True)
+    else:
+        key = jnp.where(normal, mag, jnp.uint16(0xFFFF))
+        extreme = jnp.min(_grouped(key, g, 0xFFFF), axis=g.axis + 1, keepdims=True)
+    e_ext = _round_magnitude(extreme.astype(jnp.int32), cfg.mantissa_bits) >> cfg.mantissa_bits
+    if cfg.build == "max":  # empty group: extreme 0 -> bottom = e_lo
+        bottom = jnp.clip(e_ext - (w - 1), e_lo_b, e_top_b - w + 1)
+    else:  # empty group: extreme 0xFFFF -> bottom = e_top - W + 1
+        bottom = jnp.clip(e_ext, e_lo_b, e_top_b - w + 1)
+    return _ungrouped(bottom, g, xb.shape)
+
+
 def vlp_parts(xb: BFloat16[Array, "..."], fn: str, cfg: VLPConfig, axis: int) -> VLPParts:
     """Per-element decisions of the VLP unit on a BF16 array (see module docstring)."""
-    m_bits, w, lut, e_top = cfg.mantissa_bits, cfg.window, cfg.lut_exponents, cfg.e_top
-    e_lo, codes = cfg.e_bottom, cfg.codes
-    axis = _norm_axis(axis, xb.ndim) if xb.ndim else 0
+    m_bits, w, lut = cfg.mantissa_bits, cfg.window, cfg.lut_exponents
+    codes, e_top_b, e_lo_b = cfg.codes, cfg.e_top + 127, cfg.e_bottom + 127
     if xb.ndim == 0:
         xb = xb.reshape(1)
+    axis = _norm_axis(axis, xb.ndim)
     g = _groups(xb.shape[axis], axis, cfg.window_group)
 
-    fields = formats.decompose(xb)
-    exponent, code = formats.round_mantissa(xb, m_bits, "rne")
-    sign = fields.sign
-    normal = fields.kind == Kind.NORMAL
-    big = (fields.kind == Kind.INF) | (normal & (exponent > e_top))
-    below = normal & (exponent < e_lo)
-    inside = normal & (exponent >= e_lo) & (exponent <= e_top)
-
-    if cfg.build == "max":
-        key = jnp.where(normal, exponent, -_FAR)
-        extreme = jnp.max(_grouped(key, g, -_FAR), axis=axis + 1, keepdims=True)
-        bottom_g = jnp.clip(extreme - (w - 1), e_lo, e_top - w + 1)
-    else:
-        key = jnp.where(normal, exponent, _FAR)
-        extreme = jnp.min(_grouped(key, g, _FAR), axis=axis + 1, keepdims=True)
-        bottom_g = jnp.clip(extreme, e_lo, e_top - w + 1)
-    bottom = _ungrouped(bottom_g, g, xb.shape)
-    top = bottom + (w - 1)
-    e_lat = jnp.clip(exponent, bottom, top)
-    j_lat = jnp.where(exponent < bottom, 0, jnp.where(exponent > top, codes - 1, code))
-
+    f = bit_fields(xb, m_bits)
+    e_b = f.rounded >> m_bits                       # rounded biased exponent
+    normal = (f.biased != 0) & (f.biased != 255)    # zero/subnormal count as zero
+    is_nan = f.magnitude > 0x7F80
+    big = (f.magnitude == 0x7F80) | (normal & (e_b > e_top_b))
+    below = normal & (e_b < e_lo_b)
     clamp_tail = cfg.tail == "clamp"
-    subscribes = inside | (below & clamp_tail) if fn == "exp" else inside
-    index = (sign * lut + (e_lat - e_lo)) * codes + j_lat
-    index = jnp.where(subscribes, index, 0)
-    table = jnp.asarray(vlp_table(fn, m_bits, lut, e_top).reshape(-1))
-    looked_up = table.at[index].get(mode="promise_in_bounds")
-
-    bf = jnp.bfloat16
-    zero_v = jnp.zeros((), bf)
     if fn == "exp":
-        big_v = jnp.where(sign == 1, zero_v, jnp.asarray(jnp.inf, bf))
+        subscribes = normal & (e_b <= e_top_b) & (clamp_tail | ~below)
     else:
-        big_v = jnp.where(sign == 0, xb, zero_v)
-    out = jnp.where(subscribes, looked_up, zero_v)
-    out = jnp.where(big, big_v, out)
+        subscribes = normal & ~below & (e_b <= e_top_b)
+
+    first = _window_bottom(xb, cfg, g) * codes      # rounded magnitude of (bottom, j = 0)
+    latched = jnp.clip(f.rounded, first, first + (w * codes - 1))  # clamp to the window edges
+    index = f.sign * (lut * codes) + latched - e_lo_b * codes
+
+    # Special results are extra table entries: [f(0), 0, +inf] after the 2 * L * 2^M entries.
+    table = vlp_table(fn, m_bits, lut, cfg.e_top)
+    n = table.size
+    extended = jnp.asarray(np.concatenate(
+        [table.reshape(-1), np.array([value_at_zero(fn), 0.0, np.inf], dtype=table.dtype)]))
+    if fn == "exp":
+        special = jnp.where(big & (f.sign == 0), n + 2, n + 1)
+    else:
+        special = jnp.full_like(index, n + 1)
+    special = jnp.where(f.biased == 0, n, special)
+    out = extended.at[jnp.where(subscribes, index, special)].get(mode="promise_in_bounds")
+    if fn != "exp":
+        out = jnp.where(big & (f.sign == 0), xb, out)  # SiLU/GELU are the identity above
     if not clamp_tail:
         xf = xb.astype(jnp.float32)
         if fn == "exp":
-            tail_v = (1.0 + xf).astype(bf)
+            tail_v = round_to_bf16(1.0 + xf)
         else:
-            tail_v = formats.flush_subnormals(xf * 0.5).astype(bf)
+            half = xf * 0.5
+            tail_v = round_to_bf16(jnp.where(jnp.abs(half) < _TINY32, 0.0 * half, half))
         out = jnp.where(below, tail_v, out)
-    is_zero = (fields.kind == Kind.ZERO) | (fields.kind == Kind.SUBNORMAL)
-    out = jnp.where(is_zero, jnp.asarray(value_at_zero(fn), bf), out)
-    out = jnp.where(fields.kind == Kind.NAN, xb, out)
-    return VLPParts(out, subscribes, sign, j_lat, g)
+    out = jnp.where(is_nan, xb, out)
+    return VLPParts(out, subscribes, f.sign, latched & (codes - 1), g)
 
 
 def _cycles(parts: VLPParts, fn: str, cfg: VLPConfig, early_termination: bool) -> Array:
