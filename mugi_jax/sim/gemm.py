@@ -136,6 +136,12 @@ def _new_events() -> dict[str, int]:
 
 def simulate_gemm(a: Any, w: quant.QuantizedTensor, datapath: Any,
                   early_termination: bool = True) -> GemmSimResult:
+    with np.errstate(all="ignore"):  # inf/NaN arithmetic is part of the model
+        return _simulate_gemm(a, w, datapath, early_termination)
+
+
+def _simulate_gemm(a: Any, w: quant.QuantizedTensor, datapath: Any,
+                   early_termination: bool) -> GemmSimResult:
     """Simulate ``a @ w`` on a Mugi array described by ``datapath`` (attributes ``rows``,
     ``cols``, ``magnitude_bits``, ``product`` ("bf16"/"exact"), ``accumulator``
     ("fp32"/"bf16"/"fp64") and ``adders_per_row``).  ``a`` is ``(..., m, k)``."""
@@ -270,6 +276,11 @@ def _figna(a32: np.ndarray, kn: _KN, align_bits: int) -> np.ndarray:
 def reference_matmul(a: Any, w: quant.QuantizedTensor, datapath: Any) -> np.ndarray:
     """Literal NumPy reference of ``gemm.matmul(a, w, datapath, mode="exact")`` for every
     datapath (dispatch on the class name: Mugi, MixPE, Carat, SystolicMAC, FIGNA)."""
+    with np.errstate(all="ignore"):
+        return _reference_matmul(a, w, datapath)
+
+
+def _reference_matmul(a: Any, w: quant.QuantizedTensor, datapath: Any) -> np.ndarray:
     name = type(datapath).__name__
     lead = np.shape(a)[:-2]
     if name == "Mugi":

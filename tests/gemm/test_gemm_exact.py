@@ -1,0 +1,130 @@
+"""Exact mode vs the cycle-level simulator (bit for bit), cycles, and the float64 oracle."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from gemm_testlib import SCHEMES, activations, first_diff, same_bits, transpose_qt, weights
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mugi_jax import gemm, quant, sim
+
+# Few distinct shapes keep the number of compilations (the cost of these tests) small.
+SHAPES = [(3, 16, 5), (11, 32, 21)]
+GROUPS = {16: [8, 16, None], 32: [8, 32, None]}
+
+
+@st.composite
+def mugi_case(draw):
+    m, k, n = draw(st.sampled_from(SHAPES))
+    scheme_name = draw(st.sampled_from(sorted(SCHEMES)))
+    scheme = SCHEMES[scheme_name](draw(st.sampled_from(GROUPS[k])))
+    mb = 3 if scheme_name == "sm" and draw(st.booleans()) else 4
+    dp = gemm.Mugi(rows=draw(st.sampled_from([4, 8])), cols=draw(st.sampled_from([4, 8])),
+                   magnitude_bits=mb, product=draw(st.sampled_from(["bf16", "exact"])),
+                   accumulator=draw(st.sampled_from(["fp32", "bf16"])),
+                   adders_per_row=draw(st.sampled_from([1, 2, 8])))
+    seed = draw(st.integers(0, 2**20))
+    a = activations(seed, (m, k), specials=draw(st.booleans()))
+    w = weights(seed, k, n, scheme, zero_group=draw(st.booleans()))
+    return a, w, dp, draw(st.booleans())
+
+
+@settings(max_examples=40, deadline=None)
+@given(mugi_case())
+def test_exact_matches_simulator_bit_for_bit(case):
+    a, w, dp, et = case
+    out = gemm.matmul(a, w, dp, mode="exact")
+    res = sim.simulate_gemm(a, w, dp, early_termination=et)
+    assert out.dtype == jnp.float32 and out.shape == res.out.shape
+    assert same_bits(out, res.out), first_diff(out, res.out)
+    cyc = np.asarray(gemm.subscription_cycles(w, dp, early_termination=et))
+    np.testing.assert_array_equal(cyc, res.tile_cycles)
+    assert res.cycles == -(-a.shape[0] // dp.cols) * int(cyc.sum())
+    assert int(gemm.total_cycles(a.shape[0], w, dp, et)) == res.cycles
+    m, k = a.shape
+    n = w.shape[1]
+    assert res.events["adds"] == m * k * n == res.events["fifo_pushes"] == res.events["latches"]
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.sampled_from(["carat", "mixpe", "mixpe_bf16", "systolic", "figna"]),
+       st.sampled_from(sorted(SCHEMES)), st.sampled_from([8, None]), st.booleans(),
+       st.integers(0, 2**20))
+def test_baseline_datapaths_match_reference(name, scheme_name, group, specials, seed):
+    dp = {"carat": gemm.Carat(), "mixpe": gemm.MixPE(), "mixpe_bf16": gemm.MixPE("bf16"),
+          "systolic": gemm.SystolicMAC(), "figna": gemm.FIGNA()}[name]
+    m, k, n = SHAPES[1]
+    a = activations(seed, (m, k), specials)
+    w = weights(seed, k, n, SCHEMES[scheme_name](group))
+    out = gemm.matmul(a, w, dp, mode="exact")
+    ref = sim.reference_matmul(a, w, dp)
+    assert same_bits(out, ref), first_diff(out, ref)
+
+
+def test_groups_along_n_and_batch_axes():
+    """A (k, n) tensor quantized along n (scale changes at every k) and leading batch axes."""
+    a = activations(3, (2, 3, 16), specials=False, spread=0)
+    w = weights(3, 16, 24, quant.AsymUInt4(group_size=8, axis=1))  # (k, n), groups along n
+    assert w.axis == 1 and same_bits(transpose_qt(transpose_qt(w)).codes, w.codes)
+    dp = gemm.Mugi(rows=8, magnitude_bits=4)
+    out = gemm.matmul(a, w, dp)
+    ref = sim.simulate_gemm(a, w, dp).out
+    assert out.shape == (2, 3, 24)
+    assert same_bits(out, ref), first_diff(out, ref)
+    np.testing.assert_allclose(out, np.asarray(a, np.float32) @ np.asarray(quant.dequantize(w)),
+                               rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("scheme_name", sorted(SCHEMES))
+def test_float64_oracle(scheme_name):
+    """Exact products + FP64 accumulation == a @ dequantize(w) in float64 (all sums exact for
+    activations spanning a few binades)."""
+    m, k, n = SHAPES[1]
+    a = activations(7, (m, k), specials=False, spread=3)
+    w = weights(7, k, n, SCHEMES[scheme_name](8))
+    dp = gemm.Mugi(rows=8, magnitude_bits=4, product="exact", accumulator="fp64")
+    out = sim.simulate_gemm(a, w, dp).out
+    assert out.dtype == np.float64
+    codes = np.asarray(w.codes, np.float64)
+    s = np.repeat(np.asarray(w.scales, np.float64), 8, axis=0)
+    if w.zeros is None:
+        wd = codes * s
+    elif w.scheme.zero_point == "min":
+        wd = codes * s + np.repeat(np.asarray(w.zeros, np.float64), 8, axis=0)
+    else:
+        wd = (codes - np.repeat(np.asarray(w.zeros, np.float64), 8, axis=0)) * s
+    oracle = np.asarray(a, np.float64) @ wd
+    if w.zeros is None:
+        np.testing.assert_array_equal(out, oracle)
+    else:  # the offset decomposition reassociates: equal up to float64 rounding
+        np.testing.assert_allclose(out, oracle, rtol=1e-13, atol=1e-13)
+    # The FP32 kernel with exact products is the same thing rounded to FP32 along the way.
+    k32 = gemm.matmul(a, w, dataclasses.replace(dp, accumulator="fp32"))
+    np.testing.assert_allclose(k32, oracle, rtol=1e-5, atol=1e-5)
+
+
+def test_specials_follow_ieee():
+    """inf * code 0 = NaN, inf * code q = +-inf, NaN propagates, subnormals read as zero."""
+    w = quant.quantize(jnp.array([[0.0, 1.0, -1.0], [1.0, 1.0, 1.0]]).T.reshape(3, 2) * 1.0,
+                       quant.SignMagnitudeInt4(group_size=None))
+    # codes column 0: [0, 7, -7]; column 1: [7, 7, 7]
+    a = jnp.array([[jnp.inf, 0, 0], [0, jnp.nan, 0], [1e-39, 1e-39, 1e-39]], jnp.bfloat16)
+    out = np.asarray(gemm.matmul(a, w, gemm.Mugi()))
+    assert np.isnan(out[0, 0]) and out[0, 1] == np.inf
+    assert np.isnan(out[1]).all()
+    assert (out[2] == 0).all()
+    assert same_bits(out, sim.simulate_gemm(a, w, gemm.Mugi()).out)
+
+
+def test_bf16_accumulator_is_coarser():
+    a = activations(1, (4, 32), specials=False, spread=1)
+    w = weights(1, 32, 6, quant.SignMagnitudeInt4(group_size=None))
+    ref = np.asarray(a, np.float64) @ np.asarray(quant.dequantize(w), np.float64)
+    e32 = np.abs(gemm.matmul(a, w, gemm.Mugi()) - ref).max()
+    e16 = np.abs(gemm.matmul(a, w, gemm.Mugi(accumulator="bf16")) - ref).max()
+    assert e16 > e32
