@@ -1,0 +1,218 @@
+"""Fast mode, attention, subscription cycles and bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+from gemm_testlib import SCHEMES, activations, first_diff, same_bits, transpose_qt, weights
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mugi_jax import gemm, quant, sim
+
+
+def _bf16_product_oracle(a, w):
+    """float64 sum of the BF16-rounded products, scaled per group (the fast-mode target)."""
+    a32 = np.asarray(a, np.float32)
+    codes = np.asarray(w.codes, np.float32)
+    g = w.group_size
+    k, n = codes.shape
+    p = (a32[:, :, None] * codes[None]).astype(ml_dtypes.bfloat16).astype(np.float64)
+    s = np.asarray(w.scales, np.float64)
+    sums = p.reshape(a32.shape[0], k // g, g, n).sum(2)
+    y = sums * s[None]
+    asum = a32.astype(np.float64).reshape(-1, k // g, g).sum(-1)[..., None]
+    if w.zeros is not None:
+        z = np.asarray(w.zeros, np.float64)[None]
+        y = y + z * asum if w.scheme.zero_point == "min" else y - s[None] * z * asum
+    bound = (np.abs(p).reshape(a32.shape[0], k // g, g, n).sum(2) * np.abs(s[None])).sum(1)
+    return y.sum(1), bound
+
+
+@pytest.mark.parametrize("m", [5, 64])  # elementwise path and dot path
+@pytest.mark.parametrize("scheme_name", sorted(SCHEMES))
+def test_fast_reproduces_product_rounding(m, scheme_name):
+    k, n = 64, 24
+    a = activations(m, (m, k), specials=False, spread=2)
+    w = weights(m, k, n, SCHEMES[scheme_name](16))
+    dp = gemm.Mugi(magnitude_bits=4)
+    fast = np.asarray(gemm.matmul(a, w, dp, mode="fast"), np.float64)
+    exact = np.asarray(gemm.matmul(a, w, dp, mode="exact"), np.float64)
+    oracle, bound = _bf16_product_oracle(a, w)
+    tol = 2.0 ** -20 * (bound + np.abs(oracle)) + 1e-30
+    assert np.all(np.abs(fast - oracle) <= tol), np.max(np.abs(fast - oracle) / tol)
+    assert np.all(np.abs(exact - oracle) <= tol)
+    # Exact products (MixPE) in fast mode stay close to exact mode too.
+    mix = np.asarray(gemm.matmul(a, w, gemm.MixPE(), mode="fast"), np.float64)
+    np.testing.assert_allclose(mix, gemm.matmul(a, w, gemm.MixPE()), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dp", [gemm.Carat(), gemm.SystolicMAC(), gemm.FIGNA()], ids=repr)
+def test_fast_baselines_close(dp):
+    a = activations(2, (8, 32), specials=False, spread=2)
+    w = weights(2, 32, 16, quant.SignMagnitudeInt4(group_size=8))
+    np.testing.assert_allclose(gemm.matmul(a, w, dp, mode="fast"), gemm.matmul(a, w, dp),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_fast_specials():
+    a = jnp.array([[jnp.inf, 1.0, 0.0, 2.0]] * 8, jnp.bfloat16)
+    w = quant.quantize(jnp.array([[0.0, 1.0], [1.0, 1.0], [1.0, 1.0], [1.0, 1.0]]),
+                       quant.SignMagnitudeInt4(group_size=None))
+    for m in (1, 8):
+        out = np.asarray(gemm.matmul(a[:m], w, gemm.Mugi(), mode="fast"))
+        assert np.isnan(out[:, 0]).all() and (out[:, 1] == np.inf).all()
+
+
+# ---------------------------------------------------------------------------------- cycles
+
+
+def test_subscription_cycles_rules():
+    codes = np.zeros((3, 10), np.int8)
+    codes[0, :] = 1
+    codes[1, 3] = -7
+    codes[2, 9] = 5
+    w = quant.QuantizedTensor(codes=jnp.asarray(codes), scales=jnp.ones((1, 10)), zeros=None,
+                              scheme=quant.SignMagnitudeInt4(group_size=None))
+    dp = gemm.Mugi(rows=4, adders_per_row=4)  # adder bound 2
+    c = np.asarray(gemm.subscription_cycles(w, dp))
+    np.testing.assert_array_equal(c, [[2, 2, 2], [8, 2, 2], [2, 2, 6]])
+    np.testing.assert_array_equal(gemm.subscription_cycles(w, dp, early_termination=False), 8)
+    # the default array (8 columns, one adder): the adder bound 8 dominates every sweep
+    np.testing.assert_array_equal(gemm.subscription_cycles(w, gemm.Mugi(rows=4)), 8)
+    res = sim.simulate_gemm(jnp.ones((9, 3), jnp.bfloat16), w, dp)
+    np.testing.assert_array_equal(res.tile_cycles, c)
+    assert res.cycles == 2 * c.sum()
+    # the sweep of a 4-bit scheme is 16 counter values
+    w4 = quant.quantize(jnp.ones((4, 4)), quant.AsymUInt4(group_size=None))
+    assert int(gemm.subscription_cycles(w4, gemm.Mugi(magnitude_bits=4),
+                                        early_termination=False)[0, 0]) == 16
+
+
+# ---------------------------------------------------------------------------------- attention
+
+
+def _attention_reference(q, kq, vq, dp, mask, softmax):
+    """Per (batch, KV head) GEMMs through the NumPy reference."""
+    *batch, hq, tq, d = q.shape
+    hkv, tokens = kq.shape[-3], kq.shape[-2]
+    grp = hq // hkv
+    nb = int(np.prod(batch, dtype=int)) * hkv
+    qq = np.asarray(q.astype(jnp.bfloat16)).reshape(nb, grp * tq, d)
+
+    def head(c, i):
+        codes = c.codes.reshape(nb, tokens, d)[i]
+        scales = c.scales.reshape(nb, *c.scales.shape[-2:])[i]
+        zeros = None if c.zeros is None else c.zeros.reshape(nb, *c.zeros.shape[-2:])[i]
+        scheme = dataclasses.replace(c.scheme, axis=c.axis - (c.codes.ndim - 2))
+        return quant.QuantizedTensor(codes=codes, scales=scales, zeros=zeros, scheme=scheme)
+
+    s = np.stack([sim.reference_matmul(qq[i], transpose_qt(head(kq, i)), dp) for i in range(nb)])
+    s = s.reshape(*batch, hq, tq, tokens) * np.float32(1 / np.sqrt(d))
+    if mask is not None:
+        s = np.where(np.broadcast_to(mask, s.shape), s, -np.inf)
+    p = np.asarray(softmax(jnp.asarray(s), axis=-1)).astype(ml_dtypes.bfloat16)
+    p = p.reshape(nb, grp * tq, tokens)
+    o = np.stack([sim.reference_matmul(p[i], head(vq, i), dp) for i in range(nb)])
+    return o.reshape(*batch, hq, tq, d)
+
+
+@settings(max_examples=6, deadline=None)
+@given(st.sampled_from(["per_token", "per_channel"]), st.sampled_from(["per_token", "per_channel"]),
+       st.sampled_from([gemm.Mugi(rows=8, magnitude_bits=4), gemm.MixPE(), gemm.SystolicMAC()]),
+       st.booleans(), st.integers(0, 2**16))
+def test_attention_exact_matches_reference(k_gran, v_gran, dp, use_mask, seed):
+    rng = np.random.default_rng(seed)
+    b, hkv, grp, tq, tokens, d = 1, 2, 4, 2, 16, 8
+    q = jnp.asarray(rng.standard_normal((b, hkv * grp, tq, d)), jnp.float32)
+    k = rng.standard_normal((b, hkv, tokens, d)).astype(np.float32)
+    v = rng.standard_normal((b, hkv, tokens, d)).astype(np.float32)
+    kq = quant.quantize_kv(k, quant.AsymUInt4(group_size=8), granularity=k_gran)
+    vq = quant.quantize_kv(v, quant.Int4(group_size=8), granularity=v_gran)
+    mask = (np.arange(tokens)[None, :] <= np.arange(tq)[:, None] + tokens - tq) if use_mask \
+        else None
+    out = gemm.attention(q, kq, vq, dp, mask=mask)
+    ref = _attention_reference(q, kq, vq, dp, mask, gemm.exact_softmax)
+    assert out.shape == (b, hkv * grp, tq, d)
+    assert same_bits(out, ref), first_diff(out, ref)
+    # close to float attention on the dequantized caches
+    kd, vd = np.asarray(quant.dequantize(kq)), np.asarray(quant.dequantize(vq))
+    kd, vd = np.repeat(kd, grp, axis=1), np.repeat(vd, grp, axis=1)
+    s = np.einsum("bhqd,bhtd->bhqt", np.asarray(q), kd) / np.sqrt(d)
+    if mask is not None:
+        s = np.where(mask, s, -np.inf)
+    fl = np.einsum("bhqt,bhtd->bhqd", np.asarray(jax.nn.softmax(s, axis=-1)), vd)
+    np.testing.assert_allclose(out, fl, atol=0.1)
+    fast = gemm.attention(q, kq, vq, dp, mask=mask, mode="fast")
+    np.testing.assert_allclose(fast, out, atol=1e-3)
+
+
+def test_attention_pluggable_softmax_and_gqa():
+    rng = np.random.default_rng(0)
+    q = jnp.asarray(rng.standard_normal((8, 1, 16)), jnp.float32)  # 8 query heads, no batch
+    k = quant.quantize_kv(rng.standard_normal((1, 24, 16)).astype(np.float32),
+                          quant.SignMagnitudeInt4(group_size=None))
+    v = quant.quantize_kv(rng.standard_normal((1, 24, 16)).astype(np.float32),
+                          quant.SignMagnitudeInt4(group_size=None), granularity="per_channel")
+    calls = []
+
+    def uniform(x, axis=-1):
+        calls.append(x.shape)
+        return jnp.ones_like(x) / x.shape[axis]
+
+    out = gemm.attention(q, k, v, gemm.Mugi(), softmax=uniform)
+    assert calls == [(8, 1, 24)]
+    mean_v = np.asarray(quant.dequantize(v)).mean(axis=1)  # (1, 16): every head sees the mean
+    np.testing.assert_allclose(out[:, 0], np.broadcast_to(mean_v, (8, 16)), atol=2e-2)
+    sm = functools.partial(jax.nn.softmax)
+    np.testing.assert_array_equal(gemm.attention(q, k, v, gemm.Mugi(), softmax=sm),
+                                  gemm.attention(q, k, v, gemm.Mugi()))
+
+
+# ---------------------------------------------------------------------------------- bad input
+
+
+def test_bad_input():
+    w = weights(0, 16, 8, quant.SignMagnitudeInt4(group_size=8))
+    a = activations(0, (4, 16), specials=False)
+    with pytest.raises(TypeError, match="a:"):
+        gemm.matmul(jnp.ones((4, 16), jnp.int32), w, gemm.Mugi())
+    with pytest.raises(ValueError, match="a:.*reduction"):
+        gemm.matmul(a[:, :8], w, gemm.Mugi())
+    with pytest.raises(TypeError, match="w:"):
+        gemm.matmul(a, jnp.ones((16, 8)), gemm.Mugi())
+    with pytest.raises(TypeError, match="datapath:"):
+        gemm.matmul(a, w, "mugi")
+    with pytest.raises(ValueError, match="mode:"):
+        gemm.matmul(a, w, gemm.Mugi(), mode="approx")
+    w4 = weights(0, 16, 8, quant.Int4(group_size=8))
+    with pytest.raises(ValueError, match="magnitude_bits=4"):
+        gemm.matmul(a, w4, gemm.Mugi())
+    with pytest.raises(ValueError, match="magnitude_bits=4"):
+        gemm.subscription_cycles(w4, gemm.Mugi())
+    with pytest.raises(TypeError, match="datapath:"):
+        gemm.subscription_cycles(w, gemm.Carat())
+    with pytest.raises(ValueError, match="fp64"):
+        gemm.matmul(a, w, gemm.Mugi(accumulator="fp64"))
+    with pytest.raises(ValueError, match="group_size"):
+        quant.quantize(jnp.ones((20, 4)), quant.SignMagnitudeInt4(group_size=8))
+    with pytest.raises(ValueError, match="rows"):
+        gemm.Mugi(rows=0)
+    with pytest.raises(ValueError, match="accumulator"):
+        gemm.Mugi(accumulator="fp16")
+    with pytest.raises(ValueError, match="product"):
+        gemm.Mugi(product="fp8")
+    kv = quant.quantize_kv(jnp.ones((2, 4, 8)), quant.SignMagnitudeInt4(group_size=None))
+    with pytest.raises(ValueError, match="q:"):
+        gemm.attention(jnp.ones((3, 1, 8)), kv, kv, gemm.Mugi())
+    with pytest.raises(ValueError, match="head_dim"):
+        gemm.attention(jnp.ones((4, 1, 6)), kv, kv, gemm.Mugi())
+    with pytest.raises(TypeError, match="mask"):
+        gemm.attention(jnp.ones((4, 1, 8)), kv, kv, gemm.Mugi(), mask=jnp.ones((4,)))
+    assert hash(gemm.Mugi()) == hash(gemm.Mugi())
