@@ -32,7 +32,7 @@ def _expit(v: np.ndarray) -> np.ndarray:
 
 
 def reference_f64(fn: str, v: np.ndarray) -> np.ndarray:
-    """``f(v)`` in float64 for ``fn`` in exp, silu, gelu (erf), gelu_tanh.
+    r"""``f(v)`` in float64 for ``fn`` in exp, silu, gelu (erf), gelu_tanh.
 
     SiLU :math:`v\sigma(v)`; GELU :math:`\tfrac12 v\,\mathrm{erfc}(-v/\sqrt2)`; tanh-GELU
     :math:`v\,\sigma(2u)`, :math:`u = \sqrt{2/\pi}(v + 0.044715 v^3)` (both identical to the

@@ -201,18 +201,22 @@ def vlp_parts(xb: BFloat16[Array, "..."], fn: str, cfg: VLPConfig, axis: int) ->
     index = f.sign * (lut * codes) + latched - e_lo_b * codes
 
     # Special results are extra table entries: [f(0), 0, +inf] after the 2 * L * 2^M entries.
+    # Results are assembled as uint16 bit patterns (selects on BF16 values may canonicalise
+    # NaN payloads).
     table = vlp_table(fn, m_bits, lut, cfg.e_top)
     n = table.size
     extended = jnp.asarray(np.concatenate(
-        [table.reshape(-1), np.array([value_at_zero(fn), 0.0, np.inf], dtype=table.dtype)]))
+        [table.reshape(-1), np.array([value_at_zero(fn), 0.0, np.inf], dtype=table.dtype)]
+    ).view(np.uint16))
     if fn == "exp":
         special = jnp.where(big & (f.sign == 0), n + 2, n + 1)
     else:
         special = jnp.full_like(index, n + 1)
     special = jnp.where(f.biased == 0, n, special)
     out = extended.at[jnp.where(subscribes, index, special)].get(mode="promise_in_bounds")
+    x_bits = jax.lax.bitcast_convert_type(xb, jnp.uint16)
     if fn != "exp":
-        out = jnp.where(big & (f.sign == 0), xb, out)  # SiLU/GELU are the identity above
+        out = jnp.where(big & (f.sign == 0), x_bits, out)  # SiLU/GELU are the identity above
     if not clamp_tail:
         xf = xb.astype(jnp.float32)
         if fn == "exp":
@@ -220,8 +224,8 @@ def vlp_parts(xb: BFloat16[Array, "..."], fn: str, cfg: VLPConfig, axis: int) ->
         else:
             half = xf * 0.5
             tail_v = round_to_bf16(jnp.where(jnp.abs(half) < _TINY32, 0.0 * half, half))
-        out = jnp.where(below, tail_v, out)
-    out = jnp.where(is_nan, xb, out)
+        out = jnp.where(below, jax.lax.bitcast_convert_type(tail_v, jnp.uint16), out)
+    out = jax.lax.bitcast_convert_type(jnp.where(is_nan, x_bits, out), jnp.bfloat16)
     return VLPParts(out, subscribes, f.sign, latched & (codes - 1), g)
 
 

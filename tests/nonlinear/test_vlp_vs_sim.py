@@ -1,0 +1,91 @@
+"""Property tests: the jitted VLP kernels equal the cycle-level simulator bit for bit, and
+``subscription_cycles`` equals the simulator's per-tile cycle counts."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mugi_jax import formats
+from mugi_jax import nonlinear as nl
+from mugi_jax.sim import simulate_softmax, simulate_vlp
+
+from .strategies import BF16, bf16_values, same_bits_nan_aware, vlp_configs
+
+SETTINGS = settings(max_examples=40, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SHAPES = [(7,), (3, 5), (2, 3, 4), (1, 9)]
+FNS = ["exp", "silu", "gelu", "gelu_tanh"]
+
+
+@SETTINGS
+@given(cfg=vlp_configs(), fn=st.sampled_from(FNS), shape=st.sampled_from(SHAPES),
+       axis_pick=st.integers(0, 2), seed=st.integers(0, 2**31 - 1), early=st.booleans())
+def test_vlp_kernel_equals_simulator(cfg, fn, shape, axis_pick, seed, early):
+    axis = axis_pick % len(shape) - len(shape) * (axis_pick % 2)  # negative and positive axes
+    x = bf16_values(np.random.default_rng(seed), shape, cfg)
+    ref = simulate_vlp(x, fn, cfg, axis=axis, early_termination=early)
+    got = formats.to_numpy(nl.vlp(formats.from_numpy(x), fn, cfg, axis=axis))
+    assert got.dtype == BF16
+    np.testing.assert_array_equal(got.view(np.uint16), ref.outputs.view(np.uint16))
+    cycles = np.asarray(nl.subscription_cycles(formats.from_numpy(x), fn, cfg, axis=axis,
+                                               early_termination=early))
+    np.testing.assert_array_equal(cycles, ref.cycles)
+    mugi_l = formats.to_numpy(nl.vlp(formats.from_numpy(x), fn, nl.MugiL(cfg), axis=axis))
+    np.testing.assert_array_equal(mugi_l.view(np.uint16), got.view(np.uint16))
+
+
+SOFTMAX_SHAPES = [(5,), (3, 4), (2, 5, 3), (1, 2, 7, 6), (4, 1)]
+
+
+@SETTINGS
+@given(cfg=vlp_configs(), shape=st.sampled_from(SOFTMAX_SHAPES), seed=st.integers(0, 2**31 - 1),
+       scale=st.sampled_from([0.5, 3.0, 30.0]), p_special=st.sampled_from([0.0, 0.05, 0.3]),
+       early=st.booleans(), last_axis=st.booleans())
+def test_softmax_kernel_equals_simulator(cfg, shape, seed, scale, p_special, early, last_axis):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * scale).astype(np.float32)
+    kinds = rng.random(shape)
+    specials = rng.choice(np.array([-np.inf, -np.inf, np.inf, np.nan, 0.0, 1e-39, -1e-39,
+                                    3e38, -3e38], dtype=np.float32), shape)
+    x = np.where(kinds < p_special, specials, x).astype(np.float32)
+    if rng.random() < 0.3 and x.ndim >= 1:
+        x[..., 0] = -np.inf  # a fully masked row / column somewhere
+    axis = -1 if last_axis else 0
+    ref = simulate_softmax(x, cfg, axis=axis, early_termination=early)
+    got = formats.to_numpy(nl.softmax(jnp.asarray(x), axis=axis, approx=cfg))
+    assert same_bits_nan_aware(got, ref.outputs)
+    assert np.all(got.astype(np.float32)[x == -np.inf] == 0)
+    cycles = np.asarray(nl.subscription_cycles(jnp.asarray(x), "softmax", cfg, axis=axis,
+                                               early_termination=early))
+    np.testing.assert_array_equal(cycles, ref.cycles)
+
+
+@pytest.mark.parametrize("fn", FNS)
+def test_every_bf16_value_default_config(fn):
+    """All 65536 BF16 patterns, one per tile (window_group=1) and in tiles of 256."""
+    x = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(BF16)
+    for group in (1, 256):
+        cfg = nl.VLPConfig(window_group=group)
+        ref = simulate_vlp(x, fn, cfg)
+        got = formats.to_numpy(nl.vlp(formats.from_numpy(x), fn, cfg))
+        np.testing.assert_array_equal(got.view(np.uint16), ref.outputs.view(np.uint16))
+        np.testing.assert_array_equal(np.asarray(nl.subscription_cycles(formats.from_numpy(x), fn,
+                                                                         cfg)), ref.cycles)
+
+
+def test_simulator_events_are_consistent():
+    cfg = nl.VLPConfig(window_group=4)
+    x = np.array([-1.0, -0.3, 0.0, -2.5, -7.0, np.nan, -0.01, -np.inf], dtype=np.float32)
+    r = simulate_vlp(x, "exp", cfg, early_termination=False)
+    assert r.cycles.tolist() == [8, 8]  # one negative pass of 2^3 per tile
+    assert r.events["counter_steps"] == 16
+    assert r.events["comparisons"] == 8 * 8  # rows x cycles
+    assert r.events["table_reads"] == 8 * 16  # W columns x cycles
+    assert r.events["latches"] + r.events["bypasses"] == 8
+    assert r.events["bypasses"] == 3  # zero, NaN, -inf
+    silu = simulate_vlp(x, "silu", cfg, early_termination=False)
+    assert silu.cycles.tolist() == [16, 16]  # two sign passes
