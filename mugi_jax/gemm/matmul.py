@@ -308,45 +308,60 @@ def _odd_weight(codes: Array, o: int) -> Array:
 
 
 def _fast_grouped(a32: Array, kn: KN, product: str) -> Array:
+    """Group sums with the datapath's product rounding, summed in XLA's order; one group at a
+    time (a ``lax.scan`` over groups keeps the memory at one group's worth)."""
     m, k = a32.shape
     n = kn.codes.shape[1]
     g = kn.group
     ng = k // g
-    qf = _array_codes(kn)
+    a_g = a32.reshape(m, ng, g).transpose(1, 0, 2)  # (ng, m, g)
+    codes_g = kn.codes.reshape(ng, g, n)
+    zeros = kn.zeros
     if m < _FAST_DOT_MIN_M or g < 16:
-        p = a32.reshape(m, ng, g, 1) * qf.reshape(1, ng, g, n)
-        if product == "bf16":
-            p = _round_bf16(p)
-        s = jnp.sum(p, axis=2)  # (m, ng, n)
+        if g < 16:  # many tiny groups (scales varying along k): one fused product-reduction
+            p = a32.reshape(m, ng, g, 1) * codes_g.astype(jnp.float32)[None]
+            if product == "bf16":
+                p = _round_bf16(p)
+            y = jnp.sum(p, axis=2) * kn.scales[None]  # (m, ng, n)
+            if zeros is not None:
+                asum = jnp.sum(a32.reshape(m, ng, g), axis=-1)[..., None]
+                y = y + zeros[None] * asum if kn.zero_point == "min" \
+                    else y - (kn.scales * zeros)[None] * asum
+            return jnp.sum(y, axis=1)
+
+        def group_sum(ag, cg):
+            p = ag[:, :, None] * cg.astype(jnp.float32)[None]  # (m, g, n)
+            if product == "bf16":
+                p = _round_bf16(p)
+            return jnp.sum(p, axis=1)
+        xa = a_g
     else:
-        terms = [a32]
         odds = _odd_terms(kn) if product == "bf16" else ()
+        terms = [a_g]
         for o in odds:
-            ao = a32 * o
-            terms.append(jnp.where(jnp.isfinite(a32), _round_bf16(ao) - ao, 0.0))
+            ao = a_g * o
+            terms.append(jnp.where(jnp.isfinite(a_g), _round_bf16(ao) - ao, 0.0))
         nt = len(terms)
-        a_ext = jnp.stack(terms, 0).reshape(nt, m, ng, g).transpose(2, 1, 0, 3)
-        a_ext = a_ext.reshape(ng, m, nt * g).astype(jnp.bfloat16)
-        codes_g = kn.codes.reshape(ng, g, n)
+        # (ng, m, nt * g) BF16: every term is exact in BF16
+        xa = jnp.stack(terms, 2).reshape(ng, m, nt * g).astype(jnp.bfloat16)
 
-        def one(c):
-            ws = [c.astype(jnp.int32)] + [_odd_weight(c, o) for o in odds]
-            return jnp.stack(ws, 0).reshape(nt * g, n).astype(jnp.bfloat16)
+        def group_sum(ag, cg):
+            ws = [cg.astype(jnp.int32)] + [_odd_weight(cg, o) for o in odds]
+            wext = jnp.stack(ws, 0).reshape(nt * g, n).astype(jnp.bfloat16)
+            return lax.dot(ag, wext, preferred_element_type=jnp.float32)
 
-        def step(_, xs):
-            a_g, c_g = xs
-            return None, lax.dot(a_g, one(c_g), preferred_element_type=jnp.float32)
-
-        _, s = lax.scan(step, None, (a_ext, codes_g))  # (ng, m, n)
-        s = s.transpose(1, 0, 2)
-    y = s * kn.scales[None]
-    if kn.zero_point != "none":
-        asum = jnp.sum(a32.reshape(m, ng, g), axis=-1)[..., None]  # (m, ng, 1)
+    def step(out, xs):
+        xg, ag, cg, sg, zg = xs
+        y = group_sum(xg, cg) * sg[None]
         if kn.zero_point == "min":
-            y = y + kn.zeros[None] * asum
-        else:
-            y = y - (kn.scales * kn.zeros)[None] * asum
-    return jnp.sum(y, axis=1)
+            y = y + zg[None] * jnp.sum(ag, axis=-1)[:, None]
+        elif kn.zero_point == "int":
+            y = y - (sg * zg)[None] * jnp.sum(ag, axis=-1)[:, None]
+        return out + y, None
+
+    xs = (xa, a_g, codes_g, kn.scales, zeros)
+    out, _ = lax.scan(step, jnp.zeros((m, n), jnp.float32), xs)
+    return out
 
 
 # --------------------------------------------------------------------------------------------

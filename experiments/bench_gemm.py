@@ -1,0 +1,88 @@
+"""Benchmark: gemm.matmul (fast / exact) vs the jitted FP32 baseline ``a @ dequantize(w)``.
+
+Run: ``python -m experiments.bench_gemm [--datapaths mugi,systolic,...] [--repeats N]``.
+Prints, per shape and datapath mode, the wall time, its ratio to the baseline timed in the same
+run, and the peak memory XLA reserves for the compiled call (arguments + outputs + temporaries,
+from ``compiled.memory_analysis()``).  Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+
+from mugi_jax import gemm, quant
+
+SHAPES = {
+    "decode (8x4096)@(4096x4096)": (8, 4096, 4096, 128),
+    "prefill (512x4096)@(4096x4096)": (512, 4096, 4096, 128),
+    "SmolLM2 (8x576)@(576x1536)": (8, 576, 1536, 64),  # 576 is not a multiple of 128: g64
+}
+DATAPATHS = {
+    "mugi": gemm.Mugi(),
+    "mugi-bf16acc": gemm.Mugi(accumulator="bf16"),
+    "mixpe": gemm.MixPE(),
+    "systolic": gemm.SystolicMAC(),
+    "carat": gemm.Carat(),
+    "figna": gemm.FIGNA(),
+}
+
+
+def _time(fn, args, repeats: int) -> float:
+    jax.block_until_ready(fn(*args))  # compile + warm up
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def _peak_mib(fn, args) -> float:
+    m = fn.lower(*args).compile().memory_analysis()
+    if m is None:
+        return float("nan")
+    total = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+             - m.alias_size_in_bytes)
+    return total / 2**20
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--datapaths", default="mugi", help=f"comma list of {sorted(DATAPATHS)}")
+    ap.add_argument("--modes", default="fast,exact")
+    ap.add_argument("--shapes", default=",".join(str(i) for i in range(len(SHAPES))),
+                    help="comma list of shape indices (0 decode, 1 prefill, 2 SmolLM2)")
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    names = list(SHAPES)
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, "
+          f"{jax.devices()[0].device_kind}")
+    print(f"{'shape':34s} {'datapath/mode':22s} {'time [ms]':>10s} {'ratio':>7s} "
+          f"{'peak [MiB]':>11s}")
+    for idx in args.shapes.split(","):
+        label = names[int(idx)]
+        m, k, n, g = SHAPES[label]
+        key_a, key_w = jax.random.split(jax.random.PRNGKey(0))
+        a = jax.random.normal(key_a, (m, k), jnp.float32).astype(jnp.bfloat16)
+        w = quant.quantize(jax.random.normal(key_w, (k, n), jnp.float32) * 0.02,
+                           quant.SignMagnitudeInt4(group_size=g))
+        base = jax.jit(lambda a, w: a.astype(jnp.float32) @ quant.dequantize(w))
+        t_ref = _time(base, (a, w), args.repeats)
+        print(f"{label:34s} {'fp32 a @ dequantize(w)':22s} {t_ref * 1e3:10.2f} {1.0:7.2f} "
+              f"{_peak_mib(base, (a, w)):11.1f}", flush=True)
+        for dname in args.datapaths.split(","):
+            dp = DATAPATHS[dname]
+            for mode in args.modes.split(","):
+                fn = jax.jit(lambda a, w, dp=dp, mode=mode: gemm.matmul(a, w, dp, mode=mode))
+                t = _time(fn, (a, w), args.repeats)
+                print(f"{'':34s} {dname + '/' + mode:22s} {t * 1e3:10.2f} {t / t_ref:7.2f} "
+                      f"{_peak_mib(fn, (a, w)):11.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
