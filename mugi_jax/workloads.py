@@ -245,6 +245,44 @@ def op_table_family(
     return union, reps
 
 
+class PrefixFamily(NamedTuple):
+    """:func:`op_table_family` in the layout the sweep kernel uses (see its docstring)."""
+
+    fixed: OpTable  # rows whose shape does not depend on seq_len (F rows)
+    fixed_reps: Float[np.ndarray, "S F"]  # their repeat for each seq_len
+    gemm_blocks: OpTable  # attention decode GEMMs: 2 blocks (QK^T, PV) x C_max rows, flattened
+    nl_blocks: OpTable  # softmax decode: 1 block x C_max rows
+    prefix: Int[np.ndarray, " S"]  # decode rows of each seq_len: seq_len - prefill_len
+    c_max: int
+
+
+def op_table_prefix_family(
+    model: ModelShape, batch: int, seq_lens: "list[int] | tuple[int, ...]", prefill_len: int = 64,
+    convention: DecodeConvention = DecodeConvention(),
+) -> PrefixFamily:
+    """The family of :func:`op_table_family` split into fixed rows and attention-decode blocks.
+
+    The decode blocks of :func:`op_table` are ordered by context length c = P+1..S with a
+    constant repeat (layers), so the run at seq_len s uses exactly the first s - P rows of each
+    block: a cumulative sum over the block gives every sequence length at once.
+    """
+    union, reps = op_table_family(model, batch, seq_lens, prefill_len, convention)
+    c_max = max(seq_lens) - prefill_len
+    n_fixed = union.rows - 3 * c_max
+
+    def take(lo: int, hi: int) -> OpTable:
+        return OpTable(*(col[lo:hi] for col in union))
+
+    return PrefixFamily(
+        fixed=take(0, n_fixed),
+        fixed_reps=reps[:, :n_fixed],
+        gemm_blocks=take(n_fixed, n_fixed + 2 * c_max),
+        nl_blocks=take(n_fixed + 2 * c_max, n_fixed + 3 * c_max),
+        prefix=np.asarray([s - prefill_len for s in seq_lens], dtype=np.int64),
+        c_max=c_max,
+    )
+
+
 def table_rows(workload: Workload) -> int:
     """Rows of :func:`op_table` for this workload (21 fixed + 3 per attention decode step)."""
     return 21 + 3 * attention_decode_rows(workload)

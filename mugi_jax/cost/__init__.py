@@ -23,23 +23,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mugi_jax.cost.model import ArchParams, arch_params, family_totals, stack_params, table_arrays
+from mugi_jax.cost.model import ArchParams, arch_params, prefix_family_totals, stack_params, table_arrays
 from mugi_jax.cost.presets import PAPER, PRESETS, Preset, get_preset
 from mugi_jax.cost.report import Breakdown, Report, derive_report
 from mugi_jax.hw.arch import Arch
-from mugi_jax.workloads import Workload, op_table_family
+from mugi_jax.workloads import OpTable, Workload, op_table_prefix_family
 
-ROW_BUCKET = 4096  # table rows are padded to a multiple of this
-SEQ_BUCKET = 8  # sequence lengths per family, padded
+FIXED_BUCKET = 32  # fixed (seq-len independent) rows, padded
+DECODE_BUCKET = 1024  # attention-decode rows per block, padded to a multiple of this
+SEQ_BUCKET = 8  # most sequence lengths per family (padded to a power of two up to this)
 GROUP_BUCKET = 4  # families per call, padded
 ARCH_CHUNK = 8  # designs per vmapped call
 
 
 @jax.jit
-def _chunk_totals(ps: ArchParams, ts: dict, reps: jax.Array) -> dict:
-    """ps: [A] designs; ts: [G, R] tables; reps: [G, S, R] -> sums with axes [A, G, S, ...]."""
-    per_group = jax.vmap(family_totals, in_axes=(None, 0, 0))
-    return jax.vmap(per_group, in_axes=(0, None, None))(ps, ts, reps)
+def _chunk_totals(ps: ArchParams, fam: dict) -> dict:
+    """ps: [A] designs; fam: [G, ...] prefix families -> sums with axes [A, G, S, ...]."""
+    per_group = jax.vmap(prefix_family_totals, in_axes=(None, 0, 0, 0, 0, 0))
+    return jax.vmap(per_group, in_axes=(0, None, None, None, None, None))(
+        ps, fam["fixed"], fam["fixed_reps"], fam["gemm"], fam["nl"], fam["prefix"])
 
 
 def _ceil_to(x: int, q: int) -> int:
@@ -83,33 +85,53 @@ def sweep(
     built = []
     for (model, batch, prefill), members in fams:
         seqs = sorted({s for _, s in members})
-        table, reps = op_table_family(model, batch, seqs, prefill, pr.decode)
-        built.append((table, reps, seqs, members))
-    rows = _ceil_to(max(t.rows for t, *_ in built), ROW_BUCKET)
+        built.append((op_table_prefix_family(model, batch, seqs, prefill, pr.decode), seqs, members))
+    n_fixed = _ceil_to(max(f.fixed.rows for f, *_ in built), FIXED_BUCKET)
+    c_max = _ceil_to(max(f.c_max for f, *_ in built), DECODE_BUCKET)
+    n_seq = SEQ_BUCKET
     n_groups = _ceil_to(len(built), GROUP_BUCKET)
-    cols = [table_arrays(t.pad_to(rows)) for t, *_ in built]
-    cols += [cols[0]] * (n_groups - len(cols))
-    ts = {k: jnp.asarray(np.stack([c[k] for c in cols])) for k in cols[0]}
-    reps_all = np.zeros((n_groups, SEQ_BUCKET, rows), np.float32)
-    for g, (_, reps, _, _) in enumerate(built):
-        reps_all[g, : reps.shape[0], : reps.shape[1]] = reps
-    reps_all = jnp.asarray(reps_all)
 
+    def blocks(t: OpTable, n_blocks: int, c: int) -> dict:
+        per = [OpTable(*(col[i * c:(i + 1) * c] for col in t)).pad_to(c_max) for i in range(n_blocks)]
+        cols = [table_arrays(b) for b in per]
+        return {k: np.stack([cc[k] for cc in cols]) for k in cols[0]}
+
+    fam_arrays = []
+    for f, seqs, _ in built:
+        reps = np.zeros((n_seq, n_fixed), np.float32)
+        reps[: len(seqs), : f.fixed.rows] = f.fixed_reps
+        prefix = np.zeros(n_seq, np.int32)
+        prefix[: len(seqs)] = f.prefix
+        fam_arrays.append({
+            "fixed": table_arrays(f.fixed.pad_to(n_fixed)), "fixed_reps": reps,
+            "gemm": blocks(f.gemm_blocks, 2, f.c_max), "nl": blocks(f.nl_blocks, 1, f.c_max),
+            "prefix": prefix,
+        })
+    fam_arrays += [fam_arrays[0]] * (n_groups - len(fam_arrays))
+    # every call has the same shapes ([ARCH_CHUNK] designs x [GROUP_BUCKET] families), so the
+    # kernel compiles once per decode-row bucket and is reused by every chunk and every sweep
+    fams_dev = [
+        jax.tree_util.tree_map(lambda *x: jnp.asarray(np.stack(x)), *fam_arrays[g:g + GROUP_BUCKET])
+        for g in range(0, n_groups, GROUP_BUCKET)
+    ]
     params = [arch_params(a, pr.missing_attribute) for a in archs]
     n_arch = _ceil_to(len(params), ARCH_CHUNK)
     params += [params[0]] * (n_arch - len(params))
-    chunks = []
+    rows_out = []
     for i in range(0, n_arch, ARCH_CHUNK):
-        ps = stack_params(params[i:i + ARCH_CHUNK])
-        chunks.append(_chunk_totals(ps, ts, reps_all))
+        ps = jax.tree_util.tree_map(jnp.asarray, stack_params(params[i:i + ARCH_CHUNK]))
+        rows_out.append([_chunk_totals(ps, fam) for fam in fams_dev])
     # post-processing in NumPy float64 (no per-shape compilation, exact enough for the sums)
-    totals = {k: np.concatenate([np.asarray(c[k], np.float64) for c in chunks])[: len(archs)]
-              for k in chunks[0]}
+    totals = {
+        k: np.concatenate([np.concatenate([np.asarray(c[k], np.float64) for c in row], axis=1)
+                           for row in rows_out])[: len(archs)]
+        for k in rows_out[0][0]
+    }
 
     # gather [A, G, S] -> [A, W] in the caller's workload order
     g_idx = np.zeros(len(workloads), np.int32)
     s_idx = np.zeros(len(workloads), np.int32)
-    for g, (_, _, seqs, members) in enumerate(built):
+    for g, (_, seqs, members) in enumerate(built):
         for pos, s in members:
             g_idx[pos], s_idx[pos] = g, seqs.index(s)
     totals = {k: v[:, g_idx, s_idx] for k, v in totals.items()}

@@ -155,14 +155,9 @@ def _pow2_floor(x):
     return jnp.exp2(jnp.floor(jnp.log2(jnp.maximum(x, 1.0))))
 
 
-def row_costs(p: ArchParams, t: dict[str, Float[Array, " R"]]) -> dict[str, Float[Array, " R"]]:
-    """Per-row cycles, dynamic energy [pJ] and FLOPs (for one execution of each row).
-
-    Pure and elementwise over the rows; see the module docstring for the formulas.
-    """
-    b, m, k, n, kind = t["b"], t["m"], t["k"], t["n"], t["kind"]
-    is_gemm = kind == GEMM
-    # ---------------- GEMM ----------------
+def gemm_row_costs(p: ArchParams, t: dict[str, Float[Array, " R"]]) -> tuple[Array, Array, Array]:
+    """(cycles, dynamic energy [pJ], FLOPs) of one execution of each GEMM row (elementwise)."""
+    b, m, k, n = t["b"], t["m"], t["k"], t["n"]
     tm = jnp.minimum(p.W, m)
     tn = jnp.minimum(p.H, n)
     tk = jnp.minimum(p.Ks, k)
@@ -179,11 +174,11 @@ def row_costs(p: ArchParams, t: dict[str, Float[Array, " R"]]) -> dict[str, Floa
     isram_w = _cdiv(b * m * k * 16.0, p.w_i) * _cdiv(n, tn_off)
     wsram_w = _cdiv(b * k * n * p.wbits, p.w_w) * _cdiv(m, tm_off)
     drain = _cdiv(b * m * n * 16.0, p.w_o)
-    g_cycles = jnp.maximum(jnp.maximum(jnp.maximum(compute, isram_r), jnp.maximum(wsram_r, isram_w)),
-                           jnp.maximum(jnp.maximum(wsram_w, out_acc), drain)) / p.nodes
+    cycles = jnp.maximum(jnp.maximum(jnp.maximum(compute, isram_r), jnp.maximum(wsram_r, isram_w)),
+                         jnp.maximum(jnp.maximum(wsram_w, out_acc), drain)) / p.nodes
     macs = b * m * k * n
     outputs = b * m * n
-    g_energy = (
+    energy = (
         macs * p.e_mac + outputs * p.e_output + outputs * kt * p.e_output_ktile
         + outputs * _cdiv(k, MIXPE_GROUP) * p.e_output_group + p.e_op
         + isram_r * p.e_isram_r + isram_w * p.e_isram_w + wsram_r * p.e_wsram_r
@@ -191,35 +186,96 @@ def row_costs(p: ArchParams, t: dict[str, Float[Array, " R"]]) -> dict[str, Floa
         # NoC bit-hops; archx pairs the routers with swapped SRAM widths (kept: paper preset)
         + p.hops * (isram_w * p.w_o + wsram_w * p.w_i + drain * p.w_w) * p.e_router_bit
     )
-    g_flops = 2.0 * macs
-    # ---------------- nonlinear ----------------
-    sm = kind == SOFTMAX
+    return cycles, energy, 2.0 * macs
+
+
+def nonlinear_row_costs(p: ArchParams, t: dict[str, Float[Array, " R"]]) -> tuple[Array, Array, Array]:
+    """(cycles, dynamic energy [pJ], FLOPs) of one execution of each softmax / activation row."""
+    m, n = t["m"], t["n"]
+    sm = t["kind"] == SOFTMAX
     elems = m * n
     lt = jnp.minimum(p.nl_lanes, m)
     full = jnp.floor(m / lt)
     rem = m - full * lt
     cols = (full + (rem > 0)) * n
     col_cycles = jnp.where(sm, p.sm_col_cycles, p.si_col_cycles)
-    nl_compute = cols * col_cycles
+    compute = cols * col_cycles
     f = jnp.where(sm, 2.0, 1.0)
-    nl_osram = n * f * (full * _cdiv(lt * 16.0, p.w_o) + _cdiv(rem * 16.0, p.w_o))
-    nl_fill = _cdiv(elems * 16.0, p.w_o)
+    osram = n * f * (full * _cdiv(lt * 16.0, p.w_o) + _cdiv(rem * 16.0, p.w_o))
+    fill = _cdiv(elems * 16.0, p.w_o)
     lut_reads = cols * col_cycles * _cdiv(WINDOW_BITS, p.w_i) * p.lut_streamed
     lut_fill = _cdiv(LUT_BITS, p.w_i) * p.lut_streamed
-    n_cycles = jnp.maximum(jnp.maximum(nl_compute, nl_osram), nl_fill) / p.nodes
-    n_energy = (
+    cycles = jnp.maximum(jnp.maximum(compute, osram), fill) / p.nodes
+    energy = (
         elems * jnp.where(sm, p.e_softmax_elem, p.e_silu_elem)
         + cols * jnp.where(sm, p.e_softmax_col, p.e_silu_col) + p.e_op
-        + nl_osram * (p.e_osram_r + p.e_osram_w) + nl_fill * (p.e_osram_w + p.e_osram_r)
+        + osram * (p.e_osram_r + p.e_osram_w) + fill * (p.e_osram_w + p.e_osram_r)
         + lut_reads * p.e_isram_r + lut_fill * p.e_isram_w
     )
-    n_flops = 3.0 * elems
+    return cycles, energy, 3.0 * elems
+
+
+def row_costs(p: ArchParams, t: dict[str, Float[Array, " R"]]) -> dict[str, Float[Array, " R"]]:
+    """Per-row cycles, dynamic energy [pJ] and FLOPs (for one execution of each row).
+
+    Pure and elementwise over the rows; see the module docstring for the formulas.
+    """
+    is_gemm = t["kind"] == GEMM
+    g = gemm_row_costs(p, t)
+    nl = nonlinear_row_costs(p, t)
     return {
-        "cycles": jnp.where(is_gemm, g_cycles, n_cycles),
-        "energy_pj": jnp.where(is_gemm, g_energy, n_energy),
-        "flops": jnp.where(is_gemm, g_flops, n_flops),
+        "cycles": jnp.where(is_gemm, g[0], nl[0]),
+        "energy_pj": jnp.where(is_gemm, g[1], nl[1]),
+        "flops": jnp.where(is_gemm, g[2], nl[2]),
         "is_gemm": is_gemm.astype(jnp.float32),
     }
+
+
+def _class_columns(cycles, energy, flops, cls, is_gemm, rep):
+    """[R, 17] per-row contributions: cycles/energy/FLOPs by class (3 x 5), GEMM and NL cycles."""
+    onehot = (cls[..., None] == jnp.arange(N_CLASSES)).astype(jnp.float32)
+    c, e, f = cycles * rep, energy * rep, flops * rep
+    return jnp.concatenate([
+        c[..., None] * onehot, e[..., None] * onehot, f[..., None] * onehot,
+        (c * is_gemm)[..., None], (c * (1.0 - is_gemm))[..., None],
+    ], axis=-1)
+
+
+def _split_columns(sums):
+    c = N_CLASSES
+    return {
+        "class_cycles": sums[..., :c], "class_energy_pj": sums[..., c:2 * c],
+        "class_flops": sums[..., 2 * c:3 * c], "gemm_cycles": sums[..., 3 * c],
+        "nonlinear_cycles": sums[..., 3 * c + 1],
+    }
+
+
+def prefix_family_totals(
+    p: ArchParams,
+    fixed: dict[str, Float[Array, " F"]],
+    fixed_reps: Float[Array, "S F"],
+    gemm_blocks: dict[str, Float[Array, "B C"]],
+    nl_blocks: dict[str, Float[Array, "B2 C"]],
+    prefix: Float[Array, " S"],
+) -> dict:
+    """Totals for S sequence lengths of one (model, batch) family, using the prefix structure.
+
+    ``fixed`` rows (projections, FFN, LM head, prefill attention) are weighted by ``fixed_reps``;
+    the attention-decode blocks (rows ordered by context length, each with its repeat) contribute
+    their cumulative sum up to ``prefix[s]`` rows (= seq_len - prefill_len).  Equivalent to
+    :func:`family_totals` on :func:`mugi_jax.workloads.op_table_family`, but each decode row is
+    costed once and summed by a cumulative sum instead of a matrix product.
+    """
+    r = row_costs(p, fixed)
+    sums = fixed_reps @ _class_columns(r["cycles"], r["energy_pj"], r["flops"], fixed["cls"],
+                                       r["is_gemm"], 1.0)
+    for blocks, fn, is_gemm in ((gemm_blocks, gemm_row_costs, 1.0), (nl_blocks, nonlinear_row_costs, 0.0)):
+        cyc, en, fl = fn(p, blocks)
+        cols = _class_columns(cyc, en, fl, blocks["cls"], is_gemm, blocks["rep"])  # [B, C, 17]
+        csum = jnp.cumsum(jnp.sum(cols, axis=0), axis=0)  # [C, 17]
+        csum = jnp.concatenate([jnp.zeros_like(csum[:1]), csum])  # row 0 = empty prefix
+        sums = sums + csum[prefix.astype(jnp.int32)]
+    return _split_columns(sums)
 
 
 def table_totals(p: ArchParams, t: dict[str, Float[Array, " R"]]) -> dict[str, Float[Array, "..."]]:
@@ -244,18 +300,8 @@ def family_totals(p: ArchParams, t: dict[str, Float[Array, " R"]], reps: Float[A
     family (see :func:`mugi_jax.workloads.op_table_family`) in one matrix product.
     """
     r = row_costs(p, t)
-    onehot = (t["cls"][:, None] == jnp.arange(N_CLASSES)[None, :]).astype(jnp.float32)
-    cols = jnp.concatenate([
-        r["cycles"][:, None] * onehot, r["energy_pj"][:, None] * onehot, r["flops"][:, None] * onehot,
-        (r["cycles"] * r["is_gemm"])[:, None], (r["cycles"] * (1.0 - r["is_gemm"]))[:, None],
-    ], axis=1)
-    sums = reps @ cols
-    c = N_CLASSES
-    return {
-        "class_cycles": sums[:, :c], "class_energy_pj": sums[:, c:2 * c],
-        "class_flops": sums[:, 2 * c:3 * c], "gemm_cycles": sums[:, 3 * c],
-        "nonlinear_cycles": sums[:, 3 * c + 1],
-    }
+    return _split_columns(reps @ _class_columns(r["cycles"], r["energy_pj"], r["flops"], t["cls"],
+                                                r["is_gemm"], 1.0))
 
 
 assert NONLINEAR == 3
