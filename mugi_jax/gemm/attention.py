@@ -11,7 +11,7 @@ from jaxtyping import Array, Bool, Float
 
 from mugi_jax import quant
 from mugi_jax.gemm._weights import KN, as_kn
-from mugi_jax.gemm.matmul import (MODES, _matmul_2d, activations_bf16, check_datapath,
+from mugi_jax.gemm.kernels import (MODES, _matmul_2d, activations_bf16, check_datapath,
                                   check_scheme)
 
 __all__ = ["attention", "exact_softmax"]

@@ -8,7 +8,7 @@ from jaxtyping import Array, Int
 
 from mugi_jax import quant
 from mugi_jax.gemm.datapaths import Mugi
-from mugi_jax.gemm.matmul import check_scheme
+from mugi_jax.gemm.kernels import check_scheme
 
 __all__ = ["subscription_cycles", "total_cycles"]
 
