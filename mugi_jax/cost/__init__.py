@@ -27,9 +27,10 @@ from mugi_jax.cost.model import ArchParams, arch_params, prefix_family_totals, s
 from mugi_jax.cost.presets import PAPER, PRESETS, Preset, get_preset
 from mugi_jax.cost.report import Breakdown, Report, derive_report
 from mugi_jax.hw.arch import Arch
-from mugi_jax.workloads import OpTable, Workload, op_table_prefix_family
+from mugi_jax.workloads import GEMM, OpTable, Workload, op_table_prefix_family
 
-FIXED_BUCKET = 32  # fixed (seq-len independent) rows, padded
+FIXED_GEMM_BUCKET = 32  # fixed (seq-len independent) GEMM rows, padded
+FIXED_NL_BUCKET = 8  # fixed nonlinear rows, padded
 DECODE_BUCKET = 1024  # attention-decode rows per block, padded to a multiple of this
 SEQ_BUCKET = 8  # most sequence lengths per family (padded to a power of two up to this)
 GROUP_BUCKET = 4  # families per call, padded
@@ -39,9 +40,10 @@ ARCH_CHUNK = 8  # designs per vmapped call
 @jax.jit
 def _chunk_totals(ps: ArchParams, fam: dict) -> dict:
     """ps: [A] designs; fam: [G, ...] prefix families -> sums with axes [A, G, S, ...]."""
-    per_group = jax.vmap(prefix_family_totals, in_axes=(None, 0, 0, 0, 0, 0))
-    return jax.vmap(per_group, in_axes=(0, None, None, None, None, None))(
-        ps, fam["fixed"], fam["fixed_reps"], fam["gemm"], fam["nl"], fam["prefix"])
+    per_group = jax.vmap(prefix_family_totals, in_axes=(None,) + (0,) * 7)
+    return jax.vmap(per_group, in_axes=(0,) + (None,) * 7)(
+        ps, fam["fixed_gemm"], fam["gemm_reps"], fam["gemm"], fam["fixed_nl"], fam["nl_reps"],
+        fam["nl"], fam["prefix"])
 
 
 def _ceil_to(x: int, q: int) -> int:
@@ -86,7 +88,6 @@ def sweep(
     for (model, batch, prefill), members in fams:
         seqs = sorted({s for _, s in members})
         built.append((op_table_prefix_family(model, batch, seqs, prefill, pr.decode), seqs, members))
-    n_fixed = _ceil_to(max(f.fixed.rows for f, *_ in built), FIXED_BUCKET)
     c_max = _ceil_to(max(f.c_max for f, *_ in built), DECODE_BUCKET)
     n_seq = SEQ_BUCKET
     n_groups = _ceil_to(len(built), GROUP_BUCKET)
@@ -96,16 +97,25 @@ def sweep(
         cols = [table_arrays(b) for b in per]
         return {k: np.stack([cc[k] for cc in cols]) for k in cols[0]}
 
+    def fixed_part(f, mask: np.ndarray, bucket: int, n_seqs: int):
+        idx = np.flatnonzero(mask)
+        if len(idx) > bucket:
+            raise AssertionError(f"{len(idx)} fixed rows exceed the bucket of {bucket}")
+        rows = OpTable(*(col[idx] for col in f.fixed)).pad_to(bucket)
+        reps = np.zeros((n_seq, bucket), np.float32)
+        reps[:n_seqs, : len(idx)] = f.fixed_reps[:, idx]
+        return table_arrays(rows), reps
+
     fam_arrays = []
     for f, seqs, _ in built:
-        reps = np.zeros((n_seq, n_fixed), np.float32)
-        reps[: len(seqs), : f.fixed.rows] = f.fixed_reps
+        is_gemm = f.fixed.kind == GEMM
+        fg, rg = fixed_part(f, is_gemm, FIXED_GEMM_BUCKET, len(seqs))
+        fn, rn = fixed_part(f, ~is_gemm, FIXED_NL_BUCKET, len(seqs))
         prefix = np.zeros(n_seq, np.int32)
         prefix[: len(seqs)] = f.prefix
         fam_arrays.append({
-            "fixed": table_arrays(f.fixed.pad_to(n_fixed)), "fixed_reps": reps,
-            "gemm": blocks(f.gemm_blocks, 2, f.c_max), "nl": blocks(f.nl_blocks, 1, f.c_max),
-            "prefix": prefix,
+            "fixed_gemm": fg, "gemm_reps": rg, "gemm": blocks(f.gemm_blocks, 2, f.c_max),
+            "fixed_nl": fn, "nl_reps": rn, "nl": blocks(f.nl_blocks, 1, f.c_max), "prefix": prefix,
         })
     fam_arrays += [fam_arrays[0]] * (n_groups - len(fam_arrays))
     # every call has the same shapes ([ARCH_CHUNK] designs x [GROUP_BUCKET] families), so the

@@ -252,27 +252,37 @@ def _split_columns(sums):
 
 def prefix_family_totals(
     p: ArchParams,
-    fixed: dict[str, Float[Array, " F"]],
-    fixed_reps: Float[Array, "S F"],
+    fixed_gemm: dict[str, Float[Array, " Fg"]],
+    gemm_reps: Float[Array, "S Fg"],
     gemm_blocks: dict[str, Float[Array, "B C"]],
+    fixed_nl: dict[str, Float[Array, " Fn"]],
+    nl_reps: Float[Array, "S Fn"],
     nl_blocks: dict[str, Float[Array, "B2 C"]],
     prefix: Float[Array, " S"],
 ) -> dict:
     """Totals for S sequence lengths of one (model, batch) family, using the prefix structure.
 
-    ``fixed`` rows (projections, FFN, LM head, prefill attention) are weighted by ``fixed_reps``;
-    the attention-decode blocks (rows ordered by context length, each with its repeat) contribute
-    their cumulative sum up to ``prefix[s]`` rows (= seq_len - prefill_len).  Equivalent to
-    :func:`family_totals` on :func:`mugi_jax.workloads.op_table_family`, but each decode row is
-    costed once and summed by a cumulative sum instead of a matrix product.
+    Fixed rows (projections, FFN, LM head, prefill attention, activation), split into GEMM and
+    nonlinear rows, are weighted by their repeat matrices; the attention-decode blocks (rows
+    ordered by context length, each with its repeat) contribute their cumulative sum up to
+    ``prefix[s]`` rows (= seq_len - prefill_len).  Equivalent to :func:`family_totals` on
+    :func:`mugi_jax.workloads.op_table_family`, but each row is costed once, by its own formula
+    only, and decode rows are summed by a cumulative sum instead of a matrix product.
     """
-    r = row_costs(p, fixed)
-    sums = fixed_reps @ _class_columns(r["cycles"], r["energy_pj"], r["flops"], fixed["cls"],
-                                       r["is_gemm"], 1.0)
-    for blocks, fn, is_gemm in ((gemm_blocks, gemm_row_costs, 1.0), (nl_blocks, nonlinear_row_costs, 0.0)):
-        cyc, en, fl = fn(p, blocks)
-        cols = _class_columns(cyc, en, fl, blocks["cls"], is_gemm, blocks["rep"])  # [B, C, 17]
-        csum = jnp.cumsum(jnp.sum(cols, axis=0), axis=0)  # [C, 17]
+    sums = 0.0
+    for fixed, reps, blocks, fn, is_gemm in (
+        (fixed_gemm, gemm_reps, gemm_blocks, gemm_row_costs, 1.0),
+        (fixed_nl, nl_reps, nl_blocks, nonlinear_row_costs, 0.0),
+    ):
+        n_fixed = reps.shape[-1]
+        n_blocks, c = blocks["m"].shape
+        t = {k: jnp.concatenate([fixed[k], blocks[k].reshape(-1)]) for k in fixed}
+        rep = jnp.concatenate([jnp.ones(n_fixed, jnp.float32), blocks["rep"].reshape(-1)])
+        cyc, en, fl = fn(p, t)
+        cols = _class_columns(cyc, en, fl, t["cls"], is_gemm, rep)  # [Fx + B*C, 17]
+        sums = sums + reps @ cols[:n_fixed]
+        dec = jnp.sum(cols[n_fixed:].reshape(n_blocks, c, -1), axis=0)
+        csum = jnp.cumsum(dec, axis=0)
         csum = jnp.concatenate([jnp.zeros_like(csum[:1]), csum])  # row 0 = empty prefix
         sums = sums + csum[prefix.astype(jnp.int32)]
     return _split_columns(sums)

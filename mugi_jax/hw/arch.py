@@ -120,9 +120,6 @@ class Arch:
     def with_mesh(self, mesh: Mesh | str) -> "Arch":
         """The same node replicated over ``mesh`` (adds i/w/o routers per node when > 1 node)."""
         m = parse_mesh(mesh) if isinstance(mesh, str) else mesh
-        if self.family == "tensor" and m.name not in ("1x1", "2x1", "2x2"):
-            # the authors ran the tensor core on 2x1 and 2x2 only; others are allowed but flagged
-            pass
         return replace(self, mesh=m)
 
     def router_modules(self) -> tuple[Module, ...]:
