@@ -90,6 +90,13 @@ ARTIFACTS: dict[str, Artifact] = {
                        "Jane Austen's six novels (R data)"),
 }
 
+#: sha256 of the built corpus texts (UTF-8): a changed definition or builder is caught at build time.
+CORPUS_SHA256 = {
+    "sotu": "3d90b332dde8a24ba3e885b9f21a767d630174d62888ad88b71d998011dce8d2",
+    "brown": "f56b1b0f1124dce155684722b7d8f9e0f40beba7afa94fd2755bd48630c8a607",
+    "austen": "7f77b3747b535329741d65eafa6742c714087743969518a1a5e15a7afe058272",
+}
+
 MODELS = ("smollm2",)
 CORPORA = ("sotu", "brown", "austen")
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -297,7 +304,12 @@ def corpus_text(name: str, fetch_missing: bool = True) -> str:
         if not fetch_missing:
             raise DataError(f"{out} is missing; run `mugi-jax data fetch`")
         archive = _download(ARTIFACTS[name])
-        write_text(out, _BUILDERS[name](archive))
+        text = _BUILDERS[name](archive)
+        got = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        if got != CORPUS_SHA256[name]:
+            raise DataError(f"corpus {name!r}: the built text has sha256 {got}, expected "
+                            f"{CORPUS_SHA256[name]} (the corpus definition or builder changed)")
+        write_text(out, text)
     return out.read_text(encoding="utf-8")
 
 

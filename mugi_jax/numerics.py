@@ -163,18 +163,54 @@ class Gemm:
                 w = w.dequantize(jnp.float32)
             return jnp.matmul(x.astype(jnp.float32), w, precision=jax.lax.Precision.HIGHEST)
         gemm = _kernel_module("gemm")
+        if isinstance(w, jax.Array):  # an unprepared FP32 kernel: quantize here (every call)
+            w = self.prepare_weight(w)
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])
         out = gemm.matmul(x2, w, self.datapath, mode=self.mode)
         return out.reshape(*lead, out.shape[-1]).astype(dtype)
 
-    def einsum(self, spec: str, a: Array, b: Array) -> Array:
-        """Activation x activation products (QK^T, PV): FP32 ``einsum`` on (optionally BF16
-        rounded) inputs.  ``b`` is the cache operand (already in the KV format)."""
-        if self.bf16_activations:
-            a, b = _to_bf16(a), _to_bf16(b)
-        return jnp.einsum(spec, a.astype(jnp.float32), b.astype(jnp.float32),
-                          precision=jax.lax.Precision.HIGHEST)
+    def scores(self, q: Float[Array, "B H M D"], k: Float[Array, "B H S D"],
+               kv_scheme: Any = None) -> Float[Array, "B H M S"]:
+        """``Q K^T`` (unscaled) per batch row and KV head; ``M`` = query heads of the GQA group x
+        query tokens.  On a datapath, K is quantized per token with ``kv_scheme`` and is the
+        weight operand ``(D, S)`` (groups along the reduction ``D``)."""
+        if self.datapath is None:
+            if self.bf16_activations:
+                q, k = _to_bf16(q), _to_bf16(k)
+            return jnp.einsum("bhmd,bhsd->bhms", q.astype(jnp.float32), k.astype(jnp.float32),
+                              precision=jax.lax.Precision.HIGHEST)
+        if kv_scheme is None:
+            raise ValueError("attention GEMMs on a datapath need an INT4 KV-cache scheme "
+                             "(LayerNumerics.kv = KVCache(scheme=...))")
+        quant, gemm = _kernel_module("quant"), _kernel_module("gemm")
+        kq = quant.quantize_kv(k.astype(jnp.float32), kv_scheme, granularity="per_token")
+        kt = quant.QuantizedTensor(
+            codes=jnp.swapaxes(kq.codes, -1, -2), scales=jnp.swapaxes(kq.scales, -1, -2),
+            zeros=None if kq.zeros is None else jnp.swapaxes(kq.zeros, -1, -2),
+            scheme=dataclasses.replace(kq.scheme, axis=0))
+        mm = lambda a, w: gemm.matmul(a, w, self.datapath, mode=self.mode)  # noqa: E731
+        return jax.vmap(jax.vmap(mm))(q, kt).astype(jnp.float32)
+
+    def context(self, p: Float[Array, "B H M S"], v: Float[Array, "B H S D"],
+                kv_scheme: Any = None) -> Float[Array, "B H M D"]:
+        """``P V`` per batch row and KV head.  On a datapath, V is quantized per token with
+        ``kv_scheme`` and is the weight operand ``(S, D)`` (its groups run along ``D``, so the
+        scale changes at every step of the reduction over ``S``)."""
+        if self.datapath is None:
+            if self.bf16_activations:
+                p, v = _to_bf16(p), _to_bf16(v)
+            return jnp.einsum("bhms,bhsd->bhmd", p.astype(jnp.float32), v.astype(jnp.float32),
+                              precision=jax.lax.Precision.HIGHEST)
+        if kv_scheme is None:
+            raise ValueError("attention GEMMs on a datapath need an INT4 KV-cache scheme "
+                             "(LayerNumerics.kv = KVCache(scheme=...))")
+        quant, gemm = _kernel_module("quant"), _kernel_module("gemm")
+        vq = quant.quantize_kv(v.astype(jnp.float32), kv_scheme, granularity="per_token")
+        vq = quant.QuantizedTensor(codes=vq.codes, scales=vq.scales, zeros=vq.zeros,
+                                   scheme=dataclasses.replace(vq.scheme, axis=1))
+        mm = lambda a, w: gemm.matmul(a, w, self.datapath, mode=self.mode)  # noqa: E731
+        return jax.vmap(jax.vmap(mm))(p, vq).astype(jnp.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,10 +267,19 @@ class LayerNumerics:
         return self.proj.matmul(x, w)
 
     def kv_store(self, x: Array) -> Array:
+        """The K/V values the cache holds.  With FP32 attention GEMMs and an INT4 cache format:
+        quantized and dequantized per token.  On an attention datapath the cache keeps the
+        values and :meth:`scores`/:meth:`context` quantize them per token at use (per-token
+        groups are independent of other tokens, so both give the same codes)."""
+        if self.attn.datapath is not None:
+            return x
         return self.kv.store(x)
 
-    def attn_einsum(self, spec: str, a: Array, b: Array) -> Array:
-        return self.attn.einsum(spec, a, b)
+    def scores(self, q: Array, k: Array) -> Array:
+        return self.attn.scores(q, k, self.kv.scheme)
+
+    def context(self, p: Array, v: Array) -> Array:
+        return self.attn.context(p, v, self.kv.scheme)
 
     def describe(self) -> dict[str, str]:
         return {"softmax": self.softmax_fn.label, "silu": self.silu_fn.label,
@@ -306,7 +351,7 @@ def _mugi(mode: str, name: str) -> Policy:
     proj = Gemm(datapath=gemm.Mugi(), weight_scheme=quant.SignMagnitudeInt4(group_size=128, axis=0),
                 mode=mode, bf16_activations=True)
     kv = KVCache(scheme=quant.SignMagnitudeInt4(group_size=None, axis=-1))
-    attn = Gemm(bf16_activations=True)
+    attn = Gemm(datapath=gemm.Mugi(), mode=mode, bf16_activations=True)
     ln = dataclasses.replace(base, proj=proj, attn=attn, kv=kv)
     return Policy(name, ln)
 

@@ -14,7 +14,9 @@ from mugi_jax.cli._common import CliError, app
 
 # Command modules register on `app` when imported.  Keep this list sorted.
 from mugi_jax.cli import cost as _cost  # noqa: F401,E402
+from mugi_jax.cli import data as _data  # noqa: F401,E402
 from mugi_jax.cli import demo as _demo  # noqa: F401,E402
+from mugi_jax.cli import llm as _llm  # noqa: F401,E402
 
 
 def main() -> None:

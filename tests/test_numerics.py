@@ -1,0 +1,86 @@
+"""The numerics Policy: presets, per-layer overrides, op implementations, missing kernels."""
+
+from __future__ import annotations
+
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mugi_jax import numerics
+
+
+def test_presets_and_unknown_name():
+    assert set(numerics.PRESETS) == {"exact", "nonlinear-only", "pwl", "taylor", "mugi", "mugi-exact"}
+    with pytest.raises(ValueError, match="exact, nonlinear-only, pwl, taylor, mugi, mugi-exact"):
+        numerics.preset("fp8")
+    for name in numerics.PRESETS:
+        p = numerics.preset(name)
+        assert p.name == name
+        hash(p)  # static jit argument
+    assert numerics.preset(numerics.EXACT) is numerics.EXACT
+    d = numerics.preset("mugi").describe()
+    assert d["default"]["kv"].startswith("int4") and "Mugi" in d["default"]["proj"]
+
+
+def test_missing_kernel_module_is_named(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mugi_jax.gemm", None)  # import fails
+    with pytest.raises(numerics.MissingKernelError, match="mugi_jax.gemm"):
+        numerics.preset("mugi")
+    assert numerics.preset("exact") is numerics.EXACT
+
+
+def test_per_layer_override():
+    ln = numerics.LayerNumerics(proj=numerics.Gemm(bf16_activations=True))
+    p = numerics.EXACT.with_layer(3, ln).with_layer(3, ln)
+    assert p.layers == ((3, ln),)
+    assert p.layer(3) is ln and p.layer(2) == numerics.LayerNumerics()
+
+
+def test_fit_group():
+    assert numerics.fit_group(128, 1536) == 128
+    assert numerics.fit_group(128, 576) == 64
+    assert numerics.fit_group(None, 576) is None
+    w = jax.random.normal(jax.random.key(0), (576, 16))
+    q = numerics.preset("mugi").default.prepare_weight(w)
+    assert q.group_size == 64 and q.codes.shape == (576, 16)
+
+
+def test_bf16_input_rounding():
+    x = jax.random.normal(jax.random.key(1), (4, 33)) * 3
+    nl = numerics.Nonlinear(approx=None, bf16_input=True)
+    np.testing.assert_array_equal(nl.silu(x), jax.nn.silu(x.astype(jnp.bfloat16).astype(jnp.float32)))
+    np.testing.assert_array_equal(numerics.Nonlinear().softmax(x), jax.nn.softmax(x))
+
+
+def test_vlp_softmax_close_to_exact_and_masked_zero():
+    x = jax.random.normal(jax.random.key(2), (3, 16)) * 2
+    x = x.at[:, -4:].set(-jnp.inf)
+    p = numerics.preset("nonlinear-only").default.softmax(x)
+    assert p.dtype == jnp.float32
+    np.testing.assert_array_equal(p[:, -4:], 0.0)
+    np.testing.assert_allclose(p, jax.nn.softmax(x), atol=0.03)
+
+
+def test_mugi_gemms_close_to_dequantized_reference():
+    quant = pytest.importorskip("mugi_jax.quant")
+    ln = numerics.preset("mugi").default
+    k1, k2, k3 = jax.random.split(jax.random.key(3), 3)
+    x = jax.random.normal(k1, (5, 128))
+    w = jax.random.normal(k2, (128, 24)) * 0.1
+    wq = ln.prepare_weight(w)
+    ref = x.astype(jnp.bfloat16).astype(jnp.float32) @ quant.dequantize(wq)
+    np.testing.assert_allclose(ln.linear(x, wq), ref, atol=0.05, rtol=0.02)
+    # attention operands: K/V quantized per token on use
+    q = jax.random.normal(k1, (2, 3, 6, 16))
+    kv = jax.random.normal(k3, (2, 3, 10, 16))
+    kd = quant.dequantize(quant.quantize_kv(kv, ln.kv.scheme, "per_token"))
+    s = ln.scores(q, kv)
+    s_ref = jnp.einsum("bhmd,bhsd->bhms", q.astype(jnp.bfloat16).astype(jnp.float32), kd)
+    np.testing.assert_allclose(s, s_ref, atol=0.1, rtol=0.02)
+    p = jax.nn.softmax(s)
+    o = ln.context(p, kv)
+    o_ref = jnp.einsum("bhms,bhsd->bhmd", p.astype(jnp.bfloat16).astype(jnp.float32), kd)
+    np.testing.assert_allclose(o, o_ref, atol=0.05, rtol=0.02)
