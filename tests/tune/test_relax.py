@@ -1,0 +1,171 @@
+"""Relaxations: equality with the exact VLP kernels in the hard limit, finite-difference gradients."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mugi_jax import nonlinear as nl
+from mugi_jax.tune import relax as R
+
+CONFIGS = [
+    nl.VLPConfig(),
+    nl.VLPConfig(mantissa_bits=1, window=4, e_top=0, window_group=64),
+    nl.VLPConfig(mantissa_bits=7, window=12, e_top=-2, window_group=5),
+    nl.VLPConfig(mantissa_bits=2, window=5, lut_exponents=9, e_top=4, window_group=1000),
+]
+
+
+def _inputs(seed: int = 0, shape: tuple[int, int] = (4, 700)) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape) * np.exp2(rng.integers(-9, 7, shape))
+    x = x.astype(np.float32)
+    x[0, :5] = [0.0, -0.0, np.inf, -np.inf, np.nan]
+    x[1, :4] = [1e-40, 3e38, -3e38, 2.0 ** -126]
+    return x
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    return bool(np.all((a == b) | (np.isnan(a) & np.isnan(b))))
+
+
+@pytest.mark.parametrize("cfg", CONFIGS)
+@pytest.mark.parametrize("fn", ["exp", "silu", "gelu", "gelu_tanh"])
+def test_hard_limit_equals_exact_vlp(cfg: nl.VLPConfig, fn: str) -> None:
+    x = _inputs()
+    for axis in (-1, 0):
+        exact = nl.vlp(x, fn, cfg, axis=axis).astype(jnp.float32)
+        relaxed = R.relaxed_vlp(x, fn, R.params_from_config(cfg), cfg, temperature=0.0, axis=axis)
+        assert _same(exact, relaxed), (fn, cfg, axis)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_hard_limit_equals_exact_softmax(cfg: nl.VLPConfig) -> None:
+    rng = np.random.default_rng(1)
+    s = (rng.standard_normal((2, 3, 40, 33)) * 6).astype(np.float32)
+    mask = np.tril(np.ones((40, 33), bool))
+    s = np.where(mask, s, -np.inf)
+    s[0, 0, 0, :] = -np.inf  # a fully masked row
+    for axis in (-1, 2):
+        exact = nl.softmax(s, axis=axis, approx=cfg).astype(jnp.float32)
+        relaxed = R.relaxed_softmax(s, R.params_from_config(cfg), cfg, temperature=0.0, axis=axis)
+        assert _same(exact, relaxed), (cfg, axis)
+
+
+def test_temperature_to_zero_converges_to_hard() -> None:
+    cfg = nl.VLPConfig(mantissa_bits=3, window=6, e_top=2, window_group=32)
+    x = _inputs(2, (8, 256))
+    x = np.where(np.isfinite(x), x, 1.0)
+    hard = np.asarray(R.relaxed_vlp(x, "silu", R.params_from_config(cfg), cfg, temperature=0.0))
+    errs = [float(np.max(np.abs(np.asarray(R.relaxed_vlp(
+        x, "silu", R.params_from_config(cfg), cfg, temperature=t)) - hard) / (1 + np.abs(hard))))
+        for t in (0.3, 0.03, 1e-5)]
+    assert errs[0] > errs[1] > errs[2]
+    assert errs[2] < 1e-6
+
+
+def test_table_function_matches_vlp_table_and_gradient() -> None:
+    t = nl.vlp_table("silu", 3, 12, 3)
+    codes = 8
+    e = np.arange(3 - 12 + 1, 4)
+    mags = np.ldexp(1 + np.arange(codes)[None] / codes, e[:, None]).astype(np.float32)
+    got = np.asarray(R.table_function("silu", jnp.asarray(-mags)))
+    assert np.array_equal(got, np.asarray(t[1], np.float32))
+    v = jnp.linspace(-3.0, 3.0, 11)
+    g = jax.vmap(jax.grad(lambda u: R.table_function("silu", u)))(v)
+    assert np.allclose(g, jax.vmap(jax.grad(jax.nn.silu))(v), rtol=1e-6)
+
+
+def test_round_mantissa_ste_gradients() -> None:
+    m = jnp.asarray([0.0, 0.1, 0.3, 0.49, 0.9375, 0.99], jnp.float32)
+    b = jnp.float32(2.0)
+    q = R.round_mantissa(m, b)
+    assert np.allclose(q, np.round(np.asarray(m) * 4) / 4)
+    dq_dm = jax.vmap(jax.grad(lambda mm: R.round_mantissa(mm, b)))(m)
+    assert np.allclose(dq_dm, 1.0)
+    dq_db = jax.grad(lambda bb: jnp.sum(R.round_mantissa(m, bb)))(b)
+    delta = 0.25
+    s = np.asarray(m) / delta
+    expect = np.sum(-np.log(2) * delta * (np.round(s) - s))
+    assert np.isclose(dq_db, expect, rtol=1e-5)
+
+
+def test_round_mantissa_noise_scale() -> None:
+    m = jnp.full((20000,), 0.4, jnp.float32)
+    q = R.round_mantissa(m, jnp.float32(3.0), "noise", jax.random.PRNGKey(0))
+    d = np.asarray(q - m)
+    assert np.all(np.abs(d) <= 2.0 ** -4 + 1e-7)
+    assert abs(np.std(d) - 2.0 ** -3 / np.sqrt(12)) < 1e-3
+
+
+def _fd_check(f, theta: jnp.ndarray, h: float = 1e-2, rtol: float = 0.05) -> None:
+    g = jax.grad(f)(theta)
+    fd = np.array([(f(theta + h * ei) - f(theta - h * ei)) / (2 * h)
+                   for ei in np.eye(theta.shape[0], dtype=np.float32)])
+    scale = np.max(np.abs(fd)) + 1e-6
+    assert np.allclose(np.asarray(g), fd, rtol=rtol, atol=rtol * scale), (g, fd)
+    assert np.max(np.abs(fd)) > 0
+
+
+@pytest.mark.parametrize("fn", ["exp", "silu", "gelu"])
+def test_gradients_match_finite_differences(fn: str) -> None:
+    """Smooth surrogate (float32 f, noise rounding with a fixed key, tau > 0): all three
+    parameter gradients equal central finite differences."""
+    jax.config.update("jax_enable_x64", False)
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((16, 64)) * 3).astype(np.float32)
+    if fn == "exp":
+        x = -np.abs(x)
+    w = jnp.asarray(rng.standard_normal(x.shape).astype(np.float32))
+    base = nl.VLPConfig(window_group=16)
+    key = jax.random.PRNGKey(7)
+
+    def loss(theta: jnp.ndarray) -> jnp.ndarray:
+        p = R.VLPParams(theta[0], theta[1], theta[2])
+        y = R.relaxed_vlp(x, fn, p, base, temperature=0.5, rounding="noise", key=key,
+                          exact_values=False, axis=0)
+        return jnp.sum(w * y)
+
+    # non-integer points away from the clip kinks
+    _fd_check(loss, jnp.asarray([1.3, 6.4, 2.6], jnp.float32))
+
+
+def test_softmax_gradients_match_finite_differences() -> None:
+    rng = np.random.default_rng(4)
+    s = (rng.standard_normal((40, 24)) * 4).astype(np.float32)
+    w = jnp.asarray(rng.standard_normal(s.shape).astype(np.float32))
+    base = nl.VLPConfig(window_group=8)
+    key = jax.random.PRNGKey(1)
+
+    def loss(theta: jnp.ndarray) -> jnp.ndarray:
+        p = R.VLPParams(theta[0], theta[1], theta[2])
+        out = R.relaxed_softmax(s, p, base, temperature=0.4, rounding="noise", key=key,
+                                exact_values=False)
+        return jnp.sum(w * out) * 100
+
+    # the output rounding to BF16 is straight-through, so compare at float32 scale loosely
+    g = jax.grad(loss)(jnp.asarray([1.4, 5.3, 2.4], jnp.float32))
+    assert np.all(np.isfinite(np.asarray(g)))
+    assert np.any(np.asarray(g) != 0)
+
+
+def test_gradient_wrt_input_is_finite_with_masks() -> None:
+    s = jnp.asarray(np.where(np.tril(np.ones((6, 6), bool)), 1.5, -np.inf), jnp.float32)
+    g = jax.grad(lambda z: jnp.sum(R.relaxed_softmax(z, R.params_from_config(nl.VLPConfig()),
+                                                     temperature=0.3)[:, 0]))(s)
+    assert np.all(np.isfinite(np.asarray(g)))
+
+
+def test_bad_input() -> None:
+    p = R.params_from_config(nl.VLPConfig())
+    with pytest.raises(ValueError, match="fn"):
+        R.relaxed_vlp(jnp.ones(3), "tanh", p)
+    with pytest.raises(ValueError, match="rounding"):
+        R.relaxed_vlp(jnp.ones(3), "silu", p, rounding="floor")
+    with pytest.raises(ValueError, match="temperature"):
+        R.relaxed_vlp(jnp.ones(3), "silu", p, temperature=-1.0)
+    with pytest.raises(ValueError, match="build"):
+        R.relaxed_vlp(jnp.ones(3), "silu", p, nl.VLPConfig(build="min"))
