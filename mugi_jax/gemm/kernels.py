@@ -380,6 +380,10 @@ def _matmul_2d(a: Array, kn: KN, datapath: object, mode: str) -> Array:
         return _exact_sequential(a32, _array_codes(kn), kn.scales, kn.zeros, kn.group,
                                  kn.zero_point, product, datapath.accumulator)
     if isinstance(datapath, FIGNA):
+        if kn.group * (1 << datapath.align_bits) * 15 >= 1 << 31:
+            raise ValueError(f"w: group size {kn.group} overflows FIGNA's int32 group "
+                             f"accumulator at align_bits={datapath.align_bits}; use smaller "
+                             "groups or fewer align_bits")
         return _figna(a, kn, datapath.align_bits)  # integer group sums: exact in either mode
     if isinstance(datapath, SystolicMAC):
         w = _dequant_weights(kn).astype(jnp.bfloat16)
