@@ -93,6 +93,8 @@ def sweep(
     n_groups = _ceil_to(len(built), GROUP_BUCKET)
 
     def blocks(t: OpTable, n_blocks: int, c: int) -> dict:
+        if len(set(t.op_class.tolist())) != 1:
+            raise AssertionError("every attention-decode block row must have the same op class")
         per = [OpTable(*(col[i * c:(i + 1) * c] for col in t)).pad_to(c_max) for i in range(n_blocks)]
         cols = [table_arrays(b) for b in per]
         return {k: np.stack([cc[k] for cc in cols]) for k in cols[0]}

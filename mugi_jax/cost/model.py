@@ -267,7 +267,7 @@ def prefix_family_totals(
     ordered by context length, each with its repeat) contribute their cumulative sum up to
     ``prefix[s]`` rows (= seq_len - prefill_len).  Equivalent to :func:`family_totals` on
     :func:`mugi_jax.workloads.op_table_family`, but each row is costed once, by its own formula
-    only, and decode rows are summed by a cumulative sum instead of a matrix product.
+    only, and decode rows are reduced to (cycles, energy, FLOPs) before the prefix sums.
     """
     sums = 0.0
     for fixed, reps, blocks, fn, is_gemm in (
@@ -277,14 +277,21 @@ def prefix_family_totals(
         n_fixed = reps.shape[-1]
         n_blocks, c = blocks["m"].shape
         t = {k: jnp.concatenate([fixed[k], blocks[k].reshape(-1)]) for k in fixed}
-        rep = jnp.concatenate([jnp.ones(n_fixed, jnp.float32), blocks["rep"].reshape(-1)])
         cyc, en, fl = fn(p, t)
-        cols = _class_columns(cyc, en, fl, t["cls"], is_gemm, rep)  # [Fx + B*C, 17]
-        sums = sums + reps @ cols[:n_fixed]
-        dec = jnp.sum(cols[n_fixed:].reshape(n_blocks, c, -1), axis=0)
-        csum = jnp.cumsum(dec, axis=0)
-        csum = jnp.concatenate([jnp.zeros_like(csum[:1]), csum])  # row 0 = empty prefix
-        sums = sums + csum[prefix.astype(jnp.int32)]
+        # fixed rows: per-class columns, weighted by the repeat matrix
+        sums = sums + reps @ _class_columns(cyc[:n_fixed], en[:n_fixed], fl[:n_fixed],
+                                            fixed["cls"], is_gemm, 1.0)
+        # decode blocks (all rows of one class): prefix sums as a masked matrix product
+        rep = blocks["rep"].reshape(-1)
+        vals = jnp.stack([cyc[n_fixed:] * rep, en[n_fixed:] * rep, fl[n_fixed:] * rep], axis=-1)
+        dec = jnp.sum(vals.reshape(n_blocks, c, 3), axis=0)  # [C, 3]
+        mask = (jnp.arange(c)[None, :] < prefix[:, None]).astype(jnp.float32)  # [S, C]
+        part = mask @ dec  # [S, 3]: cycles, energy, FLOPs
+        onehot = (blocks["cls"][0, 0] == jnp.arange(N_CLASSES)).astype(jnp.float32)
+        sums = sums + jnp.concatenate([
+            part[:, :1] * onehot, part[:, 1:2] * onehot, part[:, 2:3] * onehot,
+            part[:, :1] * is_gemm, part[:, :1] * (1.0 - is_gemm),
+        ], axis=-1)
     return _split_columns(sums)
 
 
