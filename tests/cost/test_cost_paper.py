@@ -139,3 +139,40 @@ def test_sweep_matches_evaluate_and_sequence_families():
 def test_unknown_preset_lists_valid_ones():
     with pytest.raises(ValueError, match="paper"):
         evaluate(get_arch("sa-16"), Workload(get_model("llama2-7b")), preset="optimistic")
+
+
+def test_prefix_kernel_matches_the_reference_formulation():
+    """The sweep's prefix-sum kernel equals plain reps @ row-costs (family_totals) row by row."""
+    import jax
+
+    from mugi_jax.cost.model import family_totals
+    from mugi_jax.workloads import op_table_family
+
+    model, seqs = get_model("smollm2-135m"), [256, 700]
+    archs = [get_arch("tensor-8x16x16"), get_arch("sa-pwl-16"), get_arch("mugi-32x8", nodes="2x2")]
+    rep = sweep(archs, [Workload(model, 3, s) for s in seqs])
+    union, reps = op_table_family(model, 3, seqs, 64, PAPER.decode)
+    t = {k: jnp.asarray(v) for k, v in table_arrays(union).items()}
+    ref_fn = jax.jit(family_totals)
+    for i, a in enumerate(archs):
+        ref = ref_fn(arch_params(a), t, jnp.asarray(reps, jnp.float32))
+        for j in range(len(seqs)):
+            assert float(rep.cycles[i, j]) == pytest.approx(float(np.sum(ref["class_cycles"][j])), rel=1e-4)
+            assert float(rep.dynamic_energy_j[i, j]) == pytest.approx(
+                float(np.sum(ref["class_energy_pj"][j])) * 1e-12, rel=1e-4)
+            assert float(rep.nonlinear_cycles[i, j]) == pytest.approx(float(ref["nonlinear_cycles"][j]), rel=1e-4)
+
+
+def test_batch_saturation_mugi_at_8_systolic_at_16():
+    """Notes 2.5: decode fills Mugi's 8 columns at batch 8, the 16x16 array's at batch 16."""
+    archs = [get_arch("mugi-256x8"), get_arch("sa-16")]
+    work = [Workload(get_model("llama2-13b"), b, 4096) for b in (4, 8, 16, 32)]
+    rep = sweep(archs, work)
+    proj = np.asarray(rep.breakdown.flops_g[..., PROJECTION] / rep.breakdown.time_s[..., PROJECTION])
+    mugi, sa = proj
+    assert mugi[1] / mugi[0] == pytest.approx(2.0, rel=0.02)
+    assert mugi[2] / mugi[1] == pytest.approx(1.0, rel=0.02)  # saturated at 8
+    assert sa[2] / sa[1] == pytest.approx(2.0, rel=0.02)
+    assert sa[3] / sa[2] == pytest.approx(1.0, rel=0.02)  # saturated at 16
+    assert mugi[1] / sa[1] == pytest.approx(2.0, rel=0.02)  # the batch-8 iso-peak win
+    assert mugi[1] == pytest.approx(204.8, rel=0.02)  # 256 MAC/cycle at 400 MHz
