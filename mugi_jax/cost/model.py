@@ -40,12 +40,11 @@ from mugi_jax.hw.arch import MIXPE_GROUP, Arch
 from mugi_jax.hw.components import MissingAttribute
 from mugi_jax.hw.inventory import area_breakdown_mm2, leakage_breakdown_mw, module_figures
 from mugi_jax.hw.memory import sram_figures
-from mugi_jax.workloads import GEMM, NONLINEAR, SOFTMAX, OpTable
+from mugi_jax.workloads import GEMM, SOFTMAX, OpTable
 
 N_CLASSES = 5
 LUT_BITS = 8 * 12 * 4  # lut_height x lut_width x 4 b: the "virtual LUT" loaded into isram per op
 WINDOW_BITS = 8 * 4  # window_width x 4 b streamed per table read
-ROUTER_ENERGY_PJ_PER_BIT = None  # from the noc_router table (bandwidth 64)
 
 
 class ArchParams(NamedTuple):
@@ -320,5 +319,3 @@ def family_totals(p: ArchParams, t: dict[str, Float[Array, " R"]], reps: Float[A
     return _split_columns(reps @ _class_columns(r["cycles"], r["energy_pj"], r["flops"], t["cls"],
                                                 r["is_gemm"], 1.0))
 
-
-assert NONLINEAR == 3

@@ -13,6 +13,10 @@ FLOP = 2 x MACs + 3 x nonlinear elements:
     embodied CO2      = CPA [g/mm^2] * area * T / lifetime       [g]  (ACT-style, amortised)
 
 ``tokens`` = batch x the decode steps the preset charges the projections for (4096 in ``paper``).
+
+Reports returned by :func:`mugi_jax.cost.evaluate` / :func:`mugi_jax.cost.sweep` hold NumPy
+float64 arrays (the per-row work runs in jitted JAX; sums are finished on the host); they are
+pytrees all the same (``jax.tree_util.tree_map`` works on them).
 """
 
 from __future__ import annotations

@@ -51,7 +51,6 @@ def test_cost_llm_mesh_and_variant():
     (["--arch", "sa-16", "--model", "llama2-7b", "--seq-len", "32"], "--seq-len"),
 ])
 def test_cost_llm_errors_name_valid_values(args, needle):
-    from mugi_jax.cli import main  # noqa: F401  (the console entry maps CliError to exit 2)
     r = runner.invoke(app, ["cost", "llm", *args])
     assert r.exit_code != 0
     assert needle in str(r.exception) or needle in r.output
