@@ -25,7 +25,7 @@ from jaxtyping import Array, ArrayLike, BFloat16, Float
 
 from mugi_jax.nonlinear.config import PWL, Taylor
 from mugi_jax.nonlinear.tables import reference_f64
-from mugi_jax.nonlinear.vlp import as_bf16, check_fn
+from mugi_jax.nonlinear.vlp import as_bf16, bf16_to_f32, check_float, check_fn
 
 __all__ = ["PWL_RANGES", "TAYLOR_DEFAULTS", "pwl", "taylor", "exact", "pwl_coefficients",
            "taylor_coefficients"]
@@ -65,11 +65,12 @@ def _pwl_range(fn: str, cfg: PWL) -> tuple[float, float]:
 
 
 @functools.partial(jax.jit, static_argnames=("fn", "cfg"))
-def _pwl_jit(xb: Array, fn: str, cfg: PWL) -> Array:
+def _pwl_jit(x: Array, fn: str, cfg: PWL) -> Array:
+    xb = as_bf16(x)
     lo, hi = _pwl_range(fn, cfg)
     n = cfg.segments
     b, v, s = (jnp.asarray(a) for a in pwl_coefficients(fn, n, lo, hi))
-    xf = xb.astype(jnp.float32)
+    xf = bf16_to_f32(xb)
     xc = jnp.minimum(xf, jnp.float32(hi))  # exp: the unit clamps its input to [lo, hi]
     k = jnp.clip(jnp.floor((xc - jnp.float32(lo)) * jnp.float32(n / (hi - lo))), 0, n - 1)
     k = jnp.where(jnp.isnan(k), 0, k).astype(jnp.int32)
@@ -85,7 +86,7 @@ def pwl(x: ArrayLike, fn: str, cfg: PWL = PWL()) -> BFloat16[Array, "..."]:
     fn = check_fn(fn)
     if not isinstance(cfg, PWL):
         raise ValueError(f"cfg: must be a PWL, got {type(cfg).__name__}")
-    return _pwl_jit(as_bf16(x), fn, cfg)
+    return _pwl_jit(check_float(x), fn, cfg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,10 +152,11 @@ def _taylor_params(fn: str, cfg: Taylor) -> tuple[float, float, float | None]:
 
 
 @functools.partial(jax.jit, static_argnames=("fn", "cfg"))
-def _taylor_jit(xb: Array, fn: str, cfg: Taylor) -> Array:
+def _taylor_jit(x: Array, fn: str, cfg: Taylor) -> Array:
+    xb = as_bf16(x)
     centre, cutoff, upper = _taylor_params(fn, cfg)
     a = taylor_coefficients(fn, cfg.degree, centre).astype(np.float32)
-    xf = xb.astype(jnp.float32)
+    xf = bf16_to_f32(xb)
     t = xf - jnp.float32(centre)
     y = jnp.full_like(xf, a[-1])
     for coeff in a[-2::-1]:
@@ -170,7 +172,7 @@ def taylor(x: ArrayLike, fn: str, cfg: Taylor = Taylor()) -> BFloat16[Array, "..
     fn = check_fn(fn)
     if not isinstance(cfg, Taylor):
         raise ValueError(f"cfg: must be a Taylor, got {type(cfg).__name__}")
-    return _taylor_jit(as_bf16(x), fn, cfg)
+    return _taylor_jit(check_float(x), fn, cfg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,10 +180,11 @@ def taylor(x: ArrayLike, fn: str, cfg: Taylor = Taylor()) -> BFloat16[Array, "..
 
 def exact(x: ArrayLike, fn: str) -> Float[Array, "..."]:
     """FP32 reference: ``jnp.exp``, ``jax.nn.silu``, ``jax.nn.gelu`` (erf or tanh) on float32."""
-    fn = check_fn(fn)
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"x: expected a floating-point array, got dtype {x.dtype}")
+    return _exact_jit(check_float(x), check_fn(fn))
+
+
+@functools.partial(jax.jit, static_argnames=("fn",))
+def _exact_jit(x: Array, fn: str) -> Array:
     xf = x.astype(jnp.float32)
     if fn == "exp":
         return jnp.exp(xf)

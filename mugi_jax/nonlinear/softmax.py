@@ -56,11 +56,13 @@ def flush_bf16(xb: BFloat16[Array, "..."]) -> BFloat16[Array, "..."]:
 def shifted_input(xb: BFloat16[Array, "..."], axis: int) -> BFloat16[Array, "... n"]:
     """Steps 1-2: ``bf16_rne(FTZ(x) - max FTZ(x))`` with ``axis`` moved last.
 
+    The BF16 subtraction (XLA: FP32 subtract, then RNE to BF16) equals a single rounding of the
+    exact difference (see docs/numerics.md); the bit cast downstream keeps the BF16 rounding.
     A subnormal difference is left as is: the VLP unit counts it as zero, exactly as if it had
     been flushed, so the result does not depend on the device's FTZ mode.
     """
-    xf = flush_bf16(jnp.moveaxis(xb, axis, -1)).astype(jnp.float32)
-    return round_to_bf16(xf - jnp.max(xf, axis=-1, keepdims=True))
+    x = flush_bf16(jnp.moveaxis(xb, axis, -1))
+    return x - jnp.max(x, axis=-1, keepdims=True)
 
 
 def exact_divide(num: Float[Array, "... n"], den: Float[Array, "... 1"]) -> Float[Array, "... n"]:
@@ -94,13 +96,16 @@ def _approx_exp(y: Array, approx: object) -> Array:
 
 
 @functools.partial(jax.jit, static_argnames=("axis", "approx"))
-def _softmax_jit(xb: Array, axis: int, approx: object) -> Array:
+def _softmax_jit(x: Array, axis: int, approx: object) -> Array:
+    xb = as_bf16(x)
     y = shifted_input(xb, axis)
     e32 = flush_bf16(_approx_exp(y, approx)).astype(jnp.float32)
     q = exact_divide(e32, pairwise_sum(e32))
     out = round_to_bf16(jnp.where(jnp.abs(q) < _TINY32, 0.0 * q, q))  # FTZ, then RNE
-    out = jnp.where(jnp.moveaxis(xb, axis, -1) == -jnp.inf, jnp.zeros((), jnp.bfloat16), out)
-    return jnp.moveaxis(out, -1, axis)
+    u16 = jnp.uint16
+    masked = jax.lax.bitcast_convert_type(jnp.moveaxis(xb, axis, -1), u16) == u16(0xFF80)
+    out = jnp.where(masked, u16(0), jax.lax.bitcast_convert_type(out, u16))  # -inf -> +0
+    return jnp.moveaxis(jax.lax.bitcast_convert_type(out, jnp.bfloat16), -1, axis)
 
 
 def _check_approx(approx: object) -> None:
@@ -123,11 +128,15 @@ def softmax(x: ArrayLike, axis: int = -1, approx: object = VLPConfig()) -> Array
     if not -x.ndim <= axis < x.ndim:
         raise ValueError(f"axis: must be in [{-x.ndim}, {x.ndim}), got {axis}")
     if isinstance(approx, Exact):
-        return jax.nn.softmax(x.astype(jnp.float32), axis=axis)
-    xb = as_bf16(x)
-    if xb.size == 0:
-        return xb
-    return _softmax_jit(xb, axis % x.ndim, approx)
+        return _exact_softmax(x, axis % x.ndim)
+    if x.size == 0:
+        return x.astype(jnp.bfloat16)
+    return _softmax_jit(x, axis % x.ndim, approx)
+
+
+@functools.partial(jax.jit, static_argnames=("axis",))
+def _exact_softmax(x: Array, axis: int) -> Array:
+    return jax.nn.softmax(x.astype(jnp.float32), axis=axis)
 
 
 def activation(x: ArrayLike, fn: str, approx: object = VLPConfig(), axis: int = -1) -> Array:

@@ -68,6 +68,13 @@ def round_to_bf16(v: Float[Array, "..."]) -> BFloat16[Array, "..."]:
     return jax.lax.reduce_precision(v, exponent_bits=8, mantissa_bits=7).astype(jnp.bfloat16)
 
 
+def bf16_to_f32(xb: BFloat16[Array, "..."]) -> Float[Array, "..."]:
+    """Exact FP32 copy of BF16 values for arithmetic.  The ``reduce_precision`` is a no-op on
+    true BF16 values; it stops XLA (excess precision) from feeding an unrounded FP32 producer
+    of ``xb`` through a cancelled convert pair."""
+    return jax.lax.reduce_precision(xb.astype(jnp.float32), exponent_bits=8, mantissa_bits=7)
+
+
 def as_bf16(x: ArrayLike) -> BFloat16[Array, "..."]:
     """The unit's entry: floating inputs are rounded to BF16 once (RNE); non-floating inputs
     raise ``TypeError``."""
@@ -159,14 +166,29 @@ def _window_bottom(xb: Array, cfg: VLPConfig, g: _Groups) -> Array:
     monotone, so the rounded exponent of the extreme magnitude is the extreme rounded exponent).
     """
     w, e_top_b, e_lo_b = cfg.window, cfg.e_top + 127, cfg.e_bottom + 127
-    mag = jax.lax.bitcast_convert_type(xb, jnp.uint16) & jnp.uint16(0x7FFF)
-    normal = (mag >= 0x0080) & (mag < 0x7F80)
-    if cfg.build == "max":
-        key = jnp.where(normal, mag, jnp.uint16(0))
-        extreme = jnp.max(_grouped(key, g, 0), axis=g.axis + 1, keepdims=True)
+    if g.axis == xb.ndim - 1:
+        # Groups along the minor axis: XLA:CPU reduces FP32 much faster than uint16 there.
+        # |x| of a BF16 value is exact in FP32 and its top 16 bits are the BF16 magnitude.
+        a = jnp.abs(bf16_to_f32(xb))
+        if cfg.build == "max":  # NaN/inf excluded; a subnormal maximum means "no normal element"
+            key = jnp.where(a < jnp.inf, a, 0.0)
+            extreme_f = jnp.max(_grouped(key, g, 0), axis=g.axis + 1, keepdims=True)
+        else:
+            key = jnp.where((a >= _TINY32) & (a < jnp.inf), a, jnp.inf)
+            extreme_f = jnp.min(_grouped(key, g, np.inf), axis=g.axis + 1, keepdims=True)
+        extreme = jax.lax.bitcast_convert_type(extreme_f, jnp.uint32) >> 16
+        extreme = jnp.where(extreme < 0x0080, 0, extreme)  # zero/subnormal: empty group
+        extreme = jnp.where(extreme >= 0x7F80, 0xFFFF, extreme)  # +inf (min): empty group
     else:
-        key = jnp.where(normal, mag, jnp.uint16(0xFFFF))
-        extreme = jnp.min(_grouped(key, g, 0xFFFF), axis=g.axis + 1, keepdims=True)
+        # Other axes: reduce the uint16 magnitudes of the normal elements.
+        mag = jax.lax.bitcast_convert_type(xb, jnp.uint16) & jnp.uint16(0x7FFF)
+        normal = (mag >= 0x0080) & (mag < 0x7F80)
+        if cfg.build == "max":
+            key = jnp.where(normal, mag, jnp.uint16(0))
+            extreme = jnp.max(_grouped(key, g, 0), axis=g.axis + 1, keepdims=True)
+        else:
+            key = jnp.where(normal, mag, jnp.uint16(0xFFFF))
+            extreme = jnp.min(_grouped(key, g, 0xFFFF), axis=g.axis + 1, keepdims=True)
     e_ext = _round_magnitude(extreme.astype(jnp.int32), cfg.mantissa_bits) >> cfg.mantissa_bits
     if cfg.build == "max":  # empty group: extreme 0 -> bottom = e_lo
         bottom = jnp.clip(e_ext - (w - 1), e_lo_b, e_top_b - w + 1)
@@ -218,7 +240,7 @@ def vlp_parts(xb: BFloat16[Array, "..."], fn: str, cfg: VLPConfig, axis: int) ->
     if fn != "exp":
         out = jnp.where(big & (f.sign == 0), x_bits, out)  # SiLU/GELU are the identity above
     if not clamp_tail:
-        xf = xb.astype(jnp.float32)
+        xf = bf16_to_f32(xb)
         if fn == "exp":
             tail_v = round_to_bf16(1.0 + xf)
         else:
@@ -249,8 +271,17 @@ def _cycles(parts: VLPParts, fn: str, cfg: VLPConfig, early_termination: bool) -
 
 
 @functools.partial(jax.jit, static_argnames=("fn", "cfg", "axis"))
-def _vlp_jit(xb: Array, fn: str, cfg: VLPConfig, axis: int) -> Array:
+def _vlp_jit(x: Array, fn: str, cfg: VLPConfig, axis: int) -> Array:
+    xb = as_bf16(x)
     return vlp_parts(xb, fn, cfg, axis).out.reshape(xb.shape)
+
+
+def check_float(x: ArrayLike) -> Array:
+    """``jnp.asarray(x)``; ``TypeError`` unless it has a floating dtype."""
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"x: expected a floating-point array, got dtype {x.dtype}")
+    return x
 
 
 def vlp(x: ArrayLike, fn: str, cfg: VLPConfig | MugiL = VLPConfig(), axis: int = -1
@@ -262,16 +293,17 @@ def vlp(x: ArrayLike, fn: str, cfg: VLPConfig | MugiL = VLPConfig(), axis: int =
     """
     fn = check_fn(fn)
     cfg = _check_cfg(cfg)
-    xb = as_bf16(x)
-    if xb.size == 0:
-        return xb
-    if xb.ndim:
-        _norm_axis(axis, xb.ndim)
-    return _vlp_jit(xb, fn, cfg, axis if xb.ndim else 0)
+    x = check_float(x)
+    if x.size == 0:
+        return x.astype(jnp.bfloat16)
+    if x.ndim:
+        _norm_axis(axis, x.ndim)
+    return _vlp_jit(x, fn, cfg, axis if x.ndim else 0)
 
 
 @functools.partial(jax.jit, static_argnames=("fn", "cfg", "axis", "early_termination"))
-def _cycles_jit(xb: Array, fn: str, cfg: VLPConfig, axis: int, early_termination: bool) -> Array:
+def _cycles_jit(x: Array, fn: str, cfg: VLPConfig, axis: int, early_termination: bool) -> Array:
+    xb = as_bf16(x)
     if fn == "softmax":
         from mugi_jax.nonlinear.softmax import shifted_input, rows_last
         y, axis = rows_last(shifted_input(xb, axis))
@@ -295,9 +327,9 @@ def subscription_cycles(x: ArrayLike, fn: str, cfg: VLPConfig | MugiL = VLPConfi
     """
     fn = check_fn(fn, FUNCTIONS + ("softmax",))
     cfg = _check_cfg(cfg)
-    xb = as_bf16(x)
-    if xb.ndim == 0:
-        xb = xb.reshape(1)
-    _norm_axis(axis, xb.ndim)
-    return _cycles_jit(xb, fn, cfg, axis, bool(early_termination))
+    x = check_float(x)
+    if x.ndim == 0:
+        x = x.reshape(1)
+    _norm_axis(axis, x.ndim)
+    return _cycles_jit(x, fn, cfg, axis, bool(early_termination))
 
