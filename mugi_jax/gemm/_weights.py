@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
@@ -29,6 +30,11 @@ class KN:
     zeros: Array | None  # (..., k // G, n) float32 or None
     group: int
     zero_point: str  # "none" | "min" | "int"
+
+
+jax.tree_util.register_pytree_node(
+    KN, lambda kn: ((kn.codes, kn.scales, kn.zeros), (kn.group, kn.zero_point)),
+    lambda aux, ch: KN(ch[0], ch[1], ch[2], aux[0], aux[1]))
 
 
 def zero_point_kind(scheme: quant.Scheme) -> str:

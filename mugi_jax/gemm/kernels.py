@@ -6,7 +6,8 @@ to the NumPy reference simulator :mod:`mugi_jax.sim.gemm`:
 .. math::
 
     p_{mkn} = \\mathrm{bf16}(a_{mk} \\, q_{kn}), \\qquad
-    \\mathrm{acc}_{g} = (\\dots((0 + p_{m,k_0,n}) + p_{m,k_0+1,n}) + \\dots)\\ \\text{(FP32 or BF16)},
+    \\mathrm{acc}_{g} = (\\dots((0 + p_{m,k_0,n}) + p_{m,k_0+1,n}) + \\dots)
+    \\ \\text{(FP32 or BF16)},
 
     y_g = \\mathrm{f32}(\\mathrm{acc}_g s_g)\\ [\\,+ \\mathrm{f32}(m_g A_g)\\ |\\ -
     \\mathrm{f32}(\\mathrm{f32}(s_g z_g) A_g)\\,], \\qquad
@@ -26,8 +27,8 @@ BF16 x BF16 -> FP32 ``dot`` per group using the odd-multiple decomposition
     (\\mathrm{bf16}(a\\,o) - a\\,o),
 
 where every term is exact in BF16/FP32 (``a t`` has at most 12 significant bits, the rounding
-error at most 4).  So one GEMM with ``k`` stretched by the number of odd magnitudes (4 for
-sign-magnitude) replaces the per-element rounding.
+error at most 4).  So one GEMM per group, with ``k`` stretched 4x (``a`` and 3 corrections, for
+magnitudes up to 8) or 8x (unsigned codes up to 15), replaces the per-element rounding.
 """
 
 from __future__ import annotations
@@ -368,8 +369,21 @@ def _fast_grouped(a32: Array, kn: KN, product: str) -> Array:
 # dispatch
 
 
-@functools.partial(jax.jit, static_argnames=("datapath", "mode"))
+def _numerics_only(datapath: object) -> object:
+    """The datapath with the fields that do not change the numbers normalised (array geometry,
+    adders): one compilation serves every Mugi geometry."""
+    if isinstance(datapath, Mugi):
+        return Mugi(product=datapath.product, accumulator=datapath.accumulator,
+                    magnitude_bits=4)
+    return datapath
+
+
 def _matmul_2d(a: Array, kn: KN, datapath: object, mode: str) -> Array:
+    return _matmul_2d_jit(a, kn, _numerics_only(datapath), mode)
+
+
+@functools.partial(jax.jit, static_argnames=("datapath", "mode"))
+def _matmul_2d_jit(a: Array, kn: KN, datapath: object, mode: str) -> Array:
     a32 = _a32(a)
     kn = KN(kn.codes, _ftz(kn.scales), None if kn.zeros is None else _ftz(kn.zeros), kn.group,
             kn.zero_point)
@@ -397,14 +411,6 @@ def _matmul_2d(a: Array, kn: KN, datapath: object, mode: str) -> Array:
         return lax.dot(a_in.astype(jnp.bfloat16), w.astype(jnp.bfloat16),
                        preferred_element_type=jnp.float32)
     return _exact_sequential(a_in, w.astype(jnp.float32), None, None, 1, "none", "exact", "fp32")
-
-
-def _kn_pytree(kn: KN):
-    return (kn.codes, kn.scales, kn.zeros), (kn.group, kn.zero_point)
-
-
-jax.tree_util.register_pytree_node(
-    KN, _kn_pytree, lambda aux, ch: KN(ch[0], ch[1], ch[2], aux[0], aux[1]))
 
 
 def matmul(a: Float[Array, "... m k"], w: quant.QuantizedTensor, datapath: object,

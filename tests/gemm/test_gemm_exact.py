@@ -34,7 +34,7 @@ def mugi_case(draw):
     return a, w, dp, draw(st.booleans())
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(mugi_case())
 def test_exact_matches_simulator_bit_for_bit(case):
     a, w, dp, et = case
@@ -51,7 +51,7 @@ def test_exact_matches_simulator_bit_for_bit(case):
     assert res.events["adds"] == m * k * n == res.events["fifo_pushes"] == res.events["latches"]
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=16, deadline=None)
 @given(st.sampled_from(["carat", "mixpe", "mixpe_bf16", "systolic", "figna"]),
        st.sampled_from(sorted(SCHEMES)), st.sampled_from([8, None]), st.booleans(),
        st.integers(0, 2**20))

@@ -35,8 +35,8 @@ def _bf16_product_oracle(a, w):
     return y.sum(1), bound
 
 
-@pytest.mark.parametrize("m", [5, 64])  # elementwise path and dot path
-@pytest.mark.parametrize("scheme_name", sorted(SCHEMES))
+@pytest.mark.parametrize("m,scheme_name", [(5, "sm"), (5, "asym_int"), (64, "int4"),
+                                           (64, "asym_min")])  # elementwise path, dot path
 def test_fast_reproduces_product_rounding(m, scheme_name):
     k, n = 64, 24
     a = activations(m, (m, k), specials=False, spread=2)
