@@ -216,3 +216,16 @@ def test_bad_input():
     with pytest.raises(TypeError, match="mask"):
         gemm.attention(jnp.ones((4, 1, 8)), kv, kv, gemm.Mugi(), mask=jnp.ones((4,)))
     assert hash(gemm.Mugi()) == hash(gemm.Mugi())
+
+
+def test_attention_with_vlp_softmax():
+    nl = pytest.importorskip("mugi_jax.nonlinear")
+    rng = np.random.default_rng(1)
+    q = jnp.asarray(rng.standard_normal((8, 1, 16)), jnp.float32)
+    k = quant.quantize_kv(rng.standard_normal((1, 24, 16)).astype(np.float32),
+                          quant.SignMagnitudeInt4(group_size=None))
+    v = quant.quantize_kv(rng.standard_normal((1, 24, 16)).astype(np.float32),
+                          quant.SignMagnitudeInt4(group_size=None))
+    out = gemm.attention(q, k, v, gemm.Mugi(), softmax=nl.softmax)
+    ref = gemm.attention(q, k, v, gemm.Mugi())
+    np.testing.assert_allclose(out, ref, atol=5e-2)
