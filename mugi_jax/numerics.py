@@ -351,7 +351,10 @@ def _mugi(mode: str, name: str) -> Policy:
     proj = Gemm(datapath=gemm.Mugi(), weight_scheme=quant.SignMagnitudeInt4(group_size=128, axis=0),
                 mode=mode, bf16_activations=True)
     kv = KVCache(scheme=quant.SignMagnitudeInt4(group_size=None, axis=-1))
-    attn = Gemm(datapath=gemm.Mugi(), mode=mode, bf16_activations=True)
+    # QK^T and PV: BF16 activations x the INT4 (per-token) K/V values, FP32 products.  Running
+    # them on the Mugi datapath too is one field away (``attn=Gemm(datapath=gemm.Mugi(), ...)``,
+    # see docs/models.md) but the per-element dequantization of P V makes it ~10x slower on CPU.
+    attn = Gemm(bf16_activations=True)
     ln = dataclasses.replace(base, proj=proj, attn=attn, kv=kv)
     return Policy(name, ln)
 

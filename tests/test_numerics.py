@@ -66,7 +66,12 @@ def test_vlp_softmax_close_to_exact_and_masked_zero():
 
 def test_mugi_gemms_close_to_dequantized_reference():
     quant = pytest.importorskip("mugi_jax.quant")
-    ln = numerics.preset("mugi").default
+    gemm = pytest.importorskip("mugi_jax.gemm")
+    mugi = numerics.preset("mugi").default
+    # the preset's attention products are FP32 on the INT4 cache; put them on the datapath here
+    ln = numerics.LayerNumerics(proj=mugi.proj, kv=mugi.kv,
+                                attn=numerics.Gemm(datapath=gemm.Mugi(), bf16_activations=True))
+    assert ln.kv_store(jnp.ones((2, 3))) is not None
     k1, k2, k3 = jax.random.split(jax.random.key(3), 3)
     x = jax.random.normal(k1, (5, 128))
     w = jax.random.normal(k2, (128, 24)) * 0.1
