@@ -35,13 +35,20 @@ DATAPATHS = {
 }
 
 
+_CPU: dict[int, float] = {}
+
+
 def _time(fn, args, repeats: int) -> float:
+    """Median wall time; the median process CPU time (all threads) goes to ``_CPU[id(fn)]``
+    (steadier than wall time on a shared machine)."""
     jax.block_until_ready(fn(*args))  # compile + warm up
-    ts = []
+    ts, cs = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         jax.block_until_ready(fn(*args))
         ts.append(time.perf_counter() - t0)
+        cs.append(time.process_time() - c0)
+    _CPU[id(fn)] = statistics.median(cs)
     return statistics.median(ts)
 
 
@@ -66,7 +73,7 @@ def main() -> None:
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, "
           f"{jax.devices()[0].device_kind}")
     print(f"{'shape':34s} {'datapath/mode':22s} {'time [ms]':>10s} {'ratio':>7s} "
-          f"{'peak [MiB]':>11s}")
+          f"{'peak [MiB]':>11s} {'cpu [ms]':>9s} {'cpu ratio':>9s}")
     for idx in args.shapes.split(","):
         label = names[int(idx)]
         m, k, n, g = SHAPES[label]
@@ -76,13 +83,16 @@ def main() -> None:
                            quant.SignMagnitudeInt4(group_size=g))
         base = jax.jit(lambda a, w: a.astype(jnp.float32) @ quant.dequantize(w))
         t_ref = _time(base, (a, w), args.repeats)
+        c_ref = _CPU[id(base)]
         print(f"{label:34s} {'fp32 a @ dequantize(w)':22s} {t_ref * 1e3:10.2f} {1.0:7.2f} "
-              f"{_peak_mib(base, (a, w)):11.1f}", flush=True)
+              f"{_peak_mib(base, (a, w)):11.1f} {c_ref * 1e3:9.1f} {1.0:9.2f}", flush=True)
         simple = jax.jit(lambda a, w: a.astype(jnp.float32) @ (
             w.codes.astype(jnp.float32).reshape(k // g, g, n) * w.scales[:, None]).reshape(k, n))
         t_simple = _time(simple, (a, w), args.repeats)
+        c = _CPU[id(simple)]
         print(f"{'':34s} {'fp32 a @ (q s) fused':22s} {t_simple * 1e3:10.2f} "
-              f"{t_simple / t_ref:7.2f} {_peak_mib(simple, (a, w)):11.1f}", flush=True)
+              f"{t_simple / t_ref:7.2f} {_peak_mib(simple, (a, w)):11.1f} {c * 1e3:9.1f} "
+              f"{c / c_ref:9.2f}", flush=True)
         ref64 = np.asarray(a, np.float64) @ np.asarray(quant.dequantize(w), np.float64)
         scale = np.abs(np.asarray(a, np.float64)) @ np.abs(np.asarray(quant.dequantize(w),
                                                                        np.float64))
@@ -94,8 +104,10 @@ def main() -> None:
                 t = _time(fn, (a, w), args.repeats)
                 outs[mode] = np.asarray(fn(a, w), np.float64)
                 err = np.max(np.abs(outs[mode] - ref64) / scale)
+                c = _CPU[id(fn)]
                 print(f"{'':34s} {dname + '/' + mode:22s} {t * 1e3:10.2f} {t / t_ref:7.2f} "
-                      f"{_peak_mib(fn, (a, w)):11.1f}   err vs fp64 {err:.2e}", flush=True)
+                      f"{_peak_mib(fn, (a, w)):11.1f} {c * 1e3:9.1f} {c / c_ref:9.2f}   "
+                      f"err vs fp64 {err:.2e}", flush=True)
             if {"fast", "exact"} <= set(outs):
                 d = np.abs(outs["fast"] - outs["exact"])
                 print(f"{'':34s} {dname + ' fast-exact':22s} max|d| {d.max():.3e}  "
