@@ -128,3 +128,15 @@ def test_bf16_accumulator_is_coarser():
     e32 = np.abs(gemm.matmul(a, w, gemm.Mugi()) - ref).max()
     e16 = np.abs(gemm.matmul(a, w, gemm.Mugi(accumulator="bf16")) - ref).max()
     assert e16 > e32
+
+
+def test_tiled_exact_path_matches_simulator():
+    """m * n large enough for the n-tiled sequential kernel (with padding of the last tile)."""
+    m, k, n = 72, 16, 8200
+    a = activations(11, (m, k), specials=True)
+    w = weights(11, k, n, quant.SignMagnitudeInt4(group_size=8))
+    dp = gemm.Mugi()
+    out = gemm.matmul(a, w, dp)
+    res = sim.simulate_gemm(a, w, dp, early_termination=False)
+    assert same_bits(out, res.out), first_diff(out, res.out)
+    assert res.cycles == 9 * k * 33 * 8
