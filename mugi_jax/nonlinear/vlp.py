@@ -159,13 +159,9 @@ def bit_fields(xb: BFloat16[Array, "..."], m_bits: int) -> BitFields:
     return BitFields(bits >> 15, magnitude, magnitude >> 7, _round_magnitude(magnitude, m_bits))
 
 
-def _window_bottom(xb: Array, cfg: VLPConfig, g: _Groups) -> Array:
-    """Biased exponent of the window's first column, per element (broadcast from its group).
-
-    The group extreme is taken on the uint16 magnitudes of the normal elements (rounding is
-    monotone, so the rounded exponent of the extreme magnitude is the extreme rounded exponent).
-    """
-    w, e_top_b, e_lo_b = cfg.window, cfg.e_top + 127, cfg.e_bottom + 127
+def _masked_extreme(xb: Array, cfg: VLPConfig, g: _Groups) -> Array:
+    """Per group (kept as a length-1 axis): the largest (``build="max"``) or smallest (``"min"``)
+    BF16 magnitude pattern among the group's normal elements; 0 (max) / 0xFFFF (min) if none."""
     if g.axis == xb.ndim - 1:
         # Groups along the minor axis: XLA:CPU reduces FP32 much faster than uint16 there.
         # |x| of a BF16 value is exact in FP32 and its top 16 bits are the BF16 magnitude.
@@ -176,20 +172,44 @@ def _window_bottom(xb: Array, cfg: VLPConfig, g: _Groups) -> Array:
         else:
             key = jnp.where((a >= _TINY32) & (a < jnp.inf), a, jnp.inf)
             extreme_f = jnp.min(_grouped(key, g, np.inf), axis=g.axis + 1, keepdims=True)
-        extreme = jax.lax.bitcast_convert_type(extreme_f, jnp.uint32) >> 16
+        extreme = (jax.lax.bitcast_convert_type(extreme_f, jnp.uint32) >> 16).astype(jnp.int32)
         extreme = jnp.where(extreme < 0x0080, 0, extreme)  # zero/subnormal: empty group
-        extreme = jnp.where(extreme >= 0x7F80, 0xFFFF, extreme)  # +inf (min): empty group
+        return jnp.where(extreme >= 0x7F80, 0xFFFF, extreme)  # +inf (min): empty group
+    # Other axes: reduce the uint16 magnitudes of the normal elements.
+    mag = jax.lax.bitcast_convert_type(xb, jnp.uint16) & jnp.uint16(0x7FFF)
+    normal = (mag >= 0x0080) & (mag < 0x7F80)
+    if cfg.build == "max":
+        key = jnp.where(normal, mag, jnp.uint16(0))
+        extreme = jnp.max(_grouped(key, g, 0), axis=g.axis + 1, keepdims=True)
     else:
-        # Other axes: reduce the uint16 magnitudes of the normal elements.
-        mag = jax.lax.bitcast_convert_type(xb, jnp.uint16) & jnp.uint16(0x7FFF)
-        normal = (mag >= 0x0080) & (mag < 0x7F80)
-        if cfg.build == "max":
-            key = jnp.where(normal, mag, jnp.uint16(0))
-            extreme = jnp.max(_grouped(key, g, 0), axis=g.axis + 1, keepdims=True)
-        else:
-            key = jnp.where(normal, mag, jnp.uint16(0xFFFF))
-            extreme = jnp.min(_grouped(key, g, 0xFFFF), axis=g.axis + 1, keepdims=True)
-    e_ext = _round_magnitude(extreme.astype(jnp.int32), cfg.mantissa_bits) >> cfg.mantissa_bits
+        key = jnp.where(normal, mag, jnp.uint16(0xFFFF))
+        extreme = jnp.min(_grouped(key, g, 0xFFFF), axis=g.axis + 1, keepdims=True)
+    return extreme.astype(jnp.int32)
+
+
+def _window_bottom(xb: Array, cfg: VLPConfig, g: _Groups, source: Array | None = None) -> Array:
+    """Biased exponent of the window's first column, per element (broadcast from its group).
+
+    The group extreme is taken on BF16 magnitude patterns (rounding to M bits is monotone, so the
+    rounded exponent of the extreme magnitude is the extreme rounded exponent).
+
+    Fast path (``build="max"`` with the unrounded ``source`` of ``xb``): rounding to BF16 is
+    monotone too, so the largest BF16 magnitude of a group is ``bf16(max |source|)``; a plain
+    ``max(abs(.))`` reduction (no masks, no dependency on the rounded array) is all it takes.
+    It is exact whenever every group maximum is finite after rounding (then the group holds no
+    NaN or inf); otherwise the masked reduction runs instead (``lax.cond``).
+    """
+    w, e_top_b, e_lo_b = cfg.window, cfg.e_top + 127, cfg.e_bottom + 127
+    if source is not None and cfg.build == "max":
+        m = jnp.max(_grouped(jnp.abs(source), g, 0), axis=g.axis + 1, keepdims=True)
+        fast = jax.lax.bitcast_convert_type(as_bf16(m), jnp.uint16).astype(jnp.int32) & 0x7FFF
+        # the slow branch re-rounds ``source`` so that ``xb`` stays fusible into its consumer
+        extreme = jax.lax.cond(jnp.all(fast < 0x7F80),
+                               lambda: jnp.where(fast < 0x0080, 0, fast),
+                               lambda: _masked_extreme(as_bf16(source), cfg, g))
+    else:
+        extreme = _masked_extreme(xb, cfg, g)
+    e_ext = _round_magnitude(extreme, cfg.mantissa_bits) >> cfg.mantissa_bits
     if cfg.build == "max":  # empty group: extreme 0 -> bottom = e_lo
         bottom = jnp.clip(e_ext - (w - 1), e_lo_b, e_top_b - w + 1)
     else:  # empty group: extreme 0xFFFF -> bottom = e_top - W + 1
@@ -197,12 +217,17 @@ def _window_bottom(xb: Array, cfg: VLPConfig, g: _Groups) -> Array:
     return _ungrouped(bottom, g, xb.shape)
 
 
-def vlp_parts(xb: BFloat16[Array, "..."], fn: str, cfg: VLPConfig, axis: int) -> VLPParts:
-    """Per-element decisions of the VLP unit on a BF16 array (see module docstring)."""
+def vlp_parts(xb: BFloat16[Array, "..."], fn: str, cfg: VLPConfig, axis: int,
+              source: Array | None = None) -> VLPParts:
+    """Per-element decisions of the VLP unit on a BF16 array (see module docstring).
+
+    ``source``: optionally the unrounded array ``xb`` was rounded from (enables the fast
+    window reduction; results are identical)."""
     m_bits, w, lut = cfg.mantissa_bits, cfg.window, cfg.lut_exponents
     codes, e_top_b, e_lo_b = cfg.codes, cfg.e_top + 127, cfg.e_bottom + 127
     if xb.ndim == 0:
         xb = xb.reshape(1)
+        source = None if source is None else source.reshape(1)
     axis = _norm_axis(axis, xb.ndim)
     g = _groups(xb.shape[axis], axis, cfg.window_group)
 
@@ -218,7 +243,7 @@ def vlp_parts(xb: BFloat16[Array, "..."], fn: str, cfg: VLPConfig, axis: int) ->
     else:
         subscribes = normal & ~below & (e_b <= e_top_b)
 
-    first = _window_bottom(xb, cfg, g) * codes      # rounded magnitude of (bottom, j = 0)
+    first = _window_bottom(xb, cfg, g, source) * codes      # rounded magnitude of (bottom, j = 0)
     latched = jnp.clip(f.rounded, first, first + (w * codes - 1))  # clamp to the window edges
     index = f.sign * (lut * codes) + latched - e_lo_b * codes
 
@@ -273,7 +298,7 @@ def _cycles(parts: VLPParts, fn: str, cfg: VLPConfig, early_termination: bool) -
 @functools.partial(jax.jit, static_argnames=("fn", "cfg", "axis"))
 def _vlp_jit(x: Array, fn: str, cfg: VLPConfig, axis: int) -> Array:
     xb = as_bf16(x)
-    return vlp_parts(xb, fn, cfg, axis).out.reshape(xb.shape)
+    return vlp_parts(xb, fn, cfg, axis, source=x).out.reshape(xb.shape)
 
 
 def check_float(x: ArrayLike) -> Array:
