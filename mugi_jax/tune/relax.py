@@ -178,7 +178,7 @@ def soft_step(z: Float[Array, "..."], temperature: float, strict: bool = True) -
     ``strict``); at :math:`\tau = 0` the step :math:`[z > 0]` (``strict``) or :math:`[z \ge 0]`,
     which is also the pointwise limit :math:`\tau \to 0` on the values the unit can see.
     Gradient :math:`\sigma(1 - \sigma)/\tau`."""
-    if temperature == 0:
+    if isinstance(temperature, (int, float)) and temperature == 0:
         return (z > 0 if strict else z >= 0).astype(jnp.float32)
     shift = -STEP_OFFSET if strict else STEP_OFFSET
     return jax.nn.sigmoid((z + shift) / jnp.float32(temperature))
@@ -233,12 +233,17 @@ def _check(fn: str, base: VLPConfig, rounding: str, temperature: float) -> None:
         raise ValueError(f"base.tail: the relaxation supports 'clamp' only, got {base.tail!r}")
     if rounding not in ROUNDINGS:
         raise ValueError(f"rounding: must be one of {ROUNDINGS}, got {rounding!r}")
-    if not temperature >= 0:
+    if isinstance(temperature, (int, float)) and not temperature >= 0:
         raise ValueError(f"temperature: must be >= 0, got {temperature}")
 
 
 # ---------------------------------------------------------------------------------------------
 # The relaxed unit
+
+
+def _temp(t: float | Array) -> float | Array:
+    """A Python float stays static (0 selects the hard steps); an array is a traced temperature."""
+    return float(t) if isinstance(t, (int, float)) else jnp.asarray(t, jnp.float32)
 
 
 def _relaxed_core(x: Array, fn: str, p: VLPParams, lut: int, group: int, temperature: float,
@@ -262,7 +267,11 @@ def _relaxed_core(x: Array, fn: str, p: VLPParams, lut: int, group: int, tempera
     q = round_mantissa(m, p.mantissa_bits, rounding, key)
     q = jnp.maximum(q, -0.5)
     ef = e.astype(jnp.float32)
-    ell = ef + jnp.log2(1.0 + q)
+    # log2(1 + q) with the values 0 (q = 0) and 1 (q = 1, the carry) pinned exactly: a fused
+    # log2 may be an ulp off there, which would move an element across an exponent boundary
+    lg = jnp.log2(1.0 + q)
+    pinned = jnp.where(q == 0.0, 0.0, jnp.where(q == 1.0, 1.0, lg))
+    ell = ef + (lg + jax.lax.stop_gradient(pinned - lg))
     r = jnp.minimum(jnp.ldexp(1.0 + q, e), _F32_MAX)
 
     # window (build="max"): the group maximum of the rounded exponent is data
@@ -332,7 +341,7 @@ def relaxed_vlp(x: ArrayLike, fn: str, params: VLPParams, base: VLPConfig = VLPC
     p = VLPParams(*(jnp.asarray(v, jnp.float32) for v in params))
     for name, v in zip(VLPParams._fields, p):
         chex.assert_rank(v, 0, custom_message=f"params.{name} must be a scalar per call")
-    return _relaxed_core(xb, fn, p, base.lut_exponents, base.window_group, float(temperature),
+    return _relaxed_core(xb, fn, p, base.lut_exponents, base.window_group, _temp(temperature),
                          rounding, key, axis % xb.ndim, bool(exact_values))
 
 
@@ -364,7 +373,7 @@ def relaxed_softmax(x: ArrayLike, params: VLPParams, base: VLPConfig = VLPConfig
     y = jnp.where(fin, round_bf16_ste(d), xm - mx)
     y2 = y[None] if y.ndim == 1 else y
     p = VLPParams(*(jnp.asarray(v, jnp.float32) for v in params))
-    eps = _relaxed_core(y2, "exp", p, base.lut_exponents, base.window_group, float(temperature),
+    eps = _relaxed_core(y2, "exp", p, base.lut_exponents, base.window_group, _temp(temperature),
                         rounding, key, y2.ndim - 2, bool(exact_values)).reshape(y.shape)
     eps = jnp.where(jnp.abs(eps) < _TINY32, 0.0 * eps, eps)
     qv = exact_divide(eps, pairwise_sum(eps))

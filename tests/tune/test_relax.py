@@ -40,6 +40,9 @@ def test_hard_limit_equals_exact_vlp(cfg: nl.VLPConfig, fn: str) -> None:
         exact = nl.vlp(x, fn, cfg, axis=axis).astype(jnp.float32)
         relaxed = R.relaxed_vlp(x, fn, R.params_from_config(cfg), cfg, temperature=0.0, axis=axis)
         assert _same(exact, relaxed), (fn, cfg, axis)
+    # traced parameters under jit (fused ops must not move elements across boundaries)
+    jitted = jax.jit(lambda v, p: R.relaxed_vlp(v, fn, p, cfg, temperature=0.0, axis=-1))
+    assert _same(nl.vlp(x, fn, cfg).astype(jnp.float32), jitted(x, R.params_from_config(cfg)))
 
 
 @pytest.mark.parametrize("cfg", CONFIGS)
@@ -53,6 +56,8 @@ def test_hard_limit_equals_exact_softmax(cfg: nl.VLPConfig) -> None:
         exact = nl.softmax(s, axis=axis, approx=cfg).astype(jnp.float32)
         relaxed = R.relaxed_softmax(s, R.params_from_config(cfg), cfg, temperature=0.0, axis=axis)
         assert _same(exact, relaxed), (cfg, axis)
+    jitted = jax.jit(lambda v, p: R.relaxed_softmax(v, p, cfg, temperature=0.0))
+    assert _same(nl.softmax(s, approx=cfg).astype(jnp.float32), jitted(s, R.params_from_config(cfg)))
 
 
 def test_temperature_to_zero_converges_to_hard() -> None:

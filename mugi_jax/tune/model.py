@@ -1,0 +1,248 @@
+r"""The model side of tuning: per-layer VLP parameters in a Llama forward pass.
+
+* :class:`UnitParams` - per-layer, per-function parameters, arrays of shape ``(layers, 2)``
+  (column 0: the softmax exponential, column 1: SiLU).
+* :func:`relaxed_policy` - an adapter with the :class:`~mugi_jax.numerics.Policy` interface the
+  model calls (``layer(i)``, ``lm_head()``) whose softmax/SiLU are the relaxed units of
+  :mod:`mugi_jax.tune.relax` with traced parameters; everything else is delegated to the base
+  policy's :class:`~mugi_jax.numerics.LayerNumerics`.  (``Policy`` itself must be hashable and
+  static, so traced parameters cannot live in it.)  At temperature 0 and integer parameters a
+  forward pass under it equals the forward pass under :func:`exact_policy` bit for bit (tested).
+* :func:`exact_policy` - the discrete per-layer config as an ordinary ``numerics.Policy``
+  (per-layer overrides, exact kernels), used for the held-out verification.
+* :func:`capture` - one forward + backward pass of the exact model on the calibration windows:
+  the inputs of every softmax and SiLU and the gradient of the summed next-token cross-entropy
+  w.r.t. their outputs (the data of the Fisher proxy, :mod:`mugi_jax.tune.tuner`).
+* :func:`window_nll` - jitted calibration NLL for a stack of parameters (one compilation serves
+  every config of a grid search).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jaxtyping import Array, Float, Int
+
+from mugi_jax import numerics
+from mugi_jax.nonlinear.config import VLPConfig
+from mugi_jax.tune.relax import VLPParams, relaxed_softmax, relaxed_vlp
+
+__all__ = ["FUNCS", "UnitParams", "relaxed_policy", "exact_policy", "capture", "Calibration",
+           "window_nll", "make_windows", "configs_from_params", "params_from_configs"]
+
+#: The tuned functions of a Llama layer, in column order.
+FUNCS = ("softmax", "silu")
+
+
+class UnitParams(NamedTuple):
+    """Per-unit parameters, each ``(layers, len(FUNCS))`` float32."""
+
+    e_top: Float[Array, "L F"]
+    window: Float[Array, "L F"]
+    mantissa_bits: Float[Array, "L F"]
+
+    def unit(self, layer: int, col: int) -> VLPParams:
+        return VLPParams(self.e_top[layer, col], self.window[layer, col],
+                         self.mantissa_bits[layer, col])
+
+
+def params_from_configs(configs: list[tuple[VLPConfig, VLPConfig]]) -> UnitParams:
+    """Integer :class:`UnitParams` of per-layer ``(softmax, silu)`` configs."""
+    arr = lambda f: jnp.asarray([[getattr(c, f) for c in row] for row in configs], jnp.float32)  # noqa: E731
+    return UnitParams(arr("e_top"), arr("window"), arr("mantissa_bits"))
+
+
+def configs_from_params(p: UnitParams, base: VLPConfig) -> list[tuple[VLPConfig, VLPConfig]]:
+    """Per-layer ``(softmax, silu)`` :class:`VLPConfig` of integer-valued parameters (rounded)."""
+    e, w, b = (np.rint(np.asarray(v)).astype(int) for v in p)
+    return [tuple(dataclasses.replace(base, e_top=int(e[i, c]), window=int(w[i, c]),
+                                      mantissa_bits=int(b[i, c])) for c in range(len(FUNCS)))
+            for i in range(e.shape[0])]
+
+
+class _RelaxedLayer:
+    """LayerNumerics-like: relaxed softmax/SiLU, the rest from ``base``."""
+
+    def __init__(self, base: numerics.LayerNumerics, softmax_fn: Any, silu_fn: Any) -> None:
+        self._base, self._softmax, self._silu = base, softmax_fn, silu_fn
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._base, name)
+
+    def softmax(self, x: Array, axis: int = -1) -> Array:
+        return self._softmax(x, axis)
+
+    def silu(self, x: Array) -> Array:
+        return self._silu(x)
+
+
+class _AdapterPolicy:
+    """The part of the ``Policy`` interface the model uses."""
+
+    def __init__(self, layers: list[Any], head: numerics.LayerNumerics, name: str) -> None:
+        self._layers, self._head, self.name = layers, head, name
+
+    def layer(self, i: int) -> Any:
+        return self._layers[i]
+
+    def lm_head(self) -> numerics.LayerNumerics:
+        return self._head
+
+
+def relaxed_policy(params: UnitParams, n_layers: int, base_cfg: VLPConfig = VLPConfig(),
+                   base: numerics.Policy | str = "exact", *, temperature: float | Array = 0.0,
+                   rounding: str = "ste", key: Array | None = None,
+                   exact_values: bool = True) -> _AdapterPolicy:
+    """A policy adapter whose softmax/SiLU in layer ``i`` are the relaxed VLP units with
+    ``params.unit(i, .)``; inputs are rounded to BF16 at the unit's entry (as the ``mugi``
+    presets do) and outputs are float32 holding BF16 values.  ``key`` (noise rounding) is split per
+    unit."""
+    base = numerics.preset(base)
+    keys = [None] * (2 * n_layers) if key is None else list(jax.random.split(key, 2 * n_layers))
+    kw = dict(temperature=temperature, rounding=rounding, exact_values=exact_values)
+    layers = []
+    for i in range(n_layers):
+        sp, ap = params.unit(i, 0), params.unit(i, 1)
+        ks, ka = keys[2 * i], keys[2 * i + 1]
+        sm = (lambda x, axis, sp=sp, ks=ks:
+              relaxed_softmax(x, sp, base_cfg, key=ks, axis=axis, **kw).astype(x.dtype))
+        si = (lambda x, ap=ap, ka=ka:
+              relaxed_vlp(x, "silu", ap, base_cfg, key=ka, **kw).astype(x.dtype))
+        layers.append(_RelaxedLayer(base.layer(i), sm, si))
+    return _AdapterPolicy(layers, base.lm_head(), "relaxed")
+
+
+def exact_policy(configs: list[tuple[VLPConfig, VLPConfig]], base: numerics.Policy | str = "exact",
+                 name: str = "tuned") -> numerics.Policy:
+    """A ``numerics.Policy`` with per-layer VLP softmax/SiLU configs (BF16 unit inputs) on top of
+    ``base`` (its GEMM/KV choices are kept)."""
+    base = numerics.preset(base)
+    layers = tuple(
+        (i, dataclasses.replace(base.layer(i),
+                                softmax_fn=numerics.Nonlinear(sm, bf16_input=True),
+                                silu_fn=numerics.Nonlinear(si, bf16_input=True)))
+        for i, (sm, si) in enumerate(configs))
+    return numerics.Policy(name, base.default, layers, base.head)
+
+
+def make_windows(tokens: Any, context: int) -> tuple[Int[Array, "B T"], Array]:
+    """Non-overlapping windows of ``context`` tokens (a shorter final window of >= 2 tokens is
+    padded and masked), as in :func:`mugi_jax.eval.perplexity`."""
+    toks = np.asarray(tokens, np.int32).reshape(-1)
+    if context < 2:
+        raise ValueError(f"context: must be >= 2, got {context}")
+    n_full, rest = divmod(len(toks), context)
+    n = n_full + (1 if rest >= 2 else 0)
+    if n == 0:
+        raise ValueError(f"tokens: need at least 2 tokens, got {len(toks)}")
+    win = np.zeros((n, context), np.int32)
+    val = np.zeros((n, context), bool)
+    win[:n_full] = toks[:n_full * context].reshape(n_full, context)
+    val[:n_full] = True
+    if n > n_full:
+        win[-1, :rest] = toks[n_full * context:]
+        val[-1, :rest] = True
+    return jnp.asarray(win), jnp.asarray(val)
+
+
+def _nll(logits: Array, tokens: Array, valid: Array) -> tuple[Array, Array]:
+    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+    m = valid[:, 1:] & valid[:, :-1]
+    return jnp.sum(jnp.where(m, nll, 0.0)), jnp.sum(m)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "base_cfg", "base"))
+def _window_nll(graphdef: Any, state: Any, tokens: Array, valid: Array, params: UnitParams,
+                base_cfg: VLPConfig, base: numerics.Policy) -> tuple[Array, Array]:
+    model = nnx.merge(graphdef, state)
+    pol = relaxed_policy(params, model.config.n_layers, base_cfg, base, temperature=0.0)
+    logits, _ = model(tokens, pol, valid=valid)
+    return _nll(logits, tokens, valid)
+
+
+def window_nll(model: Any, tokens: Int[Array, "B T"], valid: Array, params: UnitParams,
+               base_cfg: VLPConfig = VLPConfig(), base: numerics.Policy | str = "exact"
+               ) -> float:
+    """Mean next-token NLL on the windows under the *hard* units (temperature 0) with integer
+    ``params`` - bit-identical to the exact kernels, but the parameters are traced, so every
+    config reuses one compiled function.  One call is one full-model evaluation."""
+    graphdef, state = nnx.split(model)
+    s, c = _window_nll(graphdef, state, tokens, valid, params, base_cfg, numerics.preset(base))
+    return float(s) / max(int(c), 1)
+
+
+@dataclasses.dataclass
+class Calibration:
+    """Captured calibration data (arrays stacked over layers).
+
+    ``softmax_x``: attention scores ``(L, B, kv_heads, group*T, S)`` (masked entries ``-inf``);
+    ``silu_x``: gate pre-activations ``(L, B, T, ffn)``; ``*_g``: d(summed NLL)/d(output) of the
+    exact model; ``elements``: ``(L, 2)`` non-masked elements per unit; ``tokens``/``valid``: the
+    windows; ``nll``: exact-model mean NLL on them."""
+
+    softmax_x: Array
+    softmax_g: Array
+    silu_x: Array
+    silu_g: Array
+    elements: np.ndarray
+    tokens: Array
+    valid: Array
+    nll: float
+
+
+def capture(model: Any, tokens: Any, context: int = 128, base: numerics.Policy | str = "exact"
+            ) -> Calibration:
+    """One forward + backward pass of the ``base`` model on ``tokens`` cut into windows of
+    ``context``: records the softmax and SiLU inputs of every layer and the gradient of the
+    summed NLL w.r.t. their outputs."""
+    base = numerics.preset(base)
+    win, val = make_windows(tokens, context)
+    graphdef, state = nnx.split(model)
+    n_layers = model.config.n_layers
+
+    def run(state: Any, eps: dict[str, list[Array]] | None) -> tuple[Array, dict]:
+        m = nnx.merge(graphdef, state)
+        taps: dict[str, list[Array]] = {"softmax": [], "silu": []}
+
+        def sm(i: int, bl: numerics.LayerNumerics) -> Any:
+            def f(x: Array, axis: int = -1) -> Array:
+                taps["softmax"].append(x)
+                out = bl.softmax(x, axis)
+                return out if eps is None else out + eps["softmax"][i]
+            return f
+
+        def si(i: int, bl: numerics.LayerNumerics) -> Any:
+            def f(x: Array) -> Array:
+                taps["silu"].append(x)
+                out = bl.silu(x)
+                return out if eps is None else out + eps["silu"][i]
+            return f
+
+        layers = [_RelaxedLayer(base.layer(i), sm(i, base.layer(i)), si(i, base.layer(i)))
+                  for i in range(n_layers)]
+        logits, _ = m(win, _AdapterPolicy(layers, base.lm_head(), "capture"), valid=val)
+        s, c = _nll(logits, win, val)
+        return s, (c, taps)
+
+    shapes = jax.eval_shape(lambda st: run(st, None)[1][1], state)
+    eps0 = {k: [jnp.zeros(v.shape, jnp.float32) for v in vs] for k, vs in shapes.items()}
+
+    @jax.jit
+    def fwd_bwd(state: Any, eps: dict) -> tuple[Array, Array, dict, dict]:
+        (s, (c, taps)), g = jax.value_and_grad(lambda e: run(state, e), has_aux=True)(eps)
+        return s, c, taps, g
+
+    s, c, taps, g = fwd_bwd(state, eps0)
+    sx, sg = jnp.stack(taps["softmax"]), jnp.stack(g["softmax"])
+    ax, ag = jnp.stack(taps["silu"]), jnp.stack(g["silu"])
+    n_sm = np.asarray(jnp.sum(jnp.isfinite(sx[0])))
+    elements = np.stack([np.full(n_layers, n_sm), np.full(n_layers, ax[0].size)], axis=1)
+    return Calibration(sx, sg, ax, ag, elements.astype(np.float64), win, val,
+                       float(s) / max(int(c), 1))
