@@ -27,5 +27,15 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -n 2 -q
 
+# Speed/memory goals live in benchmarks (ratios against a baseline measured in the same run).
+bench: setup
+	$(BIN)/python -m experiments.bench_nonlinear
+	$(BIN)/python -m experiments.bench_gemm
+	$(BIN)/python -m experiments.cost_paper_sweep
+	$(BIN)/python -m experiments.llm_throughput
+
+bench-cost: setup
+	$(BIN)/python -m experiments.cost_paper_sweep
+
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
