@@ -45,7 +45,11 @@ class GemmSimResult:
         column tile: they depend on the weights only).
       events: counts of ``multiplies`` (column value-reuse unit), ``comparisons`` (row
         comparators), ``latches``, ``fifo_pushes``, ``adds`` (row adders), ``dequant_multiplies``
-        and ``offset_ops`` (vector unit), ``output_adds``.
+        and ``offset_ops`` (vector unit), ``output_adds``; ``fifo_max_depth`` (largest row-FIFO
+        occupancy: a row's ``cols`` products enter at its comparator's cycle, the adder(s) pop
+        ``adders_per_row`` a cycle, the FIFO carries over k-steps) and ``drain_cycles`` (the
+        FIFO tails after the last k-step of each tile pass: not included in ``cycles``, the
+        steady-state count).
     """
 
     out: np.ndarray
@@ -127,7 +131,8 @@ def _dequant_group(out, acc, asum, s, z, zero_point, dtype, ev):
 
 def _new_events() -> dict[str, int]:
     return dict.fromkeys(("multiplies", "comparisons", "latches", "fifo_pushes", "adds",
-                          "dequant_multiplies", "offset_ops", "output_adds"), 0)
+                          "fifo_max_depth", "drain_cycles", "dequant_multiplies", "offset_ops",
+                          "output_adds"), 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,7 +153,8 @@ def _simulate_gemm(a: Any, w: quant.QuantizedTensor, datapath: Any,
     rows, cols = int(datapath.rows), int(datapath.cols)
     mb = int(datapath.magnitude_bits)
     product, accumulator = datapath.product, datapath.accumulator
-    bound = -(-cols // int(datapath.adders_per_row))
+    adders = int(datapath.adders_per_row)
+    bound = -(-cols // adders)
     lead = np.shape(a)[:-2]
     a32 = _activations(a)
     kn = _weights(w)
@@ -176,6 +182,7 @@ def _simulate_gemm(a: Any, w: quant.QuantizedTensor, datapath: Any,
             r1 = min(r0 + rows, n)
             n_r = r1 - r0
             o = np.zeros((n_c, n_r), dtype)
+            fifo = np.zeros(n_r, np.int64)  # occupancy of each row's FIFO (carried across k)
             for gi in range(k // g):
                 acc = np.zeros((n_r, n_c), dtype)
                 asum = np.zeros((n_c,), dtype)
@@ -185,17 +192,21 @@ def _simulate_gemm(a: Any, w: quant.QuantizedTensor, datapath: Any,
                     tile_cycles[kk, ti] = max(sweep, bound)
                     latch = np.full((n_r, n_c), np.nan, dtype)
                     fired = np.zeros(n_r, bool)
-                    for t in range(sweep):  # the counter
-                        prod = act[:, kk] * dtype(t)  # column value-reuse unit
-                        if product == "bf16":
-                            prod = _bf16(prod).astype(dtype)
-                        prod = _ftz(prod)
-                        ev["multiplies"] += n_c
-                        hit = mrow == t  # row comparators
-                        ev["comparisons"] += n_r
-                        latch[hit] = prod[None, :]
-                        fired |= hit
-                        ev["latches"] += int(hit.sum()) * n_c
+                    for t in range(tile_cycles[kk, ti]):  # the counter / k-step cycles
+                        if t < sweep:
+                            prod = act[:, kk] * dtype(t)  # column value-reuse unit
+                            if product == "bf16":
+                                prod = _bf16(prod).astype(dtype)
+                            prod = _ftz(prod)
+                            ev["multiplies"] += n_c
+                            hit = mrow == t  # row comparators
+                            ev["comparisons"] += n_r
+                            latch[hit] = prod[None, :]
+                            fired |= hit
+                            ev["latches"] += int(hit.sum()) * n_c
+                            fifo += np.where(hit, n_c, 0)  # the row's products enter its FIFO
+                        ev["fifo_max_depth"] = max(ev["fifo_max_depth"], int(fifo.max()))
+                        fifo = np.maximum(fifo - adders, 0)  # the row adder(s) pop
                     assert fired.all()
                     latch = np.where(neg[kk, r0:r1, None], -latch, latch)  # sign XOR
                     ev["fifo_pushes"] += n_r * n_c
@@ -209,6 +220,7 @@ def _simulate_gemm(a: Any, w: quant.QuantizedTensor, datapath: Any,
                                    None if kn.zeros is None else kn.zeros[gi, r0:r1],
                                    kn.zero_point, dtype, ev)
             out[c0:c0 + cols, r0:r1] = o
+            ev["drain_cycles"] += int(-(-fifo.max() // adders))  # tail after the last k-step
     n_ct = -(-m_tot // cols)
     cycles = int(tile_cycles.sum()) * n_ct
     return GemmSimResult(out.reshape(*lead, -1, n), cycles, tile_cycles, ev)

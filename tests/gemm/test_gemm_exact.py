@@ -49,6 +49,7 @@ def test_exact_matches_simulator_bit_for_bit(case):
     m, k = a.shape
     n = w.shape[1]
     assert res.events["adds"] == m * k * n == res.events["fifo_pushes"] == res.events["latches"]
+    assert min(m, dp.cols) <= res.events["fifo_max_depth"] <= 2 * dp.cols
 
 
 @settings(max_examples=16, deadline=None)
