@@ -40,7 +40,7 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Float
 
-from mugi_jax import quant
+from mugi_jax import formats, quant
 from mugi_jax.gemm._weights import KN, as_kn
 from mugi_jax.gemm.datapaths import DATAPATHS, FIGNA, Carat, MixPE, Mugi, SystolicMAC
 
@@ -144,11 +144,11 @@ def _dequant_weights(kn: KN) -> Array:
     q = kn.codes.astype(jnp.float32)
     s = jnp.repeat(kn.scales, kn.group, axis=-2)
     if kn.zero_point == "none":
-        return q * s
+        return _fence(q * s)
     z = jnp.repeat(kn.zeros, kn.group, axis=-2)
     if kn.zero_point == "min":
-        return _fence(q * s) + z
-    return (q - z) * s
+        return _ftz(_fence(q * s) + z)
+    return _fence((q - z) * s)
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,8 +233,6 @@ def _exact_sequential(a32: Array, qf: Array, scales: Array | None, zeros: Array 
 
 def _figna(a_bf16: Array, kn: KN, align_bits: int) -> Array:
     """FIGNA: per (row, group) pre-alignment to the largest exponent, exact integer group sum."""
-    from mugi_jax import formats
-
     a = _ftz(a_bf16.astype(jnp.float32)).astype(jnp.bfloat16)  # exact (DAZ on the input)
     m, k = a.shape
     n = kn.codes.shape[1]
