@@ -17,6 +17,7 @@ Softmax (every approximation except :class:`Exact`), along ``axis`` of length n:
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +26,7 @@ from jaxtyping import Array, ArrayLike, BFloat16, Float
 
 from mugi_jax.nonlinear.baselines import exact, pwl, taylor
 from mugi_jax.nonlinear.config import PWL, Exact, MugiL, Taylor, VLPConfig
-from mugi_jax.nonlinear.vlp import as_bf16, round_to_bf16, vlp, vlp_parts
+from mugi_jax.nonlinear.vlp import as_bf16, flush_f32, round_to_bf16, vlp, vlp_parts
 
 _TINY32 = np.float32(2.0 ** -126)
 
@@ -61,7 +62,10 @@ def shifted_input(xb: BFloat16[Array, "..."], axis: int) -> BFloat16[Array, "...
     A subnormal difference is left as is: the VLP unit counts it as zero, exactly as if it had
     been flushed, so the result does not depend on the device's FTZ mode.
     """
-    x = flush_bf16(jnp.moveaxis(xb, axis, -1))
+    return _shift(flush_bf16(jnp.moveaxis(xb, axis, -1)))
+
+
+def _shift(x: BFloat16[Array, "... n"]) -> BFloat16[Array, "... n"]:
     return x - jnp.max(x, axis=-1, keepdims=True)
 
 
@@ -83,11 +87,22 @@ def rows_last(y: Array) -> tuple[Array, int]:
     return y, y.ndim - 2
 
 
+def _materialised(fn: Callable[[Array], Array], operand: Array) -> Array:
+    """``fn(operand)``, evaluated inside a ``lax.cond`` whose two branches are both ``fn`` (so the
+    predicate - data-dependent, so that XLA cannot fold it - does not matter).  A conditional's
+    result is materialised, which stops XLA:CPU from fusing the table gather into each of its
+    consumers (the pairwise-sum slices and the division), where it runs ~3x slower.  Under
+    ``vmap`` the cond becomes a select of both (identical) branches: same values."""
+    flat = jax.lax.bitcast_convert_type(operand.reshape(-1)[:1], jnp.uint16)
+    return jax.lax.cond(flat[0] != jnp.uint16(0x7FC1), fn, fn, operand)
+
+
 def _approx_exp(y: Array, approx: object) -> Array:
     if isinstance(approx, (VLPConfig, MugiL)):
         cfg = approx.config if isinstance(approx, MugiL) else approx
         y2, rows_axis = rows_last(y)
-        return vlp_parts(y2, "exp", cfg, rows_axis).out.reshape(y.shape)
+        exp = lambda v: vlp_parts(v, "exp", cfg, rows_axis).out  # noqa: E731
+        return _materialised(exp, y2).reshape(y.shape)
     if isinstance(approx, PWL):
         return pwl(y, "exp", approx)
     if isinstance(approx, Taylor):
@@ -97,13 +112,13 @@ def _approx_exp(y: Array, approx: object) -> Array:
 
 @functools.partial(jax.jit, static_argnames=("axis", "approx"))
 def _softmax_jit(x: Array, axis: int, approx: object) -> Array:
-    xb = as_bf16(x)
-    y = shifted_input(xb, axis)
+    x_ftz = flush_bf16(jnp.moveaxis(as_bf16(x), axis, -1))  # one consumer chain: fuses
+    y = _shift(x_ftz)
     e32 = flush_bf16(_approx_exp(y, approx)).astype(jnp.float32)
     q = exact_divide(e32, pairwise_sum(e32))
-    out = round_to_bf16(jnp.where(jnp.abs(q) < _TINY32, 0.0 * q, q))  # FTZ, then RNE
+    out = round_to_bf16(flush_f32(q))  # FTZ, then RNE
     u16 = jnp.uint16
-    masked = jax.lax.bitcast_convert_type(jnp.moveaxis(xb, axis, -1), u16) == u16(0xFF80)
+    masked = jax.lax.bitcast_convert_type(x_ftz, u16) == u16(0xFF80)
     out = jnp.where(masked, u16(0), jax.lax.bitcast_convert_type(out, u16))  # -inf -> +0
     return jnp.moveaxis(jax.lax.bitcast_convert_type(out, jnp.bfloat16), -1, axis)
 
