@@ -16,7 +16,9 @@ capacity = banks x depth x width / 8 bytes.  ECC is off: with ECC off CACTI repr
 published SRAM areas (Mugi-256x8 1.094 mm^2, SA-16 0.999, SA-8 0.777, Mugi-128x8 0.851) to
 three digits, with ECC on it does not.  Leakage = (standby + gate leakage per bank) x banks.
 DRAM: 1 GiB, 8 banks, 8 KiB page, ``comm-dram`` cells; leakage = (I/O + refresh +
-closed-page leakage) x 8 banks, as in archx.
+closed-page leakage) x 8 banks, as in archx.  The DRAM row also records the block (burst) size
+and CACTI's activate and precharge energies, from which the realistic preset derives the DRAM
+energy per bit (``mugi_jax.cost.memory``).
 """
 
 from __future__ import annotations
@@ -205,6 +207,7 @@ def main() -> None:
             "leakage_mw": (leak_bank + gate_bank) * banks,
             "area_mm2": float(res["Area (mm2)"]),
             "access_time_ns": float(res["Access time (ns)"]),
+            "block_bits": width, "activate_energy_pj": "", "precharge_energy_pj": "",
         })
     _, log = run_cacti(binary, "dram_1GiB", dram_cfg())
     d = DRAM_CONFIG
@@ -217,6 +220,11 @@ def main() -> None:
         "write_energy_pj": _grab(log, "Write Energy (nJ)") * 1e3,
         "leakage_mw": leak, "area_mm2": _grab(log, "Data array: Area (mm2)"),
         "access_time_ns": _grab(log, "Access time (ns)"),
+        # one access moves one block (burst) of block_bytes; a row activation + precharge opens
+        # a page of page_bits (the realistic preset amortises them over a streamed page)
+        "block_bits": d["block_bytes"] * 8,
+        "activate_energy_pj": _grab(log, "Activate Energy (nJ)") * 1e3,
+        "precharge_energy_pj": _grab(log, "Precharge Energy (nJ)") * 1e3,
     })
     OUT_CSV.parent.mkdir(parents=True, exist_ok=True)
     fields = list(rows[0].keys())

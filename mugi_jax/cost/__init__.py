@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mugi_jax.cost.model import ArchParams, arch_params, prefix_family_totals, stack_params, table_arrays
-from mugi_jax.cost.presets import PAPER, PRESETS, Preset, get_preset
+from mugi_jax.cost.presets import PAPER, PRESETS, REALISTIC, Preset, get_preset
 from mugi_jax.cost.report import Breakdown, Report, derive_report
 from mugi_jax.hw.arch import Arch
 from mugi_jax.workloads import GEMM, OpTable, Workload, op_table_prefix_family
@@ -51,8 +51,19 @@ def _ceil_to(x: int, q: int) -> int:
 
 
 def _check_preset(preset: Preset) -> None:
-    if preset.name != "paper":  # only the paper row model exists so far (issue 6 adds more)
+    if preset.name not in PRESETS:
         raise ValueError(f"preset={preset.name!r}: implemented presets are {', '.join(PRESETS)}")
+
+
+def _sweep_realistic(archs: Sequence[Arch], workloads: Sequence[Workload], preset: Preset) -> Report:
+    """The realistic preset's row model (mugi_jax.cost.realistic), one (design, workload) at a time."""
+    from mugi_jax.cost import realistic
+
+    reps = [[realistic.evaluate(a, w, preset) for w in workloads] for a in archs]
+    shape = (len(archs), len(workloads))
+    return jax.tree_util.tree_map(
+        lambda *x: np.stack([np.asarray(v, np.float64) for v in x]).reshape(shape + np.shape(x[0])),
+        *[r for row in reps for r in row])
 
 
 def _tokens(workload: Workload, preset: Preset) -> float:
@@ -83,6 +94,8 @@ def sweep(
     _check_preset(pr)
     if not archs or not workloads:
         raise ValueError("sweep needs at least one arch and one workload")
+    if pr.name == "realistic":
+        return _sweep_realistic(archs, workloads, pr)
     fams = _group_workloads(workloads)
     built = []
     for (model, batch, prefill), members in fams:
@@ -173,6 +186,6 @@ def evaluate(arch: Arch, workload: Workload, preset: str | Preset = "paper") -> 
 
 
 __all__ = [
-    "PAPER", "PRESETS", "ArchParams", "Breakdown", "Preset", "Report", "arch_params", "evaluate",
+    "PAPER", "PRESETS", "REALISTIC", "ArchParams", "Breakdown", "Preset", "Report", "arch_params", "evaluate",
     "get_preset", "report_at", "sweep",
 ]

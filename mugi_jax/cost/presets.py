@@ -6,8 +6,10 @@ length, attention and softmax over contexts P+1..S, the LM head decoded once, pe
 all streams within an op, no DRAM/NoC bound, DRAM energy excluded, BF16 row adders, the baseline
 vector-unit cycle counts, and the component tables' "missing attribute = 1" rule.
 
-A later ``realistic`` preset (issue 6) adds its own entry to :data:`PRESETS` with its own row
-model; nothing here needs to change for it.
+``realistic`` (:mod:`mugi_jax.cost.realistic`) corrects the known weaknesses: consistent decode
+lengths, causal prefill attention, vector-unit ops, dequantization and KV quantization, DRAM
+roofline and energy, data-driven early termination bounded by the row adder, fill/drain skew and
+tile-level overlap.
 """
 
 from __future__ import annotations
@@ -54,7 +56,17 @@ PAPER = Preset(
     decode=DecodeConvention(linear_decode_steps=4096, lm_head_decode_steps=1),
 )
 
-PRESETS: dict[str, Preset] = {"paper": PAPER}
+# Corrected conventions (issue 6): every op runs seq_len - prefill_len decode steps, the LM head
+# every step, DRAM energy included, components' missing attributes at their reference value.
+# Its row model is mugi_jax.cost.realistic (RealisticConfig holds the remaining knobs).
+REALISTIC = Preset(
+    name="realistic",
+    missing_attribute="reference",
+    decode=DecodeConvention(linear_decode_steps=None, lm_head_decode_steps=None),
+    include_dram_energy=True,
+)
+
+PRESETS: dict[str, Preset] = {"paper": PAPER, "realistic": REALISTIC}
 
 
 def get_preset(name: str | Preset) -> Preset:

@@ -1,0 +1,501 @@
+"""The ``realistic`` cost-model preset: the published model's known weaknesses corrected.
+
+Each correction answers one item of MUGI.md section 4 (last paragraph) / the reference notes
+section 8; the paper preset (:mod:`mugi_jax.cost.model`) is untouched and both are reported side by
+side by ``experiments/paper_vs_realistic.py``.
+
+Workload (:func:`realistic_op_table`), with B batch, P prompt, S max length, T = S - P:
+
+- every per-token op runs T decode steps (projections, FFN, activation, attention, LM head);
+- prefill attention is causal: QK^T / PV skip the (query block, key tile) pairs above the
+  diagonal (tile granularity of the array, :func:`causal_tile_fraction`), the softmax has
+  P (P + 1) / 2 elements per head, useful MACs scale by (P + 1) / (2 P);
+- the LM head in prefill runs on the last prompt position only (B tokens, not B P);
+- vector-unit ops: RMSNorm (2 per layer + final; 4 ops/element: square, accumulate, normalise,
+  scale), RoPE on Q and K (3 ops/element: 2 multiplies + 1 add per rotated element), two residual
+  adds (1 op), the SwiGLU gating product (1 op), on-the-fly INT4 KV quantization of the new K and
+  V (3 ops/element: |x| max, multiply by 1/scale, round) and the embedding lookup (a DRAM read of
+  d BF16 values per token);
+- group-wise dequantization: one scale multiply-add (2 ops) per output per group of
+  ``group_size`` along k (weights), one per KV token scale (attention), on the vector unit,
+  overlapped with the array as its own stream.
+
+Cycles of one execution of a GEMM row, streams run concurrently and overlap at tile level:
+
+- compute: Mugi/Carat ``b ceil(m/W) ceil(n/H) (k c_step + H_b + W)`` with c_step the data-driven
+  cycles per k-step (:mod:`.early_termination`; the row-adder bound ceil(W / adders_per_row)
+  included; Carat 8) and per output tile the broadcast pipeline fill (H_b counter/multiplier
+  register stages) and the drain of the W outputs of a row through its ofifo; systolic arrays
+  (SA, MixPE) with skew, output- or weight-stationary (:mod:`.systolic`, checked against
+  SCALE-Sim); SIMD adds an adder-tree latency ceil(log2 W) per fold, the tensor core
+  log2(16) + 1 per output tile;
+- on-chip SRAM streams as in the paper preset;
+- DRAM: bits moved / bits per cycle of :class:`~mugi_jax.cost.memory.MemorySystem` (roofline);
+  weights (+ 16-bit group scales) are read every execution unless the whole model fits in the
+  weight SRAMs, the INT4 KV cache (+ 16-bit per-token scales) is always read, activations go
+  off chip only when they exceed half the input / output SRAM (double buffering), and an input
+  that does not fit is re-read for every off-chip n tile;
+- op cycles = max(streams) + (sum(streams) - max(streams)) / tiles, with tiles = the number of
+  double-buffered weight-operand tiles (half the weight SRAM each): the first load and the last
+  compute of a double-buffered pipeline do not overlap (paper: perfect overlap, max only).
+
+Energy: the paper preset's event charges (component table with ``missing="reference"``: a
+component query missing an attribute takes the table's reference value, not 1) for on-chip
+dynamic energy, plus vector-unit ops x (E_mul + E_add) / 2 + E_reg16 per op, plus DRAM bits x
+CACTI energy per bit (:mod:`.memory`), plus leakage x time.  Metrics (:class:`RealisticExtras`)
+add pJ per FLOP with and without DRAM, J per token with and without DRAM, time to first token
+(all prefill ops) and time per output token (decode time / T).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field, replace
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from mugi_jax.cost import early_termination as et
+from mugi_jax.cost.memory import MemorySystem, get_memory
+from mugi_jax.cost.model import ArchParams, arch_params, gemm_row_costs, nonlinear_row_costs
+from mugi_jax.cost.presets import Preset
+from mugi_jax.cost.report import Report, derive_report
+from mugi_jax.cost.systolic import check_dataflow
+from mugi_jax.hw.arch import BROADCAST_HEIGHT, Arch
+from mugi_jax.hw.components import component_figures
+from mugi_jax.hw.memory import sram_figures
+from mugi_jax.workloads import (
+    ATTENTION, FFN, GEMM, NONLINEAR, OUTPUT, PROJECTION, SILU, SOFTMAX, Workload,
+)
+
+VECTOR = 10  # op kind local to this preset: elementwise work on the vector unit
+ROLES: tuple[str, ...] = tuple(et.ROLE_OF_OP)  # GEMM roles (data-driven cycles per k-step)
+FAMILIES: tuple[str, ...] = ("mugi", "carat", "systolic", "simd", "tensor", "mixpe")
+ROW_BUCKET = 2048
+# vector-unit ops per element (module docstring)
+RMSNORM_OPS, ROPE_OPS, RESIDUAL_OPS, GATE_OPS, KVQ_OPS, DEQUANT_OPS = 4.0, 3.0, 1.0, 1.0, 3.0, 2.0
+SCALE_BITS = 16.0  # BF16 quantization scales
+ACT_BITS = 16.0
+KV_BITS = 4.0
+
+
+@dataclass(frozen=True)
+class RealisticConfig:
+    """Knobs of the realistic preset (defaults: the paper's hardware, corrected accounting)."""
+
+    memory: MemorySystem = field(default_factory=lambda: get_memory("ddr4"))
+    early_termination: bool = True
+    adders_per_row: int = 1  # Mugi row adders (the paper's hardware has 1)
+    # systolic array dataflow: "os" keeps k in time like the paper's count (its node_stationary
+    # "ws" is the SRAM-level stationarity only); "ws" pays R cycles of weight load per fold
+    dataflow: str = "os"
+    group_size: int = 128
+    causal: bool = True
+    include_dram_energy: bool = True  # in energy_j / the paper metrics of the Report
+
+    def __post_init__(self) -> None:
+        if self.adders_per_row not in (1, 2, 4, 8):
+            raise ValueError(f"adders_per_row={self.adders_per_row!r}: allowed values are 1, 2, 4, 8")
+        check_dataflow(self.dataflow)
+        if not isinstance(self.group_size, int) or self.group_size < 1:
+            raise ValueError(f"group_size={self.group_size!r}: allowed values are positive integers")
+
+
+# ---------------------------------------------------------------------------------------------
+# Workload
+# ---------------------------------------------------------------------------------------------
+
+COLS = ("kind", "cls", "phase", "role", "b", "m", "k", "n", "rep", "tile_frac", "mac_frac",
+        "ops", "dram_r", "dram_w", "is_kv")
+
+
+def causal_tile_fraction(p: int, tq: int, tk: int) -> tuple[float, float]:
+    """(fraction of QK^T tiles, fraction of PV k-steps) a causal prefill of ``p`` tokens needs.
+
+    Query blocks of ``tq`` tokens, key tiles of ``tk`` keys: block i (tokens i tq .. (i+1) tq - 1)
+    needs the key tiles up to its last token, ceil(min(p, (i+1) tq) / tk) of ceil(p / tk), and in
+    PV the k-steps (keys) up to min(p, (i+1) tq) of p.
+    """
+    if min(p, tq, tk) < 1:
+        raise ValueError(f"p={p}, tq={tq}, tk={tk}: all must be >= 1")
+    blocks = -(-p // tq)
+    ends = np.minimum(p, (np.arange(blocks) + 1) * tq)
+    qk = float(np.sum(np.ceil(ends / tk)) / (blocks * math.ceil(p / tk)))
+    pv = float(np.sum(ends) / (blocks * p))
+    return qk, pv
+
+
+def realistic_op_table(workload: Workload, arch: Arch, causal: bool = True) -> dict[str, np.ndarray]:
+    """Rows of the corrected workload (module docstring) as float64 columns ``COLS``.
+
+    ``arch`` only sets the causal tile granularity (array width / height).
+    """
+    md, B, S, P = workload.model, workload.batch, workload.seq_len, workload.prefill_len
+    d, h, g, dh, F, V, L = md.dim, md.heads, md.kv_heads, md.dh, md.ffn_hidden, md.vocab, md.layers
+    T = S - P
+    hq = h // g
+    rows: list[tuple] = []
+
+    def add(kind, cls, phase, role, b, m, k, n, rep, tile_frac=1.0, mac_frac=1.0, ops=0.0,
+            dram_r=0.0, dram_w=0.0, is_kv=0.0):
+        r = ROLES.index(role) if role else 0
+        rows.append((kind, cls, phase, r, b, m, k, n, rep, tile_frac, mac_frac, ops, dram_r, dram_w, is_kv))
+
+    act = SILU  # GELU models are costed as SiLU (paper convention)
+    for phase, tok, rep in ((0, B * P, float(L)), (1, B, float(L) * T)):
+        add(GEMM, PROJECTION, phase, "proj_q", 1, tok, d, h * dh, rep)
+        add(GEMM, PROJECTION, phase, "proj_k", 1, tok, d, g * dh, rep)
+        add(GEMM, PROJECTION, phase, "proj_v", 1, tok, d, g * dh, rep)
+        add(GEMM, PROJECTION, phase, "proj_o", 1, tok, h * dh, d, rep)
+        add(GEMM, FFN, phase, "gate", 1, tok, d, F, rep)
+        add(GEMM, FFN, phase, "up", 1, tok, d, F, rep)
+        add(GEMM, FFN, phase, "down", 1, tok, F, d, rep)
+        add(act, NONLINEAR, phase, None, 1, F, 1, tok, rep)
+        add(VECTOR, NONLINEAR, phase, None, 1, 2 * tok * d, 1, 1, rep, ops=RMSNORM_OPS)
+        add(VECTOR, NONLINEAR, phase, None, 1, tok * (h + g) * dh, 1, 1, rep, ops=ROPE_OPS)
+        add(VECTOR, NONLINEAR, phase, None, 1, 2 * tok * d, 1, 1, rep, ops=RESIDUAL_OPS)
+        add(VECTOR, NONLINEAR, phase, None, 1, tok * F, 1, 1, rep, ops=GATE_OPS)
+        kv_elems = 2 * tok * g * dh
+        add(VECTOR, NONLINEAR, phase, None, 1, kv_elems, 1, 1, rep, ops=KVQ_OPS,
+            dram_w=kv_elems * KV_BITS + 2 * tok * g * SCALE_BITS)
+        # per token, not per layer: embedding read, final RMSNorm
+        add(VECTOR, OUTPUT, phase, None, 1, tok * d, 1, 1, rep / L, ops=RMSNORM_OPS,
+            dram_r=tok * d * ACT_BITS)
+    add(GEMM, OUTPUT, 0, "lm_head", 1, B, d, V, 1.0)  # prefill: last position only
+    add(GEMM, OUTPUT, 1, "lm_head", 1, B, d, V, float(T))
+    # causal prefill attention (tile granularity of the array: query tokens per column tile)
+    is_vlp = arch.family in ("mugi", "carat")
+    m_tile = arch.width if is_vlp else arch.height
+    n_tile = arch.height if is_vlp else arch.width
+    tq = max(1, m_tile // hq)
+    qk_f, pv_f = causal_tile_fraction(P, tq, n_tile) if causal else (1.0, 1.0)
+    mac_f = (P + 1) / (2 * P) if causal else 1.0
+    add(GEMM, ATTENTION, 0, "qkt", B * g, hq * P, dh, P, float(L), qk_f, mac_f, is_kv=1.0)
+    add(GEMM, ATTENTION, 0, "pv", B * g, hq * P, P, dh, float(L), pv_f, mac_f, is_kv=1.0)
+    add(SOFTMAX, NONLINEAR, 0, None, 1, B * h * P, 1, P, float(L), mac_f, mac_f)
+    for c in range(P + 1, S + 1):
+        add(GEMM, ATTENTION, 1, "qkt", B * g, hq, dh, c, float(L), is_kv=1.0)
+        add(GEMM, ATTENTION, 1, "pv", B * g, hq, c, dh, float(L), is_kv=1.0)
+        add(SOFTMAX, NONLINEAR, 1, None, 1, B * h, 1, c, float(L))
+    a = np.asarray(rows, np.float64)
+    return {c: a[:, i] for i, c in enumerate(COLS)}
+
+
+def model_weight_bits(workload: Workload, group_size: int = 128) -> float:
+    """INT4 weights + BF16 group scales of all layers and the LM head."""
+    md = workload.model
+    d, h, g, dh, F, V, L = md.dim, md.heads, md.kv_heads, md.dh, md.ffn_hidden, md.vocab, md.layers
+    per_layer = d * h * dh * 2 + d * g * dh * 2 + 3 * d * F
+    n = L * per_layer + d * V
+    return float(n * (KV_BITS + SCALE_BITS / group_size))
+
+
+# ---------------------------------------------------------------------------------------------
+# Design parameters
+# ---------------------------------------------------------------------------------------------
+
+class RealParams(NamedTuple):
+    """A design under the realistic preset: the paper's :class:`ArchParams` plus extras."""
+
+    base: ArchParams
+    family: Float[Array, ""]  # index into FAMILIES
+    ws: Float[Array, ""]  # 1 weight-stationary systolic dataflow, 0 output-stationary
+    cps: Float[Array, " R"]  # cycles per k-step per GEMM role
+    fold_overhead: Float[Array, ""]  # Mugi/Carat per-output-tile fill + drain
+    vec_lanes: Float[Array, ""]
+    e_vec_op: Float[Array, ""]  # pJ per vector op
+    isram_bits: Float[Array, ""]
+    wsram_bits: Float[Array, ""]
+    osram_bits: Float[Array, ""]
+    resident: Float[Array, ""]  # 1 if all weights stay on chip between decode steps
+    dram_bits_per_cycle: Float[Array, ""]
+    e_dram_r: Float[Array, ""]  # pJ / bit
+    e_dram_w: Float[Array, ""]
+    group: Float[Array, ""]
+
+
+def vector_lanes(arch: Arch) -> int:
+    """Lanes of the design's vector unit (Mugi: its H/8 scaling multipliers; others: the
+    nonlinear vector unit)."""
+    if arch.family == "mugi":
+        return max(1, arch.height // 8)
+    return arch.vector_lanes
+
+
+def realistic_params(arch: Arch, workload: Workload, cfg: RealisticConfig) -> tuple[RealParams, float, float]:
+    """(:class:`RealParams`, leakage W, area mm^2) of ``arch`` under ``cfg``."""
+    base = arch_params(arch, "reference")
+    W, H = arch.width, arch.height
+    a = cfg.adders_per_row
+    leak_w, area = float(base.leakage_w), float(base.area_mm2)
+    if arch.family == "mugi":
+        cps = [et.role_cycles_per_kstep(r, H, a, W, cfg.early_termination) for r in ROLES]
+        sm = et.nonlinear_cycles_per_tile("softmax", cfg.early_termination)
+        si = et.nonlinear_cycles_per_tile("silu", cfg.early_termination)
+        base = base._replace(sm_col_cycles=np.float32(sm), si_col_cycles=np.float32(si))
+        if a > 1:  # extra row adders: leakage and area (energy per add unchanged)
+            add = component_figures("adderbf16", missing="reference")
+            leak_w += (a - 1) * H * arch.nodes * add.leakage_mw / 1e3
+            area += (a - 1) * H * arch.nodes * add.area_mm2
+    else:
+        cps = [float(arch.cycles_per_step)] * len(ROLES)
+    fold = float(BROADCAST_HEIGHT[H] + W) if arch.family in ("mugi", "carat") else 0.0
+    df = cfg.dataflow
+    mul = component_figures("multiplierbf16", missing="reference").energy_pj
+    addf = component_figures("adderbf16", missing="reference").energy_pj
+    reg = component_figures("register", {"width": 16}, missing="reference").energy_pj
+    si_, sw_, so_ = arch.srams
+    resident = model_weight_bits(workload, cfg.group_size) <= sw_.capacity_bits * arch.nodes
+    mem = cfg.memory
+    vals = dict(
+        family=FAMILIES.index(arch.family), ws=1.0 if df == "ws" else 0.0,
+        fold_overhead=fold, vec_lanes=vector_lanes(arch) * arch.nodes,
+        e_vec_op=(mul + addf) / 2 + reg, isram_bits=si_.capacity_bits, wsram_bits=sw_.capacity_bits,
+        osram_bits=so_.capacity_bits, resident=float(resident),
+        dram_bits_per_cycle=mem.bits_per_cycle(arch.frequency_mhz * 1e6),
+        e_dram_r=mem.read_energy_pj_per_bit, e_dram_w=mem.write_energy_pj_per_bit,
+        group=float(cfg.group_size),
+    )
+    rp = RealParams(base=base, cps=np.asarray(cps, np.float32),
+                    **{k: np.float32(v) for k, v in vals.items()})
+    return rp, leak_w, area
+
+
+# ---------------------------------------------------------------------------------------------
+# Row costs
+# ---------------------------------------------------------------------------------------------
+
+def _cdiv(a, b):
+    return jnp.ceil(a / b)
+
+
+def _overlap(streams: list, tiles) -> Array:
+    """Tile-level overlap: max(streams) + (sum - max) / tiles (module docstring)."""
+    s = jnp.stack(streams)
+    mx = jnp.max(s, 0)
+    return mx + (jnp.sum(s, 0) - mx) / jnp.maximum(tiles, 1.0)
+
+
+def compute_cycles(rp: RealParams, t: dict[str, Float[Array, " R"]]) -> Float[Array, " R"]:
+    """Array compute cycles of one execution of each GEMM row (before causal skipping and nodes)."""
+    p = rp.base
+    b, m, k, n = t["b"], t["m"], t["k"], t["n"]
+    W, H = p.W, p.H
+    fam = rp.family
+    cps = rp.cps[t["role"].astype(jnp.int32)]
+    vlp = b * _cdiv(m, W) * _cdiv(n, H) * (k * cps + rp.fold_overhead)
+    # systolic (rows = H, cols = W): os M on rows, ws K on rows
+    sa_os = b * _cdiv(m, H) * _cdiv(n, W) * (k + H + W - 2.0) - 1.0
+    sa_ws = b * _cdiv(k, H) * _cdiv(n, W) * (2.0 * H + W + m - 2.0) - 1.0
+    sa = jnp.where(rp.ws > 0, sa_ws, sa_os)
+    tm, tn = jnp.minimum(W, m), jnp.minimum(H, n)
+    mt, nt = _cdiv(m, tm), _cdiv(n, tn)
+    kc = _cdiv(k, jnp.minimum(p.K, k))
+    paper = b * mt * nt * kc * p.cyc
+    simd = paper + b * mt * nt * jnp.ceil(jnp.log2(W))
+    tensor = paper + b * mt * nt * (jnp.log2(p.K) + 1.0)
+    return jnp.select([fam <= 1, (fam == 2) | (fam == 5), fam == 3], [vlp, sa, simd], tensor)
+
+
+def gemm_costs(rp: RealParams, t: dict[str, Float[Array, " R"]]) -> dict[str, Array]:
+    """Per-row (one execution) cycles, on-chip energy [pJ], DRAM bits and FLOPs of GEMM rows."""
+    p = rp.base
+    b, m, k, n = t["b"], t["m"], t["k"], t["n"]
+    is_kv = t["is_kv"]
+    compute = compute_cycles(rp, t) * t["tile_frac"] / p.nodes
+    sram = gemm_row_costs(p._replace(cyc=jnp.float32(0.0)), t)[0] * t["tile_frac"]
+    _, e_chip, flops = gemm_row_costs(p, t)
+    # dequantization on the vector unit
+    outputs = b * m * n
+    qkt = t["role"] == ROLES.index("qkt")
+    dq_ops = jnp.where(is_kv > 0, jnp.where(qkt, outputs, b * m * k), outputs * _cdiv(k, rp.group)) * DEQUANT_OPS
+    dq_ops = dq_ops * t["mac_frac"]
+    dq_cycles = dq_ops / rp.vec_lanes
+    # DRAM traffic
+    tm = jnp.minimum(p.W, m)
+    tn = jnp.minimum(p.H, n)
+    tn_off = jnp.minimum(n, jnp.maximum(tn, jnp.exp2(jnp.floor(jnp.log2(jnp.maximum(p.e_o_elems / tm, 1.0))))))
+    tm_off = jnp.minimum(m, jnp.maximum(tm, jnp.exp2(jnp.floor(jnp.log2(jnp.maximum(p.e_o_elems / tn_off, 1.0))))))
+    w_bits = k * n * p.wbits + SCALE_BITS * n * _cdiv(k, rp.group)
+    kv_tokens = jnp.where(qkt, n, k)
+    kv_bits = b * (k * n * KV_BITS + SCALE_BITS * kv_tokens) * t["mac_frac"]
+    operand = jnp.where(is_kv > 0, kv_bits, w_bits * _cdiv(m, tm_off) * (1.0 - rp.resident))
+    in_bits = b * m * k * ACT_BITS
+    in_dram = jnp.where(in_bits <= rp.isram_bits / 2, 0.0, in_bits * _cdiv(n, tn_off))
+    out_bits = b * m * n * ACT_BITS
+    out_dram = jnp.where(out_bits <= rp.osram_bits / 2, 0.0, out_bits)
+    dram_r = operand + in_dram
+    dram_w = out_dram
+    dram = (dram_r + dram_w) / rp.dram_bits_per_cycle
+    tiles = _cdiv(jnp.where(is_kv > 0, kv_bits, w_bits), rp.wsram_bits / 2)
+    cycles = _overlap([compute, sram, dram, dq_cycles], tiles)
+    return {
+        "cycles": cycles, "compute": compute, "dram_cycles": dram,
+        "energy_pj": e_chip * t["mac_frac"] + dq_ops * rp.e_vec_op,
+        "dram_r": dram_r, "dram_w": dram_w, "flops": flops * t["mac_frac"],
+    }
+
+
+def nonlinear_costs(rp: RealParams, t: dict[str, Float[Array, " R"]]) -> dict[str, Array]:
+    """Softmax / SiLU rows: the paper's unit model (Mugi with data-driven cycles per column),
+    scaled by the causal fraction of prefill softmax elements."""
+    cyc, e, fl = nonlinear_row_costs(rp.base, t)
+    f = t["mac_frac"]
+    z = jnp.zeros_like(cyc)
+    return {"cycles": cyc * f, "compute": cyc * f, "dram_cycles": z, "energy_pj": e * f,
+            "dram_r": z, "dram_w": z, "flops": fl * f}
+
+
+def vector_costs(rp: RealParams, t: dict[str, Float[Array, " R"]]) -> dict[str, Array]:
+    """Elementwise rows on the vector unit: ops / lanes, osram read + write of every element,
+    explicit DRAM traffic (embedding reads, KV-cache writes); streams overlap fully."""
+    p = rp.base
+    elems = t["m"]
+    ops = elems * t["ops"]
+    compute = ops / rp.vec_lanes
+    acc = _cdiv(elems * ACT_BITS, p.w_o)
+    sram = 2.0 * acc / p.nodes
+    dram = (t["dram_r"] + t["dram_w"]) / rp.dram_bits_per_cycle
+    cycles = jnp.maximum(jnp.maximum(compute, sram), dram)
+    return {"cycles": cycles, "compute": compute, "dram_cycles": dram,
+            "energy_pj": ops * rp.e_vec_op + acc * (p.e_osram_r + p.e_osram_w),
+            "dram_r": t["dram_r"], "dram_w": t["dram_w"], "flops": ops}
+
+
+@jax.jit
+def row_costs(rp: RealParams, t: dict[str, Float[Array, " R"]]) -> dict[str, Array]:
+    """Per-row costs of a realistic op table (one execution of each row), jitted and elementwise."""
+    g, nl, v = gemm_costs(rp, t), nonlinear_costs(rp, t), vector_costs(rp, t)
+    kind = t["kind"]
+    return {key: jnp.where(kind == GEMM, g[key], jnp.where(kind == VECTOR, v[key], nl[key]))
+            for key in g}
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------
+
+class RealisticExtras(NamedTuple):
+    """Metrics the paper preset does not have."""
+
+    ttft_s: float  # time to first token: all prefill ops
+    tpot_s: float  # time per output token: decode time / decode steps
+    dram_bytes: float
+    dram_energy_j: float
+    onchip_energy_j: float  # dynamic + leakage, on chip
+    pj_per_flop: float  # with DRAM
+    pj_per_flop_onchip: float
+    j_per_token: float  # with DRAM
+    j_per_token_onchip: float
+    memory_bound_fraction: float  # share of run time in rows whose DRAM stream is the longest
+    compute_cycles: float  # sum of array / vector / nonlinear compute streams
+    weights_resident: bool
+
+
+def _pad(t: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    r = len(t["kind"])
+    n = -(-r // ROW_BUCKET) * ROW_BUCKET
+    out = {}
+    for k, v in t.items():
+        fill = 0.0 if k in ("rep", "dram_r", "dram_w", "is_kv", "ops", "role", "phase", "cls", "kind") else 1.0
+        out[k] = np.concatenate([v, np.full(n - r, fill)]).astype(np.float32)
+    return out
+
+
+def evaluate_realistic(arch: Arch, workload: Workload, cfg: RealisticConfig | None = None,
+                       preset: Preset | None = None) -> tuple[Report, RealisticExtras]:
+    """Realistic-preset cost of ``workload`` on ``arch``: the :class:`Report` (paper metrics;
+    energy includes DRAM when ``cfg.include_dram_energy``) and :class:`RealisticExtras`."""
+    from mugi_jax.cost.presets import REALISTIC
+
+    cfg = cfg or RealisticConfig()
+    preset = preset or REALISTIC
+    table = realistic_op_table(workload, arch, cfg.causal)
+    rp, leak_w, area = realistic_params(arch, workload, cfg)
+    t = _pad(table)
+    r = {k: np.asarray(v, np.float64)[: len(table["kind"])]
+         for k, v in row_costs(jax.tree_util.tree_map(jnp.asarray, rp), {k: jnp.asarray(v) for k, v in t.items()}).items()}
+    rep = table["rep"]
+    cls = table["cls"].astype(int)
+    onehot = np.eye(5)[cls]
+    f = float(rp.base.frequency_hz)
+    dram_pj = r["dram_r"] * float(rp.e_dram_r) + r["dram_w"] * float(rp.e_dram_w)
+    e_pj = r["energy_pj"] + (dram_pj if cfg.include_dram_energy else 0.0)
+    is_gemm = table["kind"] == GEMM
+    totals = {
+        "class_cycles": (r["cycles"] * rep) @ onehot,
+        "class_energy_pj": (e_pj * rep) @ onehot,
+        "class_flops": (r["flops"] * rep) @ onehot,
+        "gemm_cycles": np.sum(r["cycles"] * rep * is_gemm),
+        "nonlinear_cycles": np.sum(r["cycles"] * rep * ~is_gemm),
+    }
+    T = workload.seq_len - workload.prefill_len
+    tokens = float(workload.batch * T)
+    report = derive_report(
+        totals, leakage_w=np.float64(leak_w), area_mm2=np.float64(area), frequency_hz=np.float64(f),
+        tokens=np.float64(tokens), carbon_intensity_g_per_kwh=preset.carbon_intensity_g_per_kwh,
+        embodied_g_per_mm2=preset.embodied_g_per_mm2, lifetime_s=preset.lifetime_s, xp=np)
+    time_s = float(report.execution_time_s)
+    prefill = table["phase"] == 0
+    onchip = float(np.sum(r["energy_pj"] * rep)) * 1e-12 + leak_w * time_s
+    dram_j = float(np.sum(dram_pj * rep)) * 1e-12
+    flops = float(np.sum(r["flops"] * rep))
+    mem_bound = r["dram_cycles"] >= r["cycles"] - 1e-6
+    extras = RealisticExtras(
+        ttft_s=float(np.sum(r["cycles"] * rep * prefill)) / f,
+        tpot_s=float(np.sum(r["cycles"] * rep * ~prefill)) / f / T,
+        dram_bytes=float(np.sum((r["dram_r"] + r["dram_w"]) * rep)) / 8,
+        dram_energy_j=dram_j, onchip_energy_j=onchip,
+        pj_per_flop=(onchip + dram_j) / flops * 1e12, pj_per_flop_onchip=onchip / flops * 1e12,
+        j_per_token=(onchip + dram_j) / tokens, j_per_token_onchip=onchip / tokens,
+        memory_bound_fraction=float(np.sum(r["cycles"] * rep * mem_bound)) / max(float(report.cycles), 1.0),
+        compute_cycles=float(np.sum(r["compute"] * rep)),
+        weights_resident=bool(rp.resident > 0),
+    )
+    return report, extras
+
+
+def evaluate(arch: Arch, workload: Workload, preset: Preset | None = None) -> Report:
+    """The :class:`Report` of :func:`evaluate_realistic` (the entry ``cost.evaluate`` dispatches to)."""
+    return evaluate_realistic(arch, workload, None, preset)[0]
+
+
+@functools.lru_cache(maxsize=256)
+def gemm_cost(arch: Arch, m: int, k: int, n: int, dataflow: str | None = None, batch: int = 1,
+              role: str = "proj_q", cfg: RealisticConfig | None = None) -> dict[str, float]:
+    """One GEMM ``batch x (m x k) @ (k x n)`` under the realistic preset (the CLI's ``cost gemm``).
+
+    Returns cycles (with DRAM and overlap), compute cycles (array only, with fill/drain), DRAM
+    bytes and energy [J] (on-chip dynamic + DRAM + leakage over the cycles).
+    """
+    for name, v in (("m", m), ("k", k), ("n", n), ("batch", batch)):
+        if not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name}={v!r}: allowed values are positive integers")
+    if role not in ROLES:
+        raise ValueError(f"role={role!r}: allowed values are {', '.join(ROLES)}")
+    cfg = cfg or RealisticConfig()
+    if dataflow is not None:
+        cfg = replace(cfg, dataflow=check_dataflow(dataflow))
+    from mugi_jax.workloads import get_model
+
+    rp, leak_w, _ = realistic_params(arch, Workload(get_model("llama2-7b")), cfg)
+    t = {c: np.zeros(1) for c in COLS}
+    t.update(kind=np.full(1, float(GEMM)), role=np.full(1, float(ROLES.index(role))),
+             b=np.full(1, float(batch)), m=np.full(1, float(m)), k=np.full(1, float(k)),
+             n=np.full(1, float(n)), rep=np.ones(1), tile_frac=np.ones(1), mac_frac=np.ones(1),
+             is_kv=np.full(1, 1.0 if role in ("qkt", "pv") else 0.0))
+    r = {k_: float(np.asarray(v)[0]) for k_, v in
+         row_costs(jax.tree_util.tree_map(jnp.asarray, rp), {c: jnp.asarray(_pad(t)[c]) for c in COLS}).items()}
+    f = float(rp.base.frequency_hz)
+    dram_j = (r["dram_r"] * float(rp.e_dram_r) + r["dram_w"] * float(rp.e_dram_w)) * 1e-12
+    dyn_j = r["energy_pj"] * 1e-12
+    return {
+        "cycles": r["cycles"], "compute_cycles": r["compute"], "dram_cycles": r["dram_cycles"],
+        "time_s": r["cycles"] / f, "dram_bytes": (r["dram_r"] + r["dram_w"]) / 8,
+        "dynamic_energy_j": dyn_j, "dram_energy_j": dram_j, "leakage_energy_j": leak_w * r["cycles"] / f,
+        "energy_j": dyn_j + dram_j + leak_w * r["cycles"] / f, "flops": r["flops"],
+    }
