@@ -15,7 +15,7 @@ from mugi_jax.sim import simulate_softmax, simulate_vlp
 
 from .strategies import BF16, bf16_values, same_bits_nan_aware, vlp_configs
 
-SETTINGS = settings(max_examples=40, deadline=None,
+SETTINGS = settings(max_examples=30, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 SHAPES = [(7,), (3, 5), (2, 3, 4), (1, 9)]
 FNS = ["exp", "silu", "gelu", "gelu_tanh"]
