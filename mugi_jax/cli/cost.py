@@ -100,3 +100,81 @@ def llm(
     typer.echo("  breakdown (time s / dynamic energy J):")
     for cls, b in res["breakdown"].items():
         typer.echo(f"    {cls:12s} {b['time_s']:12.5g} {b['dynamic_energy_j']:12.5g}")
+
+
+def gemm_result(
+    arch: str, m: int, k: int, n: int, dataflow: str = "os", preset: str = "realistic",
+    batch: int = 1, role: str = "proj_q", memory: str = "ddr4", nodes: str = "1x1",
+) -> dict[str, Any]:
+    """The JSON object ``cost gemm`` prints: one GEMM ``batch x (m x k) @ (k x n)``.
+
+    ``preset="realistic"``: :func:`mugi_jax.cost.realistic.gemm_cost` (fill/drain, DRAM roofline,
+    dequantization, overlap); ``preset="paper"``: the paper row model (``dataflow`` ignored: its
+    count has no dataflow).  ``energy_j`` = dynamic (+ DRAM in realistic) + leakage over the cycles.
+    """
+    from dataclasses import replace
+
+    from mugi_jax.cost import PRESETS
+    from mugi_jax.cost.memory import MEMORY_SYSTEMS, get_memory
+    from mugi_jax.cost.realistic import ROLES, RealisticConfig, gemm_cost
+    from mugi_jax.cost.systolic import DATAFLOWS
+    from mugi_jax.hw import ARCH_NAMES, MESHES, get_arch
+
+    _choice("--arch", arch, ARCH_NAMES)
+    _choice("--dataflow", dataflow, DATAFLOWS)
+    _choice("--preset", preset, tuple(PRESETS))
+    _choice("--role", role, ROLES)
+    _choice("--memory", memory, tuple(MEMORY_SYSTEMS))
+    _choice("--nodes", nodes, MESHES)
+    for name, v in (("--m", m), ("--k", k), ("--n", n), ("--batch", batch)):
+        if v < 1:
+            raise CliError(f"{name}={v}: allowed values are positive integers")
+    design = get_arch(arch, nodes=nodes)
+    out: dict[str, Any] = {"arch": design.name, "nodes": design.mesh.name, "m": m, "k": k, "n": n,
+                           "batch": batch, "preset": preset}
+    if preset == "realistic":
+        cfg = replace(RealisticConfig(memory=get_memory(memory)), dataflow=dataflow)
+        out.update(dataflow=dataflow, role=role, memory=memory)
+        out.update(gemm_cost(design, m, k, n, dataflow, batch, role, cfg))
+        return out
+    import jax.numpy as jnp
+    import numpy as np
+
+    from mugi_jax.cost.model import arch_params, gemm_row_costs
+
+    p = arch_params(design, PRESETS[preset].missing_attribute)
+    t = {"b": batch, "m": m, "k": k, "n": n}
+    cyc, e_pj, flops = gemm_row_costs(p, {key: jnp.float32(v) for key, v in t.items()})
+    cyc, e_pj, flops = float(cyc), float(e_pj), float(flops)
+    f = float(np.asarray(p.frequency_hz))
+    leak = float(np.asarray(p.leakage_w)) * cyc / f
+    out.update(cycles=cyc, time_s=cyc / f, dynamic_energy_j=e_pj * 1e-12, leakage_energy_j=leak,
+               energy_j=e_pj * 1e-12 + leak, flops=flops)
+    return out
+
+
+@cost_app.command("gemm")
+def gemm_cmd(
+    arch: str = typer.Option(..., "--arch", help="Design, e.g. sa-16, mugi-256x8, tensor-8x16x16."),
+    m: int = typer.Option(..., "--m", help="Rows of the activation operand (tokens)."),
+    k: int = typer.Option(..., "--k", help="Reduction length."),
+    n: int = typer.Option(..., "--n", help="Output channels (columns of the weight operand)."),
+    dataflow: str = typer.Option("os", "--dataflow", help="Systolic dataflow: os or ws."),
+    preset: str = typer.Option("realistic", "--preset", help="Cost-model preset: realistic or paper."),
+    batch: int = typer.Option(1, "--batch", help="Independent GEMMs of this shape."),
+    role: str = typer.Option("proj_q", "--role", help="GEMM role (sets Mugi's data-driven cycles per "
+                             "k-step; qkt/pv read the KV cache from DRAM)."),
+    memory: str = typer.Option("ddr4", "--memory", help="DRAM: ddr4 (128 GB/s), lpddr5, hbm2, hbm3."),
+    nodes: str = typer.Option("1x1", "--nodes", help="Node mesh: 1x1, 2x1, 2x2, 4x4, 8x8."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Cost of one GEMM (m x k) @ (k x n) on one design."""
+    res = gemm_result(arch, m, k, n, dataflow, preset, batch, role, memory, nodes)
+    if json_out:
+        print_json(res)
+        return
+    typer.echo(f"{res['arch']}  ({batch} x {m}x{k} @ {k}x{n}), preset {preset}")
+    for key in ("cycles", "compute_cycles", "dram_cycles", "time_s", "dram_bytes", "dynamic_energy_j",
+                "dram_energy_j", "leakage_energy_j", "energy_j", "flops"):
+        if key in res:
+            typer.echo(f"  {key:18s} {res[key]:14.6g}")

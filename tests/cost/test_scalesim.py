@@ -1,0 +1,67 @@
+"""The realistic preset's systolic cycles against SCALE-Sim 3.0.0 (a peer, cycle-level simulator).
+
+SCALE-Sim runs in its own NumPy<2 environment (``make .venv-scalesim/.installed``); every shape
+of one dataflow goes through one SCALE-Sim run.  Without that environment the tests skip locally
+and FAIL under CI (``CI=true``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from mugi_jax.cost.realistic import gemm_cost
+from mugi_jax.cost.scalesim import scalesim_cycles, scalesim_python
+from mugi_jax.cost.systolic import systolic_cycles, systolic_paper_cycles
+from mugi_jax.hw import get_arch
+
+# (m, k, n): decode projections (m = batch tokens), prefill projections, attention decode
+# (m = query heads of a GQA group, QK^T n = context, PV k = context), prefill attention, odd sizes
+SHAPES: tuple[tuple[int, int, int], ...] = (
+    (8, 256, 256), (8, 128, 512), (8, 512, 128), (1, 256, 256), (16, 128, 256),
+    (64, 128, 128), (128, 96, 64), (256, 64, 64), (96, 96, 96),
+    (8, 64, 65), (8, 64, 200), (3, 64, 130), (8, 65, 64), (8, 200, 64), (64, 64, 64), (48, 64, 48),
+    (7, 19, 33), (13, 41, 29), (1, 1, 1), (17, 17, 17), (5, 7, 300), (31, 129, 15), (100, 50, 3),
+    (33, 33, 1),
+)
+ROWS = COLS = 16
+TOLERANCE = 0.05
+
+
+@pytest.fixture(scope="module")
+def scalesim():
+    if scalesim_python() is None:
+        msg = "SCALE-Sim environment missing: run `make .venv-scalesim/.installed`"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return {df: scalesim_cycles(SHAPES, ROWS, COLS, df) for df in ("os", "ws")}
+
+
+@pytest.mark.parametrize("dataflow", ["os", "ws"])
+def test_systolic_cycles_match_scalesim(scalesim, dataflow):
+    ref = np.asarray(scalesim[dataflow], np.float64)
+    m, k, n = np.asarray(SHAPES, np.float64).T
+    ours = np.asarray(systolic_cycles(m, k, n, ROWS, COLS, dataflow), np.float64)
+    rel = np.abs(ours - ref) / ref
+    worst = int(np.argmax(rel))
+    assert rel.max() <= TOLERANCE, f"{dataflow}: shape {SHAPES[worst]} ours {ours[worst]} vs SCALE-Sim {ref[worst]}"
+    # the schedule is the same one: agreement is exact, not just within 5 %
+    np.testing.assert_array_equal(ours, ref)
+
+
+def test_issue_fact_and_cost_model_path(scalesim):
+    """The issue's fact (16x16 OS, M=8, N=512, K=256: 9151) through the realistic GEMM cost of
+    sa-16, and the paper formula's 8192 (no skew)."""
+    i = SHAPES.index((8, 256, 512)) if (8, 256, 512) in SHAPES else None
+    assert i is None  # not in the batch above; checked directly:
+    assert scalesim_cycles([(8, 256, 512)], 16, 16, "os") == [9151]
+    assert gemm_cost(get_arch("sa-16"), 8, 256, 512, "os")["compute_cycles"] == 9151
+    assert float(systolic_paper_cycles(8, 256, 512, 16, 16)) == 8192
+    for df in ("os", "ws"):
+        ref = scalesim[df]
+        for j in (0, 9, 18):
+            m, k, n = SHAPES[j]
+            assert gemm_cost(get_arch("sa-16"), m, k, n, df)["compute_cycles"] == ref[j]
