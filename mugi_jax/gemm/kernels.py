@@ -167,7 +167,8 @@ def _tile_size(m: int, n: int) -> int:
 def _exact_sequential(a32: Array, qf: Array, scales: Array | None, zeros: Array | None,
                       group: int, zero_point: str, product: str, accumulator: str) -> Array:
     """Sequential-in-k accumulation per group, then dequantization per group (``scales=None``:
-    one group, no dequantization: ``out = acc``)."""
+    one group, no dequantization: ``out = acc``).  ``qf`` (k, n) stays in its storage type
+    (int8 codes, BF16 or E4M3 weights) and is widened to FP32 one k-row at a time."""
     m, k = a32.shape
     n = qf.shape[1]
     dequant = scales is not None
@@ -193,7 +194,7 @@ def _exact_sequential(a32: Array, qf: Array, scales: Array | None, zeros: Array 
             def step(carry, x):
                 acc, asum = carry
                 ak, qk = x
-                p = ak[:, None] * qk[None, :]
+                p = ak[:, None] * qk.astype(jnp.float32)[None, :]
                 # bf16: one rounding; exact: a select, so no FMA contraction / no subnormal
                 p = _round_bf16(p) if product == "bf16" else _fence(p)
                 acc = acc + p
@@ -389,7 +390,7 @@ def _matmul_2d_jit(a: Array, kn: KN, datapath: object, mode: str) -> Array:
         product = datapath.product if isinstance(datapath, Mugi) else "exact"
         if mode == "fast":
             return _fast_grouped(a32, kn, product)
-        return _exact_sequential(a32, _array_codes(kn), kn.scales, kn.zeros, kn.group,
+        return _exact_sequential(a32, kn.codes, kn.scales, kn.zeros, kn.group,
                                  kn.zero_point, product, datapath.accumulator)
     if isinstance(datapath, FIGNA):
         if kn.group * (1 << datapath.align_bits) * 15 >= 1 << 31:
@@ -408,7 +409,7 @@ def _matmul_2d_jit(a: Array, kn: KN, datapath: object, mode: str) -> Array:
     if mode == "fast":
         return lax.dot(a_in.astype(jnp.bfloat16), w.astype(jnp.bfloat16),
                        preferred_element_type=jnp.float32)
-    return _exact_sequential(a_in, w.astype(jnp.float32), None, None, 1, "none", "exact", "fp32")
+    return _exact_sequential(a_in, w, None, None, 1, "none", "exact", "fp32")
 
 
 def matmul(a: Float[Array, "... m k"], w: quant.QuantizedTensor, datapath: object,
