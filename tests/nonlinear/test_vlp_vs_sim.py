@@ -89,3 +89,21 @@ def test_simulator_events_are_consistent():
     assert r.events["bypasses"] == 3  # zero, NaN, -inf
     silu = simulate_vlp(x, "silu", cfg, early_termination=False)
     assert silu.cycles.tolist() == [16, 16]  # two sign passes
+
+
+@settings(SETTINGS, max_examples=15)
+@given(cfg=vlp_configs(), fn=st.sampled_from(FNS), seed=st.integers(0, 2**31 - 1),
+       p_inf=st.sampled_from([0.0, 0.1]))
+def test_float32_inputs_round_once_then_match_simulator(cfg, fn, seed, p_inf):
+    """FP32 inputs (including values that round up into the next binade, the fast window path's
+    corner, and infinities, its fallback) give the simulator's result on the BF16-rounded input."""
+    rng = np.random.default_rng(seed)
+    e = rng.integers(cfg.e_bottom - 3, cfg.e_top + 3, (4, 9)).clip(-126, 127)
+    frac = np.where(rng.random((4, 9)) < 0.3, 2.0 - 2.0**-9 * rng.random((4, 9)), 1 + rng.random((4, 9)))
+    x = (np.where(rng.random((4, 9)) < 0.5, -1.0, 1.0) * frac * np.exp2(e)).astype(np.float32)
+    x = np.where(rng.random((4, 9)) < p_inf, np.float32(np.inf), x).astype(np.float32)
+    ref = simulate_vlp(x.astype(BF16), fn, cfg)
+    got = formats.to_numpy(nl.vlp(jnp.asarray(x), fn, cfg))
+    np.testing.assert_array_equal(got.view(np.uint16), ref.outputs.view(np.uint16))
+    np.testing.assert_array_equal(np.asarray(nl.subscription_cycles(jnp.asarray(x), fn, cfg)),
+                                  ref.cycles)
