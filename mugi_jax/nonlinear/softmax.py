@@ -3,8 +3,9 @@ r"""Softmax pipeline and the public activation functions with a choice of approx
 Softmax (every approximation except :class:`Exact`), along ``axis`` of length n:
 
 1. :math:`x \leftarrow \mathrm{FTZ}(\mathrm{bf16}(x))` (subnormal inputs count as zero);
-2. :math:`y = \mathrm{FTZ}(\mathrm{bf16\_rne}(x - \max x))` (the difference of two BF16 values is
-   computed in FP32; see docs/numerics.md why this equals a single rounding);
+2. :math:`y = \mathrm{bf16\_rne}(x - \max x)` (the difference of two BF16 values is computed in
+   FP32; see docs/numerics.md why this equals a single rounding; a subnormal y counts as zero in
+   the unit, exactly as if it had been flushed);
 3. :math:`\epsilon = \widetilde{\exp}(y)` (BF16; for VLP the window groups are ``window_group``
    consecutive *rows* at the same column of the ``(..., rows, cols)`` array, ``axis`` moved last;
    a 1-d input is one row);
