@@ -56,6 +56,16 @@ def as_kn(w: quant.QuantizedTensor, transpose: bool = False) -> KN:
         zeros = None if zeros is None else jnp.swapaxes(zeros, -1, -2)
         axis = {nd - 1: nd - 2, nd - 2: nd - 1}.get(axis, axis)
     k, n = codes.shape[-2:]
+    if scales.shape[:-2] != codes.shape[:-2] or (zeros is not None and zeros.shape != scales.shape):
+        raise ValueError(f"w: scales {scales.shape} / zeros do not match codes {codes.shape}")
+    along = k if axis == nd - 2 else n
+    count = scales.shape[-2] if axis == nd - 2 else scales.shape[-1]
+    other = scales.shape[-1] if axis == nd - 2 else scales.shape[-2]
+    if axis in (nd - 2, nd - 1) and (count == 0 or along % count or other != (n if axis == nd - 2
+                                                                               else k)):
+        raise ValueError(f"w: {count} groups (scales {scales.shape}) do not evenly divide the "
+                         f"grouped axis of length {along} (codes {codes.shape}): the group size "
+                         "must divide it")
     if axis == nd - 2:
         group = k // scales.shape[-2]
     elif axis == nd - 1:

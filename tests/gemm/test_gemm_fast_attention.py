@@ -229,3 +229,10 @@ def test_attention_with_vlp_softmax():
     out = gemm.attention(q, k, v, gemm.Mugi(), softmax=nl.softmax)
     ref = gemm.attention(q, k, v, gemm.Mugi())
     np.testing.assert_allclose(out, ref, atol=5e-2)
+
+
+def test_inconsistent_quantized_tensor_is_rejected():
+    bad = quant.QuantizedTensor(codes=jnp.zeros((20, 8), jnp.int8), scales=jnp.ones((3, 8)),
+                                zeros=None, scheme=quant.SignMagnitudeInt4(group_size=8))
+    with pytest.raises(ValueError, match="group size must divide"):
+        gemm.matmul(jnp.ones((2, 20), jnp.bfloat16), bad, gemm.Mugi())
