@@ -141,13 +141,13 @@ def plot_hists(out: Path, hists: dict) -> list[str]:
         e, _ = formats.round_mantissa(xb, CFG.mantissa_bits)
         kind = np.asarray(formats.classify(xb))
         e = np.asarray(e)[kind == formats.Kind.NORMAL]
-        # window bottoms per group, from the unit's own rule
-        arr = np.asarray(vals)
-        normal = np.abs(arr) >= 2.0 ** -126
-        ex = np.where(normal, np.floor(np.log2(np.where(normal, np.abs(arr), 1.0))), -1e9)
-        g = np.moveaxis(ex, group_axis, -1)
-        g = g[..., : (g.shape[-1] // CFG.window_group) * CFG.window_group] if g.shape[-1] >= CFG.window_group else g
-        gmax = g.reshape(g.shape[:-1] + (-1, min(CFG.window_group, g.shape[-1]))).max(-1)
+        # window bottoms per group, from the unit's own rule (rounded exponents of normal values)
+        e_all = np.where(np.asarray(formats.classify(xb)) == formats.Kind.NORMAL,
+                         np.asarray(formats.round_mantissa(xb, CFG.mantissa_bits)[0]), -(10**6))
+        g = np.moveaxis(e_all, group_axis, -1)
+        size = min(CFG.window_group, g.shape[-1])
+        g = g[..., : (g.shape[-1] // size) * size]
+        gmax = g.reshape(g.shape[:-1] + (-1, size)).max(-1)
         top = np.minimum(gmax, CFG.e_top)
         bottom = np.maximum(top - CFG.window + 1, CFG.e_bottom).astype(int).ravel()
         mode_bottom = int(np.bincount(bottom - bottom.min()).argmax() + bottom.min())
