@@ -196,6 +196,24 @@ class Calibration:
     valid: Array
     nll: float
 
+    def thin(self, softmax_rows: int | None = None, silu_tokens: int | None = None, batch: int | None = None,
+             seed: int = 0) -> "Calibration":
+        """A cheaper copy for the proxy objective: the first ``batch`` windows, ``softmax_rows``
+        random score rows (per window and KV head, kept in order; window groups are then formed of
+        the kept rows) and ``silu_tokens`` random tokens per window.  ``tokens``/``valid``/``nll``
+        are kept (they describe the model evaluations)."""
+        rng = np.random.default_rng(seed)
+        sx, sg, ax, ag = self.softmax_x, self.softmax_g, self.silu_x, self.silu_g
+        if batch is not None:
+            sx, sg, ax, ag = sx[:, :batch], sg[:, :batch], ax[:, :batch], ag[:, :batch]
+        if softmax_rows is not None and softmax_rows < sx.shape[3]:
+            idx = np.sort(rng.choice(sx.shape[3], softmax_rows, replace=False))
+            sx, sg = sx[:, :, :, idx], sg[:, :, :, idx]
+        if silu_tokens is not None and silu_tokens < ax.shape[2]:
+            idx = np.sort(rng.choice(ax.shape[2], silu_tokens, replace=False))
+            ax, ag = ax[:, :, idx], ag[:, :, idx]
+        return dataclasses.replace(self, softmax_x=sx, softmax_g=sg, silu_x=ax, silu_g=ag)
+
 
 def capture(model: Any, tokens: Any, context: int = 128, base: numerics.Policy | str = "exact"
             ) -> Calibration:

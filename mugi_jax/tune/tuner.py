@@ -53,7 +53,7 @@ from mugi_jax.tune.model import (FUNCS, Calibration, UnitParams, capture, config
                                  make_windows, relaxed_policy, window_nll)
 from mugi_jax.tune.relax import VLPParams, relaxed_softmax, relaxed_vlp
 
-__all__ = ["Budget", "parse_budget", "TuneResult", "tune", "unit_errors", "grid_search",
+__all__ = ["Budget", "parse_budget", "TuneResult", "tune", "unit_errors", "hard_unit_errors", "grid_search",
            "greedy_search", "config_cost", "OBJECTIVES", "TUNABLE", "E_TOP_RANGE"]
 
 TUNABLE = ("e_top", "window", "mantissa_bits")
@@ -146,6 +146,13 @@ class _CalArrays(NamedTuple):
 
 def _unit_stack(p: UnitParams, col: int) -> VLPParams:
     return VLPParams(p.e_top[:, col], p.window[:, col], p.mantissa_bits[:, col])
+
+
+def hard_unit_errors(cal: Any, params: UnitParams, base_cfg: VLPConfig = VLPConfig()
+                     ) -> Float[Array, "L F"]:
+    """Jitted :func:`unit_errors` of the exact (hard) units."""
+    return _hard_errors(params, _CalArrays(cal.softmax_x, cal.softmax_g, cal.silu_x, cal.silu_g),
+                        base_cfg)
 
 
 def unit_errors(cal: Calibration, params: UnitParams, base_cfg: VLPConfig = VLPConfig(), *,
@@ -348,7 +355,7 @@ def tune(model: Any, calib_tokens: Any, budget: str | Budget | None = "mantissa_
          optimizer: optax.GradientTransformation | None = None, steps: int = 60, *,
          objective: str = "fisher", base_cfg: VLPConfig = VLPConfig(),
          base_policy: Any = "exact", context: int = 128, rounding: str = "ste",
-         temperature: tuple[float, float] = (1.0, 0.05), cost_weight: float = 0.0,
+         temperature: tuple[float, float] = (0.3, 0.02), cost_weight: float = 0.0,
          dual_lr: float = 0.5, start: Any = None, seed: int = 0,
          calibration: Calibration | None = None, verify: bool = False,
          log: Callable[[str], None] | None = None) -> TuneResult:
@@ -469,10 +476,11 @@ def _discretize(p: UnitParams, hard_errors: Callable, lo: np.ndarray, hi: np.nda
             vals.append(jnp.clip(r, lo[i], hi[i]))
         cands.append(UnitParams(*vals))
     scores = []
+    norm = jnp.sum(hard_errors(UnitParams(*(jnp.round(v) for v in p)))) + 1e-30
     for c in cands:
         d = hard_errors(c)
         per = tcost.unit_cost(c.mantissa_bits, c.window, passes, base_cfg.window_group)
-        s = d / (jnp.sum(hard_errors(UnitParams(*(jnp.round(v) for v in p)))) + 1e-30)
+        s = d / norm
         for k, lim in limits.items():
             s = s + float(mu[k]) * w_el * per[k] / lim
         if not per_layer:
