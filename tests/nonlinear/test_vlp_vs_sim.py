@@ -64,7 +64,7 @@ def test_softmax_kernel_equals_simulator(cfg, shape, seed, scale, p_special, ear
     np.testing.assert_array_equal(cycles, ref.cycles)
 
 
-@pytest.mark.parametrize("fn", FNS)
+@pytest.mark.parametrize("fn", ["exp", "silu", "gelu"])  # gelu_tanh: property test only
 def test_every_bf16_value_default_config(fn):
     """All 65536 BF16 patterns, one per tile (window_group=1) and in tiles of 256."""
     x = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(BF16)
