@@ -172,7 +172,10 @@ class Block(nnx.Module):
         self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = MLP(cfg, layer, rngs=rngs)
 
-    def __call__(self, x, positions, q_slots, nx, kv, valid):  # noqa: ANN001, ANN204
+    def __call__(self, x: Float[Array, "B T d"], positions: Int[Array, "B T"],
+                 q_slots: Int[Array, "T"], nx: numerics.LayerNumerics,
+                 kv: tuple[Array, Array, Array] | None,
+                 valid: Bool[Array, "B T"]) -> tuple[Float[Array, "B T d"], tuple[Array, Array] | None]:
         h, new_kv = self.attn(self.attn_norm(x), positions, q_slots, nx, kv, valid)
         x = x + h
         x = x + self.mlp(self.mlp_norm(x), nx)
