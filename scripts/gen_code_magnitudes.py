@@ -14,7 +14,11 @@ to float32 by :func:`mugi_jax.models.load`), re-quantized to Mugi's sign-magnitu
   :func:`mugi_jax.nonlinear.subscription_cycles` (default VLP config), mean cycles per tile with
   and without early termination (``nonlinear_cycles_smollm2.csv``).
 
-Counts of |code| = 0..7 are written per (tensor, layer).  Run (about 2 minutes)::
+Counts of |code| = 0..7 are written per (tensor, layer, k-class): the k-steps (input channels;
+head channels for the KV cache) sorted by mean magnitude and split into 8 equal classes, so the
+analytic model can condition the tile distribution on the k-step (outlier channels carry most
+full-scale codes).  ``et_measured_smollm2.csv`` holds, per tensor, height and adders per row,
+the measured mean cycles per k-step next to the i.i.d. and k-class analytic values.  Run (about 2 minutes)::
 
     .venv/bin/python scripts/gen_code_magnitudes.py
 """
@@ -31,7 +35,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "mugi_jax" / "data" / "cost" / "code_magnitudes_smollm2.csv"
 OUT_NL = REPO / "mugi_jax" / "data" / "cost" / "nonlinear_cycles_smollm2.csv"
+OUT_MEAS = REPO / "mugi_jax" / "data" / "cost" / "et_measured_smollm2.csv"
 GROUP = 64
+KBINS = 8
 TOKENS = 256
 WEIGHTS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -39,14 +45,34 @@ WEIGHTS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 def main() -> None:
     from mugi_jax import data, quant
     from mugi_jax import nonlinear as nl
+    from mugi_jax.cost import early_termination as et
     from mugi_jax.models import capture_activations, load
 
     model, tok, cfg = load("smollm2-135m")
     scheme = quant.SignMagnitudeInt4(group_size=GROUP, axis=0)
 
-    def counts(codes) -> list[int]:
-        m = np.abs(np.asarray(codes, np.int32)).reshape(-1)
-        return np.bincount(m, minlength=8)[:8].tolist()
+    def binned(codes, kaxis: int) -> list[list[int]]:
+        """Counts of |code| per class of k-steps: the k indices (input channels) sorted by their
+        mean magnitude and split into KBINS equal classes (outlier channels end up together)."""
+        m = np.abs(np.asarray(codes, np.int32))
+        m = np.moveaxis(m, kaxis, 0).reshape(m.shape[kaxis], -1)  # (k, elements per k)
+        order = np.argsort(m.mean(1), kind="stable")
+        out = []
+        for idx in np.array_split(order, KBINS):
+            out.append(np.bincount(m[idx].reshape(-1), minlength=8)[:8].tolist())
+        return out
+
+    def measure(name: str, i: int, codes_kn) -> None:
+        pm = np.asarray(binned(codes_kn, 0), np.float64)
+        for h in et.HEIGHTS:
+            if codes_kn.shape[1] < h:
+                continue
+            for a in et.ADDERS:
+                meas.append((name, i, h, a, float(et.measured_cycles_per_kstep(codes_kn, h, a)),
+                             float(et.expected_cycles_per_kstep(pm.sum(0), h, a)),
+                             float(jnp.mean(et.expected_cycles_per_kstep(pm, h, a)))))
+
+    meas: list[tuple] = []
 
     rows = []
     for i, layer in enumerate(model.layers):
@@ -54,10 +80,12 @@ def main() -> None:
                 "o_proj": layer.attn.o_proj, "gate_proj": layer.mlp.gate_proj,
                 "up_proj": layer.mlp.up_proj, "down_proj": layer.mlp.down_proj}
         for name in WEIGHTS:
-            w = mods[name].kernel[...]
-            rows.append((name, i, counts(quant.quantize(w, scheme).codes)))
+            codes = quant.quantize(mods[name].kernel[...], scheme).codes  # (k, n)
+            rows += [(name, i, b, c) for b, c in enumerate(binned(codes, 0))]
+            measure(name, i, codes)
     emb = jnp.asarray(model.embed[...]).T  # (d, V): the tied LM head
-    rows.append(("embed", 0, counts(quant.quantize(emb, scheme).codes)))
+    codes = quant.quantize(emb, scheme).codes
+    rows += [("embed", 0, b, c) for b, c in enumerate(binned(codes, 0))]
 
     text = data.corpus_text("sotu")
     ids = tok.encode(text[:20000], bos=True)[:TOKENS]
@@ -70,23 +98,36 @@ def main() -> None:
                                   ("v_proj", layer.attn.v_proj, "v_cache")):
             x = recs[f"layers.{i}.{name}"]
             kv = (x @ lin.kernel[...]).reshape(-1, cfg.n_kv_heads, cfg.head_dim).transpose(1, 0, 2)
-            rows.append((tensor, i, counts(quant.quantize_kv(kv, kvs, "per_token").codes)))
+            codes = quant.quantize_kv(kv, kvs, "per_token").codes  # (g, tokens, dh)
+            # on the array: k = dh (time), n = tokens (rows), one tile per (sequence, KV head)
+            rows += [(tensor, i, b, c) for b, c in enumerate(binned(codes.transpose(2, 0, 1), 0))]
+            # every head's (dh, tokens) tile grid; 256 tokens per head, so no H-row tile spans two heads
+            measure(tensor, i, codes.transpose(2, 0, 1).reshape(cfg.head_dim, -1))
         for fn, key in (("softmax", "softmax"), ("silu", "silu")):
             x = jnp.asarray(recs[f"layers.{i}.{key}"], jnp.float32)
             if fn == "softmax":  # causal scores: masked entries are -inf; keep the last row block
                 x = jnp.where(jnp.isfinite(x), x, -1e4)
-            et = nl.subscription_cycles(x, fn, early_termination=True)
-            full = nl.subscription_cycles(x, fn, early_termination=False)
-            nl_rows.append((fn, i, float(jnp.mean(et)), float(jnp.mean(full))))
+            c_et = nl.subscription_cycles(x, fn, early_termination=True)
+            c_full = nl.subscription_cycles(x, fn, early_termination=False)
+            nl_rows.append((fn, i, float(jnp.mean(c_et)), float(jnp.mean(c_full))))
 
     buf = io.StringIO()
     buf.write("# generated by scripts/gen_code_magnitudes.py from SmolLM2-135M-Instruct (GGUF Q4_1 -> f32 -> "
               f"sign-magnitude INT4, weights group {GROUP} along k, KV per token); counts of |code|\n")
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["tensor", "layer"] + [f"n{i}" for i in range(8)])
-    for name, i, c in rows:
-        w.writerow([name, i] + c)
+    w.writerow(["tensor", "layer", "kbin"] + [f"n{i}" for i in range(8)])
+    for name, i, b, c in rows:
+        w.writerow([name, i, b] + c)
     OUT.write_text(buf.getvalue())
+    buf = io.StringIO()
+    buf.write("# generated by scripts/gen_code_magnitudes.py: mean cycles per (k-step, full row tile) of the real "
+              "codes (measured, gemm.subscription_cycles) vs the analytic i.i.d. model (iid) and the k-class "
+              "model (kbinned)\n")
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["tensor", "layer", "height", "adders_per_row", "measured", "iid", "kbinned"])
+    for r in meas:
+        w.writerow(list(r[:4]) + [f"{v:.6g}" for v in r[4:]])
+    OUT_MEAS.write_text(buf.getvalue())
     buf = io.StringIO()
     buf.write("# generated by scripts/gen_code_magnitudes.py: mean VLP nonlinear cycles per tile on captured "
               f"SmolLM2-135M inputs ({TOKENS} SOTU tokens), default VLPConfig\n")

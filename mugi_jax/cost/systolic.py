@@ -15,7 +15,7 @@ Total = ``batch x folds x per_fold - 1`` (the last fold's final cycle overlaps t
 of the run: cycles are counted from 0).  This is the same schedule SCALE-Sim 3.0.0 simulates
 cycle by cycle (``compute/systolic_compute_{os,ws}.py``: per fold the demand matrices hold T rows
 plus an inter-fold gap of C - 1 (os) / R - 1 + R (ws) rows, then skewed by R - 1), and
-``tests/cost/test_scalesim.py`` checks agreement on 24 GEMM shapes.  The paper preset's formula
+``tests/cost/test_scalesim.py`` checks agreement on 25 GEMM shapes.  The paper preset's formula
 ``ceil(M/R) ceil(N/C) K`` (no skew) is the limit K >> R + C.
 """
 
