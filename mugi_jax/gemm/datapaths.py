@@ -92,14 +92,24 @@ class MixPE:
 
 @dataclasses.dataclass(frozen=True)
 class SystolicMAC:
-    """Output-stationary systolic / SIMD MAC array (docs/numerics.md section 7): INT4 weights
-    dequantized per element to BF16 before the multiplier, BF16 x BF16 products exact in FP32,
-    FP32 accumulation sequential in k."""
+    """Systolic / SIMD MAC array (docs/numerics.md section 7): INT4 weights dequantized per
+    element to BF16 before the multiplier, BF16 x BF16 products exact in FP32, FP32 accumulation.
+
+    ``tree_width=None``: output-stationary PE, sequential in k.  ``tree_width=w`` (a power of
+    two): each chunk of ``w`` consecutive k is summed by an FP32 pairwise adder tree and the chunk
+    sums are added sequentially (SIMD dot-product units; ``w=16`` is the tensor-core rule of
+    section 9); ``k`` is padded with +0 products to a multiple of ``w``."""
 
     accumulator: str = "fp32"
+    tree_width: int | None = None
 
     def __post_init__(self) -> None:
         _check_choice("accumulator", self.accumulator, ("fp32",))
+        if self.tree_width is not None and (
+                not isinstance(self.tree_width, int) or self.tree_width < 2
+                or self.tree_width & (self.tree_width - 1)):
+            raise ValueError(f"tree_width: must be None or a power of two >= 2, "
+                             f"got {self.tree_width!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -409,7 +409,43 @@ def _matmul_2d_jit(a: Array, kn: KN, datapath: object, mode: str) -> Array:
     if mode == "fast":
         return lax.dot(a_in.astype(jnp.bfloat16), w.astype(jnp.bfloat16),
                        preferred_element_type=jnp.float32)
+    tree = getattr(datapath, "tree_width", None)
+    if tree is not None:
+        return _exact_tree(a_in, w, tree)
     return _exact_sequential(a_in, w, None, None, 1, "none", "exact", "fp32")
+
+
+def _exact_tree(a32: Array, w: Array, width: int) -> Array:
+    """Chunks of ``width`` k: FP32 pairwise tree (``v = v[:h] + v[h:]``), chunk sums added
+    sequentially from +0; k padded with +0 products."""
+    m, k = a32.shape
+    n = w.shape[1]
+    pad = -k % width
+    a32 = jnp.pad(a32, ((0, 0), (0, pad)))
+    w = jnp.pad(w, ((0, pad), (0, 0)))
+    nc = (k + pad) // width
+    tile = _tile_size(m * width, n)
+    padn = -n % tile
+    w = jnp.pad(w, ((0, 0), (0, padn)))
+    n_tiles = (n + padn) // tile
+    a_c = a32.T.reshape(nc, width, m)
+
+    def run_tile(wt):
+        def step(acc, x):
+            ac, wc = x  # (width, m), (width, tile)
+            v = _fence(ac[:, :, None] * wc.astype(jnp.float32)[:, None, :])
+            while v.shape[0] > 1:
+                h = v.shape[0] // 2
+                v = _maybe_ftz(v[:h] + v[h:])
+            return _maybe_ftz(acc + v[0]), None
+
+        out, _ = lax.scan(step, jnp.zeros((m, tile), jnp.float32),
+                          (a_c, wt.reshape(nc, width, tile)))
+        return out
+
+    wt = w.reshape(k + pad, n_tiles, tile).transpose(1, 0, 2)
+    out = lax.map(run_tile, wt).transpose(1, 0, 2).reshape(m, n_tiles * tile)
+    return out[:, :n]
 
 
 def matmul(a: Float[Array, "... m k"], w: quant.QuantizedTensor, datapath: object,

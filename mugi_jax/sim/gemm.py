@@ -241,10 +241,22 @@ def _dequant_weights(kn: _KN) -> np.ndarray:
     return _ftz((q - z) * s)
 
 
-def _sequential(a32: np.ndarray, w32: np.ndarray) -> np.ndarray:
+def _sequential(a32: np.ndarray, w32: np.ndarray, tree: int | None = None) -> np.ndarray:
     acc = np.zeros((a32.shape[0], w32.shape[1]), np.float32)
-    for kk in range(a32.shape[1]):
-        acc = _ftz(acc + _ftz(a32[:, kk, None] * w32[None, kk, :]))
+    if tree is None:
+        for kk in range(a32.shape[1]):
+            acc = _ftz(acc + _ftz(a32[:, kk, None] * w32[None, kk, :]))
+        return acc
+    k = a32.shape[1]
+    pad = -k % tree
+    a32 = np.pad(a32, ((0, 0), (0, pad)))
+    w32 = np.pad(w32, ((0, pad), (0, 0)))
+    for c0 in range(0, k + pad, tree):  # one SIMD dot-product unit pass
+        v = [_ftz(a32[:, kk, None] * w32[None, kk, :]) for kk in range(c0, c0 + tree)]
+        while len(v) > 1:  # pairwise adder tree: v[i] + v[i + h]
+            h = len(v) // 2
+            v = [_ftz(v[i] + v[i + h]) for i in range(h)]
+        acc = _ftz(acc + v[0])
     return acc
 
 
@@ -307,7 +319,7 @@ def _reference_matmul(a: Any, w: quant.QuantizedTensor, datapath: Any) -> np.nda
                                         8)).out
     if name == "SystolicMAC":
         w32 = _dequant_weights(kn).astype(_BF16).astype(np.float32)
-        out = _sequential(a32, w32)
+        out = _sequential(a32, w32, getattr(datapath, "tree_width", None))
     elif name == "Carat":
         w32 = _dequant_weights(kn).astype(_E4M3).astype(np.float32)
         out = _sequential(a32.astype(_E4M3).astype(np.float32), w32)

@@ -53,12 +53,13 @@ def test_exact_matches_simulator_bit_for_bit(case):
 
 
 @settings(max_examples=16, deadline=None)
-@given(st.sampled_from(["carat", "mixpe", "mixpe_bf16", "systolic", "figna"]),
+@given(st.sampled_from(["carat", "mixpe", "mixpe_bf16", "systolic", "simd", "figna"]),
        st.sampled_from(sorted(SCHEMES)), st.sampled_from([8, None]), st.booleans(),
        st.integers(0, 2**20))
 def test_baseline_datapaths_match_reference(name, scheme_name, group, specials, seed):
     dp = {"carat": gemm.Carat(), "mixpe": gemm.MixPE(), "mixpe_bf16": gemm.MixPE("bf16"),
-          "systolic": gemm.SystolicMAC(), "figna": gemm.FIGNA()}[name]
+          "systolic": gemm.SystolicMAC(), "simd": gemm.SystolicMAC(tree_width=8),
+          "figna": gemm.FIGNA()}[name]
     m, k, n = SHAPES[1]
     a = activations(seed, (m, k), specials)
     w = weights(seed, k, n, SCHEMES[scheme_name](group))
@@ -141,3 +142,14 @@ def test_tiled_exact_path_matches_simulator():
     res = sim.simulate_gemm(a, w, dp, early_termination=False)
     assert same_bits(out, res.out), first_diff(out, res.out)
     assert res.cycles == 9 * k * 33 * 8
+
+
+def test_simd_tree_pads_k():
+    a = activations(5, (9, 20), specials=True)
+    w = weights(5, 20, 7, quant.Int4(group_size=4))
+    dp = gemm.SystolicMAC(tree_width=16)
+    out = gemm.matmul(a, w, dp)
+    assert same_bits(out, sim.reference_matmul(a, w, dp))
+    b = activations(6, (3, 20), specials=False, spread=0)
+    np.testing.assert_allclose(gemm.matmul(b, w, dp), gemm.matmul(b, w, gemm.SystolicMAC()),
+                               rtol=1e-5, atol=1e-5)
