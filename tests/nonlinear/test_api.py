@@ -203,3 +203,20 @@ def test_baselines():
             assert out[0] == 0 and out[-1] == 10 and out[2] == 0
             assert abs(out[3] - float(nl.exact(1.0, fn))) < 0.02
     assert np.asarray(nl.taylor(jnp.array([-9.0]), "exp"))[0] == 0
+
+
+def test_round_to_bf16_matches_ml_dtypes():
+    from mugi_jax.nonlinear.vlp import round_to_bf16
+    rng = np.random.default_rng(3)
+    bits = rng.integers(0, 2**32, 400_000, dtype=np.uint64).astype(np.uint32)
+    special = np.array([0, 0x80000000, 1, 0x807FFFFF, 0x007FFFFF, 0x00800000, 0x7F7FFFFF,
+                        0x7F7F8000, 0x7F7F7FFF, 0x7F800000, 0xFF800000, 0x7FC00000, 0x7F800001,
+                        0xFFBFFFFF, 0x3F808000, 0x3F818000, 0x3F80FFFF], dtype=np.uint32)
+    x = np.concatenate([special, bits]).view(np.float32)
+    with np.errstate(invalid="ignore"):
+        want = x.astype(ml_dtypes.bfloat16).view(np.uint16)
+    got = np.asarray(jax.jit(round_to_bf16)(jnp.asarray(x))).view(np.uint16)
+    np.testing.assert_array_equal(got, want)
+    x16 = rng.standard_normal(1000).astype(np.float16)
+    np.testing.assert_array_equal(np.asarray(round_to_bf16(jnp.asarray(x16))).view(np.uint16),
+                                  x16.astype(np.float32).astype(ml_dtypes.bfloat16).view(np.uint16))
