@@ -1,0 +1,60 @@
+"""Small helpers shared by the experiment scripts (plotting, tables, model loading)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from mugi_jax.io import save_figure, write_csv
+from mugi_jax.report.registry import Unavailable
+
+
+@contextlib.contextmanager
+def figure(path: Path, *args: Any, **kwargs: Any) -> Iterator[Any]:
+    """``with figure(out / "x.png", 1, 2, figsize=(8, 3)) as (fig, ax): ...`` (Agg, saved, closed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(*args, **kwargs)
+    try:
+        yield fig, ax
+        fig.tight_layout()
+        save_figure(fig, path, dpi=110)
+    finally:
+        plt.close(fig)
+
+
+def table(out_dir: Path, file: str, rows: Sequence[Mapping[str, Any]], title: str,
+          fieldnames: Sequence[str] | None = None) -> dict:
+    """Write ``rows`` to ``out_dir/file`` and return the summary's table entry."""
+    write_csv(Path(out_dir) / file, rows, fieldnames)
+    return {"file": file, "title": title}
+
+
+def load_smollm2() -> tuple[Any, Any, Any]:
+    """SmolLM2-135M (model, tokenizer, config), or :class:`Unavailable` if it is not fetched."""
+    from mugi_jax import data, models
+
+    try:
+        data.model_path("smollm2", fetch_missing=False)
+    except Exception as err:  # noqa: BLE001
+        raise Unavailable(f"SmolLM2-135M is not fetched ({err}); run `mugi-jax data fetch smollm2`") from None
+    return models.load("smollm2-135m")
+
+
+def corpus_or_none(name: str) -> str | None:
+    """The corpus text, or None when it is not fetched (never downloads)."""
+    from mugi_jax import data
+
+    try:
+        return data.corpus_text(name, fetch_missing=False)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def ratio_text(x: float) -> str:
+    return f"{x:.3g}x"

@@ -1,0 +1,57 @@
+"""The paper's published numbers the report compares against (constants with their source).
+
+Source: Mugi (ASPLOS 2026), section "Evaluation", as summarised in the project brief
+(``MUGI.md`` section 4, "Headline results" and "Cycle rules of the published model").  SmolLM2
+perplexities are *not* from the paper: they are reference measurements taken on this machine image
+with llama.cpp-equivalent numerics (``MUGI.md`` section 5), used as a sanity anchor.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class PaperNumber(NamedTuple):
+    value: float
+    description: str
+    source: str
+
+
+_EVAL = "Mugi, ASPLOS 2026, evaluation (MUGI.md section 4, headline results)"
+_RULES = "Mugi, ASPLOS 2026, published cost model (MUGI.md section 4, cycle rules)"
+_REF = "reference measurement on this image, context 512 (MUGI.md section 5); not a paper number"
+
+PAPER: dict[str, PaperNumber] = {
+    "softmax_throughput_x": PaperNumber(45.0, "nonlinear (softmax) throughput, Mugi vs exact vector array, up to", _EVAL),
+    "softmax_energy_eff_x": PaperNumber(668.0, "nonlinear (softmax) energy efficiency, Mugi vs exact vector array, up to", _EVAL),
+    "llm_throughput_x": PaperNumber(2.07, "Llama-2-70B GQA b8 s4096 throughput, Mugi-256x8 / SA-16", _EVAL),
+    "llm_energy_eff_x": PaperNumber(3.11, "Llama-2-70B GQA b8 s4096 energy efficiency, Mugi-256x8 / SIMD-16", _EVAL),
+    "operational_carbon_x": PaperNumber(1.45, "operational carbon, SA-16 / Mugi-256x8", _EVAL),
+    "embodied_carbon_x": PaperNumber(1.48, "embodied carbon, SA-16 / Mugi-256x8", _EVAL),
+    "layer_cycles_mugi256": PaperNumber(8.7242e9, "Llama-2-7B one layer's 4 projections (b8, 4096 decode + 64 prefill), Mugi 256x8 cycles", _RULES),
+    "layer_cycles_sa16": PaperNumber(1.7314e10, "same, 16x16 systolic array cycles", _RULES),
+    "baseline_nl_cycles_per_element": PaperNumber(45.0, "exact vector unit cycles per softmax/SiLU element (exp 30 + div 14 + add 1)", _RULES),
+    "ppl_smollm2_brown": PaperNumber(39.7, "SmolLM2-135M perplexity, Brown", _REF),
+    "ppl_smollm2_austen": PaperNumber(23.8, "SmolLM2-135M perplexity, Austen", _REF),
+    "ppl_smollm2_sotu": PaperNumber(23.1, "SmolLM2-135M perplexity, SOTU 2001-2021", _REF),
+}
+
+
+def compare(key: str, ours: float, tol: float = 0.05) -> dict:
+    """A computed comparison of ``ours`` against the paper's number ``key``.
+
+    Returns ``{"key", "paper", "ours", "ratio", "verdict", "text"}``; the verdict is ``matches``
+    when within ``tol`` (relative), else ``higher``/``lower``.
+    """
+    p = PAPER[key]
+    ratio = ours / p.value if p.value else float("nan")
+    if abs(ratio - 1.0) <= tol:
+        verdict = "matches"
+    else:
+        verdict = "higher" if ratio > 1 else "lower"
+    rel = 100 * (ratio - 1)
+    text = (f"{p.description}: ours {ours:.4g} vs published {p.value:.4g} "
+            f"({'within' if verdict == 'matches' else 'off by'} {rel:+.1f}%; {verdict}"
+            f"{'' if verdict == 'matches' else f' than published, tolerance {100 * tol:.0f}%'}).")
+    return {"key": key, "paper": p.value, "ours": float(ours), "ratio": ratio, "verdict": verdict,
+            "text": text, "source": p.source}

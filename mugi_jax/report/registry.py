@@ -1,0 +1,171 @@
+"""The experiment registry and runner.
+
+Every result of the reproduction is one module ``experiments/NAME.py`` exposing
+
+    run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict
+
+which writes its CSV/PNG files into ``out_dir`` and returns a summary::
+
+    {"tables": [{"file": "x.csv", "title": "..."}], "figures": [{"file": "x.png", "caption": "..."}],
+     "readings": ["computed sentence", ...], "comparisons": [paper.compare(...) dicts],
+     "headline": {"name": value}, "config": {...}}
+
+The runner (:func:`run_experiment`) adds ``provenance.json`` (config, seed, package versions, git
+revision, wall time) and ``reading.json`` (the summary; its presence marks the result complete, so
+the report skips it unless forced).  An experiment that cannot run here (model or corpus not
+fetched) raises :class:`Unavailable` with the command that fixes it.
+
+``experiments`` is resolved from the checkout (the directory next to the installed ``mugi_jax``
+package, the current directory, or ``$MUGI_JAX_REPO``), so the registry works from the console
+script as well as from ``python -m``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from mugi_jax.io import provenance, write_json
+
+
+class Unavailable(RuntimeError):
+    """The experiment needs something not present here (message: what, and how to get it)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    name: str
+    title: str
+    section: str
+    needs: str = ""  # "", "model" (SmolLM2) - informational
+    in_quick: bool = True  # part of `report --quick`
+    est_s: float = 10.0  # rough full-run seconds on 2 cores (progress weights)
+
+
+EXPERIMENTS: tuple[Experiment, ...] = (
+    Experiment("nonlinear_inputs", "Nonlinear input distributions (SmolLM2 exponent histograms)", "Numerics", "model", True, 40),
+    Experiment("approx_error", "Approximation error per method and function", "Numerics", "", True, 30),
+    Experiment("accuracy", "End-to-end accuracy: perplexity per method and preset", "Numerics", "model", True, 300),
+    Experiment("nonlinear_throughput", "Nonlinear throughput and efficiency per design and sequence length", "Cost", "", True, 10),
+    Experiment("gemm_breakdown", "GEMM breakdown per layer type, design and model", "Cost", "", True, 10),
+    Experiment("latency_breakdown", "End-to-end latency breakdown", "Cost", "", True, 20),
+    Experiment("comprehensive", "Comprehensive table under the paper and realistic presets", "Cost", "", True, 40),
+    Experiment("scaling_sweeps", "Batch-size, sequence-length and GQA-group sweeps", "Cost", "", True, 30),
+    Experiment("multinode", "Multi-node scaling", "Cost", "", True, 10),
+    Experiment("area_power", "Area and power breakdowns", "Cost", "", True, 10),
+    Experiment("carbon", "Operational and embodied carbon", "Cost", "", True, 30),
+    Experiment("early_termination", "Data-driven early-termination statistics", "Cost", "", True, 20),
+    Experiment("tuning_pareto", "Tuning: held-out perplexity vs hardware cost (Pareto)", "Tuning", "model", False, 600),
+)
+BY_NAME = {e.name: e for e in EXPERIMENTS}
+
+
+def repo_root() -> Path | None:
+    """The checkout holding ``experiments/`` (None if it cannot be found)."""
+    cands = []
+    if os.environ.get("MUGI_JAX_REPO"):
+        cands.append(Path(os.environ["MUGI_JAX_REPO"]))
+    cands += [Path(__file__).resolve().parents[2], Path.cwd()]
+    for c in cands:
+        if (c / "experiments" / "__init__.py").exists():
+            return c.resolve()
+    return None
+
+
+def load(name: str) -> ModuleType:
+    """Import ``experiments.NAME`` (the checkout is put on ``sys.path`` if needed)."""
+    if name not in BY_NAME:
+        raise ValueError(f"unknown experiment {name!r}; valid: {', '.join(BY_NAME)}")
+    root = repo_root()
+    if root is None:
+        raise Unavailable("the experiments/ directory was not found (run from the repository "
+                          "checkout or set MUGI_JAX_REPO)")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    return importlib.import_module(f"experiments.{name}")
+
+
+def read_summary(out_dir: Path) -> dict | None:
+    p = Path(out_dir) / "reading.json"
+    if not p.exists():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_complete(out_dir: Path, quick: bool) -> bool:
+    """A finished result that satisfies the request (full results satisfy a quick request)."""
+    s = read_summary(out_dir)
+    if s is None or s.get("status") != "ok":
+        return False
+    return quick or not s.get("quick", False)
+
+
+@dataclasses.dataclass
+class Outcome:
+    name: str
+    status: str  # ok | skipped (already present) | unavailable | failed | not-run
+    seconds: float
+    summary: dict | None
+    message: str = ""
+
+
+def run_experiment(name: str, out_root: str | Path = "results", quick: bool = False,
+                   force: bool = False, seed: int = 0) -> Outcome:
+    """Run one experiment into ``out_root/NAME`` (skipped when complete unless ``force``)."""
+    out_dir = Path(out_root) / name
+    if not force and is_complete(out_dir, quick):
+        return Outcome(name, "skipped", 0.0, read_summary(out_dir), "already present")
+    t0 = time.perf_counter()
+    try:
+        mod = load(name)
+        summary = mod.run(out_dir, quick=quick, seed=seed) or {}
+    except Unavailable as err:
+        dt = time.perf_counter() - t0
+        s = {"status": "unavailable", "message": str(err), "quick": quick, "name": name}
+        write_json(out_dir / "reading.json", s)
+        return Outcome(name, "unavailable", dt, s, str(err))
+    except Exception as err:  # noqa: BLE001 - the suite goes on; the report says what failed
+        dt = time.perf_counter() - t0
+        msg = f"{type(err).__name__}: {err}"
+        s = {"status": "failed", "message": msg, "quick": quick, "name": name,
+             "traceback": traceback.format_exc(limit=8)}
+        write_json(out_dir / "reading.json", s)
+        return Outcome(name, "failed", dt, s, msg)
+    dt = time.perf_counter() - t0
+    config = dict(summary.get("config", {}), experiment=name, quick=quick)
+    write_json(out_dir / "provenance.json", provenance(config, seed, dt))
+    summary = dict(summary, status="ok", quick=quick, seed=seed, name=name, wall_time_s=dt)
+    write_json(out_dir / "reading.json", summary)
+    return Outcome(name, "ok", dt, summary)
+
+
+def cli_main(name: str, argv: list[str] | None = None) -> Outcome:
+    """``python -m experiments.NAME [--quick] [--force] [--out DIR] [--seed N]``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog=f"python -m experiments.{name}",
+                                 description=BY_NAME[name].title if name in BY_NAME else name)
+    ap.add_argument("--quick", action="store_true", help="small settings (seconds, not minutes)")
+    ap.add_argument("--force", action="store_true", help="rerun even if results/NAME is complete")
+    ap.add_argument("--out", default="results", help="results root (writes OUT/NAME/)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    oc = run_experiment(name, args.out, quick=args.quick, force=args.force, seed=args.seed)
+    print(f"{name}: {oc.status} in {oc.seconds:.1f}s -> {Path(args.out) / name}"
+          + (f" ({oc.message})" if oc.message else ""))
+    for line in (oc.summary or {}).get("readings", []):
+        print(f"  - {line}")
+    if oc.status in ("failed", "unavailable"):
+        raise SystemExit(1)
+    return oc
