@@ -4,7 +4,8 @@ the early-termination histograms / cycles table.
     python -m experiments.paper_vs_realistic [--model llama2-70b-gqa] [--batch 8] [--seq-len 4096]
 
 Writes ``results/paper_vs_realistic/``: ``comprehensive.csv`` (every single-node design x
-{paper, realistic}: throughput, the paper's energy efficiency, GFLOP/J, pJ/FLOP with and without
+{paper, realistic}, plus Mugi-256x8 on an 8x8 mesh, the tensor core on 2x2 and Mugi with 2 row
+adders (where early termination can act): throughput, the paper's energy efficiency, GFLOP/J, pJ/FLOP with and without
 DRAM, J/token with and without DRAM, area, operational and embodied carbon, TTFT, TPOT),
 ``headlines.csv`` (the paper's headline ratios under both presets and how far they move),
 ``et_cycles.csv`` (average cycles per k-step, H = 32..256 x adders 1, 2, 4, 8: measured on the
@@ -33,11 +34,16 @@ def comprehensive(model: str, batch: int, seq_len: int):
 
     w = Workload(get_model(model), batch, seq_len)
     rows = []
-    for name in list(ARCH_NAMES) + ["mugi-256x8@8x8", "tensor-8x16x16@2x2"]:
+    from mugi_jax.cost.realistic import RealisticConfig
+
+    extra = ["mugi-256x8@8x8", "tensor-8x16x16@2x2", "mugi-256x8+2adders", "mugi-32x8+2adders"]
+    for name in list(ARCH_NAMES) + extra:
         base, _, mesh = name.partition("@")
+        base, _, adders = base.partition("+")
         arch = get_arch(base, nodes=mesh or "1x1")
+        cfg = RealisticConfig(adders_per_row=2) if adders else RealisticConfig()
         p = evaluate(arch, w, "paper")
-        r, x = evaluate_realistic(arch, w)
+        r, x = evaluate_realistic(arch, w, cfg)
         for preset, rep in (("paper", p), ("realistic", r)):
             flops = float(rep.flops_g) * 1e9
             e_on = float(rep.energy_j) if preset == "paper" else x.onchip_energy_j
@@ -75,6 +81,8 @@ def headlines(rows):
         ("J/token SA-16 / Mugi", "mugi-256x8", "sa-16", "j_per_token", True),
         ("multi-node speedup Mugi-256x8 8x8 mesh / 1 node", "mugi-256x8@8x8", "mugi-256x8", "throughput_gflops", False),
         ("multi-node speedup tensor core 2x2 / 1 node", "tensor-8x16x16@2x2", "tensor-8x16x16", "throughput_gflops", False),
+        ("Mugi-256x8 2 adders/row (ET) / 1 adder, throughput", "mugi-256x8+2adders", "mugi-256x8", "throughput_gflops", False),
+        ("Mugi-32x8 2 adders/row (ET) / 1 adder, throughput", "mugi-32x8+2adders", "mugi-32x8", "throughput_gflops", False),
     ):
         vals = {}
         for preset in ("paper", "realistic"):
@@ -194,13 +202,15 @@ def main(argv=None) -> None:
     print(f"{'headline ratio':52s} {'paper':>8s} {'realistic':>10s} {'change':>8s}")
     for h in heads:
         print(f"{h['ratio']:52s} {h['paper']:8.3f} {h['realistic']:10.3f} {h['change_pct']:+7.1f}%")
-    print("\naverage cycles per k-step (measured on SmolLM2 INT4 codes / analytic k-class / i.i.d. / MC)")
+    print("\naverage cycles per k-step: measured on SmolLM2 INT4 codes / analytic k-class model / analytic "
+          "i.i.d. per tensor  [analytic i.i.d. pooled distribution vs Monte Carlo]")
     for op in ("weights", "kv_cache"):
-        print(f"  {op}: H \\ adders " + "".join(f"{a:>28d}" for a in (1, 2, 4, 8)))
+        print(f"  {op}: H \\ adders per row = 1, 2, 4, 8")
         for hgt in (32, 64, 128, 256):
             cells = [r for r in et_rows if r["operand"] == op and r["height"] == hgt]
-            print(f"  {hgt:>18d} " + "".join(
-                f"  {c['measured']:5.3f}/{c['analytic_kbinned']:5.3f}/{c['analytic_iid']:5.3f}/{c['monte_carlo_iid_pooled']:5.3f}"
+            print(f"  {hgt:>5d} " + "".join(
+                f" {c['measured']:5.3f}/{c['analytic_kbinned']:5.3f}/{c['analytic_iid']:5.3f}"
+                f" [{c['analytic_iid_pooled']:5.3f} vs {c['monte_carlo_iid_pooled']:5.3f}] |"
                 for c in cells))
     print(f"\nwrote {out}/ in {time.perf_counter() - t0:.1f} s")
 
