@@ -53,13 +53,21 @@ def llm_result(
         design = get_arch(arch, variant=variant, nodes=nodes)
     except ValueError as err:
         raise CliError(str(err).replace("seq_len=", "--seq-len=").replace("kv_heads=", "--kv-heads=")) from err
-    report = evaluate(design, workload, preset)
+    extras = None
+    if preset == "realistic":
+        from mugi_jax.cost.realistic import evaluate_realistic
+
+        report, extras = evaluate_realistic(design, workload)
+    else:
+        report = evaluate(design, workload, preset)
     out: dict[str, Any] = {
         "arch": design.name, "variant": design.variant, "nodes": design.mesh.name,
         "model": model, "kv_heads": workload.model.kv_heads, "batch": batch, "seq_len": seq_len,
         "prefill_len": workload.prefill_len, "preset": preset,
     }
     out.update(report.to_dict())
+    if extras is not None:  # TTFT, TPOT, pJ/FLOP and J/token with and without DRAM, ...
+        out["realistic"] = {k: (bool(v) if isinstance(v, bool) else float(v)) for k, v in extras._asdict().items()}
     return out
 
 

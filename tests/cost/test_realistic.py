@@ -265,3 +265,14 @@ def test_cost_gemm_cli_json():
     r = runner.invoke(app, ["cost", "gemm", "--arch", "sa-16", "--m", "8", "--k", "256", "--n", "512",
                             "--dataflow", "rs"])
     assert r.exit_code != 0 and "--dataflow" in (r.output + str(r.exception))
+
+
+def test_cost_llm_realistic_cli_json():
+    r = runner.invoke(app, ["cost", "llm", "--arch", "mugi-256x8", "--model", "llama2-7b", "--batch", "8",
+                            "--seq-len", "256", "--preset", "realistic", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    x = out["realistic"]
+    assert out["tokens"] == 8 * (256 - 64)
+    assert x["ttft_s"] > 0 and x["tpot_s"] > 0 and x["pj_per_flop"] > x["pj_per_flop_onchip"]
+    assert out["energy_j"] == pytest.approx(x["onchip_energy_j"] + x["dram_energy_j"], rel=1e-9)
