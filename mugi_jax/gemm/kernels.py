@@ -256,8 +256,10 @@ def _figna(a_bf16: Array, kn: KN, align_bits: int) -> Array:
     a32 = a.astype(jnp.float32).reshape(m, ng, g)
     nonfin = ~jnp.isfinite(a32)
     any_nonfin = jnp.any(nonfin, axis=-1)  # (m, ng)
-    special = jnp.sum(jnp.where(nonfin[..., None], a32[..., None] * codes[None].astype(jnp.float32),
-                                0.0), axis=2)
+    # Only +-inf / NaN terms (finite activations masked to 0): their IEEE sum does not depend on
+    # the order, so a GEMM may compute it.
+    special = jnp.einsum("mgk,gkn->mgn", jnp.where(nonfin, a32, 0.0), codes.astype(jnp.float32),
+                         precision=lax.Precision.HIGHEST)
     acc = jnp.where(any_nonfin[..., None], special, s_f)  # (m, ng, n)
     return _dequant_groups_sequential(acc, a32, kn)
 

@@ -153,3 +153,13 @@ def test_simd_tree_pads_k():
     b = activations(6, (3, 20), specials=False, spread=0)
     np.testing.assert_allclose(gemm.matmul(b, w, dp), gemm.matmul(b, w, gemm.SystolicMAC()),
                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("scheme_name", ["sm", "asym_int"])
+def test_figna_specials(scheme_name):
+    w = weights(9, 32, 21, SCHEMES[scheme_name](8))
+    for seed in range(3):
+        a = activations(seed, (11, 32), specials=True)
+        out = gemm.matmul(a, w, gemm.FIGNA())
+        assert same_bits(out, sim.reference_matmul(a, w, gemm.FIGNA())), seed
+        assert np.isnan(np.asarray(out)).any()
