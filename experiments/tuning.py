@@ -8,9 +8,11 @@ Run: ``python -m experiments.tuning [--steps 30] [--quick]``.  Writes ``results/
   the per-layer greedy search on the proxy, the published default (e_top = 3) and the exact model;
 * ``grid.csv`` - every grid trial (calibration NLL);
 * ``pareto.csv`` / ``pareto.png`` - (b) held-out perplexity vs hardware cost (table entries,
-  cycles per tile, energy per element) for tuned per-layer, uniform (same proxy, one value per
-  function) and the paper's uniform choice (grid-best e_tops at the paper budget) across budgets
-  down to b = 1 and W = 4, plus energy-weighted tuned points;
+  cycles per tile, energy per element) across budgets down to b = 1 and W = 4 for: tuned
+  per-layer (gradient), uniform proxy-best (the e_top per function minimising the same proxy,
+  shared by all layers), greedy per-layer on the proxy (per-unit argmin over e_top), the paper's
+  uniform choice (grid-best e_tops at the paper budget, transplanted), plus an energy-weighted
+  tuned point (lambda = 1) at the paper budget;
 * ``summary.json``, ``provenance.json``.
 
 Held-out perplexities in (b) use the hard relaxed units with traced parameters (bit-identical to
@@ -28,13 +30,13 @@ import numpy as np
 from mugi_jax import io
 from mugi_jax.nonlinear.config import VLPConfig
 from mugi_jax.tune import pipeline
-from mugi_jax.tune.model import configs_from_params
+from mugi_jax.tune.model import params_from_configs
 from mugi_jax.tune.tuner import (config_cost, greedy_search, grid_search, parse_budget, tune,
                                  hard_unit_errors)
 
 OUT = Path("results/tuning")
 PAPER_BUDGET = "mantissa_bits<=3,window<=8"
-PARETO_BUDGETS = [(3, 8), (2, 8), (3, 6), (2, 6), (1, 8), (1, 6), (2, 4), (1, 4)]
+PARETO_BUDGETS = [(3, 8), (2, 8), (3, 6), (2, 6), (1, 6), (2, 4), (1, 4)]
 
 
 def _uniform(n_layers: int, e_sm: int, e_si: int, w: int, b: int) -> list:
@@ -45,7 +47,7 @@ def _uniform(n_layers: int, e_sm: int, e_si: int, w: int, b: int) -> list:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="3 Pareto budgets, small grid")
     ap.add_argument("--out", default="results/tuning")
@@ -82,7 +84,6 @@ def main() -> None:
                ("grid-best uniform", g.configs, g.evals),
                ("greedy per-layer (proxy)", gp.configs, 1),
                ("published default (e_top=3)", default, 0)]
-    from mugi_jax.tune.model import params_from_configs
     for name, configs, evals in entries:
         ppl = pipeline.heldout_ppl(model, sp.heldout, configs)
         c = config_cost(params_from_configs(configs), cal.elements)
@@ -93,6 +94,7 @@ def main() -> None:
                  "table_entries": float("nan"), "cycles": float("nan"), "energy_pj": float("nan")})
     log(f"(a) exact held-out ppl {exact_ppl:.4f}")
     io.write_csv(OUT / "paper_budget.csv", rows)
+    io.write_json(OUT / "summary.json", _summary(rows, exact_ppl, best, res, sp, args, t0))
 
     # ---- (b) Pareto ----------------------------------------------------------------------------
     budgets = PARETO_BUDGETS[::3] if args.quick else PARETO_BUDGETS
@@ -111,19 +113,37 @@ def main() -> None:
         r = res if (b, w) == (3, 8) else tune(model, sp.calib, bud, steps=args.steps,
                                               calibration=cal, seed=args.seed)
         add("tuned per-layer", b, w, r.configs, 1)
-        u = tune(model, sp.calib, bud, steps=args.steps, calibration=cal, seed=args.seed,
-                 per_layer=False)
-        add("uniform (proxy-tuned)", b, w, u.configs, 1)
+        # proxy of every unit at each e_top (9 hard evaluations on the captured data): the best
+        # uniform e_top per function (sum over layers) and the per-unit greedy argmin
+        es = list(range(-4, 5))
+        d = np.stack([np.asarray(hard_unit_errors(cal, params_from_configs(_uniform(n, e, e, w, b))))
+                      for e in es])  # E L F
+        e_sm, e_si = (es[int(np.argmin(d[:, :, f].sum(axis=1)))] for f in (0, 1))
+        add("uniform (proxy-best)", b, w, _uniform(n, e_sm, e_si, w, b), 1, f"e_top={e_sm},{e_si}")
+        per_unit = np.asarray(es)[np.argmin(d, axis=0)]
+        add("greedy per-layer (proxy)", b, w,
+            [(VLPConfig(e_top=int(per_unit[i, 0]), window=w, mantissa_bits=b),
+              VLPConfig(e_top=int(per_unit[i, 1]), window=w, mantissa_bits=b)) for i in range(n)], 1)
         add("uniform (paper e_top)", b, w,
             _uniform(n, best["e_top_softmax"], best["e_top_silu"], w, b), g.evals)
-    for lam in ((0.3, 1.0) if not args.quick else (1.0,)):
+        io.write_csv(OUT / "pareto.csv", pareto)
+    for lam in ((1.0,) if not args.quick else ()):
         r = tune(model, sp.calib, PAPER_BUDGET, steps=args.steps, calibration=cal,
                  seed=args.seed, cost_weight=lam)
         add("tuned per-layer", 3, 8, r.configs, 1, f"lambda={lam}")
     io.write_csv(OUT / "pareto.csv", pareto)
     _plot(pareto, OUT / "pareto.png")
 
-    summary = {
+    io.write_json(OUT / "summary.json", _summary(rows, exact_ppl, best, res, sp, args, t0))
+    io.write_json(OUT / "provenance.json", io.provenance(
+        {"steps": args.steps, "quick": args.quick, "budgets": budgets, "thin": pipeline.THIN},
+        args.seed, time.perf_counter() - t0))
+    log("done")
+
+
+def _summary(rows: list, exact_ppl: float, best: dict, res: object, sp: object, args: object,
+             t0: float) -> dict:
+    return {
         "paper_budget": PAPER_BUDGET,
         "tuned_heldout_ppl": rows[0]["heldout_ppl"], "tuned_model_evals": rows[0]["model_evals"],
         "grid_best_heldout_ppl": rows[1]["heldout_ppl"], "grid_model_evals": rows[1]["model_evals"],
@@ -133,11 +153,6 @@ def main() -> None:
         "calib_tokens": list(sp.calib_range), "heldout_tokens": list(sp.heldout_range),
         "steps": args.steps, "seconds": time.perf_counter() - t0,
     }
-    io.write_json(OUT / "summary.json", summary)
-    io.write_json(OUT / "provenance.json", io.provenance(
-        {"steps": args.steps, "quick": args.quick, "budgets": budgets, "thin": pipeline.THIN},
-        args.seed, time.perf_counter() - t0))
-    log("done")
 
 
 def _plot(rows: list[dict], path: Path) -> None:
@@ -146,8 +161,8 @@ def _plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    styles = {"tuned per-layer": ("o", "C0"), "uniform (proxy-tuned)": ("s", "C1"),
-              "uniform (paper e_top)": ("^", "C2")}
+    styles = {"tuned per-layer": ("o", "C0"), "uniform (proxy-best)": ("s", "C1"),
+              "uniform (paper e_top)": ("^", "C2"), "greedy per-layer (proxy)": ("x", "C3")}
     for ax, metric, label in zip(axes, ("table_entries", "cycles", "energy_pj"),
                                  ("table entries (mean per unit)", "cycles per tile",
                                   "energy per element [pJ]")):

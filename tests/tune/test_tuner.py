@@ -93,30 +93,25 @@ def test_cost_terms_and_gradients() -> None:
     assert e[0] < e[1] < e[2]
 
 
-def test_tune_respects_box_budget(model: Llama, tokens: np.ndarray,
-                                  calibration: T.Calibration) -> None:
-    res = T.tune(model, tokens, "mantissa_bits<=2,window<=6", steps=6, context=32, base_cfg=BASE,
+def test_tune_respects_budgets_and_is_deterministic(model: Llama, tokens: np.ndarray,
+                                                     calibration: T.Calibration) -> None:
+    budget = "mantissa_bits<=2,window<=6,energy_pj<=0.2"
+    res = T.tune(model, tokens, budget, steps=6, context=32, base_cfg=BASE,
                  calibration=calibration, seed=0)
     for row in res.configs:
         for c in row:
             assert c.mantissa_bits <= 2 and c.window <= 6 and -4 <= c.e_top <= 4
-    assert res.model_evals == 0 and res.proxy <= res.proxy_start * 1.5
-    again = T.tune(model, tokens, "mantissa_bits<=2,window<=6", steps=6, context=32,
-                   base_cfg=BASE, calibration=calibration, seed=0)
+    assert res.cost["energy_pj"] <= 0.2 + 1e-6
+    assert res.model_evals == 0 and np.isfinite(res.proxy)
+    again = T.tune(model, tokens, budget, steps=6, context=32, base_cfg=BASE,
+                   calibration=calibration, seed=0)
     assert again.config_table() == res.config_table()
 
 
-def test_tune_meets_energy_budget(model: Llama, tokens: np.ndarray,
-                                  calibration: T.Calibration) -> None:
-    res = T.tune(model, tokens, "mantissa_bits<=3,window<=8,energy_pj<=0.2", steps=10, context=32,
-                 base_cfg=BASE, calibration=calibration)
-    assert res.cost["energy_pj"] <= 0.2 + 1e-6
-
-
 def test_tune_end_to_end_objective_and_params_subset(model: Llama, tokens: np.ndarray) -> None:
-    res = T.tune(model, tokens[:64], "mantissa_bits<=3,window<=8", params=("e_top",), steps=2,
+    res = T.tune(model, tokens[:64], "mantissa_bits<=3,window<=8", params=("e_top",), steps=1,
                  objective="kl", context=32, base_cfg=BASE, verify=True)
-    assert res.model_evals == 1 + 2 + 1 and res.calib_nll is not None
+    assert res.model_evals == 1 + 1 + 1 and res.calib_nll is not None
     assert all(c.window == 8 and c.mantissa_bits == 3 for row in res.configs for c in row)
 
 
