@@ -38,7 +38,7 @@ __all__ = [
     "BF16", "FP16", "FP32", "FP8_E4M3", "FP8_E5M2", "FORMATS", "FloatFormat", "Kind", "Fields",
     "RoundedMantissa", "ROUNDING_MODES", "format_of", "to_bits", "from_bits", "decompose",
     "decompose_bits", "compose", "classify", "round_mantissa", "convert", "to_numpy", "from_numpy",
-    "flush_subnormals", "round_float64",
+    "flush_subnormals", "round_float64", "round_to_bf16",
 ]
 
 
@@ -327,13 +327,40 @@ def round_float64(x: ArrayLike, fmt: FloatFormat | str) -> np.ndarray:
 
 
 def flush_subnormals(x: Float[Array, "..."]) -> Float[Array, "..."]:
-    """Replace subnormal values by zero of the same sign (the datapaths' FTZ rule)."""
+    """Replace subnormal values by zero of the same sign (the datapaths' FTZ rule).
+
+    Works on the bit pattern (exponent field 0 -> keep only the sign bit): an integer select,
+    device-independent, and much faster under XLA:CPU than a float compare-and-select.
+    """
     x = jnp.asarray(x)
     fmt = format_of(x.dtype)
-    f = decompose(x)
-    signed_zero = compose(Fields(f.sign, jnp.zeros_like(f.exponent), jnp.zeros_like(f.mantissa),
-                                 jnp.full_like(f.kind, Kind.ZERO)), fmt)
-    return jnp.where(f.kind == Kind.SUBNORMAL, signed_zero, x)
+    bits = to_bits(x)
+    exp_mask = fmt.uint_dtype(((1 << fmt.exponent_bits) - 1) << fmt.mantissa_bits)
+    sign_mask = fmt.uint_dtype(1 << (fmt.total_bits - 1))
+    return from_bits(jnp.where((bits & exp_mask) == 0, bits & sign_mask, bits), fmt)
+
+
+def round_to_bf16(v: Float[Array, "..."]) -> Array:
+    """Round a float16/float32/float64 array to BF16 once (nearest, ties to even).
+
+    FP32 (and exactly widened FP16) values are rounded with integer operations on their bit
+    patterns - ``(b + 0x7FFF + ((b >> 16) & 1)) >> 16``, NaN -> ``sign | 0x7FC0`` as in XLA and
+    ml_dtypes - which XLA:CPU runs faster than its convert and which no compiler pass can elide.
+    FP64 uses ``lax.reduce_precision`` and an exact convert.  A bare ``astype(bfloat16)`` is
+    not enough inside ``jit``: with XLA's default ``xla_allow_excess_precision`` a later
+    ``astype(float32)`` may cancel the round trip, silently keeping FP32 precision.
+    """
+    v = jnp.asarray(v)
+    if v.dtype == jnp.bfloat16:
+        return v
+    if v.dtype == jnp.float64:
+        return jax.lax.reduce_precision(v, exponent_bits=8, mantissa_bits=7).astype(jnp.bfloat16)
+    u32 = jnp.uint32
+    b = jax.lax.bitcast_convert_type(v.astype(jnp.float32), u32)  # float16 -> float32 is exact
+    rounded = (b + u32(0x7FFF) + ((b >> 16) & u32(1))) >> 16
+    is_nan = (b & u32(0x7FFFFFFF)) > u32(0x7F800000)
+    bits = jnp.where(is_nan, ((b >> 16) & u32(0x8000)) | u32(0x7FC0), rounded)
+    return jax.lax.bitcast_convert_type(bits.astype(jnp.uint16), jnp.bfloat16)
 
 
 # ml_dtypes is imported for its dtype registrations (bfloat16, float8_*) used by np.dtype above.

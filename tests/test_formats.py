@@ -224,3 +224,27 @@ def test_round_float64_matches_exact_nearest(fmt):
     ref = np.where(pick_hi, pos[hi], pos[lo])
     inrange = ax <= fmt.max_finite
     assert np.array_equal(got[inrange], np.copysign(ref, x)[inrange])
+
+
+@pytest.mark.parametrize("src", [fm.FP32, fm.FP16], ids=lambda f: f.name)
+def test_round_to_bf16_matches_ml_dtypes_and_survives_jit_round_trip(src):
+    x = patterns(src)
+    ref = x.astype(ml_dtypes.bfloat16)
+    got = fm.to_numpy(jax.jit(fm.round_to_bf16)(fm.from_numpy(x)))
+    nan = np.isnan(x.astype(np.float64))
+    assert np.all(np.isnan(got[nan].astype(np.float32)))
+    assert same_bits(got[~nan], ref[~nan])
+    # The rounding is not elided when the result is widened again inside the same jit.
+    v = jnp.asarray([1 + 2.0**-9], jnp.float32)
+    back = jax.jit(lambda a: fm.round_to_bf16(a).astype(jnp.float32))(v)
+    assert float(back[0]) == 1.0
+
+
+@pytest.mark.parametrize("fmt", ALL, ids=lambda f: f.name)
+def test_flush_subnormals_every_pattern(fmt):
+    x = patterns(fmt)
+    y = fm.to_numpy(jax.jit(fm.flush_subnormals)(fm.from_numpy(x)))
+    x64, y64 = x.astype(np.float64), y.astype(np.float64)
+    sub = (np.abs(x64) < fmt.min_normal) & (x64 != 0)
+    assert np.all(y64[sub] == 0) and np.array_equal(np.signbit(y64[sub]), np.signbit(x64[sub]))
+    assert same_bits(y[~sub], x[~sub])

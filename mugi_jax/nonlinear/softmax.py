@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, BFloat16, Float
 
+from mugi_jax import formats
 from mugi_jax.nonlinear.baselines import exact, pwl, taylor
 from mugi_jax.nonlinear.config import PWL, Exact, MugiL, Taylor, VLPConfig
 from mugi_jax.nonlinear.vlp import as_bf16, flush_f32, round_to_bf16, vlp, vlp_parts
@@ -48,11 +49,7 @@ def pairwise_sum(v: Float[Array, "... n"]) -> Float[Array, "... 1"]:
     return v
 
 
-def flush_bf16(xb: BFloat16[Array, "..."]) -> BFloat16[Array, "..."]:
-    """FTZ on BF16 bit patterns (exponent field 0 -> +-0); an integer select, device-independent."""
-    bits = jax.lax.bitcast_convert_type(xb, jnp.uint16)
-    return jax.lax.bitcast_convert_type(
-        jnp.where((bits & jnp.uint16(0x7F80)) == 0, bits & jnp.uint16(0x8000), bits), jnp.bfloat16)
+flush_bf16 = formats.flush_subnormals  # FTZ on BF16 bit patterns
 
 
 def shifted_input(xb: BFloat16[Array, "..."], axis: int) -> BFloat16[Array, "... n"]:

@@ -33,6 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, BFloat16, Float, Int
 
+from mugi_jax import formats
+from mugi_jax.formats import round_to_bf16
 from mugi_jax.nonlinear.config import FUNCTIONS, MugiL, VLPConfig
 from mugi_jax.nonlinear.tables import value_at_zero, vlp_table
 
@@ -55,27 +57,6 @@ def _check_cfg(cfg: object) -> VLPConfig:
     return cfg
 
 
-def round_to_bf16(v: Float[Array, "..."]) -> BFloat16[Array, "..."]:
-    """Round a float16/float32/float64 array to BF16 once (nearest, ties to even).
-
-    FP32 (and exactly widened FP16) values are rounded with integer operations on their bit
-    patterns - ``(b + 0x7FFF + ((b >> 16) & 1)) >> 16``, NaN -> sign | 0x7FC0 as in XLA and
-    ml_dtypes (tested on random and special patterns) - which XLA:CPU runs faster than its
-    convert and which no compiler pass can elide.  FP64 uses ``lax.reduce_precision`` + an
-    exact convert.  A bare ``astype(bfloat16)`` is not enough inside ``jit``: with XLA's
-    default ``xla_allow_excess_precision`` a later ``astype(float32)`` may cancel the round
-    trip and the value would silently keep FP32 precision.
-    """
-    if v.dtype == jnp.float64:
-        return jax.lax.reduce_precision(v, exponent_bits=8, mantissa_bits=7).astype(jnp.bfloat16)
-    u32 = jnp.uint32
-    b = jax.lax.bitcast_convert_type(v.astype(jnp.float32), u32)  # float16 -> float32 is exact
-    rounded = (b + u32(0x7FFF) + ((b >> 16) & u32(1))) >> 16
-    is_nan = (b & u32(0x7FFFFFFF)) > u32(0x7F800000)
-    bits = jnp.where(is_nan, ((b >> 16) & u32(0x8000)) | u32(0x7FC0), rounded)
-    return jax.lax.bitcast_convert_type(bits.astype(jnp.uint16), jnp.bfloat16)
-
-
 def bf16_to_f32(xb: BFloat16[Array, "..."]) -> Float[Array, "..."]:
     """Exact FP32 copy of BF16 values for arithmetic.  The ``reduce_precision`` is a no-op on
     true BF16 values; it stops XLA (excess precision) from feeding an unrounded FP32 producer
@@ -83,12 +64,7 @@ def bf16_to_f32(xb: BFloat16[Array, "..."]) -> Float[Array, "..."]:
     return jax.lax.reduce_precision(xb.astype(jnp.float32), exponent_bits=8, mantissa_bits=7)
 
 
-def flush_f32(v: Float[Array, "..."]) -> Float[Array, "..."]:
-    """FTZ of FP32 values on their bit patterns (exponent field 0 -> signed zero).  Integer
-    selects: device-independent, and much faster than a float compare under XLA:CPU."""
-    bits = jax.lax.bitcast_convert_type(v, jnp.uint32)
-    bits = jnp.where((bits & jnp.uint32(0x7F800000)) == 0, bits & jnp.uint32(0x80000000), bits)
-    return jax.lax.bitcast_convert_type(bits, jnp.float32)
+flush_f32 = formats.flush_subnormals  # FTZ on FP32 bit patterns
 
 
 def as_bf16(x: ArrayLike) -> BFloat16[Array, "..."]:
