@@ -1,0 +1,53 @@
+"""Approximation error per method (VLP, Mugi-L, PWL, Taylor, exact FP32) and function.
+
+    python -m experiments.approx_error [--quick] [--force] [--out results]
+
+Wraps ``experiments/nonlinear_error.py`` (its BF16 sweeps and, in the full run, the synthetic
+input distributions); quick mode runs the sweeps only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mugi_jax.io import write_csv
+from mugi_jax.report.helpers import table
+
+SHOWN = ("vlp_g256", "mugi_l_g256", "vlp_m4_g256", "pwl", "taylor", "exact_fp32")
+
+
+def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
+    from experiments import nonlinear_error as ne
+
+    out_dir = Path(out_dir)
+    rows: list[dict] = []
+    curves: dict = {}
+    hists: dict = {}
+    ne.sweep(rows, curves)
+    if not quick:
+        ne.distributions(rows, hists, seed)
+    write_csv(out_dir / "errors.csv", rows)
+    files = ne.plot_curves(out_dir, curves) + (ne.plot_hists(out_dir, hists) if hists else [])
+    summary_rows = [r for r in rows if r["method"] in SHOWN]
+    tables = [table(out_dir, "errors_summary.csv", [{k: r[k] for k in ("case", "function", "method", "max_abs", "mean_abs", "mean_rel")}
+                                                    for r in summary_rows], "Error vs float64 per case and method (window group 256)"),
+              {"file": "errors.csv", "title": "All methods and window groups"}]
+    readings = []
+    for case in dict.fromkeys(r["case"] for r in rows):
+        sel = {r["method"]: r for r in rows if r["case"] == case}
+        if not {"vlp_g256", "pwl", "taylor"} <= set(sel):
+            continue
+        v, p, t = sel["vlp_g256"], sel["pwl"], sel["taylor"]
+        best = min(("vlp_g256", "pwl", "taylor"), key=lambda m: sel[m]["mean_abs"])
+        readings.append(f"{case}: mean |error| VLP {v['mean_abs']:.3g}, PWL {p['mean_abs']:.3g}, Taylor {t['mean_abs']:.3g} "
+                        f"(max VLP {v['max_abs']:.3g}, PWL {p['max_abs']:.3g}, Taylor {t['max_abs']:.3g}); lowest mean: {best}."
+                        + (" Mugi-L has identical numerics to VLP (same errors)." if sel.get("mugi_l_g256", {}).get("max_abs") == v["max_abs"] else ""))
+    figures = [{"file": f, "caption": f.removesuffix(".png").replace("_", " ")} for f in files]
+    return {"tables": tables, "figures": figures, "readings": readings, "comparisons": [], "headline": {},
+            "config": {"distributions": not quick, "config": getattr(ne, "CFG", None)}}
+
+
+if __name__ == "__main__":
+    from mugi_jax.report import cli_main
+
+    cli_main("approx_error")

@@ -1,0 +1,98 @@
+"""``mugi-jax report`` (the whole reproduction suite -> report.md) and ``mugi-jax experiment``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+from mugi_jax.cli._common import CliError, app, print_json
+
+
+def _names_help() -> str:
+    from mugi_jax.report.registry import EXPERIMENTS
+
+    return ", ".join(e.name for e in EXPERIMENTS)
+
+
+@app.command()
+def report(
+    quick: bool = typer.Option(False, "--quick", help="Small token counts and grids (about 2 minutes)."),
+    force: bool = typer.Option(False, "--force", help="Rerun experiments whose results are already present."),
+    out: Path = typer.Option(Path("results"), "--out", help="Results directory (report.md goes here)."),
+    only: str = typer.Option("", "--only", help="Comma list of experiments to run (default: all)."),
+    seed: int = typer.Option(0, "--seed", help="Seed passed to every experiment."),
+    json_out: bool = typer.Option(False, "--json", help="Print the outcome of each experiment as JSON."),
+) -> None:
+    """Run the reproduction suite and write report.md (tables, figures, computed readings)."""
+    from mugi_jax.report import run_suite
+
+    names = [n.strip() for n in only.split(",") if n.strip()] or None
+    t0 = time.perf_counter()
+    try:
+        outcomes = run_suite(out, quick=quick, force=force, seed=seed, names=names, progress=not json_out)
+    except ValueError as err:
+        raise CliError(str(err)) from None
+    wall = time.perf_counter() - t0
+    failed = [o.name for o in outcomes if o.status == "failed"]
+    if json_out:
+        print_json({"report": str(Path(out) / "report.md"), "seconds": wall, "experiments": [
+            {"name": o.name, "status": o.status, "seconds": o.seconds, "message": o.message,
+             "headline": (o.summary or {}).get("headline", {})} for o in outcomes]})
+    else:
+        typer.echo(f"wrote {Path(out) / 'report.md'} in {wall:.0f} s "
+                   f"({sum(o.status == 'ok' for o in outcomes)} run, "
+                   f"{sum(o.status == 'skipped' for o in outcomes)} already present, "
+                   f"{len(failed)} failed)")
+    if failed:
+        raise CliError(f"{len(failed)} experiment(s) failed: {', '.join(failed)} (see report.md)")
+
+
+@app.command()
+def experiment(
+    name: str = typer.Argument(..., help="Experiment name: one of the suite (`mugi-jax report --help` lists the suite in docs)."),
+    quick: bool = typer.Option(False, "--quick", help="Small settings."),
+    force: bool = typer.Option(False, "--force", help="Rerun even if results/NAME is complete."),
+    out: Path = typer.Option(Path("results"), "--out", help="Results root (writes OUT/NAME/)."),
+    seed: int = typer.Option(0, "--seed", help="Seed."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary (readings, headline) as JSON."),
+) -> None:
+    """Run one experiment of the suite into OUT/NAME (CSV, PNG, provenance.json)."""
+    from mugi_jax.report import BY_NAME, run_experiment
+
+    if name not in BY_NAME:
+        raise CliError(f"unknown experiment {name!r}; valid: {_names_help()}")
+    with _spinner(f"{name}{' (quick)' if quick else ''}", enabled=not json_out):
+        oc = run_experiment(name, out, quick=quick, force=force, seed=seed)
+    s = oc.summary or {}
+    if json_out:
+        print_json({"name": name, "status": oc.status, "seconds": oc.seconds, "message": oc.message,
+                    "readings": s.get("readings", []), "headline": s.get("headline", {}),
+                    "out": str(Path(out) / name)})
+    else:
+        typer.echo(f"{name}: {oc.status} in {oc.seconds:.1f} s -> {Path(out) / name}"
+                   + (f" ({oc.message})" if oc.message and oc.status != "failed" else ""))
+        for line in s.get("readings", []):
+            typer.echo(f"  - {line}")
+    if oc.status in ("failed", "unavailable"):
+        raise CliError(f"{name}: {oc.message}")
+
+
+class _spinner:
+    """A rich status spinner on stderr (no-op when disabled)."""
+
+    def __init__(self, text: str, enabled: bool = True) -> None:
+        self.text, self.enabled, self._status = text, enabled, None
+
+    def __enter__(self) -> "_spinner":
+        if self.enabled:
+            from rich.console import Console
+
+            self._status = Console(stderr=True).status(f"running {self.text} ...")
+            self._status.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._status is not None:
+            self._status.__exit__(*exc)
