@@ -17,6 +17,7 @@ from mugi_jax.cli import cost as _cost  # noqa: F401,E402
 from mugi_jax.cli import data as _data  # noqa: F401,E402
 from mugi_jax.cli import demo as _demo  # noqa: F401,E402
 from mugi_jax.cli import llm as _llm  # noqa: F401,E402
+from mugi_jax.cli import report as _report  # noqa: F401,E402
 from mugi_jax.cli import tune as _tune  # noqa: F401,E402
 
 
