@@ -276,3 +276,32 @@ def test_cost_llm_realistic_cli_json():
     assert out["tokens"] == 8 * (256 - 64)
     assert x["ttft_s"] > 0 and x["tpot_s"] > 0 and x["pj_per_flop"] > x["pj_per_flop_onchip"]
     assert out["energy_j"] == pytest.approx(x["onchip_energy_j"] + x["dram_energy_j"], rel=1e-9)
+
+
+def test_resident_weights_are_not_reread_and_causal_saves_prefill_attention():
+    from mugi_jax.workloads import ModelShape
+
+    tiny = ModelShape("tiny", layers=2, dim=64, heads=2, kv_heads=2, ffn_hidden=128, vocab=256)
+    w = Workload(tiny, batch=8, seq_len=96, prefill_len=32)
+    arch = get_arch("mugi-256x8")
+    rep, x = evaluate_realistic(arch, w)
+    assert x.weights_resident
+    # decode projection / FFN / LM-head rows read nothing from DRAM (weights resident, the
+    # 8-token activations fit on chip; prefill activations of 256 tokens may spill)
+    import jax.numpy as jnp
+
+    from mugi_jax.cost.realistic import realistic_params, row_costs
+
+    t = realistic_op_table(w, arch)
+    rp = realistic_params(arch, w, RealisticConfig())[0]
+    r = row_costs(jax.tree_util.tree_map(jnp.asarray, rp),
+                  {k: jnp.asarray(v, jnp.float32) for k, v in t.items()})
+    weight_rows = (t["kind"] == GEMM) & (t["is_kv"] == 0) & (t["phase"] == 1)
+    assert np.all(np.asarray(r["dram_r"])[weight_rows] == 0)
+    kv_rows = (t["kind"] == GEMM) & (t["is_kv"] == 1)
+    assert np.all(np.asarray(r["dram_r"])[kv_rows] > 0)  # the KV cache always streams
+    big = Workload(get_model("llama2-7b"), batch=8, seq_len=128, prefill_len=64)
+    on = evaluate_realistic(arch, big)[1]
+    off = evaluate_realistic(arch, big, RealisticConfig(causal=False))[1]
+    assert on.ttft_s < off.ttft_s and on.tpot_s == pytest.approx(off.tpot_s)
+    assert not on.weights_resident
