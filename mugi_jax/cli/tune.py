@@ -30,8 +30,10 @@ def tune_cmd(
     seed: int = typer.Option(0, help="Random seed."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Tune e_top, window and mantissa bits per layer and function by gradient descent on
-    relaxed VLP units; verify on held-out text with the exact kernels; compare with the grid."""
+    """Tune the per-layer VLP parameters by gradient descent and verify on held-out text.
+
+    Tunes e_top, window and mantissa bits per layer and function by gradient descent on
+    relaxed VLP units; verifies on held-out text with the exact kernels; compares with the grid."""
     from mugi_jax import data, models
     from mugi_jax.tune import pipeline, tuner
 
