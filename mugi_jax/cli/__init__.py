@@ -23,14 +23,30 @@ from mugi_jax.cli import tune as _tune  # noqa: F401,E402
 
 def main() -> None:
     """Console-script entry point: one clear line and a non-zero exit code on bad input."""
+    try:  # typer >= 0.20 vendors click as typer._click
+        from typer._click import exceptions as cx
+    except ImportError:  # pragma: no cover - older typer
+        from click import exceptions as cx
+
     try:
-        app()
+        code = app(standalone_mode=False)
+    except cx.NoArgsIsHelpError as err:  # bare command: show its help
+        err.show()
+        sys.exit(err.exit_code)
+    except cx.UsageError as err:  # bad option/argument/command: one line, not a panel
+        hint = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
+        typer.secho(f"error: {err.format_message()}{hint}", err=True, fg=typer.colors.RED)
+        sys.exit(2)
+    except cx.ClickException as err:  # other click errors (bad file, ...): one line too
+        typer.secho(f"error: {err.format_message()}", err=True, fg=typer.colors.RED)
+        sys.exit(err.exit_code or 1)
     except CliError as err:  # raised by commands for user errors
         typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
         sys.exit(2)
     except (ValueError, TypeError, FileNotFoundError) as err:
         typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
         sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 __all__ = ["app", "main"]

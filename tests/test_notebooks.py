@@ -1,0 +1,51 @@
+"""Every notebook (jupytext percent .py) executes headless on small settings."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+NB = Path(__file__).resolve().parents[1] / "notebooks"
+NEEDS_MODEL = {"numerics_tour.py", "tuning.py"}
+
+
+def _model_available() -> bool:
+    from mugi_jax import data
+
+    try:
+        data.model_path("smollm2", fetch_missing=False)
+        data.corpus_text("sotu", fetch_missing=False)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def test_notebooks_are_jupytext_percent():
+    files = sorted(NB.glob("*.py"))
+    assert {f.name for f in files} >= {"numerics_tour.py", "cost_model.py", "tuning.py"}
+    for f in files:
+        text = f.read_text()
+        assert "format_name: percent" in text and "# %%" in text, f
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["numerics_tour.py", "cost_model.py", "tuning.py"])
+def test_notebook_executes(name, tmp_path):
+    if name in NEEDS_MODEL and not _model_available():
+        pytest.skip("SmolLM2 / sotu not fetched (make setup)")
+    env = dict(os.environ, MUGI_JAX_NOTEBOOK_SMALL="1", MPLBACKEND="Agg")
+    r = subprocess.run([sys.executable, str(NB / name)], capture_output=True, text=True, cwd=tmp_path,
+                       env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert r.stdout.strip()
+
+
+def test_notebook_converts_to_ipynb(tmp_path):
+    jupytext = pytest.importorskip("jupytext")
+    nb = jupytext.read(NB / "cost_model.py")
+    kinds = {c.cell_type for c in nb.cells}
+    assert kinds == {"markdown", "code"} and len(nb.cells) >= 6
