@@ -212,6 +212,12 @@ def main(argv=None) -> None:
                 f" {c['measured']:5.3f}/{c['analytic_kbinned']:5.3f}/{c['analytic_iid']:5.3f}"
                 f" [{c['analytic_iid_pooled']:5.3f} vs {c['monte_carlo_iid_pooled']:5.3f}] |"
                 for c in cells))
+    from mugi_jax.cost import early_termination as et
+
+    for fn in ("softmax", "silu"):
+        print(f"nonlinear {fn}: cycles per tile measured {et.nonlinear_cycles_per_tile(fn):.3f}, "
+              f"analytic {et.nonlinear_analytic_cycles_per_tile(fn):.3f}, "
+              f"no early termination {et.nonlinear_cycles_per_tile(fn, False):.0f}")
     print(f"\nwrote {out}/ in {time.perf_counter() - t0:.1f} s")
 
 

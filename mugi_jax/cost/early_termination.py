@@ -258,3 +258,40 @@ def nonlinear_cycles_per_tile(fn: str, early_termination: bool = True) -> float:
             if r["fn"] == fn]
     col = "mean_cycles_et" if early_termination else "mean_cycles_full"
     return float(np.mean([float(r[col]) for r in rows]))
+
+
+PASS_VALUES = 9  # an element's contribution to a sign pass: 0 (not subscribed) or code + 1 (1..8)
+
+
+def expected_nonlinear_cycles(pass_pmf: Float[ArrayLike, "... 2 9"], group: int) -> Float[np.ndarray, "..."]:
+    """Analytic E[cycles per tile] of the VLP nonlinear unit with early termination.
+
+    A tile is ``group`` elements sharing one window; each sign pass sweeps to the largest
+    latched code + 1 of the elements subscribing to it (0 if none).  With each element's value
+    v in {0, 1, .., 8} for a pass drawn i.i.d. from ``pass_pmf[..., s, :]`` (v = 0: not in the
+    pass), E[pass] = sum_v v (F(v)^G - F(v - 1)^G), and the tile is the sum of the two passes.
+    """
+    _check_int("group", group, "positive integers (VLPConfig.window_group, 256 by default)")
+    pmf = np.asarray(pass_pmf, np.float64)
+    if pmf.shape[-2:] != (2, PASS_VALUES):
+        raise ValueError(f"pass_pmf: trailing shape must be (2, {PASS_VALUES}), got {pmf.shape}")
+    pmf = pmf / pmf.sum(-1, keepdims=True)
+    p_le = np.clip(np.cumsum(pmf, -1), 0.0, 1.0) ** group
+    p_le[..., -1] = 1.0
+    p_eq = np.diff(p_le, axis=-1, prepend=0.0)
+    return np.sum(p_eq * np.arange(PASS_VALUES), (-1, -2))  # float64 (NumPy)
+
+
+@functools.lru_cache(maxsize=8)
+def nonlinear_analytic_cycles_per_tile(fn: str, group: int = 256) -> float:
+    """:func:`expected_nonlinear_cycles` on the captured SmolLM2 per-layer pass distributions
+    (``nonlinear_cycles_smollm2.csv``), averaged over layers; compare
+    :func:`nonlinear_cycles_per_tile` (measured)."""
+    if fn not in ("softmax", "silu"):
+        raise ValueError(f"fn={fn!r}: allowed values are softmax, silu")
+    text = resources.files("mugi_jax").joinpath(NONLINEAR_TABLE).read_text()
+    rows = [r for r in csv.DictReader(line for line in text.splitlines() if not line.startswith("#"))
+            if r["fn"] == fn]
+    pm = np.asarray([[[float(r[f"{s}{v}"]) for v in range(PASS_VALUES)] for s in ("pos", "neg")]
+                     for r in rows])
+    return float(np.mean(np.asarray(expected_nonlinear_cycles(pm, group))))

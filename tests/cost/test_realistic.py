@@ -22,6 +22,8 @@ from mugi_jax.workloads import GEMM, OUTPUT, SOFTMAX, Workload, get_model
 
 # ------------------------------------------------------------------ early termination
 
+NL_TOLERANCE = 0.05
+
 
 def _brute_force(pmf, h, a, cols=8):
     """E[cycles] by enumerating every tile of h magnitudes."""
@@ -120,6 +122,27 @@ def test_measured_cycles_on_real_codes():
     assert float(et.measured_cycles_per_kstep(codes, 2, 2)) == pytest.approx((4 + 4 + 8 + 4 + 4 + 4) / 6)
     with pytest.raises(ValueError, match="height"):
         et.measured_cycles_per_kstep(codes, 8)
+
+
+def test_expected_nonlinear_cycles_matches_enumeration():
+    rng = np.random.default_rng(0)
+    pmf = rng.random((2, 9))
+    pmf /= pmf.sum(-1, keepdims=True)
+    for g in (1, 2, 3):
+        want = 0.0
+        for s in range(2):
+            for tile in itertools.product(range(9), repeat=g):
+                want += np.prod([pmf[s, v] for v in tile]) * max(tile)
+        assert float(et.expected_nonlinear_cycles(pmf, g)) == pytest.approx(want, rel=1e-12)
+    with pytest.raises(ValueError, match="pass_pmf"):
+        et.expected_nonlinear_cycles(np.ones((2, 8)), 4)
+
+
+def test_nonlinear_analytic_vs_measured():
+    for fn, top in (("softmax", 8.0), ("silu", 16.0)):
+        meas = et.nonlinear_cycles_per_tile(fn)
+        ana = et.nonlinear_analytic_cycles_per_tile(fn)
+        assert 0 < ana <= top and abs(ana - meas) / meas < NL_TOLERANCE, (fn, ana, meas)
 
 
 def test_nonlinear_cycles_from_captured_activations():
