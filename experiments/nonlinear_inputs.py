@@ -40,7 +40,7 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
     text = corpus_or_none("sotu")
     if text is None:
         raise Unavailable("the sotu corpus is not fetched; run `mugi-jax data fetch sotu`")
-    seq, batch = (128, 1) if quick else (512, 2)
+    seq, batch = (128, 1) if quick else (512, 1)
     toks = np.asarray(ev.corpus_tokens(tok, text, seq * batch), np.int32)[: seq * batch].reshape(batch, seq)
     _, recs = capture_activations(model, toks, "exact", mode="full", include=("softmax", "silu"))
     vcfg = nl.VLPConfig()
@@ -92,9 +92,10 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
         below = sum(r["frac_below_range"] * (r["elements"] - r["zeros"]) for r in sel) / max(tot, 1)
         above = sum(r["frac_above_range"] * (r["elements"] - r["zeros"]) for r in sel) / max(tot, 1)
         worst = min(sel, key=lambda r: r["frac_in_stored_range"])
-        readings.append(f"{fn}: {inr:.2%} of nonzero inputs fall in the stored exponent range [{e_bot}, {e_top}], "
-                        f"{below:.2%} below it (clamped tail), {above:.2%} above; worst layer {worst['layer']} "
-                        f"({worst['frac_in_stored_range']:.2%} in range, exponents {worst['exp_min']}..{worst['exp_max']}).")
+        pct = lambda v: f"{100 * v:.3g}%"  # noqa: E731
+        readings.append(f"{fn}: {pct(inr)} of nonzero inputs fall in the stored exponent range [{e_bot}, {e_top}], "
+                        f"{pct(below)} below it (tail rule), {pct(above)} above it; worst layer {worst['layer']} "
+                        f"({pct(worst['frac_in_stored_range'])} in range, exponents {worst['exp_min']}..{worst['exp_max']}).")
     return {"tables": tables, "figures": figures, "readings": readings, "comparisons": [], "headline": {},
             "config": {"tokens": [batch, seq], "corpus": "sotu", "vlp": {"e_top": e_top, "lut_exponents": vcfg.lut_exponents, "window": w}}}
 

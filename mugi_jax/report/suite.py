@@ -108,21 +108,25 @@ def render_report(out: str | Path, outcomes: Sequence[Outcome] | None = None, qu
         + f"; git revision `{git_revision() or 'unknown'}`.",
         "Every reading below is computed from the result files next to this report and compared "
         "with the paper's published numbers (constants in `mugi_jax/report/paper.py`, with their "
-        "source). " + ("**Quick mode**: small token counts and grids; numbers from the model "
-                       "(perplexity, histograms) are noisier than in the full report." if quick else ""),
+        "source). " + ("**Quick mode**: small token counts and grids; the model-based "
+                       "numbers (perplexity, histograms) come from far fewer tokens than the full report." if quick else ""),
         "",
         "## Headline comparisons with the paper", "",
         "| quantity | published | ours | verdict | experiment |", "|---|---|---|---|---|",
     ]
     n_cmp = 0
+    seen: set[str] = set()
     for e in EXPERIMENTS:
         s = summaries.get(e.name) or {}
         for c in s.get("comparisons", []) if s.get("status") == "ok" else []:
+            if c["key"] in seen:  # the same quantity from a second experiment: listed once
+                continue
+            seen.add(c["key"])
             from mugi_jax.report.paper import PAPER
 
             desc = PAPER[c["key"]].description if c["key"] in PAPER else c["key"]
             lines.append(f"| {desc} | {c['paper']:.4g} | {c['ours']:.4g} | {c['verdict']} | "
-                         f"[{e.name}](#{e.name.replace('_', '-')}) |")
+                         f"[{e.name}](#{e.name}) |")
             n_cmp += 1
     if n_cmp == 0:
         lines.append("| (no comparisons available) | | | | |")
@@ -133,7 +137,7 @@ def render_report(out: str | Path, outcomes: Sequence[Outcome] | None = None, qu
         status = o.status if o else s.get("status", "missing")
         secs = s.get("wall_time_s", o.seconds if o else float("nan"))
         note = (o.message if o else s.get("message", "")) or ("quick settings" if s.get("quick") else "")
-        lines.append(f"| [{e.name}](#{e.name.replace('_', '-')}) | {status} | "
+        lines.append(f"| [{e.name}](#{e.name}) | {status} | "
                      f"{secs if isinstance(secs, str) else f'{secs:.1f}'} | {note[:160]} |")
     section = None
     for e in EXPERIMENTS:
