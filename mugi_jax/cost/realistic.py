@@ -68,7 +68,6 @@ from mugi_jax.cost.report import Report, derive_report
 from mugi_jax.cost.systolic import check_dataflow
 from mugi_jax.hw.arch import BROADCAST_HEIGHT, Arch
 from mugi_jax.hw.components import component_figures
-from mugi_jax.hw.memory import sram_figures
 from mugi_jax.workloads import (
     ATTENTION, FFN, GEMM, NONLINEAR, OUTPUT, PROJECTION, SILU, SOFTMAX, Workload,
 )
