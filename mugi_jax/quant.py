@@ -39,6 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
+from mugi_jax.formats import flush_subnormals
+
 __all__ = [
     "Scheme", "SignMagnitudeInt4", "Int4", "AsymUInt4", "QuantizedTensor", "quantize",
     "dequantize", "quantize_kv", "pack_int4", "unpack_int4", "SCALE_DTYPES",
@@ -180,14 +182,13 @@ def _normalise_axis(axis: int, ndim: int) -> int:
 
 
 def _grouped(x: Array, axis: int, group_size: int) -> Array:
-    """(..., L, ...) -> (..., L // g, g) with the group axis moved last."""
-    x = jnp.moveaxis(x, axis, -1)
-    return x.reshape(*x.shape[:-1], x.shape[-1] // group_size, group_size)
+    """(..., L, ...) -> (..., L // g, g, ...): the group index stays at ``axis`` and the
+    within-group index is ``axis + 1`` (a reshape only - no transpose, so it fuses)."""
+    return x.reshape(*x.shape[:axis], x.shape[axis] // group_size, group_size, *x.shape[axis + 1:])
 
 
 def _ungrouped(x: Array, axis: int) -> Array:
-    x = x.reshape(*x.shape[:-2], x.shape[-2] * x.shape[-1])
-    return jnp.moveaxis(x, -1, axis)
+    return x.reshape(*x.shape[:axis], x.shape[axis] * x.shape[axis + 1], *x.shape[axis + 2:])
 
 
 def _is_concrete(x: Array) -> bool:
@@ -229,22 +230,23 @@ def quantize(w: Float[ArrayLike, "..."], scheme: Scheme,
                          "can be quantized")
 
     g = _grouped(w.astype(jnp.float32), axis, group)
+    red = axis + 1  # the within-group axis
     sdt = SCALE_DTYPES[scheme.scale_dtype]
     zeros = None
     if scheme.symmetric:
         if scheme.calibration == "absmax":
-            scale = jnp.max(jnp.abs(g), axis=-1, keepdims=True) / scheme.qmax
+            scale = jnp.max(jnp.abs(g), axis=red, keepdims=True) / scheme.qmax
         else:  # minmax for two's complement: use the whole [-8, 7] range
-            scale = jnp.maximum(jnp.max(g, -1, keepdims=True) / scheme.qmax,
-                                jnp.min(g, -1, keepdims=True) / scheme.qmin)
+            scale = jnp.maximum(jnp.max(g, red, keepdims=True) / scheme.qmax,
+                                jnp.min(g, red, keepdims=True) / scheme.qmin)
             scale = jnp.maximum(scale, 0.0)
         scale = scale.astype(sdt).astype(jnp.float32)
         safe = jnp.where(scale > 0, scale, 1.0)
         codes = _round(g / safe, scheme.rounding, key)
     else:
-        lo = jnp.minimum(jnp.min(g, -1, keepdims=True), 0.0) if scheme.zero_point == "int" \
-            else jnp.min(g, -1, keepdims=True)
-        hi = jnp.max(g, -1, keepdims=True)
+        lo = jnp.minimum(jnp.min(g, red, keepdims=True), 0.0) if scheme.zero_point == "int" \
+            else jnp.min(g, red, keepdims=True)
+        hi = jnp.max(g, red, keepdims=True)
         if scheme.zero_point == "int":
             hi = jnp.maximum(hi, 0.0)  # zero must be representable exactly
         scale = ((hi - lo) / scheme.qmax).astype(sdt).astype(jnp.float32)
@@ -272,10 +274,12 @@ def dequantize(q: QuantizedTensor, dtype: jnp.dtype = jnp.float32) -> Array:
     axis, group = q.axis, q.group_size
     codes = _grouped(q.codes.astype(jnp.float32), axis, group)
     scale = _grouped(q.scales.astype(jnp.float32), axis, 1)
+    # The flush between multiply and add is the FTZ rule and also stops XLA from contracting
+    # ``q * s + m`` into one FMA, so the result is the documented two-rounding formula.
     if q.zeros is None:
         w = codes * scale
     elif q.scheme.zero_point == "min":
-        w = codes * scale + _grouped(q.zeros.astype(jnp.float32), axis, 1)
+        w = flush_subnormals(codes * scale) + _grouped(q.zeros.astype(jnp.float32), axis, 1)
     else:
         w = (codes - _grouped(q.zeros.astype(jnp.float32), axis, 1)) * scale
     return _ungrouped(w, axis).astype(dtype)

@@ -220,3 +220,15 @@ def test_magnitude_bits():
     assert quant.SignMagnitudeInt4().magnitude_bits == 3
     assert quant.Int4().magnitude_bits == 4
     assert quant.AsymUInt4().magnitude_bits == 4
+
+
+def test_dequantize_is_two_roundings_under_jit():
+    """``s q + m`` is computed as f32(f32(s q) + m), never as one fused multiply-add."""
+    w = weights((256, 64), 7) + 0.013
+    q = quant.quantize(w, quant.AsymUInt4(group_size=32))
+    got = np.asarray(jax.jit(quant.dequantize)(q))
+    codes = np.asarray(q.codes, np.float32)
+    s = np.repeat(np.asarray(q.scales, np.float32), 32, axis=0)
+    m = np.repeat(np.asarray(q.zeros, np.float32), 32, axis=0)
+    ref = (codes * s).astype(np.float32) + m
+    assert np.array_equal(got.view(np.uint32), ref.astype(np.float32).view(np.uint32))
