@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    "decode_tok_s": round(b * args.decode / t_dec, 1)}
             print(row, flush=True)
             rows.append(row)
+            write_csv(Path(args.out) / "throughput.partial.csv", rows)  # survives an interrupted run
     for r in rows:
         ref = next(x for x in rows if x["preset"] == "exact" and x["batch"] == r["batch"]) \
             if any(x["preset"] == "exact" for x in rows) else None
