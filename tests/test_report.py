@@ -84,18 +84,12 @@ def test_python_m_experiment_and_skip(tmp_path):
     assert not report.registry.is_complete(d, quick=False)
 
 
-@pytest.fixture(scope="module")
-def quick_report(tmp_path_factory):
-    out = tmp_path_factory.mktemp("report")
-    t0 = time.perf_counter()
+@pytest.mark.slow
+def test_report_quick_end_to_end(tmp_path):
+    """One test (not a shared fixture) so that pytest-xdist never runs the report twice."""
+    out = tmp_path
     r = subprocess.run(MUGI + ["report", "--quick", "--out", str(out)], capture_output=True, text=True,
                        cwd=REPO, env=dict(os.environ, MPLBACKEND="Agg"))
-    return out, r, time.perf_counter() - t0
-
-
-@pytest.mark.slow
-def test_report_quick_end_to_end(quick_report):
-    out, r, seconds = quick_report
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
     md = (out / "report.md").read_text()
     have_model = _model_available()
@@ -120,10 +114,7 @@ def test_report_quick_end_to_end(quick_report):
     # progress is shown on stderr
     assert "comprehensive" in r.stderr
 
-
-@pytest.mark.slow
-def test_report_rerun_skips_and_is_deterministic(quick_report):
-    out, r, _ = quick_report
+    # a rerun skips every present result and changes nothing
     before = {p: p.read_bytes() for p in out.glob("*/*.csv")}
     t0 = time.perf_counter()
     r2 = subprocess.run(MUGI + ["report", "--quick", "--out", str(out), "--json"], capture_output=True,
@@ -131,12 +122,12 @@ def test_report_rerun_skips_and_is_deterministic(quick_report):
     assert r2.returncode == 0, r2.stderr[-2000:]
     got = json.loads(r2.stdout)
     assert {e["status"] for e in got["experiments"]} <= {"skipped", "not-run", "unavailable"}
-    assert time.perf_counter() - t0 < 60
+    assert time.perf_counter() - t0 < 120  # imports only: nothing is recomputed
     assert {p: p.read_bytes() for p in out.glob("*/*.csv")} == before
 
 
 def test_rendered_report_is_deterministic(tmp_path):
-    """Rendering twice from the same results gives the same bytes (apart from nothing)."""
+    """Rendering twice from the same results gives the same bytes."""
     report.run_experiment("area_power", tmp_path, quick=True)
     a = suite.render_report(tmp_path, quick=True).read_bytes()
     b = suite.render_report(tmp_path, quick=True).read_bytes()
