@@ -52,8 +52,9 @@ def readings_from_rows(rows, names, got, missing, quick, max_tokens, context):
         if "mugi (preset)" in sel:
             extra = 100 * (sel["mugi (preset)"]["ppl"] / sel["vlp"]["ppl"] - 1)
             readings.append(f"{c}: the `mugi` preset adds {extra:+.1f}% over VLP-only; it differs from VLP-only only in "
-                            "the INT4 sign-magnitude weights (groups of 128, re-quantized from the GGUF's Q4_1) and the "
-                            "per-token INT4 KV cache, so this loss is quantization, not the nonlinear approximation.")
+                            "its GEMMs (INT4 sign-magnitude weights in groups of 128, re-quantized from the GGUF's Q4_1; "
+                            "BF16 activations) and the per-token INT4 KV cache, so this loss comes from the GEMM/KV "
+                            "quantization, not from the nonlinear approximation.")
         if not quick and context == 512:
             cmp = compare(f"ppl_smollm2_{c}", sel["exact"]["ppl"], tol=0.15)
             cmp["text"] += f" (ours: first {max_tokens} tokens only)"
