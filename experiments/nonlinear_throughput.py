@@ -55,10 +55,13 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
     tables = [table(out_dir, "nonlinear_throughput.csv", rows, "Nonlinear class per design and sequence length (paper preset)"),
               table(out_dir, "nonlinear_realistic.csv", rrows, f"Nonlinear class at sequence {cl.HEAD_SEQ} (realistic preset)")]
     with figure(out_dir / "nonlinear_throughput.png", 1, 2, figsize=(12, 4)) as (fig, ax):
-        for n in names:
+        import matplotlib.pyplot as plt
+
+        colors = plt.cm.tab20(np.linspace(0, 1, len(names)))
+        for n, col, mk in zip(names, colors, "os^vD<>ph*xP"):
             sel = [r for r in rows if r["design"] == n]
-            ax[0].plot(seqs, [r["throughput_vs_sa16"] for r in sel], marker="o", label=n)
-            ax[1].plot(seqs, [r["energy_eff_vs_sa16"] for r in sel], marker="o", label=n)
+            ax[0].plot(seqs, [r["throughput_vs_sa16"] for r in sel], marker=mk, color=col, label=n)
+            ax[1].plot(seqs, [r["energy_eff_vs_sa16"] for r in sel], marker=mk, color=col, label=n)
         for a, t in zip(ax, ("nonlinear throughput / SA-16 (exact vector)", "nonlinear energy efficiency / SA-16")):
             a.set_xscale("log", base=2), a.set_yscale("log"), a.set_xlabel("sequence length"), a.set_title(t, fontsize=9)
         ax[0].axhline(45, color="k", lw=0.8, ls="--", label="paper: 45x")
