@@ -51,6 +51,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="3 Pareto budgets, small grid")
     ap.add_argument("--out", default="results/tuning")
+    ap.add_argument("--start", default="default", choices=("default", "uniform-proxy"),
+                    help="starting point of the gradient tuner")
+    ap.add_argument("--pareto-only", action="store_true",
+                    help="skip (a); take the grid-best e_tops from OUT/grid.csv; write "
+                         "pareto_START.csv/png")
     args = ap.parse_args()
     global OUT
     OUT = Path(args.out)  # noqa: PLW0603
@@ -67,38 +72,51 @@ def main() -> None:
     log(f"calibration {'from cache' if cached else 'captured'}: softmax {tuple(cal.softmax_x.shape)}"
         f" silu {tuple(cal.silu_x.shape)}; exact calib nll {cal.nll:.4f}")
 
-    # ---- (a) paper budget -------------------------------------------------------------------
-    budget = parse_budget(PAPER_BUDGET)
-    res = tune(model, sp.calib, budget, steps=args.steps, calibration=cal, seed=args.seed, log=log)
-    log(f"tuned: proxy {res.proxy:.4g} (start {res.proxy_start:.4g}) in {res.seconds:.1f}s")
-    e_tops = (0, 3) if args.quick else None
-    g = grid_search(model, sp.calib, budget, e_tops=e_tops, log=None)
-    best = g.trials[int(np.argmin([t["calib_nll"] for t in g.trials]))]
-    log(f"grid: {g.evals} evals in {g.seconds:.1f}s, best {best}")
-    io.write_csv(OUT / "grid.csv", g.trials)
-    gp = greedy_search(lambda p: hard_unit_errors(cal, p), g.params, budget, additive=True)
-    default = _uniform(n, 3, 3, 8, 3)
+    if args.pareto_only:
+        import csv
+        with open(OUT / "grid.csv") as fh:
+            trials = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+        best = min(trials, key=lambda t: t["calib_nll"])
+        best = {k: (int(v) if k != "calib_nll" else v) for k, v in best.items()}
+        grid_evals = len(trials)
+        res = None
+    else:
+        # ---- (a) paper budget -------------------------------------------------------------------
+        budget = parse_budget(PAPER_BUDGET)
+        res = tune(model, sp.calib, budget, steps=args.steps, calibration=cal, seed=args.seed, log=log,
+                   start=args.start)
+        log(f"tuned: proxy {res.proxy:.4g} (start {res.proxy_start:.4g}) in {res.seconds:.1f}s")
+        e_tops = (0, 3) if args.quick else None
+        g = grid_search(model, sp.calib, budget, e_tops=e_tops, log=None)
+        best = g.trials[int(np.argmin([t["calib_nll"] for t in g.trials]))]
+        log(f"grid: {g.evals} evals in {g.seconds:.1f}s, best {best}")
+        io.write_csv(OUT / "grid.csv", g.trials)
+        gp = greedy_search(lambda p: hard_unit_errors(cal, p), g.params, budget, additive=True)
+        default = _uniform(n, 3, 3, 8, 3)
 
-    rows = []
-    entries = [("tuned (per-layer, gradient)", res.configs, 1),
-               ("grid-best uniform", g.configs, g.evals),
-               ("greedy per-layer (proxy)", gp.configs, 1),
-               ("published default (e_top=3)", default, 0)]
-    for name, configs, evals in entries:
-        ppl = pipeline.heldout_ppl(model, sp.heldout, configs)
-        c = config_cost(params_from_configs(configs), cal.elements)
-        rows.append({"method": name, "heldout_ppl": ppl, "model_evals": evals, **c})
-        log(f"(a) {name:32s} held-out ppl {ppl:.4f}  model evals {evals}")
-    exact_ppl = pipeline.heldout_ppl(model, sp.heldout, None)
-    rows.append({"method": "exact FP32", "heldout_ppl": exact_ppl, "model_evals": 0,
-                 "table_entries": float("nan"), "cycles": float("nan"), "energy_pj": float("nan")})
-    log(f"(a) exact held-out ppl {exact_ppl:.4f}")
-    io.write_csv(OUT / "paper_budget.csv", rows)
-    io.write_json(OUT / "summary.json", _summary(rows, exact_ppl, best, res, sp, args, t0))
+        rows = []
+        entries = [("tuned (per-layer, gradient)", res.configs, 1),
+                   ("grid-best uniform", g.configs, g.evals),
+                   ("greedy per-layer (proxy)", gp.configs, 1),
+                   ("published default (e_top=3)", default, 0)]
+        for name, configs, evals in entries:
+            ppl = pipeline.heldout_ppl(model, sp.heldout, configs)
+            c = config_cost(params_from_configs(configs), cal.elements)
+            rows.append({"method": name, "heldout_ppl": ppl, "model_evals": evals, **c})
+            log(f"(a) {name:32s} held-out ppl {ppl:.4f}  model evals {evals}")
+        exact_ppl = pipeline.heldout_ppl(model, sp.heldout, None)
+        rows.append({"method": "exact FP32", "heldout_ppl": exact_ppl, "model_evals": 0,
+                     "table_entries": float("nan"), "cycles": float("nan"), "energy_pj": float("nan")})
+        log(f"(a) exact held-out ppl {exact_ppl:.4f}")
+        io.write_csv(OUT / "paper_budget.csv", rows)
+        io.write_json(OUT / "summary.json", _summary(rows, exact_ppl, best, res, sp, args, t0))
+
+        grid_evals = g.evals
 
     # ---- (b) Pareto ----------------------------------------------------------------------------
     budgets = PARETO_BUDGETS[::3] if args.quick else PARETO_BUDGETS
     pareto = []
+    pareto_name = "pareto.csv" if not args.pareto_only else f"pareto_{args.start}.csv"
 
     def add(kind: str, b: int, w: int, configs: list, evals: int, extra: str = "") -> None:
         ppl = pipeline.heldout_ppl(model, sp.heldout, configs, exact_kernels=False)
@@ -110,8 +128,9 @@ def main() -> None:
 
     for b, w in budgets:
         bud = f"mantissa_bits<={b},window<={w}"
-        r = res if (b, w) == (3, 8) else tune(model, sp.calib, bud, steps=args.steps,
-                                              calibration=cal, seed=args.seed)
+        r = res if (b, w) == (3, 8) and res is not None else tune(
+            model, sp.calib, bud, steps=args.steps, calibration=cal, seed=args.seed,
+            start=args.start)
         add("tuned per-layer", b, w, r.configs, 1)
         # proxy of every unit at each e_top (9 hard evaluations on the captured data): the best
         # uniform e_top per function (sum over layers) and the per-unit greedy argmin
@@ -125,18 +144,20 @@ def main() -> None:
             [(VLPConfig(e_top=int(per_unit[i, 0]), window=w, mantissa_bits=b),
               VLPConfig(e_top=int(per_unit[i, 1]), window=w, mantissa_bits=b)) for i in range(n)], 1)
         add("uniform (paper e_top)", b, w,
-            _uniform(n, best["e_top_softmax"], best["e_top_silu"], w, b), g.evals)
-        io.write_csv(OUT / "pareto.csv", pareto)
+            _uniform(n, best["e_top_softmax"], best["e_top_silu"], w, b), grid_evals)
+        io.write_csv(OUT / pareto_name, pareto)
     for lam in ((1.0,) if not args.quick else ()):
         r = tune(model, sp.calib, PAPER_BUDGET, steps=args.steps, calibration=cal,
-                 seed=args.seed, cost_weight=lam)
+                 seed=args.seed, cost_weight=lam, start=args.start)
         add("tuned per-layer", 3, 8, r.configs, 1, f"lambda={lam}")
     io.write_csv(OUT / "pareto.csv", pareto)
     _plot(pareto, OUT / "pareto.png")
 
     io.write_json(OUT / "summary.json", _summary(rows, exact_ppl, best, res, sp, args, t0))
-    io.write_json(OUT / "provenance.json", io.provenance(
-        {"steps": args.steps, "quick": args.quick, "budgets": budgets, "thin": pipeline.THIN},
+    io.write_json(OUT / ("provenance.json" if not args.pareto_only else
+                         f"provenance_pareto_{args.start}.json"), io.provenance(
+        {"steps": args.steps, "quick": args.quick, "budgets": budgets, "thin": pipeline.THIN,
+         "start": args.start, "pareto_only": args.pareto_only},
         args.seed, time.perf_counter() - t0))
     log("done")
 

@@ -53,7 +53,7 @@ from mugi_jax.tune.model import (FUNCS, Calibration, UnitParams, capture, config
                                  make_windows, relaxed_policy, window_nll)
 from mugi_jax.tune.relax import VLPParams, relaxed_softmax, relaxed_vlp
 
-__all__ = ["Budget", "parse_budget", "TuneResult", "tune", "unit_errors", "hard_unit_errors", "grid_search",
+__all__ = ["STARTS", "Budget", "parse_budget", "TuneResult", "tune", "unit_errors", "hard_unit_errors", "grid_search",
            "greedy_search", "config_cost", "OBJECTIVES", "TUNABLE", "E_TOP_RANGE"]
 
 TUNABLE = ("e_top", "window", "mantissa_bits")
@@ -252,6 +252,23 @@ def _default_start(n_layers: int, budget: Budget, lut: int, start: Any) -> UnitP
     return UnitParams(jnp.full(shape, e0), jnp.full(shape, hi[1]), jnp.full(shape, hi[2]))
 
 
+#: Named starting points: ``"default"`` (e_top = 3, W and b at the budget's maximum) and
+#: ``"uniform-proxy"`` (the e_top per function, shared by all layers, minimising the hard proxy
+#: summed over layers: one hard proxy evaluation per e_top in the budget's range).
+STARTS = ("default", "uniform-proxy")
+
+
+def _uniform_proxy_start(cal: Calibration, p0: UnitParams, budget: Budget,
+                         base_cfg: VLPConfig) -> UnitParams:
+    es = list(range(budget.e_top_min, budget.e_top_max + 1))
+    d = np.stack([np.asarray(hard_unit_errors(cal, UnitParams(jnp.full_like(p0.e_top, e), p0.window,
+                                                              p0.mantissa_bits), base_cfg))
+                  for e in es])  # E L F
+    best = [es[int(np.argmin(d[:, :, f].sum(axis=1)))] for f in range(d.shape[2])]
+    return UnitParams(jnp.broadcast_to(jnp.asarray(best, jnp.float32), p0.e_top.shape),
+                      p0.window, p0.mantissa_bits)
+
+
 _DEFAULT_OPTIMIZER = optax.adam(0.1)
 
 
@@ -398,7 +415,15 @@ def tune(model: Any, calib_tokens: Any, budget: str | Budget | None = "mantissa_
         calibration = capture(model, calib_tokens, context, base_policy)
         evals += 1
     cal = calibration
-    p0 = _project(_default_start(n_layers, budget, lut, start), lo, hi, {})
+    if isinstance(start, str):
+        if start not in STARTS:
+            raise ValueError(f"start: must be one of {STARTS} (or UnitParams/configs), got {start!r}")
+        p0 = _default_start(n_layers, budget, lut, None)
+        if start == "uniform-proxy":
+            p0 = _uniform_proxy_start(cal, p0, budget, base_cfg)
+    else:
+        p0 = _default_start(n_layers, budget, lut, start)
+    p0 = _project(p0, lo, hi, {})
     frozen = {name: v for name, v in zip(TUNABLE, p0) if name not in params}
     limits = budget.cost_limits()
     elements = cal.elements
@@ -587,7 +612,7 @@ def greedy_search(evaluate: Callable[[UnitParams], Any], start: UnitParams,
                   budget: str | Budget | None = "mantissa_bits<=3,window<=8", *,
                   e_tops: Sequence[int] | None = None, windows: Sequence[int] | None = None,
                   mantissa_bits: Sequence[int] | None = None, sweeps: int = 1,
-                  max_evals: int | None = None, lut_exponents: int = 12,
+                  max_evals: int | None = None, base_cfg: VLPConfig = VLPConfig(),
                   additive: bool = False) -> SearchResult:
     """Per-layer greedy (coordinate) search: for each unit in turn (layer by layer, softmax then
     SiLU), try every candidate (e_top, W, b) with the other units fixed and keep the best.
@@ -598,6 +623,7 @@ def greedy_search(evaluate: Callable[[UnitParams], Any], start: UnitParams,
     :func:`unit_errors`), in which case a whole sweep is scored with one call per candidate.
     """
     t0 = time.perf_counter()
+    lut_exponents = base_cfg.lut_exponents
     budget = parse_budget(budget, lut_exponents)
     e_tops = list(e_tops) if e_tops is not None else list(range(budget.e_top_min, budget.e_top_max + 1))
     windows = list(windows) if windows is not None else [min(budget.window, lut_exponents)]
@@ -620,7 +646,7 @@ def greedy_search(evaluate: Callable[[UnitParams], Any], start: UnitParams,
         p = UnitParams(*(jnp.asarray(arr[..., i]) for i in range(3)))
         score = float(np.sum(np.min(per, axis=0)))
         trials.append({"score": score})
-        return SearchResult(configs_from_params(p, VLPConfig()), p, score, evals, trials,
+        return SearchResult(configs_from_params(p, base_cfg), p, score, evals, trials,
                             time.perf_counter() - t0)
     best_score = float(evaluate(p))
     evals += 1
@@ -641,5 +667,5 @@ def greedy_search(evaluate: Callable[[UnitParams], Any], start: UnitParams,
                                    "mantissa_bits": b, "score": s})
                     if s < best_score:
                         best_score, p = s, q
-    return SearchResult(configs_from_params(p, VLPConfig()), p, best_score, evals, trials,
+    return SearchResult(configs_from_params(p, base_cfg), p, best_score, evals, trials,
                         time.perf_counter() - t0)
