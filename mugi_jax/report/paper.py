@@ -21,6 +21,8 @@ _EVAL = "Mugi, ASPLOS 2026, evaluation (MUGI.md section 4, headline results)"
 _RULES = "Mugi, ASPLOS 2026, published cost model (MUGI.md section 4, cycle rules)"
 _REF = "reference measurement on this image, context 512 (MUGI.md section 5); not a paper number"
 
+REFERENCE_SOURCE = _REF
+
 PAPER: dict[str, PaperNumber] = {
     "softmax_throughput_x": PaperNumber(45.0, "nonlinear (softmax) throughput, Mugi vs exact vector array, up to", _EVAL),
     "softmax_energy_eff_x": PaperNumber(668.0, "nonlinear (softmax) energy efficiency, Mugi vs exact vector array, up to", _EVAL),
