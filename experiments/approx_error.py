@@ -13,7 +13,7 @@ from pathlib import Path
 from mugi_jax.io import write_csv
 from mugi_jax.report.helpers import table
 
-SHOWN = ("vlp_g256", "mugi_l_g256", "vlp_m4_g256", "pwl", "taylor", "exact_fp32")
+SHOWN = ("vlp_g256", "mugi_l_g256", "vlp_m4_g256", "vlp", "mugi_l", "vlp_m4", "pwl", "taylor", "exact_fp32")
 
 
 def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
@@ -34,14 +34,14 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
               {"file": "errors.csv", "title": "All methods and window groups"}]
     readings = []
     for case in dict.fromkeys(r["case"] for r in rows):
-        sel = {r["method"]: r for r in rows if r["case"] == case}
-        if not {"vlp_g256", "pwl", "taylor"} <= set(sel):
+        sel = {r["method"].removesuffix("_g256"): r for r in rows if r["case"] == case}
+        if not {"vlp", "pwl", "taylor"} <= set(sel):
             continue
-        v, p, t = sel["vlp_g256"], sel["pwl"], sel["taylor"]
-        best = min(("vlp_g256", "pwl", "taylor"), key=lambda m: sel[m]["mean_abs"])
+        v, p, t = sel["vlp"], sel["pwl"], sel["taylor"]
+        best = min(("vlp", "pwl", "taylor"), key=lambda m: sel[m]["mean_abs"])
         readings.append(f"{case}: mean |error| VLP {v['mean_abs']:.3g}, PWL {p['mean_abs']:.3g}, Taylor {t['mean_abs']:.3g} "
                         f"(max VLP {v['max_abs']:.3g}, PWL {p['max_abs']:.3g}, Taylor {t['max_abs']:.3g}); lowest mean: {best}."
-                        + (" Mugi-L has identical numerics to VLP (same errors)." if sel.get("mugi_l_g256", {}).get("max_abs") == v["max_abs"] else ""))
+                        + (" Mugi-L has identical numerics to VLP (same errors)." if sel.get("mugi_l", {}).get("max_abs") == v["max_abs"] else ""))
     figures = [{"file": f, "caption": f.removesuffix(".png").replace("_", " ")} for f in files]
     return {"tables": tables, "figures": figures, "readings": readings, "comparisons": [], "headline": {},
             "config": {"distributions": not quick, "config": getattr(ne, "CFG", None)}}
