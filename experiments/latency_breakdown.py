@@ -51,8 +51,8 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
             f"{c} {p[c]:.1%} -> {r[c]:.1%}" for c in cl.CLASSES) + ".")
     m = cl.get(ext, design="mugi-256x8")
     readings.append(f"Realistic Mugi-256x8: TTFT {m['ttft_s']:.3g} s, TPOT {m['tpot_s'] * 1e3:.3g} ms, "
-                    f"{m['memory_bound_fraction']:.1%} of the time memory-bound (the paper model has no "
-                    "DRAM bound, so it cannot show this).")
+                    f"{m['memory_bound_fraction']:.1%} of the time memory-bound on the DRAM roofline (a bound the "
+                    "paper model does not have).")
     return {"tables": tables, "figures": [{"file": "latency_breakdown.png", "caption": "Execution time per op class, paper vs realistic preset"}],
             "readings": readings, "comparisons": [],
             "headline": {"mugi_tpot_ms": m["tpot_s"] * 1e3, "mugi_ttft_s": m["ttft_s"]},
