@@ -393,6 +393,8 @@ def tune(model: Any, calib_tokens: Any, budget: str | Budget | None = "mantissa_
       cost_weight: weight :math:`\lambda` of the normalised energy term (weighted objective).
       calibration: a :func:`mugi_jax.tune.model.capture` result to reuse (then no model pass is
         counted for the capture).
+      start: ``None``/``"default"`` (e_top = 3, W and b at the budget maximum),
+        ``"uniform-proxy"`` (see :data:`STARTS`), or explicit :class:`UnitParams` / configs.
       verify: also measure the calibration NLL of the result (one more model evaluation).
     """
     t0 = time.perf_counter()
@@ -415,6 +417,8 @@ def tune(model: Any, calib_tokens: Any, budget: str | Budget | None = "mantissa_
         calibration = capture(model, calib_tokens, context, base_policy)
         evals += 1
     cal = calibration
+    if start is None:
+        start = "default"
     if isinstance(start, str):
         if start not in STARTS:
             raise ValueError(f"start: must be one of {STARTS} (or UnitParams/configs), got {start!r}")
