@@ -501,7 +501,8 @@ def _discretize(p: UnitParams, hard_errors: Callable, lo: np.ndarray, hi: np.nda
     for choice in itertools.product((0, 1), repeat=3):
         vals = []
         for i, (name, v) in enumerate(zip(TUNABLE, p)):
-            r = jnp.floor(v) + choice[i] if name not in frozen else jnp.round(v)
+            # floor/ceil (not floor + 1): an integer value has one rounding, itself
+            r = (jnp.ceil(v) if choice[i] else jnp.floor(v)) if name not in frozen else jnp.round(v)
             vals.append(jnp.clip(r, lo[i], hi[i]))
         cands.append(UnitParams(*vals))
     scores = []

@@ -134,3 +134,12 @@ def test_grid_and_greedy(model: Llama, tokens: np.ndarray, calibration: T.Calibr
     gp = T.greedy_search(lambda p: T.unit_errors(calibration, p, BASE), g.params, e_tops=(0, 3),
                          additive=True)
     assert gp.evals == 2
+
+
+def test_uniform_proxy_start(model: Llama, tokens: np.ndarray, calibration: T.Calibration) -> None:
+    res = T.tune(model, tokens, "mantissa_bits<=3,window<=8", steps=0, context=32, base_cfg=BASE,
+                 calibration=calibration, start="uniform-proxy")
+    for col in range(2):  # one e_top per function, shared by the layers
+        assert len({row[col].e_top for row in res.configs}) == 1
+    with pytest.raises(ValueError, match="start"):
+        T.tune(model, tokens, steps=0, calibration=calibration, start="random")
