@@ -29,8 +29,9 @@ setup: $(STAMP)
 data: $(STAMP)
 	$(BIN)/mugi-jax data fetch
 
-demo: setup
-	$(BIN)/mugi-jax demo
+# The main job: the whole reproduction suite (every corpus fetched) -> results/report.md.
+demo: data
+	$(BIN)/mugi-jax report --out results
 
 test: setup $(SCALESIM_STAMP)
 	$(BIN)/python -m pytest -n 2 -q
