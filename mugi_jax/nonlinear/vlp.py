@@ -19,12 +19,16 @@ Window, ``build="max"``: :math:`bottom = \mathrm{clip}(\max e' - W + 1,\ e_{top}
 ``bottom = max(top - W + 1, e_top - L + 1)``). ``build="min"``:
 :math:`bottom = \mathrm{clip}(\min e',\ e_{top} - L + 1,\ e_{top} - W + 1)`.
 
-The table lookup is a gather from the constant ``(2, L, 2^M)`` table with integer indices
-computed from the bit fields; no arithmetic touches the looked-up values.
+An element's result depends only on its BF16 pattern and its group's window bottom (L - W + 1
+possible values).  The kernels therefore evaluate the rules once per configuration on every
+(bottom, pattern) pair (:func:`output_table`, ``(L - W + 1, 65536)`` uint16 bit patterns, built
+from the ``(2, L, 2^M)`` table) and each element costs one gather at
+``(bottom - e_bottom) * 65536 + pattern``; no arithmetic touches the looked-up values.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import NamedTuple
 
@@ -179,8 +183,8 @@ def _masked_extreme(xb: Array, cfg: VLPConfig, g: _Groups) -> Array:
     return extreme.astype(jnp.int32)
 
 
-def _window_bottom(xb: Array, cfg: VLPConfig, g: _Groups, source: Array | None = None) -> Array:
-    """Biased exponent of the window's first column, per element (broadcast from its group).
+def _group_bottom(xb: Array, cfg: VLPConfig, g: _Groups, source: Array | None = None) -> Array:
+    """Biased exponent of the window's first column, per group (group axis kept with length 1).
 
     The group extreme is taken on BF16 magnitude patterns (rounding to M bits is monotone, so the
     rounded exponent of the extreme magnitude is the extreme rounded exponent).
@@ -203,26 +207,24 @@ def _window_bottom(xb: Array, cfg: VLPConfig, g: _Groups, source: Array | None =
         extreme = _masked_extreme(xb, cfg, g)
     e_ext = _round_magnitude(extreme, cfg.mantissa_bits) >> cfg.mantissa_bits
     if cfg.build == "max":  # empty group: extreme 0 -> bottom = e_lo
-        bottom = jnp.clip(e_ext - (w - 1), e_lo_b, e_top_b - w + 1)
-    else:  # empty group: extreme 0xFFFF -> bottom = e_top - W + 1
-        bottom = jnp.clip(e_ext, e_lo_b, e_top_b - w + 1)
-    return _ungrouped(bottom, g, xb.shape)
+        return jnp.clip(e_ext - (w - 1), e_lo_b, e_top_b - w + 1)
+    return jnp.clip(e_ext, e_lo_b, e_top_b - w + 1)  # empty group: extreme 0xFFFF -> e_top - W + 1
 
 
-def vlp_parts(xb: BFloat16[Array, "..."], fn: str, cfg: VLPConfig, axis: int,
-              source: Array | None = None) -> VLPParts:
-    """Per-element decisions of the VLP unit on a BF16 array (see module docstring).
+class _Rules(NamedTuple):
+    out: Array          # uint16 result bit pattern
+    subscribes: Array
+    sign: Array
+    code: Array
 
-    ``source``: optionally the unrounded array ``xb`` was rounded from (enables the fast
-    window reduction; results are identical)."""
+
+def _element_rules(xb: BFloat16[Array, "..."], bottom: Int[Array, "..."], fn: str,
+                   cfg: VLPConfig) -> _Rules:
+    """The element rules of the module docstring for a given (broadcastable) biased window
+    ``bottom``.  The kernels evaluate it once on every (bottom, BF16 pattern) pair to build
+    :func:`output_table`, and per element for the cycle count."""
     m_bits, w, lut = cfg.mantissa_bits, cfg.window, cfg.lut_exponents
     codes, e_top_b, e_lo_b = cfg.codes, cfg.e_top + 127, cfg.e_bottom + 127
-    if xb.ndim == 0:
-        xb = xb.reshape(1)
-        source = None if source is None else source.reshape(1)
-    axis = _norm_axis(axis, xb.ndim)
-    g = _groups(xb.shape[axis], axis, cfg.window_group)
-
     f = bit_fields(xb, m_bits)
     e_b = f.rounded >> m_bits                       # rounded biased exponent
     normal = (f.biased != 0) & (f.biased != 255)    # zero/subnormal count as zero
@@ -235,7 +237,7 @@ def vlp_parts(xb: BFloat16[Array, "..."], fn: str, cfg: VLPConfig, axis: int,
     else:
         subscribes = normal & ~below & (e_b <= e_top_b)
 
-    first = _window_bottom(xb, cfg, g, source) * codes      # rounded magnitude of (bottom, j = 0)
+    first = bottom * codes                          # rounded magnitude of (bottom, j = 0)
     latched = jnp.clip(f.rounded, first, first + (w * codes - 1))  # clamp to the window edges
     index = f.sign * (lut * codes) + latched - e_lo_b * codes
 
@@ -263,8 +265,76 @@ def vlp_parts(xb: BFloat16[Array, "..."], fn: str, cfg: VLPConfig, axis: int,
         else:
             tail_v = round_to_bf16(flush_f32(xf * 0.5))
         out = jnp.where(below, jax.lax.bitcast_convert_type(tail_v, jnp.uint16), out)
-    out = jax.lax.bitcast_convert_type(jnp.where(is_nan, x_bits, out), jnp.bfloat16)
-    return VLPParts(out, subscribes, f.sign, latched & (codes - 1), g)
+    return _Rules(jnp.where(is_nan, x_bits, out), subscribes, f.sign, latched & (codes - 1))
+
+
+def output_table(fn: str, cfg: VLPConfig) -> np.ndarray:
+    """The unit's output for every window bottom and input: ``(L - W + 1, 65536)`` uint16 bit
+    patterns indexed ``[bottom - (e_top - L + 1), BF16 pattern]`` (read-only, cached).
+
+    An element's output depends only on its BF16 pattern and its group's window bottom, which
+    takes L - W + 1 values, so the kernels replace the element rules by one lookup here."""
+    return _output_table(fn, dataclasses.replace(cfg, window_group=1, build="max"))
+
+
+@functools.lru_cache(maxsize=64)
+def _output_table(fn: str, cfg: VLPConfig) -> np.ndarray:
+    # Compiled ahead of time and called directly: concrete even when first asked for while
+    # another function is being traced.
+    table = np.array(_output_table_jit.lower(fn, cfg).compile()(), dtype=np.uint16)
+    table.setflags(write=False)
+    return table
+
+
+@functools.partial(jax.jit, static_argnames=("fn", "cfg"))
+def _output_table_jit(fn: str, cfg: VLPConfig) -> Array:
+    e_lo_b = cfg.e_bottom + 127
+    patterns = jnp.arange(1 << 16, dtype=jnp.uint32).astype(jnp.uint16)
+    xb = jax.lax.bitcast_convert_type(patterns, jnp.bfloat16)[None, :]
+    bottoms = jnp.arange(e_lo_b, e_lo_b + cfg.lut_exponents - cfg.window + 1)[:, None]
+    return _element_rules(xb, bottoms, fn, cfg).out
+
+
+_GATHER_1D = jax.lax.GatherDimensionNumbers(offset_dims=(), collapsed_slice_dims=(0,),
+                                            start_index_map=(0,))
+
+
+def table_lookup(table: np.ndarray, bits: Array, offset: Array | int = 0) -> Array:
+    """``table.reshape(-1)[offset + bits]`` (uint16) for in-range unsigned indices: a bare
+    ``lax.gather`` (``jnp`` indexing adds a negative-index select per element; a uint16 table
+    gathers faster than a wider one on XLA:CPU)."""
+    index = bits.astype(jnp.uint32) + offset
+    return jax.lax.gather(jnp.asarray(table.reshape(-1)), index[..., None], _GATHER_1D, (1,),
+                          mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+
+
+def _group_offsets(bottom: Array, cfg: VLPConfig, g: _Groups, shape: tuple[int, ...]) -> Array | int:
+    """Per element: start of its window bottom's row in the flattened :func:`output_table`."""
+    if cfg.lut_exponents == cfg.window:  # a single possible bottom
+        return 0
+    rows = (bottom - (cfg.e_bottom + 127)).astype(jnp.uint32) << 16
+    return _ungrouped(rows, g, shape)
+
+
+def vlp_parts(xb: BFloat16[Array, "..."], fn: str, cfg: VLPConfig, axis: int,
+              source: Array | None = None) -> VLPParts:
+    """Per-element decisions of the VLP unit on a BF16 array (see module docstring).
+
+    ``out`` is one lookup in :func:`output_table` (bottom row, BF16 pattern); the other fields
+    (only used for cycle counts) come from the element rules.  ``source``: optionally the
+    unrounded array ``xb`` was rounded from (enables the fast window reduction; results are
+    identical)."""
+    if xb.ndim == 0:
+        xb = xb.reshape(1)
+        source = None if source is None else source.reshape(1)
+    axis = _norm_axis(axis, xb.ndim)
+    g = _groups(xb.shape[axis], axis, cfg.window_group)
+    bottom = _group_bottom(xb, cfg, g, source)
+    bits = jax.lax.bitcast_convert_type(xb, jnp.uint16)
+    out = table_lookup(output_table(fn, cfg), bits, _group_offsets(bottom, cfg, g, xb.shape))
+    rules = _element_rules(xb, _ungrouped(bottom, g, xb.shape), fn, cfg)
+    out = jax.lax.bitcast_convert_type(out, jnp.bfloat16)
+    return VLPParts(out, rules.subscribes, rules.sign, rules.code, g)
 
 
 def _cycles(parts: VLPParts, fn: str, cfg: VLPConfig, early_termination: bool) -> Array:
