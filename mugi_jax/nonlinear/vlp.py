@@ -268,31 +268,37 @@ def _element_rules(xb: BFloat16[Array, "..."], bottom: Int[Array, "..."], fn: st
     return _Rules(jnp.where(is_nan, x_bits, out), subscribes, f.sign, latched & (codes - 1))
 
 
-def output_table(fn: str, cfg: VLPConfig) -> np.ndarray:
+def output_table(fn: str, cfg: VLPConfig, single: bool = False) -> np.ndarray:
     """The unit's output for every window bottom and input: ``(L - W + 1, 65536)`` uint16 bit
     patterns indexed ``[bottom - (e_top - L + 1), BF16 pattern]`` (read-only, cached).
 
     An element's output depends only on its BF16 pattern and its group's window bottom, which
-    takes L - W + 1 values, so the kernels replace the element rules by one lookup here."""
-    return _output_table(fn, dataclasses.replace(cfg, window_group=1, build="max"))
+    takes L - W + 1 values, so the kernels replace the element rules by one lookup here.
+    ``single=True``: groups of one element, whose bottom is a function of the element itself;
+    shape ``(65536,)``."""
+    return _output_table(fn, dataclasses.replace(
+        cfg, window_group=1, build=cfg.build if single else "max"), single)
 
 
 @functools.lru_cache(maxsize=64)
-def _output_table(fn: str, cfg: VLPConfig) -> np.ndarray:
+def _output_table(fn: str, cfg: VLPConfig, single: bool) -> np.ndarray:
     # Compiled ahead of time and called directly: concrete even when first asked for while
     # another function is being traced.
-    table = np.array(_output_table_jit.lower(fn, cfg).compile()(), dtype=np.uint16)
+    table = np.array(_output_table_jit.lower(fn, cfg, single).compile()(), dtype=np.uint16)
     table.setflags(write=False)
     return table
 
 
-@functools.partial(jax.jit, static_argnames=("fn", "cfg"))
-def _output_table_jit(fn: str, cfg: VLPConfig) -> Array:
+@functools.partial(jax.jit, static_argnames=("fn", "cfg", "single"))
+def _output_table_jit(fn: str, cfg: VLPConfig, single: bool) -> Array:
     e_lo_b = cfg.e_bottom + 127
     patterns = jnp.arange(1 << 16, dtype=jnp.uint32).astype(jnp.uint16)
-    xb = jax.lax.bitcast_convert_type(patterns, jnp.bfloat16)[None, :]
+    xb = jax.lax.bitcast_convert_type(patterns, jnp.bfloat16)
+    if single:  # each pattern's own window
+        bottoms = _group_bottom(xb[:, None], cfg, _groups(1, 1, 1)).reshape(xb.shape)
+        return _element_rules(xb, bottoms, fn, cfg).out
     bottoms = jnp.arange(e_lo_b, e_lo_b + cfg.lut_exponents - cfg.window + 1)[:, None]
-    return _element_rules(xb, bottoms, fn, cfg).out
+    return _element_rules(xb[None, :], bottoms, fn, cfg).out
 
 
 _GATHER_1D = jax.lax.GatherDimensionNumbers(offset_dims=(), collapsed_slice_dims=(0,),
@@ -329,9 +335,13 @@ def vlp_parts(xb: BFloat16[Array, "..."], fn: str, cfg: VLPConfig, axis: int,
         source = None if source is None else source.reshape(1)
     axis = _norm_axis(axis, xb.ndim)
     g = _groups(xb.shape[axis], axis, cfg.window_group)
-    bottom = _group_bottom(xb, cfg, g, source)
     bits = jax.lax.bitcast_convert_type(xb, jnp.uint16)
-    out = table_lookup(output_table(fn, cfg), bits, _group_offsets(bottom, cfg, g, xb.shape))
+    if g.size == 1:  # no window reduction: the table already holds each pattern's own window
+        bottom = _group_bottom(xb, cfg, g)  # (for the cycle count only)
+        out = table_lookup(output_table(fn, cfg, single=True), bits)
+    else:
+        bottom = _group_bottom(xb, cfg, g, source)
+        out = table_lookup(output_table(fn, cfg), bits, _group_offsets(bottom, cfg, g, xb.shape))
     rules = _element_rules(xb, _ungrouped(bottom, g, xb.shape), fn, cfg)
     out = jax.lax.bitcast_convert_type(out, jnp.bfloat16)
     return VLPParts(out, rules.subscribes, rules.sign, rules.code, g)
