@@ -28,7 +28,9 @@ from jaxtyping import Array, ArrayLike, BFloat16, Float
 from mugi_jax import formats
 from mugi_jax.nonlinear.baselines import exact, pwl, taylor
 from mugi_jax.nonlinear.config import PWL, Exact, MugiL, Taylor, VLPConfig
-from mugi_jax.nonlinear.vlp import as_bf16, flush_f32, round_to_bf16, vlp, vlp_parts
+from mugi_jax.nonlinear.vlp import (_groups, _grouped, as_bf16, bf16_to_f32, bottom_from_extreme,
+                                    flush_f32, group_offsets, output_table, round_to_bf16,
+                                    table_lookup, vlp, vlp_parts)
 
 _TINY32 = np.float32(2.0 ** -126)
 
@@ -96,20 +98,112 @@ def _materialised(fn: Callable[[Array], Array], operand: Array) -> Array:
 
 
 def _approx_exp(y: Array, approx: object) -> Array:
-    if isinstance(approx, (VLPConfig, MugiL)):
-        cfg = approx.config if isinstance(approx, MugiL) else approx
-        y2, rows_axis = rows_last(y)
-        exp = lambda v: vlp_parts(v, "exp", cfg, rows_axis).out  # noqa: E731
-        return _materialised(exp, y2).reshape(y.shape)
     if isinstance(approx, PWL):
         return pwl(y, "exp", approx)
     if isinstance(approx, Taylor):
         return taylor(y, "exp", approx)
-    raise ValueError(f"approx: must be Exact, VLPConfig, MugiL, PWL or Taylor, got {approx!r}")
+    raise ValueError(f"approx: must be PWL or Taylor, got {approx!r}")
+
+
+# Codes of the VLP softmax's exp input (see ``_vlp_codes``): BF16 patterns of positive
+# subnormals, which ``y = x - max x <= 0`` never takes, name the special inputs.
+_ZERO, _NEG_INF, _NAN, _MASKED = 0, 1, 2, 3  # _NAN + sign; _MASKED + (_NEG_INF or _NAN + sign)
+_E_MASKED = 0x8000        # e of a masked -inf input whose y is -inf: -0 (sums like the +0 it was)
+_E_MASKED_NAN = 0x7FC1    # e of a masked input whose y is NaN (| sign): NaN with a spare payload
+
+
+@functools.lru_cache(maxsize=64)
+def _softmax_exp_table(cfg: VLPConfig, single: bool) -> np.ndarray:
+    """:func:`output_table` for exp with FTZ applied (the pipeline flushes e before summing) and
+    the code entries: e for every code of ``_vlp_codes``."""
+    t = np.array(output_table("exp", cfg, single), dtype=np.uint16)
+    t = np.where((t & 0x7F80) == 0, t & 0x8000, t).astype(np.uint16)  # FTZ (NaN untouched)
+    codes = {_NEG_INF: 0x0000, _NAN: 0x7FC0, _NAN + 1: 0xFFC0,
+             _MASKED + _NEG_INF: _E_MASKED, _MASKED + _NAN: _E_MASKED_NAN,
+             _MASKED + _NAN + 1: 0x8000 | _E_MASKED_NAN}
+    for code, e in codes.items():
+        t[..., code] = e
+    t.setflags(write=False)
+    return t
+
+
+def _shifted_bits(x: Array) -> tuple[Array, Array]:
+    """Steps 1-2 on ``x`` (softmax axis last): the patterns of ``FTZ(bf16(x))`` and of ``y``.
+
+    ``max`` is taken on ``x`` itself: rounding to BF16 and FTZ are monotone, so
+    ``FTZ(bf16(max x)) = max FTZ(bf16(x))`` (NaN propagates through both)."""
+    u16 = jnp.uint16
+    m = flush_bf16(as_bf16(jnp.max(x, axis=-1, keepdims=True)))
+    xb = flush_bf16(as_bf16(x))
+    y = round_to_bf16(bf16_to_f32(xb) - bf16_to_f32(m))
+    return jax.lax.bitcast_convert_type(xb, u16), jax.lax.bitcast_convert_type(y, u16)
+
+
+def _vlp_codes(x: Array) -> Array:
+    """Steps 1-2 as uint16 codes for the table: ``y``'s pattern where y is a negative normal
+    number (the only values whose window matters), else a small code (0 for zero/subnormal y,
+    which is also +0's pattern; ``_NEG_INF``; ``_NAN`` + sign), plus ``_MASKED`` for -inf inputs,
+    so that the result can be told from ``e`` alone."""
+    u16 = jnp.uint16
+    xb, y = _shifted_bits(x)
+    sign = y >> 15
+    special = jnp.where((y & u16(0x7FFF)) > u16(0x7F80), u16(_NAN) + sign,
+                        jnp.where(y == u16(0xFF80), u16(_NEG_INF), u16(_ZERO)))
+    masked = xb == u16(0xFF80)
+    special = jnp.where(masked, special + u16(_MASKED), special)
+    negative_normal = (y - u16(0x8080)) < u16(0xFF80 - 0x8080)  # [0x8080, 0xFF80), wrapping
+    return jnp.where(negative_normal, y, special)
+
+
+def _vlp_exp_codes(z: Array, cfg: VLPConfig) -> Array:
+    """Step 3 on the codes (``(..., rows, cols)``, groups along rows): FTZ(e) as uint16."""
+    u16 = jnp.uint16
+    z2, rows_axis = rows_last(z)
+    g = _groups(z2.shape[rows_axis], rows_axis, cfg.window_group)
+    if g.size == 1:
+        return table_lookup(_softmax_exp_table(cfg, True), z).reshape(z.shape)
+    # Codes are below every negative normal pattern: a plain max finds the largest magnitude.
+    if cfg.build == "max":
+        top = jnp.max(_grouped(z2, g, 0), axis=g.axis + 1, keepdims=True)
+        extreme = jnp.where(top >= u16(0x8080), top & u16(0x7FFF), u16(0))
+    else:
+        key = jnp.where(z2 >= u16(0x8080), z2, u16(0xFFFF))
+        low = jnp.min(_grouped(key, g, 0xFFFF), axis=g.axis + 1, keepdims=True)
+        extreme = jnp.where(low == u16(0xFFFF), low, low & u16(0x7FFF))
+    bottom = bottom_from_extreme(extreme.astype(jnp.int32), cfg)
+    e = table_lookup(_softmax_exp_table(cfg, False), z2, group_offsets(bottom, cfg, g, z2.shape))
+    return e.reshape(z.shape)
+
+
+def _vlp_softmax(x: Array, cfg: VLPConfig) -> Array:
+    """The pipeline for VLP (``x`` with the softmax axis last), reading the exponentials from
+    one table lookup on codes (see ``_vlp_codes``); identical results to ``_softmax_jit``'s
+    generic path, with fewer passes: ``e`` carries the -inf mask, and is already flushed."""
+    u16 = jnp.uint16
+    rows = 1 if x.ndim == 1 else x.shape[-2]
+    if min(rows, cfg.window_group) == 1:
+        # No window reduction: y's own pattern indexes the table, the mask comes from x.
+        xb, z = _shifted_bits(x)
+        e = _materialised(lambda v: _vlp_exp_codes(v, cfg), z)
+        masked = xb == u16(0xFF80)
+    else:
+        # read by the window reduction and the lookup
+        z = _materialised(lambda v: v, _vlp_codes(x))
+        e = _materialised(lambda v: _vlp_exp_codes(v, cfg), z)
+        masked = (e == u16(_E_MASKED)) | ((e & u16(0x7FFF)) == u16(_E_MASKED_NAN))
+    e32 = jax.lax.bitcast_convert_type(e.astype(jnp.uint32) << 16, jnp.float32)
+    # A masked e (-0 or a NaN of the sign the generic path has) adds into the sum exactly like
+    # the generic path's e (+0 or that NaN) does.
+    q = exact_divide(e32, pairwise_sum(e32))
+    out = jax.lax.bitcast_convert_type(round_to_bf16(flush_f32(q)), u16)  # FTZ, then RNE
+    return jax.lax.bitcast_convert_type(jnp.where(masked, u16(0), out), jnp.bfloat16)
 
 
 @functools.partial(jax.jit, static_argnames=("axis", "approx"))
 def _softmax_jit(x: Array, axis: int, approx: object) -> Array:
+    if isinstance(approx, (VLPConfig, MugiL)):
+        cfg = approx.config if isinstance(approx, MugiL) else approx
+        return jnp.moveaxis(_vlp_softmax(jnp.moveaxis(x, axis, -1), cfg), -1, axis)
     x_ftz = flush_bf16(jnp.moveaxis(as_bf16(x), axis, -1))  # one consumer chain: fuses
     y = _shift(x_ftz)
     e32 = flush_bf16(_approx_exp(y, approx)).astype(jnp.float32)

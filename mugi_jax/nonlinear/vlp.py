@@ -195,7 +195,6 @@ def _group_bottom(xb: Array, cfg: VLPConfig, g: _Groups, source: Array | None = 
     It is exact whenever every group maximum is finite after rounding (then the group holds no
     NaN or inf); otherwise the masked reduction runs instead (``lax.cond``).
     """
-    w, e_top_b, e_lo_b = cfg.window, cfg.e_top + 127, cfg.e_bottom + 127
     if source is not None and cfg.build == "max":
         m = jnp.max(_grouped(jnp.abs(source), g, 0), axis=g.axis + 1, keepdims=True)
         fast = jax.lax.bitcast_convert_type(as_bf16(m), jnp.uint16).astype(jnp.int32) & 0x7FFF
@@ -205,6 +204,13 @@ def _group_bottom(xb: Array, cfg: VLPConfig, g: _Groups, source: Array | None = 
                                lambda: _masked_extreme(as_bf16(source), cfg, g))
     else:
         extreme = _masked_extreme(xb, cfg, g)
+    return bottom_from_extreme(extreme, cfg)
+
+
+def bottom_from_extreme(extreme: Array, cfg: VLPConfig) -> Array:
+    """Biased window bottom from a group's extreme BF16 magnitude pattern (int32; ``build="max"``:
+    0 for a group without normal elements, ``"min"``: 0xFFFF)."""
+    w, e_top_b, e_lo_b = cfg.window, cfg.e_top + 127, cfg.e_bottom + 127
     e_ext = _round_magnitude(extreme, cfg.mantissa_bits) >> cfg.mantissa_bits
     if cfg.build == "max":  # empty group: extreme 0 -> bottom = e_lo
         return jnp.clip(e_ext - (w - 1), e_lo_b, e_top_b - w + 1)
@@ -314,7 +320,7 @@ def table_lookup(table: np.ndarray, bits: Array, offset: Array | int = 0) -> Arr
                           mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS)
 
 
-def _group_offsets(bottom: Array, cfg: VLPConfig, g: _Groups, shape: tuple[int, ...]) -> Array | int:
+def group_offsets(bottom: Array, cfg: VLPConfig, g: _Groups, shape: tuple[int, ...]) -> Array | int:
     """Per element: start of its window bottom's row in the flattened :func:`output_table`."""
     if cfg.lut_exponents == cfg.window:  # a single possible bottom
         return 0
@@ -341,7 +347,7 @@ def vlp_parts(xb: BFloat16[Array, "..."], fn: str, cfg: VLPConfig, axis: int,
         out = table_lookup(output_table(fn, cfg, single=True), bits)
     else:
         bottom = _group_bottom(xb, cfg, g, source)
-        out = table_lookup(output_table(fn, cfg), bits, _group_offsets(bottom, cfg, g, xb.shape))
+        out = table_lookup(output_table(fn, cfg), bits, group_offsets(bottom, cfg, g, xb.shape))
     rules = _element_rules(xb, _ungrouped(bottom, g, xb.shape), fn, cfg)
     out = jax.lax.bitcast_convert_type(out, jnp.bfloat16)
     return VLPParts(out, rules.subscribes, rules.sign, rules.code, g)
