@@ -321,10 +321,17 @@ def table_lookup(table: np.ndarray, bits: Array, offset: Array | int = 0) -> Arr
 
 
 def group_offsets(bottom: Array, cfg: VLPConfig, g: _Groups, shape: tuple[int, ...]) -> Array | int:
-    """Per element: start of its window bottom's row in the flattened :func:`output_table`."""
+    """Per element: start of its window bottom's row in the flattened :func:`output_table`.
+
+    The per-group rows are a conditional's result, hence materialised: XLA would otherwise fuse
+    their computation (from the group extreme) into the lookup and repeat it for every element.
+    The branches: every window at its top (the usual case), or any."""
     if cfg.lut_exponents == cfg.window:  # a single possible bottom
         return 0
-    rows = (bottom - (cfg.e_bottom + 127)).astype(jnp.uint32) << 16
+    top = cfg.lut_exponents - cfg.window
+    rows = jax.lax.cond(jnp.all(bottom == cfg.e_top + 127 - cfg.window + 1),
+                        lambda b: jnp.full(b.shape, top << 16, jnp.uint32),
+                        lambda b: (b - (cfg.e_bottom + 127)).astype(jnp.uint32) << 16, bottom)
     return _ungrouped(rows, g, shape)
 
 
