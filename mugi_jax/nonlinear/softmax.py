@@ -90,11 +90,13 @@ def rows_last(y: Array) -> tuple[Array, int]:
 def _materialised(fn: Callable[[Array], Array], operand: Array) -> Array:
     """``fn(operand)``, evaluated inside a ``lax.cond`` whose two branches are both ``fn`` (so the
     predicate - data-dependent, so that XLA cannot fold it - does not matter).  A conditional's
-    result is materialised, which stops XLA:CPU from fusing the table gather into each of its
-    consumers (the pairwise-sum slices and the division), where it runs ~3x slower.  Under
+    result is materialised, which stops XLA:CPU from fusing ``fn`` into each of its consumers:
+    the table gather into the pairwise-sum slices and the division (~3x slower there), a per-row
+    value (row max, row sum) into a per-element loop (redone for every element).  Under
     ``vmap`` the cond becomes a select of both (identical) branches: same values."""
-    flat = jax.lax.bitcast_convert_type(operand.reshape(-1)[:1], jnp.uint16)
-    return jax.lax.cond(flat[0] != jnp.uint16(0x7FC1), fn, fn, operand)
+    flat = operand.reshape(-1)[:1]
+    flat = jax.lax.bitcast_convert_type(flat, jnp.dtype(f"uint{8 * flat.dtype.itemsize}"))
+    return jax.lax.cond(flat[0] != 0x7FC1, fn, fn, operand)
 
 
 def _approx_exp(y: Array, approx: object) -> Array:
@@ -133,9 +135,10 @@ def _shifted_bits(x: Array) -> tuple[Array, Array]:
     ``max`` is taken on ``x`` itself: rounding to BF16 and FTZ are monotone, so
     ``FTZ(bf16(max x)) = max FTZ(bf16(x))`` (NaN propagates through both)."""
     u16 = jnp.uint16
-    m = flush_bf16(as_bf16(jnp.max(x, axis=-1, keepdims=True)))
+    row_max = lambda v: bf16_to_f32(flush_bf16(as_bf16(jnp.max(v, axis=-1, keepdims=True))))  # noqa: E731
+    m = _materialised(row_max, x)  # materialised: XLA would otherwise redo it per element
     xb = flush_bf16(as_bf16(x))
-    y = round_to_bf16(bf16_to_f32(xb) - bf16_to_f32(m))
+    y = round_to_bf16(bf16_to_f32(xb) - m)
     return jax.lax.bitcast_convert_type(xb, u16), jax.lax.bitcast_convert_type(y, u16)
 
 
@@ -191,10 +194,12 @@ def _vlp_softmax(x: Array, cfg: VLPConfig) -> Array:
         z = _materialised(lambda v: v, _vlp_codes(x))
         e = _materialised(lambda v: _vlp_exp_codes(v, cfg), z)
         masked = (e == u16(_E_MASKED)) | ((e & u16(0x7FFF)) == u16(_E_MASKED_NAN))
-    e32 = jax.lax.bitcast_convert_type(e.astype(jnp.uint32) << 16, jnp.float32)
+    f32 = lambda v: jax.lax.bitcast_convert_type(v.astype(jnp.uint32) << 16, jnp.float32)  # noqa: E731
     # A masked e (-0 or a NaN of the sign the generic path has) adds into the sum exactly like
-    # the generic path's e (+0 or that NaN) does.
-    q = exact_divide(e32, pairwise_sum(e32))
+    # the generic path's e (+0 or that NaN) does.  The sum is materialised: XLA would otherwise
+    # fuse the last levels of the tree into the division and redo them per element.
+    total = _materialised(lambda v: pairwise_sum(f32(v)), e)
+    q = exact_divide(f32(e), total)
     out = jax.lax.bitcast_convert_type(round_to_bf16(flush_f32(q)), u16)  # FTZ, then RNE
     return jax.lax.bitcast_convert_type(jnp.where(masked, u16(0), out), jnp.bfloat16)
 
