@@ -35,12 +35,14 @@ def _bf16_product_oracle(a, w):
     return y.sum(1), bound
 
 
-@pytest.mark.parametrize("m,scheme_name", [(5, "sm"), (5, "asym_int"), (64, "int4"),
-                                           (64, "asym_min")])  # elementwise path, dot path
-def test_fast_reproduces_product_rounding(m, scheme_name):
-    k, n = 64, 24
+@pytest.mark.parametrize("m,scheme_name,n,g", [
+    (5, "sm", 24, 16), (5, "asym_int", 24, 16),             # elementwise path
+    (64, "int4", 24, 16), (64, "asym_min", 24, 16),         # dot path
+    (2, "sm", 20000, 64), (2, "asym_min", 20000, 64)])      # elementwise path in padded n-tiles
+def test_fast_reproduces_product_rounding(m, scheme_name, n, g):
+    k = 64
     a = activations(m, (m, k), specials=False, spread=2)
-    w = weights(m, k, n, SCHEMES[scheme_name](16))
+    w = weights(m, k, n, SCHEMES[scheme_name](g))
     dp = gemm.Mugi(magnitude_bits=4)
     fast = np.asarray(gemm.matmul(a, w, dp, mode="fast"), np.float64)
     exact = np.asarray(gemm.matmul(a, w, dp, mode="exact"), np.float64)
