@@ -35,11 +35,25 @@ def _bf16_product_oracle(a, w):
     return y.sum(1), bound
 
 
-@pytest.mark.parametrize("m,scheme_name,n,g", [
-    (5, "sm", 24, 16), (5, "asym_int", 24, 16),             # elementwise path
-    (64, "int4", 24, 16), (64, "asym_min", 24, 16),         # dot path
-    (2, "sm", 20000, 64), (2, "asym_min", 20000, 64)])      # elementwise path in padded n-tiles
-def test_fast_reproduces_product_rounding(m, scheme_name, n, g):
+@pytest.fixture
+def fast_path(request, monkeypatch):
+    """Force the fast-mode path of the small-``m`` cases: "sequential" (short ``k``, the default
+    at these sizes) or "elementwise" (what longer ``k`` takes)."""
+    from mugi_jax.gemm import kernels
+    if request.param == "elementwise":
+        monkeypatch.setattr(kernels, "_FAST_SEQUENTIAL_MAX_K", 0)
+    kernels._matmul_2d_jit.clear_cache()  # the path is chosen at trace time
+    yield request.param
+    kernels._matmul_2d_jit.clear_cache()
+
+
+@pytest.mark.parametrize("m,scheme_name,n,g,fast_path", [
+    (5, "sm", 24, 16, "sequential"), (5, "asym_int", 24, 16, "sequential"),
+    (5, "sm", 24, 16, "elementwise"), (5, "asym_int", 24, 16, "elementwise"),
+    (64, "int4", 24, 16, "dot"), (64, "asym_min", 24, 16, "dot"),
+    (2, "sm", 20000, 64, "elementwise"), (2, "asym_min", 20000, 64, "elementwise")],  # n-tiles
+    indirect=["fast_path"])
+def test_fast_reproduces_product_rounding(m, scheme_name, n, g, fast_path):
     k = 64
     a = activations(m, (m, k), specials=False, spread=2)
     w = weights(m, k, n, SCHEMES[scheme_name](g))
