@@ -30,7 +30,7 @@ from mugi_jax.nonlinear.baselines import exact, pwl, taylor
 from mugi_jax.nonlinear.config import PWL, Exact, MugiL, Taylor, VLPConfig
 from mugi_jax.nonlinear.vlp import (_groups, _grouped, as_bf16, bf16_to_f32, bottom_from_extreme,
                                     flush_f32, group_offsets, output_table, round_to_bf16,
-                                    table_lookup, vlp, vlp_parts)
+                                    table_lookup, vlp)
 
 _TINY32 = np.float32(2.0 ** -126)
 
@@ -135,7 +135,9 @@ def _shifted_bits(x: Array) -> tuple[Array, Array]:
     ``max`` is taken on ``x`` itself: rounding to BF16 and FTZ are monotone, so
     ``FTZ(bf16(max x)) = max FTZ(bf16(x))`` (NaN propagates through both)."""
     u16 = jnp.uint16
-    row_max = lambda v: bf16_to_f32(flush_bf16(as_bf16(jnp.max(v, axis=-1, keepdims=True))))  # noqa: E731
+    def row_max(v: Array) -> Array:
+        return bf16_to_f32(flush_bf16(as_bf16(jnp.max(v, axis=-1, keepdims=True))))
+
     m = _materialised(row_max, x)  # materialised: XLA would otherwise redo it per element
     xb = flush_bf16(as_bf16(x))
     y = round_to_bf16(bf16_to_f32(xb) - m)
@@ -194,7 +196,9 @@ def _vlp_softmax(x: Array, cfg: VLPConfig) -> Array:
         z = _materialised(lambda v: v, _vlp_codes(x))
         e = _materialised(lambda v: _vlp_exp_codes(v, cfg), z)
         masked = (e == u16(_E_MASKED)) | ((e & u16(0x7FFF)) == u16(_E_MASKED_NAN))
-    f32 = lambda v: jax.lax.bitcast_convert_type(v.astype(jnp.uint32) << 16, jnp.float32)  # noqa: E731
+    def f32(v: Array) -> Array:  # exact: BF16 bits in the top half
+        return jax.lax.bitcast_convert_type(v.astype(jnp.uint32) << 16, jnp.float32)
+
     # A masked e (-0 or a NaN of the sign the generic path has) adds into the sum exactly like
     # the generic path's e (+0 or that NaN) does.  The sum is materialised: XLA would otherwise
     # fuse the last levels of the tree into the division and redo them per element.
