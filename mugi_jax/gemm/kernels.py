@@ -159,13 +159,33 @@ def _dequant_weights(kn: KN) -> Array:
 # exact kernels
 
 
-def _tile_size(m: int, n: int) -> int:
-    if m * n <= 2 * _TILE_ELEMS:
+def _tile_size(m: int, n: int, elems: int = _TILE_ELEMS) -> int:
+    """Columns per n-tile so that ``m * tile`` stays near ``elems`` (``n``: no tiling)."""
+    if m * n <= 2 * elems:
         return n
     t = 128
-    while t * 2 * m <= _TILE_ELEMS:
+    while t * 2 * m <= elems:
         t *= 2
     return min(t, n)
+
+
+def _map_n_tiles(fn: Callable, tile: int, w: Array, scales: Array | None,
+                 zeros: Array | None) -> Array:
+    """``fn(w, scales, zeros)`` (each with ``n`` last, result ``(m, n)``) on n-tiles of ``tile``
+    columns (zero-padded), one after the other, concatenated."""
+    n = w.shape[-1]
+    pad = -n % tile
+    count = (n + pad) // tile
+
+    def tiles(x: Array | None) -> Array | None:
+        if x is None:
+            return None
+        x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)])
+        return jnp.moveaxis(x.reshape(x.shape[:-1] + (count, tile)), -2, 0)
+
+    out = lax.map(lambda t: fn(*t), (tiles(w), tiles(scales), tiles(zeros)))
+    m = out.shape[1]
+    return jnp.moveaxis(out, 0, 1).reshape(m, count * tile)[:, :n]
 
 
 def _exact_sequential(a32: Array, qf: Array, scales: Array | None, zeros: Array | None,
@@ -180,14 +200,6 @@ def _exact_sequential(a32: Array, qf: Array, scales: Array | None, zeros: Array 
         group = k
     ng = k // group
     tile = _tile_size(m, n)
-    pad = -n % tile
-    if pad:
-        qf = jnp.pad(qf, ((0, 0), (0, pad)))
-        if dequant:
-            scales = jnp.pad(scales, ((0, 0), (0, pad)))
-        if zeros is not None:
-            zeros = jnp.pad(zeros, ((0, 0), (0, pad)))
-    n_tiles = (n + pad) // tile
     a_g = a32.T.reshape(ng, group, m)
     need_sum = zero_point != "none"
 
@@ -225,15 +237,9 @@ def _exact_sequential(a32: Array, qf: Array, scales: Array | None, zeros: Array 
         out, _ = lax.scan(one_group, jnp.zeros((m, tile), jnp.float32), xs)
         return out
 
-    def tiles(x):
-        return None if x is None else x.reshape(x.shape[0], n_tiles, tile).transpose(1, 0, 2)
-
-    if n_tiles == 1:
-        out = run_tile(qf, scales, zeros)
-    else:
-        out = lax.map(lambda t: run_tile(*t), (tiles(qf), tiles(scales), tiles(zeros)))
-        out = out.transpose(1, 0, 2).reshape(m, n_tiles * tile)
-    return out[:, :n]
+    if tile == n:
+        return run_tile(qf, scales, zeros)
+    return _map_n_tiles(run_tile, tile, qf, scales, zeros)
 
 
 def _figna(a_bf16: Array, kn: KN, align_bits: int) -> Array:
@@ -320,14 +326,14 @@ def _fast_grouped(a32: Array, kn: KN, product: str) -> Array:
     n = kn.codes.shape[1]
     g = kn.group
     ng = k // g
-    a_g = a32.reshape(m, ng, g).transpose(1, 0, 2)  # (ng, m, g)
-    codes_g = kn.codes.reshape(ng, g, n)
     zeros = kn.zeros
     if m < _FAST_DOT_MIN_M and g >= 16 and k <= _FAST_SEQUENTIAL_MAX_K:
         # few rows, short reduction: the sequential scan (an order fast mode may pick) beats
         # forming every product (measured 1.5-4x at SmolLM2's decode shapes)
         return _exact_sequential(a32, kn.codes, kn.scales, zeros, g, kn.zero_point, product,
                                  "fp32")
+    a_g = a32.reshape(m, ng, g).transpose(1, 0, 2)  # (ng, m, g)
+    codes_g = kn.codes.reshape(ng, g, n)
     if m < _FAST_DOT_MIN_M or g < 16:
         if g < 16:  # many tiny groups (scales varying along k): one fused product-reduction
             p = a32.reshape(m, ng, g, 1) * codes_g.astype(jnp.float32)[None]
@@ -394,30 +400,7 @@ _FAST_TILE_ELEMS = 1 << 20  # products per group and n-tile in the elementwise f
 def _fast_tile(rows: int, n: int) -> int:
     """Output columns per tile so that ``rows * tile`` products stay bounded; only very wide
     outputs are tiled (measured: 3-5x faster on n = 49152, no gain at n <= 4096)."""
-    if rows * n <= 2 * _FAST_TILE_ELEMS or n <= 8192:
-        return n
-    t = 128
-    while t * 2 * rows <= _FAST_TILE_ELEMS:
-        t *= 2
-    return min(t, n)
-
-
-def _map_n_tiles(fn: Callable, tile: int, codes_g: Array, scales: Array,
-                 zeros: Array | None) -> Array:
-    """``fn(codes, scales, zeros)`` on n-tiles of ``tile`` columns (padded), concatenated."""
-    n = codes_g.shape[-1]
-    pad = -n % tile
-    count = (n + pad) // tile
-
-    def tiles(x: Array | None) -> Array | None:
-        if x is None:
-            return None
-        x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)])
-        return jnp.moveaxis(x.reshape(x.shape[:-1] + (count, tile)), -2, 0)
-
-    out = lax.map(lambda t: fn(*t), (tiles(codes_g), tiles(scales), tiles(zeros)))
-    m = out.shape[1]
-    return jnp.moveaxis(out, 0, 1).reshape(m, count * tile)[:, :n]
+    return n if n <= 8192 else _tile_size(rows, n, _FAST_TILE_ELEMS)
 
 
 # --------------------------------------------------------------------------------------------
