@@ -43,7 +43,8 @@ from mugi_jax.formats import flush_subnormals
 
 __all__ = [
     "Scheme", "SignMagnitudeInt4", "Int4", "AsymUInt4", "QuantizedTensor", "quantize",
-    "dequantize", "quantize_kv", "pack_int4", "unpack_int4", "SCALE_DTYPES",
+    "dequantize", "quantize_kv", "pack_int4", "unpack_int4", "SCALE_DTYPES", "check_weights",
+    "group_params", "encode", "decode", "assemble", "grouped", "ungrouped",
 ]
 
 SCALE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -181,13 +182,13 @@ def _normalise_axis(axis: int, ndim: int) -> int:
     return axis % ndim
 
 
-def _grouped(x: Array, axis: int, group_size: int) -> Array:
+def grouped(x: Array, axis: int, group_size: int) -> Array:
     """(..., L, ...) -> (..., L // g, g, ...): the group index stays at ``axis`` and the
     within-group index is ``axis + 1`` (a reshape only - no transpose, so it fuses)."""
     return x.reshape(*x.shape[:axis], x.shape[axis] // group_size, group_size, *x.shape[axis + 1:])
 
 
-def _ungrouped(x: Array, axis: int) -> Array:
+def ungrouped(x: Array, axis: int) -> Array:
     return x.reshape(*x.shape[:axis], x.shape[axis] * x.shape[axis + 1], *x.shape[axis + 2:])
 
 
@@ -201,88 +202,118 @@ def _round(x: Array, rounding: str, key: PRNGKeyArray | None) -> Array:
     return jnp.floor(x + jax.random.uniform(key, x.shape, dtype=x.dtype))
 
 
-def quantize(w: Float[ArrayLike, "..."], scheme: Scheme,
-             key: PRNGKeyArray | None = None) -> QuantizedTensor:
-    """Quantize ``w`` with ``scheme``; see the module docstring for the formulas.
-
-    Raises ``TypeError`` for non-floating ``w``, ``ValueError`` when ``group_size`` does not divide
-    the length of ``axis``, when ``w`` holds NaN/inf (checked on concrete inputs), or when
-    stochastic rounding is requested without a ``key``.
-    """
+def check_weights(w: ArrayLike, scheme: Scheme, name: str = "w") -> tuple[Array, int, int]:
+    """Validate a tensor to quantize with ``scheme``: returns it as an array, the group axis
+    (non-negative) and the group size.  Raises ``TypeError``/``ValueError`` naming ``name``."""
     if not isinstance(scheme, Scheme):
         raise TypeError(f"scheme: expected SignMagnitudeInt4, Int4 or AsymUInt4, got {scheme!r}")
     w = jnp.asarray(w)
     if not jnp.issubdtype(w.dtype, jnp.floating):
-        raise TypeError(f"w: expected a floating-point array, got dtype {w.dtype}")
+        raise TypeError(f"{name}: expected a floating-point array, got dtype {w.dtype}")
     if w.ndim == 0:
-        raise ValueError("w: expected at least one dimension, got a scalar")
+        raise ValueError(f"{name}: expected at least one dimension, got a scalar")
     axis = _normalise_axis(scheme.axis, w.ndim)
     length = w.shape[axis]
     group = length if scheme.group_size is None else scheme.group_size
     if length % group:
         raise ValueError(f"group_size: {group} does not divide axis {scheme.axis} of length "
                          f"{length}; use a divisor of {length} or None (per channel)")
-    if scheme.rounding == "stochastic" and key is None:
-        raise ValueError("key: stochastic rounding needs a PRNG key (quantize(w, scheme, key=...))")
     if _is_concrete(w) and not bool(jnp.all(jnp.isfinite(w))):
         bad = int(jnp.sum(~jnp.isfinite(w)))
-        raise ValueError(f"w: contains {bad} non-finite values (NaN/inf); only finite weights "
-                         "can be quantized")
+        raise ValueError(f"{name}: contains {bad} non-finite values (NaN/inf); only finite "
+                         "weights can be quantized")
+    return w, axis, group
 
-    g = _grouped(w.astype(jnp.float32), axis, group)
+
+def quantize(w: Float[ArrayLike, "..."], scheme: Scheme,
+             key: PRNGKeyArray | None = None) -> QuantizedTensor:
+    """Quantize ``w`` with ``scheme`` (round to nearest over each group's full range); see the
+    module docstring for the formulas.
+
+    Raises ``TypeError`` for non-floating ``w``, ``ValueError`` when ``group_size`` does not divide
+    the length of ``axis``, when ``w`` holds NaN/inf (checked on concrete inputs), or when
+    stochastic rounding is requested without a ``key``.
+    """
+    w, axis, group = check_weights(w, scheme)
+    if scheme.rounding == "stochastic" and key is None:
+        raise ValueError("key: stochastic rounding needs a PRNG key (quantize(w, scheme, key=...))")
+    g = grouped(w.astype(jnp.float32), axis, group)
     red = axis + 1  # the within-group axis
+    lo, hi = jnp.min(g, red, keepdims=True), jnp.max(g, red, keepdims=True)
+    scale, zeros = group_params(lo, hi, scheme)
+    return assemble(encode(g, scale, zeros, scheme, key), scale, zeros, scheme, axis)
+
+
+def group_params(lo: Array, hi: Array, scheme: Scheme) -> tuple[Array, Array | None]:
+    """Scale (float32, already rounded to ``scheme.scale_dtype``) and zero (the stored float
+    minimum, the integer zero point as float32, or ``None``) of groups whose values span
+    ``[lo, hi]`` (broadcastable shapes).  Calibrated quantizers call this with a shrunk range
+    (clipping search) or on updated weights (GPTQ)."""
     sdt = SCALE_DTYPES[scheme.scale_dtype]
-    zeros = None
     if scheme.symmetric:
         if scheme.calibration == "absmax":
-            scale = jnp.max(jnp.abs(g), axis=red, keepdims=True) / scheme.qmax
+            scale = jnp.maximum(jnp.abs(lo), jnp.abs(hi)) / scheme.qmax
         else:  # minmax for two's complement: use the whole [-8, 7] range
-            scale = jnp.maximum(jnp.max(g, red, keepdims=True) / scheme.qmax,
-                                jnp.min(g, red, keepdims=True) / scheme.qmin)
-            scale = jnp.maximum(scale, 0.0)
-        scale = scale.astype(sdt).astype(jnp.float32)
-        safe = jnp.where(scale > 0, scale, 1.0)
-        codes = _round(g / safe, scheme.rounding, key)
+            scale = jnp.maximum(jnp.maximum(hi / scheme.qmax, lo / scheme.qmin), 0.0)
+        return scale.astype(sdt).astype(jnp.float32), None
+    if scheme.zero_point == "int":
+        lo, hi = jnp.minimum(lo, 0.0), jnp.maximum(hi, 0.0)  # zero must be representable exactly
+    scale = ((hi - lo) / scheme.qmax).astype(sdt).astype(jnp.float32)
+    if scheme.zero_point == "min":
+        return scale, lo.astype(sdt).astype(jnp.float32)
+    safe = jnp.where(scale > 0, scale, 1.0)
+    return scale, jnp.clip(jnp.round(-lo / safe), scheme.qmin, scheme.qmax)
+
+
+def encode(x: Array, scale: Array, zeros: Array | None, scheme: Scheme,
+           key: PRNGKeyArray | None = None) -> Array:
+    """Integer codes (as float32) of ``x`` under group parameters broadcast against it:
+    ``round(x / s)``, ``round((x - m) / s)`` or ``round(x / s) + z``, clipped to the scheme's
+    levels; a zero scale gives code 0 (``z`` for an integer zero point, so it decodes to 0)."""
+    safe = jnp.where(scale > 0, scale, 1.0)
+    if scheme.symmetric:
+        codes = _round(x / safe, scheme.rounding, key)
+    elif scheme.zero_point == "min":
+        codes = _round((x - zeros) / safe, scheme.rounding, key)
     else:
-        lo = jnp.minimum(jnp.min(g, red, keepdims=True), 0.0) if scheme.zero_point == "int" \
-            else jnp.min(g, red, keepdims=True)
-        hi = jnp.max(g, red, keepdims=True)
-        if scheme.zero_point == "int":
-            hi = jnp.maximum(hi, 0.0)  # zero must be representable exactly
-        scale = ((hi - lo) / scheme.qmax).astype(sdt).astype(jnp.float32)
-        safe = jnp.where(scale > 0, scale, 1.0)
-        if scheme.zero_point == "min":
-            mins = lo.astype(sdt).astype(jnp.float32)
-            codes = _round((g - mins) / safe, scheme.rounding, key)
-            zeros = mins
-        else:
-            zp = jnp.clip(jnp.round(-lo / safe), scheme.qmin, scheme.qmax)
-            codes = _round(g / safe, scheme.rounding, key) + zp
-            zeros = zp
+        codes = _round(x / safe, scheme.rounding, key) + zeros
     codes = jnp.where(scale > 0, jnp.clip(codes, scheme.qmin, scheme.qmax), 0)
     if zeros is not None and scheme.zero_point == "int":
-        codes = jnp.where(scale > 0, codes, zeros)  # an all-zero group dequantizes to 0
-    codes = _ungrouped(codes.astype(jnp.int8), axis)
-    scales = _ungrouped(scale.astype(sdt), axis)
+        codes = jnp.where(scale > 0, codes, zeros)
+    return codes
+
+
+def decode(codes: Array, scale: Array, zeros: Array | None, scheme: Scheme) -> Array:
+    """Float32 values of ``codes`` under broadcastable group parameters (:func:`dequantize`'s
+    formula).  The flush between multiply and add is the FTZ rule and also stops XLA from
+    contracting ``q * s + m`` into one FMA, so the result is the documented two-rounding value."""
+    if scheme.symmetric:
+        return codes * scale
+    if scheme.zero_point == "min":
+        return flush_subnormals(codes * scale) + zeros
+    return (codes - zeros) * scale
+
+
+def assemble(codes: Array, scale: Array, zeros: Array | None, scheme: Scheme,
+             axis: int) -> QuantizedTensor:
+    """A :class:`QuantizedTensor` from grouped codes and parameters (group index at ``axis``,
+    within-group index at ``axis + 1``, as :func:`quantize` lays them out)."""
+    sdt = SCALE_DTYPES[scheme.scale_dtype]
+    codes = ungrouped(codes.astype(jnp.int8), axis)
+    scales = ungrouped(scale.astype(sdt), axis)
     if zeros is not None:
-        zeros = _ungrouped(zeros.astype(jnp.int8 if scheme.zero_point == "int" else sdt), axis)
+        zeros = ungrouped(zeros.astype(jnp.int8 if scheme.zero_point == "int" else sdt), axis)
     return QuantizedTensor(codes=codes, scales=scales, zeros=zeros, scheme=scheme)
 
 
 def dequantize(q: QuantizedTensor, dtype: jnp.dtype = jnp.float32) -> Array:
     """Reconstruct the tensor in float32 (``s q``, ``s q + m`` or ``s (q - z)``), then cast."""
     axis, group = q.axis, q.group_size
-    codes = _grouped(q.codes.astype(jnp.float32), axis, group)
-    scale = _grouped(q.scales.astype(jnp.float32), axis, 1)
-    # The flush between multiply and add is the FTZ rule and also stops XLA from contracting
-    # ``q * s + m`` into one FMA, so the result is the documented two-rounding formula.
-    if q.zeros is None:
-        w = codes * scale
-    elif q.scheme.zero_point == "min":
-        w = flush_subnormals(codes * scale) + _grouped(q.zeros.astype(jnp.float32), axis, 1)
-    else:
-        w = (codes - _grouped(q.zeros.astype(jnp.float32), axis, 1)) * scale
-    return _ungrouped(w, axis).astype(dtype)
+    codes = grouped(q.codes.astype(jnp.float32), axis, group)
+    scale = grouped(q.scales.astype(jnp.float32), axis, 1)
+    zeros = None if q.zeros is None else grouped(q.zeros.astype(jnp.float32), axis, 1)
+    w = decode(codes, scale, zeros, q.scheme)
+    return ungrouped(w, axis).astype(dtype)
 
 
 def quantize_kv(cache: Float[ArrayLike, "... tokens head_dim"],

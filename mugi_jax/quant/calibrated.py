@@ -1,0 +1,312 @@
+"""Calibrated weight quantizers: clipping search, GPTQ and AWQ scale search.
+
+Each returns an ordinary :class:`~mugi_jax.quant.QuantizedTensor` of the scheme it is given
+(symmetric, sign-magnitude or asymmetric; any group size), so every datapath and the simulator
+consume the result unchanged.  Kernels are ``(in, out)`` with the groups along ``in`` (axis 0,
+the GEMM reduction axis); calibration activations ``x`` are ``(tokens, in)``: the inputs that
+feed the kernel.
+
+* :func:`clip` - per group, the range ``[a lo, a hi]`` for the shrink factor ``a`` on a grid that
+  minimises the squared error of the group, or with ``x`` the output error of the group
+  ``||X_G (w_G - w^_G)||^2`` (``X_G``: the activation columns of the group's input channels).
+* :func:`gptq` - Frantar et al. (2022): Hessian ``H = 2 X^T X``, dampened by ``damp`` times its
+  mean diagonal; columns (input channels) are quantized one at a time in order (or in decreasing
+  ``diag(H)`` with ``act_order``) and the quantization error of each is spread over the columns
+  not yet quantized through the upper Cholesky factor ``U`` of ``H^-1``:
+  ``W[j] -= U[i, j] (w_i - q(w_i)) / U[i, i]``, lazily in blocks of ``block_size`` columns.  A
+  group's scale (and zero) is fixed from the group's current (updated) values when its first
+  column is reached.
+* :func:`awq` - Lin et al. (2023): per-input-channel scales ``s = mean|x|^alpha`` (normalised to
+  a geometric mean of 1) for ``alpha`` on a grid; the kernel ``diag(s) W`` is quantized and the
+  activation divided by ``s`` (folded into the preceding op by :mod:`mugi_jax.quant.model`); the
+  ``alpha`` with the smallest output error ``||X W - (X / s) Q(diag(s) W)||`` wins.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jaxtyping import Array, ArrayLike, Float
+
+from mugi_jax.quant import core
+from mugi_jax.quant.core import QuantizedTensor, Scheme
+
+__all__ = ["clip", "gptq", "awq", "awq_scales", "output_error", "CLIP_GRID", "AWQ_GRID"]
+
+CLIP_GRID = 20  # shrink factors 1, 1 - 0.5/20, ..., 0.525 (the range AWQ's clip search covers)
+CLIP_MIN_SHRINK = 0.5
+AWQ_GRID = 20  # alpha = 0, 1/20, ..., 19/20
+_HI = lax.Precision.HIGHEST
+
+
+def _check_kernel_and_x(w: ArrayLike, x: ArrayLike | None, scheme: Scheme,
+                        need_x: bool) -> tuple[Array, Array | None, int]:
+    """Validate a 2-D ``(in, out)`` kernel grouped along ``in`` and its ``(tokens, in)``
+    calibration activations; returns ``(w, x, group)``."""
+    w, axis, group = core.check_weights(w, scheme)
+    if w.ndim != 2:
+        raise ValueError(f"w: expected a 2-D (in, out) kernel, got shape {w.shape}")
+    if axis != 0:
+        raise ValueError(f"scheme: calibrated quantizers group along the kernel's input axis "
+                         f"(axis=0), got axis={scheme.axis}")
+    if x is None:
+        if need_x:
+            raise ValueError("x: calibration activations (tokens, in) are required")
+        return w.astype(jnp.float32), None, group
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"x: expected floating-point calibration activations, got {x.dtype}")
+    if x.ndim != 2 or x.shape[1] != w.shape[0]:
+        raise ValueError(f"x: calibration activations must be (tokens, {w.shape[0]}) to feed a "
+                         f"kernel of shape {w.shape}, got {x.shape}")
+    if x.shape[0] < 1:
+        raise ValueError("x: needs at least one calibration token, got 0")
+    if core._is_concrete(x) and not bool(jnp.all(jnp.isfinite(x))):
+        raise ValueError(f"x: contains {int(jnp.sum(~jnp.isfinite(x)))} non-finite values "
+                         "(NaN/inf); calibration activations must be finite")
+    return w.astype(jnp.float32), x.astype(jnp.float32), group
+
+
+def output_error(x: Float[ArrayLike, "t i"], w: Float[ArrayLike, "i o"],
+                 q: QuantizedTensor) -> Array:
+    """``||X W - X dequantize(q)||_F^2``: the calibration-set output error of a quantized kernel."""
+    x = jnp.asarray(x, jnp.float32)
+    d = jnp.asarray(w, jnp.float32) - q.dequantize(jnp.float32)
+    return jnp.sum(jnp.square(jnp.matmul(x, d, precision=_HI)))
+
+
+# ---------------------------------------------------------------------------------------------
+# clipping search
+
+
+def clip(w: Float[ArrayLike, "i o"], scheme: Scheme, x: Float[ArrayLike, "t i"] | None = None,
+         grid: int = CLIP_GRID, min_shrink: float = CLIP_MIN_SHRINK) -> QuantizedTensor:
+    """Clipping search: each group's range shrunk by the factor (of ``grid`` values from 1 down to
+    ``min_shrink``) with the smallest error; see the module docstring.
+
+    Without ``x`` any tensor shape and group axis are accepted (plain squared error); with ``x``
+    the kernel must be ``(in, out)`` grouped along ``in``.
+    """
+    if not isinstance(grid, int) or grid < 1:
+        raise ValueError(f"grid: must be a positive integer, got {grid!r}")
+    if not 0.0 < min_shrink <= 1.0:
+        raise ValueError(f"min_shrink: must lie in (0, 1], got {min_shrink!r}")
+    if x is None:
+        w, axis, group = core.check_weights(w, scheme)
+        return _clip_plain(w.astype(jnp.float32), scheme, axis, group, grid, float(min_shrink))
+    w, x, group = _check_kernel_and_x(w, x, scheme, need_x=True)
+    ng = w.shape[0] // group
+    xg = x.reshape(x.shape[0], ng, group)
+    hess = jnp.einsum("tgi,tgj->gij", xg, xg, precision=_HI)  # (ng, g, g) per-group X_G^T X_G
+    return _clip_weighted(w, hess, scheme, group, grid, float(min_shrink))
+
+
+def _shrinks(grid: int, min_shrink: float) -> Array:
+    return 1.0 - jnp.arange(grid, dtype=jnp.float32) * ((1.0 - min_shrink) / grid)
+
+
+def _candidates(g: Array, red: int, scheme: Scheme, grid: int, min_shrink: float):
+    """Per shrink factor: grouped parameters and the dequantized group values."""
+    lo, hi = jnp.min(g, red, keepdims=True), jnp.max(g, red, keepdims=True)
+
+    def one(a):
+        scale, zeros = core.group_params(lo * a, hi * a, scheme)
+        deq = core.decode(core.encode(g, scale, zeros, scheme), scale, zeros, scheme)
+        return scale, zeros, deq
+
+    return jax.vmap(one)(_shrinks(grid, min_shrink))
+
+
+def _pick(errors: Array, params: tuple, g: Array, scheme: Scheme, axis: int) -> QuantizedTensor:
+    """The candidate of least error per group (ties: the wider range), as a QuantizedTensor."""
+    best = jnp.argmin(errors, axis=0)[None]  # (1, ..groups..)
+    scale_all, zeros_all = params
+    take = lambda a: jnp.take_along_axis(a, best, axis=0)[0]  # noqa: E731
+    scale = take(scale_all)
+    zeros = None if zeros_all is None else take(zeros_all)
+    return core.assemble(core.encode(g, scale, zeros, scheme), scale, zeros, scheme, axis)
+
+
+@functools.partial(jax.jit, static_argnames=("scheme", "axis", "group", "grid", "min_shrink"))
+def _clip_plain(w: Array, scheme: Scheme, axis: int, group: int, grid: int,
+                min_shrink: float) -> QuantizedTensor:
+    g = core.grouped(w, axis, group)
+    red = axis + 1
+    scale, zeros, deq = _candidates(g, red, scheme, grid, min_shrink)
+    err = jnp.sum(jnp.square(deq - g[None]), axis=red + 1, keepdims=True)
+    return _pick(err, (scale, zeros), g, scheme, axis)
+
+
+@functools.partial(jax.jit, static_argnames=("scheme", "group", "grid", "min_shrink"))
+def _clip_weighted(w: Array, hess: Array, scheme: Scheme, group: int, grid: int,
+                   min_shrink: float) -> QuantizedTensor:
+    g = core.grouped(w, 0, group)  # (ng, g, out)
+    scale, zeros, deq = _candidates(g, 1, scheme, grid, min_shrink)
+    d = deq - g[None]  # (grid, ng, g, out)
+    err = jnp.einsum("cgio,gij,cgjo->cgo", d, hess, d, precision=_HI)[:, :, None, :]
+    return _pick(err, (scale, zeros), g, scheme, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# GPTQ
+
+
+def gptq(w: Float[ArrayLike, "i o"], x: Float[ArrayLike, "t i"], scheme: Scheme,
+         damp: float = 0.01, block_size: int = 128, act_order: bool = False) -> QuantizedTensor:
+    """GPTQ quantization of an ``(in, out)`` kernel on calibration activations ``x``.
+
+    Args:
+      w: the kernel ``(in, out)``; groups of ``scheme.group_size`` along ``in``.
+      x: ``(tokens, in)`` activations that feed it.
+      scheme: any INT4 scheme with ``axis=0``.
+      damp: dampening, ``H += damp * mean(diag(H)) I`` (must be positive).
+      block_size: columns per lazy batch update (the result does not depend on it beyond float
+        rounding).
+      act_order: quantize columns in decreasing ``diag(H)`` (groups stay contiguous in the
+        original order; each group's parameters are fixed when its first column is reached).
+
+    Input channels that never fire (``diag(H) = 0``) are quantized as zero weights.
+    """
+    if not isinstance(damp, (int, float)) or not damp > 0 or not np.isfinite(damp):
+        raise ValueError(f"damp: must be a positive finite number, got {damp!r}")
+    if not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size: must be a positive integer, got {block_size!r}")
+    if scheme.rounding != "nearest":
+        raise ValueError("scheme: GPTQ needs rounding='nearest'")
+    w, x, group = _check_kernel_and_x(w, x, scheme, need_x=True)
+    hess = 2.0 * jnp.matmul(x.T, x, precision=_HI)
+    return _gptq(w, hess, scheme, group, float(damp), min(block_size, w.shape[0]),
+                 bool(act_order))
+
+
+@functools.partial(jax.jit, static_argnames=("scheme", "group", "damp", "block", "act_order"))
+def _gptq(w: Array, hess: Array, scheme: Scheme, group: int, damp: float, block: int,
+          act_order: bool) -> QuantizedTensor:
+    n_in, n_out = w.shape
+    ng = n_in // group
+    diag = jnp.diagonal(hess)
+    dead = diag == 0
+    hess = hess + jnp.diag(jnp.where(dead, 1.0, 0.0))
+    w = jnp.where(dead[:, None], 0.0, w)
+    perm = jnp.argsort(-jnp.diagonal(hess), stable=True) if act_order else jnp.arange(n_in)
+    inv_perm = jnp.argsort(perm)
+    hp = hess[perm][:, perm]
+    hp = hp + damp * jnp.mean(jnp.diagonal(hp)) * jnp.eye(n_in, dtype=hp.dtype)
+    chol = jnp.linalg.cholesky(hp)
+    hinv = jax.scipy.linalg.cho_solve((chol, True), jnp.eye(n_in, dtype=hp.dtype))
+    u = jnp.linalg.cholesky(hinv).T  # upper: U^T U = H^-1
+    wp = w[perm]
+    group_of = perm // group  # group of each permuted column
+    members = inv_perm.reshape(ng, group)  # permuted positions of each group's columns
+
+    scales = jnp.zeros((ng, n_out), jnp.float32)
+    zeros = jnp.zeros((ng, n_out), jnp.float32)
+    fixed = jnp.zeros((ng,), bool)
+    codes = jnp.zeros((n_in, n_out), jnp.float32)
+    for b0 in range(0, n_in, block):  # static: a handful of blocks
+        b1 = min(b0 + block, n_in)
+        nb = b1 - b0
+        u_blk = u[b0:b1]  # (nb, n_in)
+
+        def column(j, carry, b0=b0, b1=b1, nb=nb, u_blk=u_blk):
+            wb, err, scales, zeros, fixed, codes = carry
+            i = b0 + j
+            gi = group_of[i]
+            # the group's current values (first column reached: fix its parameters)
+            pos = members[gi]  # (group,)
+            in_blk = pos < b1
+            pending = jnp.matmul(u_blk[:, pos].T, err, precision=_HI)  # (group, out)
+            cur = jnp.where(in_blk[:, None], wb[jnp.clip(pos - b0, 0, nb - 1)], wp[pos] - pending)
+            lo, hi = jnp.min(cur, 0), jnp.max(cur, 0)
+            s_new, z_new = core.group_params(lo, hi, scheme)
+            s = jnp.where(fixed[gi], scales[gi], s_new)
+            z = s if z_new is None else jnp.where(fixed[gi], zeros[gi], z_new)
+            scales = scales.at[gi].set(s)
+            zeros = zeros.at[gi].set(z if z_new is not None else 0.0)
+            fixed = fixed.at[gi].set(True)
+            zz = None if z_new is None else z
+            wi = wb[j]
+            q = core.encode(wi, s, zz, scheme)
+            e = (wi - core.decode(q, s, zz, scheme)) / u[i, i]
+            later = (jnp.arange(nb) > j)[:, None]
+            wb = wb - jnp.where(later, u_blk[j, b0:b1][:, None] * e[None, :], 0.0)
+            err = err.at[j].set(e)
+            codes = codes.at[i].set(q)
+            return wb, err, scales, zeros, fixed, codes
+
+        init = (wp[b0:b1], jnp.zeros((nb, n_out), jnp.float32), scales, zeros, fixed, codes)
+        _, err, scales, zeros, fixed, codes = lax.fori_loop(0, nb, column, init)
+        wp = wp.at[b1:].add(-jnp.matmul(u[b0:b1, b1:].T, err, precision=_HI))
+    codes = codes[inv_perm].reshape(ng, group, n_out)
+    z_out = None if scheme.symmetric else zeros[:, None, :]
+    return core.assemble(codes, scales[:, None, :], z_out, scheme, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# AWQ
+
+
+def awq_scales(w: Float[ArrayLike, "i o"], x: Float[ArrayLike, "t i"], scheme: Scheme,
+               grid: int = AWQ_GRID) -> tuple[Array, Array]:
+    """AWQ's per-input-channel scale search.
+
+    Returns ``(s, errors)``: the scales ``s`` (``(in,)``, positive, geometric-mean normalised)
+    minimising ``||X W - (X / s) Q(diag(s) W)||^2`` over ``alpha`` in ``{0, 1/grid, ...}`` (with
+    ``alpha = 0``, ``s = 1``: plain RTN), and the error of every ``alpha``.  ``w`` may be several
+    kernels that share the input, concatenated along ``out``.
+    """
+    if not isinstance(grid, int) or grid < 1:
+        raise ValueError(f"grid: must be a positive integer, got {grid!r}")
+    w, x, group = _check_kernel_and_x(w, x, scheme, need_x=True)
+    return _awq_scales(w, x, scheme, group, grid)
+
+
+@functools.partial(jax.jit, static_argnames=("scheme", "group", "grid"))
+def _awq_scales(w: Array, x: Array, scheme: Scheme, group: int, grid: int) -> tuple[Array, Array]:
+    mean_abs = jnp.mean(jnp.abs(x), axis=0)
+    mean_abs = jnp.where(mean_abs > 0, mean_abs, jnp.min(jnp.where(mean_abs > 0, mean_abs, jnp.inf)))
+    mean_abs = jnp.where(jnp.isfinite(mean_abs), mean_abs, 1.0)  # all-zero activations
+    ref = jnp.matmul(x, w, precision=_HI)
+    sch = dataclasses.replace(scheme, axis=0, group_size=group)
+
+    def scales_for(alpha):
+        s = mean_abs ** alpha
+        return s / jnp.sqrt(jnp.max(s) * jnp.min(s))
+
+    def error(alpha):
+        s = scales_for(alpha)
+        q = core.quantize(w * s[:, None], sch)
+        out = jnp.matmul(x / s[None, :], q.dequantize(jnp.float32), precision=_HI)
+        return jnp.sum(jnp.square(out - ref))
+
+    alphas = jnp.arange(grid, dtype=jnp.float32) / grid
+    errors = lax.map(error, alphas)
+    return scales_for(alphas[jnp.argmin(errors)]), errors
+
+
+def awq(w: Float[ArrayLike, "i o"], x: Float[ArrayLike, "t i"], scheme: Scheme,
+        grid: int = AWQ_GRID, clip_search: bool = True,
+        scales: Float[ArrayLike, "i"] | None = None) -> tuple[QuantizedTensor, Array]:
+    """AWQ: returns ``(q, s)`` with ``q`` the quantized ``diag(s) W`` and ``s`` the scales the
+    kernel's input must be divided by (``x @ W ~= (x / s) @ dequantize(q)``).
+
+    ``scales``: use these (e.g. searched jointly for several kernels sharing the input) instead of
+    searching.  ``clip_search``: after scaling, choose each group's range by :func:`clip` on the
+    scaled activations (as AWQ does).
+    """
+    w, x, group = _check_kernel_and_x(w, x, scheme, need_x=True)
+    if scales is None:
+        s, _ = awq_scales(w, x, scheme, grid)
+    else:
+        s = jnp.asarray(scales, jnp.float32)
+        if s.shape != (w.shape[0],) or (core._is_concrete(s) and not bool(jnp.all(s > 0))):
+            raise ValueError(f"scales: expected {w.shape[0]} positive per-input-channel scales, "
+                             f"got shape {s.shape}")
+    ws = w * s[:, None]
+    q = clip(ws, scheme, x / s[None, :]) if clip_search else core.quantize(ws, scheme)
+    return q, s
