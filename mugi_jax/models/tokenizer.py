@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Tokenizer", "from_gguf", "from_file"]
+__all__ = ["Tokenizer", "from_gguf", "from_file", "EncoderTokenizer", "encoder_from_file"]
 
 # llama.cpp pre-tokenizer names -> (split digits individually?)
 _PRE = {"smollm": True, "gpt2": False, "default": False}
@@ -79,3 +79,30 @@ def from_file(path: str | Path, bos_id: int | None = None, eos_id: int | None = 
     tk.no_padding()
     tk.no_truncation()
     return Tokenizer(tk, bos_id, eos_id)
+
+
+class EncoderTokenizer(Tokenizer):
+    """The WordPiece tokenizer of a BERT encoder (``tokenizer.json``, padding and truncation off).
+
+    ``encode`` adds ``[CLS] ... [SEP]`` (the file's post-processor) unless ``special=False``.
+    """
+
+    def __init__(self, tk: Any, cls_id: int | None, sep_id: int | None, pad_id: int = 0) -> None:
+        super().__init__(tk, cls_id, sep_id)
+        self.pad_id = pad_id
+
+    def encode(self, text: str, special: bool = True) -> list[int]:  # type: ignore[override]
+        return list(self.tk.encode(text, add_special_tokens=special).ids)
+
+    def encode_batch(self, texts: list[str], special: bool = True) -> list[list[int]]:  # type: ignore[override]
+        return [list(e.ids) for e in self.tk.encode_batch(texts, add_special_tokens=special)]
+
+
+def encoder_from_file(path: str | Path) -> EncoderTokenizer:
+    """A BERT ``tokenizer.json`` as an :class:`EncoderTokenizer` (``[CLS]``/``[SEP]``/``[PAD]``
+    ids from its vocabulary)."""
+    tok = from_file(path)
+    tk = tok.tk
+    pad = tk.token_to_id("[PAD]")
+    return EncoderTokenizer(tk, tk.token_to_id("[CLS]"), tk.token_to_id("[SEP]"),
+                            0 if pad is None else pad)

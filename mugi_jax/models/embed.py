@@ -1,0 +1,78 @@
+"""Sentence embeddings from a BERT encoder under a numerics policy.
+
+Definition (sentence-transformers' for all-MiniLM-L6-v2): each text is tokenized with
+``[CLS] ... [SEP]``; a text longer than ``config.max_seq_len`` tokens is cut to its first
+``max_seq_len - 1`` tokens plus ``[SEP]`` (``truncate=True``; ``truncate=False`` makes it an
+error); the embedding is the mean of the final hidden states of the text's tokens, L2-normalised.
+
+Texts are batched in order of length, each batch right-padded to a multiple of
+:data:`PAD_MULTIPLE` tokens (padding is masked, so an embedding does not depend on its batch
+beyond float rounding; a fixed input list always gives the same batches, so results are
+deterministic).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from mugi_jax import numerics
+from mugi_jax.models.bert import Bert, encode, prepare
+from mugi_jax.models.tokenizer import EncoderTokenizer
+
+__all__ = ["embed", "tokenize", "PAD_MULTIPLE"]
+
+#: Batches are padded to a multiple of this many tokens (bounds the number of compiled shapes).
+PAD_MULTIPLE = 32
+
+
+def tokenize(tokenizer: EncoderTokenizer, texts: Sequence[str], max_seq_len: int,
+             truncate: bool = True) -> list[list[int]]:
+    """Token ids of every text, ``[CLS] ... [SEP]``, cut to ``max_seq_len`` (see the module
+    docstring).  Raises ``ValueError`` naming the first too-long text when ``truncate`` is False."""
+    ids = tokenizer.encode_batch(list(texts))
+    out = []
+    for i, row in enumerate(ids):
+        if len(row) > max_seq_len:
+            if not truncate:
+                raise ValueError(f"texts[{i}] has {len(row)} tokens, more than the model's "
+                                 f"max_seq_len of {max_seq_len}; pass truncate=True to cut it")
+            row = row[:max_seq_len - 1] + [tokenizer.eos_id]
+        out.append(row)
+    return out
+
+
+def embed(model: Bert, tokenizer: EncoderTokenizer, texts: Sequence[str],
+          numerics: numerics.Policy | str = "exact", batch_size: int = 32,
+          truncate: bool = True) -> np.ndarray:
+    """The ``(len(texts), dim)`` float32 sentence embeddings of ``texts`` under ``numerics``
+    (L2-normalised when ``model.config.normalize``; see the module docstring)."""
+    from mugi_jax import numerics as nx
+
+    if isinstance(texts, str):
+        raise TypeError("texts: expected a sequence of strings, got one string (wrap it in a list)")
+    if batch_size < 1:
+        raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
+    cfg = model.config
+    policy = nx.preset(numerics)
+    ids = tokenize(tokenizer, texts, cfg.max_seq_len, truncate)
+    out = np.zeros((len(ids), cfg.dim), np.float32)
+    if not ids:
+        return out
+    ready = prepare(model, policy)
+    rows_per_batch = min(batch_size, len(ids))
+    order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
+    for start in range(0, len(order), rows_per_batch):
+        rows = order[start:start + rows_per_batch]
+        longest = max(len(ids[i]) for i in rows)
+        t = min(-(-longest // PAD_MULTIPLE) * PAD_MULTIPLE, cfg.max_positions)
+        tokens = np.full((rows_per_batch, t), cfg.pad_id, np.int32)
+        valid = np.zeros((rows_per_batch, t), bool)
+        for r, i in enumerate(rows):
+            tokens[r, :len(ids[i])] = ids[i]
+            valid[r, :len(ids[i])] = True
+        emb = encode(ready, jnp.asarray(tokens), jnp.asarray(valid), policy)
+        out[rows] = np.asarray(emb[:len(rows)], np.float32)
+    return out
