@@ -20,10 +20,21 @@ def test_sotu_definition():
     assert data._sha256(data.data_dir() / "downloads" / art.filename) == art.sha256
 
 
+def test_brown_documents_are_the_corpus_files_with_genre_ids():
+    docs = data.brown_documents()
+    assert [d[0] for d in docs[:2]] == ["ca01", "ca02"] and docs[-1][0] == "cr09"
+    assert "\n\n".join(text for _, text in docs) == data.corpus_text("brown")
+    genres = {}
+    for file_id, _ in docs:
+        genres[file_id[1]] = genres.get(file_id[1], 0) + 1
+    # the Brown corpus manual: 15 genres, from 80 files (j, learned) to 6 (m, science fiction)
+    assert len(genres) == 15 and genres["j"] == 80 and genres["m"] == 6 and genres["a"] == 44
+
+
 def test_unknown_names_list_valid_ones():
     with pytest.raises(ValueError, match="sotu, brown, austen"):
         data.corpus_text("wikitext")
-    with pytest.raises(ValueError, match="smollm2, sotu, brown, austen"):
+    with pytest.raises(ValueError, match="smollm2, minilm, sotu, brown, austen"):
         data.fetch("gpt5")
 
 
