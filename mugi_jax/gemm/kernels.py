@@ -81,18 +81,30 @@ def activations_bf16(a: Array, name: str = "a") -> Array:
     return a.astype(jnp.bfloat16)
 
 
+def offset_decomposed(datapath: object, scheme_or_zero_point: quant.Scheme | str) -> bool:
+    """Whether asymmetric weights run on ``datapath`` by offset decomposition: the Mugi array with
+    3-bit magnitudes sweeps ``q - 8`` (magnitudes 0..8: 9 counter steps) and adds
+    ``offset * group_sum`` per group; ``Mugi(magnitude_bits=4)`` sweeps the unsigned code."""
+    zp = scheme_or_zero_point
+    asym = (zp in ("min", "int")) if isinstance(zp, str) else not zp.symmetric
+    return isinstance(datapath, Mugi) and datapath.magnitude_bits == 3 and asym
+
+
 def check_scheme(datapath: object, scheme: quant.Scheme, name: str = "w") -> None:
     """Which (scheme, datapath) pairs exist: Mugi needs ``magnitude_bits >= scheme.magnitude_bits``
-    (sign-magnitude: 3; Int4 and AsymUInt4: 4); the other datapaths take every scheme."""
+    (sign-magnitude: 3; Int4: 4; AsymUInt4: 3 by offset decomposition, or 4); the other datapaths
+    take every scheme."""
     if not isinstance(scheme, (quant.SignMagnitudeInt4, quant.Int4, quant.AsymUInt4)):
         raise TypeError(f"{name}: unsupported scheme {type(scheme).__name__}; supported: "
                         "SignMagnitudeInt4, Int4, AsymUInt4")
-    if isinstance(datapath, Mugi) and scheme.magnitude_bits > datapath.magnitude_bits:
+    if isinstance(datapath, Mugi) and scheme.magnitude_bits > datapath.magnitude_bits \
+            and not offset_decomposed(datapath, scheme):
         raise ValueError(
             f"{name}: scheme {type(scheme).__name__} has code magnitudes up to "
             f"{max(abs(scheme.qmin), scheme.qmax)}, which needs Mugi(magnitude_bits="
             f"{scheme.magnitude_bits}); Mugi(magnitude_bits={datapath.magnitude_bits}) supports "
-            + ("SignMagnitudeInt4 only" if datapath.magnitude_bits == 3 else "every INT4 scheme"))
+            + ("SignMagnitudeInt4 and AsymUInt4 (offset decomposition) only"
+               if datapath.magnitude_bits == 3 else "every INT4 scheme"))
     if getattr(datapath, "accumulator", "fp32") == "fp64":
         raise ValueError("datapath: accumulator='fp64' exists only in the reference simulator "
                          "(mugi_jax.sim.gemm, the float64 oracle); use 'fp32' or 'bf16'")
@@ -153,6 +165,20 @@ def _dequant_weights(kn: KN) -> Array:
     if kn.zero_point == "min":
         return _ftz(_fence(q * s) + z)
     return _fence((q - z) * s)
+
+
+def _offset_decompose(kn: KN) -> KN:
+    """Asymmetric codes as a signed sweep plus a per-group offset (docs/numerics.md section 4.1):
+    ``s q + m = s (q - 8) + (m + 8 s)`` and ``s (q - z) = s (q - 8) + s (8 - z)``, offsets rounded
+    once to FP32 from the flushed scale/zero; the result uses the ``"offset"`` zero-point kind
+    (``y = f32(acc s) + f32(offset A_g)``, as ``"min"``)."""
+    s = _ftz(kn.scales)
+    if kn.zero_point == "min":
+        offset = _ftz(_ftz(kn.zeros) + _fence(s * 8.0))
+    else:
+        offset = _fence(s * (8.0 - kn.zeros))
+    codes = (kn.codes.astype(jnp.int32) - 8).astype(jnp.int8)
+    return KN(codes, s, offset, kn.group, "offset")
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,7 +252,7 @@ def _exact_sequential(a32: Array, qf: Array, scales: Array | None, zeros: Array 
             if not dequant:
                 return acc, None
             y = _fence(acc * sg[None, :])
-            if zero_point == "min":
+            if zero_point in ("min", "offset"):
                 y = _maybe_ftz(y + _fence(zg[None, :] * asum[:, None]))
             elif zero_point == "int":
                 c = _fence(sg * zg)
@@ -303,7 +329,7 @@ def _dequant_groups_sequential(acc: Array, a32_grouped: Array, kn: KN) -> Array:
 
 def _odd_terms(kn: KN) -> tuple[int, ...]:
     """Odd multipliers > 1 whose product rounding must be reproduced (magnitudes up to 15)."""
-    top = 15 if kn.zero_point != "none" else 8
+    top = 15 if kn.zero_point in ("min", "int") else 8  # unsigned codes reach 15
     return tuple(o for o in range(3, top + 1, 2))
 
 
@@ -342,7 +368,7 @@ def _fast_grouped(a32: Array, kn: KN, product: str) -> Array:
             y = jnp.sum(p, axis=2) * kn.scales[None]  # (m, ng, n)
             if zeros is not None:
                 asum = jnp.sum(a32.reshape(m, ng, g), axis=-1)[..., None]
-                y = y + zeros[None] * asum if kn.zero_point == "min" \
+                y = y + zeros[None] * asum if kn.zero_point in ("min", "offset") \
                     else y - (kn.scales * zeros)[None] * asum
             return jnp.sum(y, axis=1)
 
@@ -384,7 +410,7 @@ def _scan_groups(xa: Array, a_g: Array, codes_g: Array, scales: Array, zeros: Ar
     def step(out, xs):
         xg, ag, cg, sg, zg = xs
         y = group_sum(xg, cg) * sg[None]
-        if kn.zero_point == "min":
+        if kn.zero_point in ("min", "offset"):
             y = y + zg[None] * jnp.sum(ag, axis=-1)[:, None]
         elif kn.zero_point == "int":
             y = y - (sg * zg)[None] * jnp.sum(ag, axis=-1)[:, None]
@@ -417,6 +443,8 @@ def _numerics_only(datapath: object) -> object:
 
 
 def _matmul_2d(a: Array, kn: KN, datapath: object, mode: str) -> Array:
+    if offset_decomposed(datapath, kn.zero_point):
+        kn = _offset_decompose(kn)
     return _matmul_2d_jit(a, kn, _numerics_only(datapath), mode)
 
 

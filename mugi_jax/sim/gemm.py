@@ -13,6 +13,11 @@ The Mugi model follows docs/numerics.md section 4 literally, one k-step at a tim
 * after each quantization group the vector unit dequantizes: ``y = f32(acc s)`` (+ the offset
   term of asymmetric schemes) and adds ``y`` into the output.
 
+Asymmetric codes on a 3-bit-magnitude array (offset decomposition, docs/numerics.md section 4.1):
+the array sweeps the signed ``q - 8`` (magnitudes 0..8: 9 counter values without early
+termination) and the vector unit adds ``offset * A_g`` with ``offset = f32(m + 8 s)`` (min form)
+or ``f32(s (8 - z))`` (zero-point form) and ``A_g`` the FP32 sum of the group's activations.
+
 Subnormals are flushed to zero around every arithmetic operation (docs/numerics.md section 1);
 NumPy does not do it by itself.  This module imports only :mod:`mugi_jax.formats` and
 :mod:`mugi_jax.quant`; datapath configs are read by attribute (duck typing), never imported.
@@ -45,7 +50,8 @@ class GemmSimResult:
         column tile: they depend on the weights only).
       events: counts of ``multiplies`` (column value-reuse unit), ``comparisons`` (row
         comparators), ``latches``, ``fifo_pushes``, ``adds`` (row adders), ``dequant_multiplies``
-        and ``offset_ops`` (vector unit), ``output_adds``; ``fifo_max_depth`` (largest row-FIFO
+        and ``offset_ops`` (vector unit), ``group_sum_adds`` (FP32 activation group sums of
+        asymmetric schemes, one per activation and k-step), ``output_adds``; ``fifo_max_depth`` (largest row-FIFO
         occupancy: a row's ``cols`` products enter at its comparator's cycle, the adder(s) pop
         ``adders_per_row`` a cycle, the FIFO carries over k-steps) and ``drain_cycles`` (the
         FIFO tails after the last k-step of each tile pass: not included in ``cycles``, the
@@ -113,6 +119,16 @@ def _activations(a: Any) -> np.ndarray:
     return _ftz(a.astype(np.float32).reshape(-1, a.shape[-1]))
 
 
+def _offset_decompose(kn: _KN) -> _KN:
+    """``q - 8`` and the per-group offset (FP32, one rounding, from the flushed scale/zero)."""
+    s = _ftz(kn.scales.astype(np.float32))
+    if kn.zero_point == "min":
+        offset = _ftz(_ftz(kn.zeros.astype(np.float32)) + _ftz(s * np.float32(8)))
+    else:
+        offset = _ftz(s * (np.float32(8) - kn.zeros.astype(np.float32)))
+    return _KN(kn.codes - 8, s, offset, kn.group, "min")
+
+
 def _dequant_group(out, acc, asum, s, z, zero_point, dtype, ev):
     """Vector unit: ``y = acc s`` (+ offset), ``out += y`` (FTZ around every operation)."""
     s = _ftz(s.astype(dtype))
@@ -132,7 +148,7 @@ def _dequant_group(out, acc, asum, s, z, zero_point, dtype, ev):
 def _new_events() -> dict[str, int]:
     return dict.fromkeys(("multiplies", "comparisons", "latches", "fifo_pushes", "adds",
                           "fifo_max_depth", "drain_cycles", "dequant_multiplies", "offset_ops",
-                          "output_adds"), 0)
+                          "group_sum_adds", "output_adds"), 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,11 +179,15 @@ def _simulate_gemm(a: Any, w: quant.QuantizedTensor, datapath: Any,
         raise ValueError(f"a: reduction length {k} does not match w {kn.codes.shape}")
     n = kn.codes.shape[1]
     dtype = np.float64 if accumulator == "fp64" else np.float32
-    if kn.zero_point == "none":
+    offset = mb == 3 and kn.zero_point != "none"
+    if offset:
+        kn = _offset_decompose(kn)
+    full_sweep = 9 if offset else 1 << mb  # counter values t = 0..8 for q - 8 in [-8, 7]
+    if kn.zero_point == "none" or offset:
         mag, neg = np.abs(kn.codes), kn.codes < 0
     else:
         mag, neg = kn.codes, np.zeros_like(kn.codes, bool)
-    if mag.max(initial=0) >= 1 << mb:
+    if mag.max(initial=0) >= full_sweep:
         raise ValueError(f"w: code magnitude {mag.max()} does not fit magnitude_bits={mb}")
     n_rt = -(-n // rows)
     tile_cycles = np.zeros((k, n_rt), np.int64)
@@ -188,7 +208,7 @@ def _simulate_gemm(a: Any, w: quant.QuantizedTensor, datapath: Any,
                 asum = np.zeros((n_c,), dtype)
                 for kk in range(gi * g, (gi + 1) * g):
                     mrow = mag[kk, r0:r1]
-                    sweep = int(mrow.max()) + 1 if early_termination else 1 << mb
+                    sweep = int(mrow.max()) + 1 if early_termination else full_sweep
                     tile_cycles[kk, ti] = max(sweep, bound)
                     latch = np.full((n_r, n_c), np.nan, dtype)
                     fired = np.zeros(n_r, bool)
@@ -216,6 +236,7 @@ def _simulate_gemm(a: Any, w: quant.QuantizedTensor, datapath: Any,
                     ev["adds"] += n_r * n_c
                     if kn.zero_point != "none":
                         asum = _ftz(asum + act[:, kk])
+                        ev["group_sum_adds"] += n_c
                 o = _dequant_group(o, acc.T, asum, kn.scales[gi, r0:r1],
                                    None if kn.zeros is None else kn.zeros[gi, r0:r1],
                                    kn.zero_point, dtype, ev)

@@ -23,7 +23,8 @@ def mugi_case(draw):
     m, k, n = draw(st.sampled_from(SHAPES))
     scheme_name = draw(st.sampled_from(sorted(SCHEMES)))
     scheme = SCHEMES[scheme_name](draw(st.sampled_from(GROUPS[k])))
-    mb = 3 if scheme_name == "sm" and draw(st.booleans()) else 4
+    # 3-bit magnitudes: sign-magnitude, or asymmetric codes by offset decomposition
+    mb = 3 if scheme_name != "int4" and draw(st.booleans()) else 4
     dp = gemm.Mugi(rows=draw(st.sampled_from([4, 8])), cols=draw(st.sampled_from([4, 8])),
                    magnitude_bits=mb, product=draw(st.sampled_from(["bf16", "exact"])),
                    accumulator=draw(st.sampled_from(["fp32", "bf16"])),
@@ -66,6 +67,46 @@ def test_baseline_datapaths_match_reference(name, scheme_name, group, specials, 
     out = gemm.matmul(a, w, dp, mode="exact")
     ref = sim.reference_matmul(a, w, dp)
     assert same_bits(out, ref), first_diff(out, ref)
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.sampled_from(["asym_min", "asym_int"]), st.sampled_from([(5, 24, 7), (1, 8, 3)]),
+       st.sampled_from([8, None]), st.booleans(), st.booleans(), st.integers(0, 2**20))
+def test_asym_offset_decomposition(scheme_name, shape, group, specials, et, seed):
+    """Asymmetric INT4 on the 3-bit Mugi array: the array sweeps q - 8 (9 counter values), the
+    vector unit adds offset * group sum; exact mode equals the simulator bit for bit (zeros,
+    subnormals, inf, NaN, odd shapes), cycles follow |q - 8|, fast mode is close."""
+    m, k, n = shape
+    dp = gemm.Mugi(rows=4, cols=4)
+    a = activations(seed, (m, k), specials)
+    w = weights(seed, k, n, SCHEMES[scheme_name](group), zero_group=True)
+    out = gemm.matmul(a, w, dp, mode="exact")
+    res = sim.simulate_gemm(a, w, dp, early_termination=et)
+    assert same_bits(out, res.out), first_diff(out, res.out)
+    mag = np.abs(np.asarray(w.codes, np.int64) - 8)
+    tiles = np.pad(mag, ((0, 0), (0, -n % 4))).reshape(k, -1, 4).max(-1) + 1
+    np.testing.assert_array_equal(res.tile_cycles, np.maximum(tiles if et else 9, 4))
+    np.testing.assert_array_equal(gemm.subscription_cycles(w, dp, et), res.tile_cycles)
+    assert res.events["group_sum_adds"] == m * k * -(-n // 4)
+    if not specials:
+        ref = np.asarray(a, np.float64) @ np.asarray(quant.dequantize(w), np.float64)
+        tol = 1e-2 * np.abs(np.asarray(a, np.float64)) @ np.abs(np.asarray(quant.dequantize(w)))
+        assert np.all(np.abs(np.asarray(out) - ref) <= tol + 1e-6)
+        fast = gemm.matmul(a, w, dp, mode="fast")
+        assert np.all(np.abs(np.asarray(fast) - ref) <= tol + 1e-6)
+
+
+def test_asym_offset_worked_example():
+    """One group, min form: w = s q + m with s = 0.5, m = -1; codes [0, 15, 8]: the array sums
+    a (q - 8) = 1*(-8) + 2*7 + 4*0 = 6, the offset m + 8 s = 3 times A = 7: 0.5*6 + 21 = 24."""
+    w = quant.QuantizedTensor(codes=jnp.array([[0], [15], [8]], jnp.int8),
+                              scales=jnp.array([[0.5]], jnp.float32),
+                              zeros=jnp.array([[-1.0]], jnp.float32),
+                              scheme=quant.AsymUInt4(group_size=None))
+    a = jnp.array([[1.0, 2.0, 4.0]], jnp.bfloat16)
+    assert float(gemm.matmul(a, w, gemm.Mugi())[0, 0]) == 24.0
+    assert float((a.astype(jnp.float32) @ quant.dequantize(w))[0, 0]) == 24.0
+    assert int(gemm.subscription_cycles(w, gemm.Mugi(rows=4, cols=1), False)[0, 0]) == 9
 
 
 def test_groups_along_n_and_batch_axes():
