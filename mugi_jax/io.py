@@ -21,6 +21,34 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+__all__ = ["PathError", "check_output_dir", "atomic_path", "write_bytes", "write_text", "write_json",
+           "write_csv", "save_figure", "git_revision", "package_versions", "provenance"]
+
+class PathError(ValueError):
+    """A directory or file that cannot be used; the message names the flag or variable that set it."""
+
+
+def check_output_dir(path: str | os.PathLike[str], label: str) -> Path:
+    """Create directory ``path`` (with parents) and check that files can be written in it.
+
+    Called before any work starts, so a bad ``--out`` fails at once instead of after the
+    computation.  Raises :class:`PathError` ``"{label} {path}: why"`` (``label`` is the flag or
+    environment variable as the user typed it, e.g. ``"--out"`` or ``"MUGI_JAX_DATA="``).
+    """
+    path = Path(path)
+    shown = f"{label}{path}" if label.endswith("=") else f"{label} {path}"
+    if path.exists() and not path.is_dir():
+        raise PathError(f"{shown}: exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise PathError(f"{shown}: cannot write there ({err.strerror or err})") from None
+    return path
+
+
 _TRACKED_PACKAGES = (
     "mugi-jax", "jax", "jaxlib", "flax", "optax", "equinox", "chex", "numpy", "ml_dtypes",
 )

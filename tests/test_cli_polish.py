@@ -31,7 +31,7 @@ def test_help_lists_every_command_with_one_line():
     for path, cmd in _leaves(root):
         first = (cmd.help or "").strip().split("\n\n")[0]
         assert first and "\n" not in first, (path, first)
-    for required in ("report", "experiment", "cost", "tune", "ppl", "data", "demo"):
+    for required in ("report", "experiment", "cost", "tune", "ppl", "data", "tour"):
         assert required in r.stdout
 
 

@@ -11,13 +11,14 @@ import sys
 import typer
 
 from mugi_jax.cli._common import CliError, app
+from mugi_jax.data import DataError
 
 # Command modules register on `app` when imported.  Keep this list sorted.
 from mugi_jax.cli import cost as _cost  # noqa: F401,E402
 from mugi_jax.cli import data as _data  # noqa: F401,E402
-from mugi_jax.cli import demo as _demo  # noqa: F401,E402
 from mugi_jax.cli import llm as _llm  # noqa: F401,E402
 from mugi_jax.cli import report as _report  # noqa: F401,E402
+from mugi_jax.cli import tour as _tour  # noqa: F401,E402
 from mugi_jax.cli import tune as _tune  # noqa: F401,E402
 
 
@@ -43,7 +44,9 @@ def main() -> None:
     except CliError as err:  # raised by commands for user errors
         typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
         sys.exit(2)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ValueError, TypeError, OSError, DataError) as err:
+        # Library errors that reach here name their file or parameter (CheckpointError,
+        # PathError and DataError name the file and, for the cache, the repair command).
         typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
         sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)

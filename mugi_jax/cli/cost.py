@@ -13,7 +13,12 @@ from typing import Any, Optional
 
 import typer
 
-from mugi_jax.cli._common import CliError, app, print_json
+from mugi_jax.cli._common import CliError, app, check_choice, check_int, print_json
+
+#: Largest GEMM dimension / batch accepted (keeps every count well inside float32 and int64).
+MAX_DIM = 1 << 24
+MAX_GEMM_BATCH = 1 << 16
+MAX_SEQ_LEN = 1 << 17
 
 cost_app = typer.Typer(
     name="cost",
@@ -23,10 +28,17 @@ cost_app = typer.Typer(
 app.add_typer(cost_app, name="cost")
 
 
-def _choice(param: str, value: str, allowed: tuple[str, ...] | list[str]) -> str:
-    if value not in allowed:
-        raise CliError(f"{param}={value!r} is not valid; valid values: {', '.join(allowed)}")
-    return value
+_choice = check_choice
+
+
+def _finite(out: dict[str, Any]) -> dict[str, Any]:
+    import math
+
+    bad = [k for k, v in out.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise CliError(f"the shape is too large for the cost model ({', '.join(bad)} overflow); "
+                       "use smaller --m/--k/--n/--batch")
+    return out
 
 
 def llm_result(
@@ -46,8 +58,10 @@ def llm_result(
         raise CliError(f"--variant applies to mugi-* designs only (got --arch {arch}); valid: vlp, lut")
     if variant is not None:
         _choice("--variant", variant, ("vlp", "lut"))
-    if not 1 <= batch <= 1024:
-        raise CliError(f"--batch={batch}: allowed range is 1..1024")
+    check_int("--batch", batch, 1, 1024)
+    check_int("--seq-len", seq_len, 65, MAX_SEQ_LEN)  # after the 64-token prefill
+    if kv_heads is not None:
+        check_int("--kv-heads", kv_heads, 1)
     try:
         workload = Workload(get_model(model, kv_heads), batch, seq_len)
         design = get_arch(arch, variant=variant, nodes=nodes)
@@ -134,9 +148,9 @@ def gemm_result(
     _choice("--role", role, ROLES)
     _choice("--memory", memory, tuple(MEMORY_SYSTEMS))
     _choice("--nodes", nodes, MESHES)
-    for name, v in (("--m", m), ("--k", k), ("--n", n), ("--batch", batch)):
-        if v < 1:
-            raise CliError(f"{name}={v}: allowed values are positive integers")
+    for name, v in (("--m", m), ("--k", k), ("--n", n)):
+        check_int(name, v, 1, MAX_DIM)
+    check_int("--batch", batch, 1, MAX_GEMM_BATCH)
     design = get_arch(arch, nodes=nodes)
     out: dict[str, Any] = {"arch": design.name, "nodes": design.mesh.name, "m": m, "k": k, "n": n,
                            "batch": batch, "preset": preset}
@@ -144,7 +158,7 @@ def gemm_result(
         cfg = replace(RealisticConfig(memory=get_memory(memory)), dataflow=dataflow)
         out.update(dataflow=dataflow, role=role, memory=memory)
         out.update(gemm_cost(design, m, k, n, dataflow, batch, role, cfg))
-        return out
+        return _finite(out)
     import jax.numpy as jnp
     import numpy as np
 
@@ -158,7 +172,7 @@ def gemm_result(
     leak = float(np.asarray(p.leakage_w)) * cyc / f
     out.update(cycles=cyc, time_s=cyc / f, dynamic_energy_j=e_pj * 1e-12, leakage_energy_j=leak,
                energy_j=e_pj * 1e-12 + leak, flops=flops)
-    return out
+    return _finite(out)
 
 
 @cost_app.command("gemm")

@@ -11,7 +11,12 @@ from typing import Optional
 
 import typer
 
-from mugi_jax.cli._common import CliError, app, print_json
+from mugi_jax.cli._common import (CliError, app, check_data_dir, check_float, check_int,
+                                  enable_compilation_cache, print_json, status)
+
+#: Upper bounds that keep a request within what fits in memory on one host.
+MAX_BATCH = 1024
+MAX_SEED = 2**32 - 1
 
 
 def _policy(name: str):  # noqa: ANN202
@@ -25,15 +30,22 @@ def _policy(name: str):  # noqa: ANN202
         raise CliError(f"--numerics {name}: {err}") from err
 
 
-def _load(model: str):  # noqa: ANN202
-    from mugi_jax import data, models
+def _check_model(model: str) -> None:
+    from mugi_jax import models
 
     if model not in models.MODELS:
         raise CliError(f"--model: unknown model {model!r}; valid: {', '.join(models.MODELS)}")
+
+
+def _load(model: str, quiet: bool = False):  # noqa: ANN202
+    from mugi_jax import data, models
+
+    _check_model(model)
     try:
-        return models.load(model)
-    except data.DataError as err:
-        raise CliError(str(err)) from err
+        with status(f"loading {model}", enabled=not quiet):
+            return models.load(model)
+    except (data.DataError, models.CheckpointError) as err:
+        raise CliError(str(err)) from None
 
 
 @app.command()
@@ -51,17 +63,25 @@ def ppl(
     """Perplexity of a model on a corpus under a numerics policy (no BOS; ppl = exp(mean NLL))."""
     from mugi_jax import data, eval as ev
 
+    _check_model(model)
     if corpus not in data.CORPORA:
         raise CliError(f"--corpus: unknown corpus {corpus!r}; valid: {', '.join(data.CORPORA)}")
-    if context < 2 or max_tokens < 2:
-        raise CliError("--context and --max-tokens must be >= 2")
+    check_int("--context", context, 2)
+    check_int("--max-tokens", max_tokens, 2)
+    check_int("--batch-size", batch_size, 1, MAX_BATCH)
     policy = _policy(numerics)
-    m, tok, cfg = _load(model)
-    try:
+    check_data_dir()
+    try:  # the corpus first: a damaged cache fails before the model is loaded
         text = data.corpus_text(corpus)
     except data.DataError as err:
-        raise CliError(str(err)) from err
+        raise CliError(str(err)) from None
+    enable_compilation_cache()
+    m, tok, cfg = _load(model, quiet=json_out)
+    if context > cfg.max_seq_len:
+        raise CliError(f"--context {context}: exceeds {model}'s context of {cfg.max_seq_len} tokens")
     ids = ev.corpus_tokens(tok, text, max_tokens)
+    if len(ids) < 2:
+        raise CliError(f"--corpus {corpus}: the corpus text has {len(ids)} token(s); need >= 2")
     try:
         res = ev.perplexity(m, ids, policy, context=context, max_tokens=max_tokens,
                             batch_size=batch_size, progress=not json_out)
@@ -88,20 +108,38 @@ def generate(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Generate a continuation of each prompt (a batch; greedy unless --temperature > 0)."""
+    _check_model(model)
+    check_int("--max-new-tokens", max_new_tokens, 1)
+    check_float("--temperature", temperature, 0.0)
+    if top_k is not None:
+        check_int("--top-k", top_k, 1)
+    check_int("--seed", seed, 0, MAX_SEED)
+    for i, p in enumerate(prompt):
+        if not p:
+            raise CliError(f"--prompt number {i + 1} is empty; every prompt needs some text")
+    policy = _policy(numerics)
+    check_data_dir()
+    enable_compilation_cache()
+    m, tok, cfg = _load(model, quiet=json_out)
+    if top_k is not None:
+        check_int("--top-k", top_k, 1, cfg.vocab_size)
+    if max_new_tokens >= cfg.max_seq_len:
+        raise CliError(f"--max-new-tokens {max_new_tokens}: must be below {model}'s context of "
+                       f"{cfg.max_seq_len} tokens")
+    prompts = list(prompt)
+    if chat:
+        prompts = [f"<|im_start|>user\n{p}<|im_end|>\n<|im_start|>assistant\n" for p in prompts]
     import jax
 
     from mugi_jax.models import Sampler
 
-    policy = _policy(numerics)
-    m, tok, cfg = _load(model)
-    prompts = list(prompt)
-    if chat:
-        prompts = [f"<|im_start|>user\n{p}<|im_end|>\n<|im_start|>assistant\n" for p in prompts]
     try:
-        out = Sampler(m, tok, policy)(prompts, max_new_tokens, temperature=temperature,
-                                       top_k=top_k, key=jax.random.key(seed), stop_at_eos=True)
-    except ValueError as err:
-        raise CliError(str(err)) from err
+        with status(f"generating {max_new_tokens} tokens [{numerics}] (the first run compiles)",
+                    enabled=not json_out):
+            out = Sampler(m, tok, policy)(prompts, max_new_tokens, temperature=temperature,
+                                           top_k=top_k, key=jax.random.key(seed), stop_at_eos=True)
+    except ValueError as err:  # the prompt plus new tokens exceed the context
+        raise CliError(str(err).replace("max_new_tokens", "--max-new-tokens")) from None
     if json_out:
         print_json({"model": model, "numerics": numerics, "prompts": list(prompt),
                     "completions": out.text, "tokens": out.tokens})

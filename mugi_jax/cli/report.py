@@ -7,7 +7,8 @@ from pathlib import Path
 
 import typer
 
-from mugi_jax.cli._common import CliError, app, print_json
+from mugi_jax.cli._common import (CliError, app, check_int, check_names, check_out_dir,
+                                  enable_compilation_cache, print_json, status)
 
 
 def _names_help() -> str:
@@ -18,7 +19,7 @@ def _names_help() -> str:
 
 @app.command()
 def report(
-    quick: bool = typer.Option(False, "--quick", help="Small token counts and grids (about 2 minutes)."),
+    quick: bool = typer.Option(False, "--quick", help="Small token counts and grids (a few minutes)."),
     force: bool = typer.Option(False, "--force", help="Rerun experiments whose results are already present."),
     out: Path = typer.Option(Path("results"), "--out", help="Results directory (report.md goes here)."),
     only: str = typer.Option("", "--only", help="Comma list of experiments to run (default: all)."),
@@ -26,9 +27,12 @@ def report(
     json_out: bool = typer.Option(False, "--json", help="Print the outcome of each experiment as JSON."),
 ) -> None:
     """Run the reproduction suite and write report.md (tables, figures, computed readings)."""
-    from mugi_jax.report import run_suite
+    from mugi_jax.report import BY_NAME, run_suite
 
-    names = [n.strip() for n in only.split(",") if n.strip()] or None
+    names = check_names("--only", only, list(BY_NAME))
+    check_int("--seed", seed, 0, 2**32 - 1)
+    check_out_dir("--out", out)
+    enable_compilation_cache()
     t0 = time.perf_counter()
     try:
         outcomes = run_suite(out, quick=quick, force=force, seed=seed, names=names, progress=not json_out)
@@ -63,7 +67,10 @@ def experiment(
 
     if name not in BY_NAME:
         raise CliError(f"unknown experiment {name!r}; valid: {_names_help()}")
-    with _spinner(f"{name}{' (quick)' if quick else ''}", enabled=not json_out):
+    check_int("--seed", seed, 0, 2**32 - 1)
+    check_out_dir("--out", out)
+    enable_compilation_cache()
+    with status(f"running {name}{' (quick)' if quick else ''}", enabled=not json_out):
         oc = run_experiment(name, out, quick=quick, force=force, seed=seed)
     s = oc.summary or {}
     if json_out:
@@ -77,22 +84,3 @@ def experiment(
             typer.echo(f"  - {line}")
     if oc.status in ("failed", "unavailable"):
         raise CliError(f"{name}: {oc.message}")
-
-
-class _spinner:
-    """A rich status spinner on stderr (no-op when disabled)."""
-
-    def __init__(self, text: str, enabled: bool = True) -> None:
-        self.text, self.enabled, self._status = text, enabled, None
-
-    def __enter__(self) -> "_spinner":
-        if self.enabled:
-            from rich.console import Console
-
-            self._status = Console(stderr=True).status(f"running {self.text} ...")
-            self._status.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._status is not None:
-            self._status.__exit__(*exc)

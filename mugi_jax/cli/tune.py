@@ -1,13 +1,19 @@
 """``mugi-jax tune``: gradient tuning of the per-layer VLP parameters under a hardware budget.
 
-    mugi-jax tune --model smollm2-135m --corpus sotu --budget mantissa_bits<=3,window<=8 --json
+    mugi-jax tune --model smollm2-135m --corpus sotu --budget 'mantissa_bits<=3,window<=8' --json
+
+(quote the budget: ``<`` is a redirection in the shell)
 """
 
 from __future__ import annotations
 
 import typer
 
-from mugi_jax.cli._common import CliError, app, print_json
+from mugi_jax.cli._common import (CliError, app, check_choice, check_data_dir, check_int,
+                                  enable_compilation_cache, print_json, status)
+
+MAX_STEPS = 100_000
+MAX_TOKENS = 1 << 24
 
 
 @app.command("tune")
@@ -37,26 +43,44 @@ def tune_cmd(
     from mugi_jax import data, models
     from mugi_jax.tune import pipeline, tuner
 
+    from mugi_jax.tune import relax
+
     if model not in models.MODELS:
         raise CliError(f"--model: unknown model {model!r}; valid: {', '.join(models.MODELS)}")
     if corpus not in data.CORPORA:
         raise CliError(f"--corpus: unknown corpus {corpus!r}; valid: {', '.join(data.CORPORA)}")
-    if objective not in tuner.OBJECTIVES:
-        raise CliError(f"--objective: must be one of {', '.join(tuner.OBJECTIVES)}, got {objective!r}")
-    if steps < 0:
-        raise CliError(f"--steps: must be >= 0, got {steps}")
+    check_choice("--objective", objective, tuner.OBJECTIVES)
+    check_choice("--rounding", rounding, relax.ROUNDINGS)
+    check_int("--steps", steps, 0, MAX_STEPS)
+    check_int("--calib-tokens", calib_tokens, 2, MAX_TOKENS)
+    check_int("--heldout-tokens", heldout_tokens, 2, MAX_TOKENS)
+    check_int("--heldout-start", heldout_start, 0, MAX_TOKENS)
+    check_int("--context", context, 2)
+    check_int("--seed", seed, 0, 2**32 - 1)
+    if heldout_start < calib_tokens:
+        raise CliError(f"--heldout-start {heldout_start}: must be >= --calib-tokens {calib_tokens} "
+                       "(the held-out text may not overlap the calibration text)")
     try:
         tuner.parse_budget(budget)
     except ValueError as err:
-        raise CliError(f"--budget: {err}") from err
+        raise CliError(f"--budget {budget!r}: {str(err).removeprefix('budget: ')}") from None
+    check_data_dir()
+    enable_compilation_cache()
+    # Without --json the pipeline logs each stage on stderr; with it, a spinner says it is working.
     log = None if json_out else (lambda s: typer.echo(s, err=True))
     try:
-        out = pipeline.run(model, corpus, budget, steps=steps, calib_tokens=calib_tokens,
-                           heldout_tokens=heldout_tokens, heldout_start=heldout_start,
-                           context=context, objective=objective, rounding=rounding, seed=seed,
-                           grid=grid, log=log)
-    except data.DataError as err:
-        raise CliError(str(err)) from err
+        with status(f"tuning {model} on {corpus} ({steps} steps; compiles first)",
+                    enabled=json_out):
+            out = pipeline.run(model, corpus, budget, steps=steps, calib_tokens=calib_tokens,
+                               heldout_tokens=heldout_tokens, heldout_start=heldout_start,
+                               context=context, objective=objective, rounding=rounding, seed=seed,
+                               grid=grid, log=log)
+    except (data.DataError, models.CheckpointError) as err:
+        raise CliError(str(err)) from None
+    except ValueError as err:  # e.g. the corpus is shorter than --heldout-start + --heldout-tokens
+        raise CliError(str(err).replace("heldout_start", "--heldout-start")
+                       .replace("heldout_tokens", "--heldout-tokens")
+                       .replace("calib_tokens", "--calib-tokens")) from None
     if json_out:
         print_json(out)
         return

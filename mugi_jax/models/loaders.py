@@ -29,7 +29,13 @@ __all__ = ["load_gguf", "load_safetensors", "build_model", "read_gguf", "read_sa
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that disagrees with its config (names the tensor)."""
+    """A malformed checkpoint: unreadable, truncated, missing metadata, or disagreeing with its
+    config.  The message names the file (and the tensor, where one is at fault)."""
+
+
+def _malformed(path: str | Path, err: BaseException) -> CheckpointError:
+    return CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err}); "
+                           "the file is truncated or damaged")
 
 
 def build_model(config: LlamaConfig, params: dict[str, np.ndarray],
@@ -89,16 +95,33 @@ def read_gguf(path: str | Path) -> tuple[LlamaConfig, dict[str, np.ndarray], dic
     """Read a Llama GGUF: ``(config, params, sources, reader)`` (params dequantized, model layout)."""
     import gguf
 
-    reader = gguf.GGUFReader(str(path))
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such GGUF file")
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as err:  # noqa: BLE001 - gguf raises ValueError, IndexError, struct errors...
+        raise _malformed(path, err) from None
     arch = _field(reader, "general.architecture")
     if arch != "llama":
         raise CheckpointError(f"{path}: architecture {arch!r} is not supported (only 'llama')")
+    try:
+        config = _gguf_config(reader)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: missing or malformed llama.* metadata ({err})") from None
+    try:
+        params, sources = _gguf_params(reader)
+    except Exception as err:  # noqa: BLE001 - a truncated tensor fails inside gguf/numpy
+        raise _malformed(path, err) from None
+    return config, params, sources, reader
+
+
+def _gguf_config(reader: Any) -> LlamaConfig:
     names = {t.name for t in reader.tensors}
     n_heads = int(_field(reader, "llama.attention.head_count"))
     dim = int(_field(reader, "llama.embedding_length"))
     tokens = reader.fields.get("tokenizer.ggml.tokens")
     vocab = int(_field(reader, "llama.vocab_size", len(tokens.data) if tokens is not None else 0))
-    config = LlamaConfig(
+    return LlamaConfig(
         vocab_size=vocab, dim=dim, n_layers=int(_field(reader, "llama.block_count")),
         n_heads=n_heads, n_kv_heads=int(_field(reader, "llama.attention.head_count_kv", n_heads)),
         head_dim=int(_field(reader, "llama.rope.dimension_count", dim // n_heads)),
@@ -110,6 +133,11 @@ def read_gguf(path: str | Path) -> tuple[LlamaConfig, dict[str, np.ndarray], dic
         bos_id=_field(reader, "tokenizer.ggml.bos_token_id"),
         eos_id=_field(reader, "tokenizer.ggml.eos_token_id"),
     )
+
+
+def _gguf_params(reader: Any) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    import gguf
+
     params: dict[str, np.ndarray] = {}
     sources: dict[str, str] = {}
     for t in reader.tensors:
@@ -129,13 +157,21 @@ def read_gguf(path: str | Path) -> tuple[LlamaConfig, dict[str, np.ndarray], dic
             continue  # e.g. rope_freqs: not used
         params[name] = np.ascontiguousarray(w)
         sources[name] = t.name
-    return config, params, sources, reader
+    return params, sources
 
 
 def load_gguf(path: str | Path) -> tuple[Llama, LlamaConfig, Any]:
     """Load a GGUF checkpoint: ``(model, config, reader)`` (the reader carries the tokenizer)."""
     config, params, sources, reader = read_gguf(path)
-    return build_model(config, params, sources), config, reader
+    return _build(path, config, params, sources), config, reader
+
+
+def _build(path: str | Path, config: LlamaConfig, params: dict[str, np.ndarray],
+           sources: dict[str, str]) -> Llama:
+    try:
+        return build_model(config, params, sources)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from None
 
 
 # ------------------------------------------------------------------------------------------
@@ -183,13 +219,20 @@ def read_safetensors(path: str | Path) -> tuple[LlamaConfig, dict[str, np.ndarra
     cfg_file = path / "config.json"
     if not cfg_file.exists():
         raise FileNotFoundError(f"{cfg_file} not found (a safetensors checkpoint needs config.json)")
-    config = config_from_hf(json.loads(cfg_file.read_text()))
+    try:
+        config = config_from_hf(json.loads(cfg_file.read_text()))
+    except (ValueError, KeyError, TypeError) as err:  # JSON syntax, missing or non-numeric keys
+        raise CheckpointError(f"{cfg_file}: not a usable Llama config.json "
+                              f"({type(err).__name__}: {err})") from None
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"no *.safetensors files in {path}")
     raw: dict[str, np.ndarray] = {}
     for f in files:
-        raw.update(load_file(str(f)))
+        try:
+            raw.update(load_file(str(f)))
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own SafetensorError
+            raise _malformed(f, err) from None
     params: dict[str, np.ndarray] = {}
     sources: dict[str, str] = {}
     for key, w in raw.items():
@@ -224,4 +267,4 @@ def read_safetensors(path: str | Path) -> tuple[LlamaConfig, dict[str, np.ndarra
 def load_safetensors(path: str | Path) -> tuple[Llama, LlamaConfig]:
     """Load a Hugging Face Llama checkpoint directory: ``(model, config)``."""
     config, params, sources = read_safetensors(path)
-    return build_model(config, params, sources), config
+    return _build(path, config, params, sources), config

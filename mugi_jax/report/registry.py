@@ -33,7 +33,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from mugi_jax.io import provenance, write_json
+from mugi_jax.io import check_output_dir, provenance, write_json
 
 
 class Unavailable(RuntimeError):
@@ -124,6 +124,7 @@ def run_experiment(name: str, out_root: str | Path = "results", quick: bool = Fa
                    force: bool = False, seed: int = 0) -> Outcome:
     """Run one experiment into ``out_root/NAME`` (skipped when complete unless ``force``)."""
     out_dir = Path(out_root) / name
+    check_output_dir(out_root, "out")  # a bad results directory fails now, not after the work
     if not force and is_complete(out_dir, quick):
         return Outcome(name, "skipped", 0.0, read_summary(out_dir), "already present")
     t0 = time.perf_counter()
@@ -161,6 +162,13 @@ def cli_main(name: str, argv: list[str] | None = None) -> Outcome:
     ap.add_argument("--out", default="results", help="results root (writes OUT/NAME/)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    from mugi_jax.io import PathError
+
+    try:
+        check_output_dir(args.out, "--out")
+    except PathError as err:  # one line, exit 2, before any work
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     oc = run_experiment(name, args.out, quick=args.quick, force=args.force, seed=args.seed)
     print(f"{name}: {oc.status} in {oc.seconds:.1f}s -> {Path(args.out) / name}"
           + (f" ({oc.message})" if oc.message else ""))

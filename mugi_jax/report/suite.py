@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from mugi_jax.io import git_revision, write_text
+from mugi_jax.io import check_output_dir, git_revision, write_text
 from mugi_jax.report.registry import (BY_NAME, EXPERIMENTS, Outcome, is_complete, read_summary,
                                       run_experiment)
 
@@ -27,6 +27,7 @@ def run_suite(out: str | Path = "results", quick: bool = False, force: bool = Fa
     for n in names or ():
         if n not in BY_NAME:
             raise ValueError(f"unknown experiment {n!r}; valid: {', '.join(BY_NAME)}")
+    check_output_dir(out, "out")  # a bad results directory fails now, not after the work
     exps = [e for e in EXPERIMENTS if names is None or e.name in names]
     outcomes: list[Outcome] = []
     t_start = time.perf_counter()

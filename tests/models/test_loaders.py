@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -195,3 +196,29 @@ def test_shape_mismatch_names_the_tensor(tmp_path, tiny_config):
 def test_unknown_model_lists_valid_names():
     with pytest.raises(ValueError, match="smollm2-135m"):
         load("llama-9000")
+
+
+def test_malformed_checkpoints_raise_checkpoint_error_naming_the_file(tmp_path, tiny_config):
+    from safetensors.numpy import save_file
+
+    from mugi_jax import models
+
+    path = tmp_path / "tiny.gguf"
+    _write_gguf(path, tiny_config, _random_params(tiny_config))
+    blob = path.read_bytes()
+    for name, cut in (("empty", b""), ("head", blob[:1000]), ("half", blob[:len(blob) // 2]),
+                      ("all-but-one", blob[:-1])):
+        bad = tmp_path / f"{name}.gguf"
+        bad.write_bytes(cut)
+        with pytest.raises(CheckpointError, match=re.escape(str(bad))):
+            models.load(path=bad)
+    hf = _hf_checkpoint(tiny_config)
+    save_file(hf, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="config.json"):
+        load_safetensors(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(_hf_config(tiny_config)))
+    st = tmp_path / "model.safetensors"
+    st.write_bytes(st.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match=re.escape(str(st))):
+        load_safetensors(tmp_path)

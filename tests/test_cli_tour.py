@@ -1,4 +1,4 @@
-"""The demo command and the CLI's error contract."""
+"""The tour command (the number-format tour; `make demo` is the report) and the CLI's error contract."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from mugi_jax.cli import app
 runner = CliRunner()
 
 
-def test_demo_json_is_computed_and_deterministic():
-    r1 = runner.invoke(app, ["demo", "--json"])
-    r2 = runner.invoke(app, ["demo", "--json"])
+def test_tour_json_is_computed_and_deterministic():
+    r1 = runner.invoke(app, ["tour", "--json"])
+    r2 = runner.invoke(app, ["tour", "--json"])
     assert r1.exit_code == 0, r1.output
     assert r1.output == r2.output
     out = json.loads(r1.output)

@@ -1,4 +1,4 @@
-"""The body of ``mugi-jax demo``: a small, deterministic tour of formats and INT4 quantization."""
+"""The body of ``mugi-jax tour``: a small, deterministic tour of formats and INT4 quantization."""
 
 from __future__ import annotations
 
