@@ -3,7 +3,8 @@
     python -m experiments.carbon [--quick] [--force] [--out results]
 
 Operational = carbon intensity x energy; embodied = carbon per area x area x run time / lifetime
-(ACT-style amortisation, see docs/cost_model.md).  Llama-2-70B-GQA, b8, s4096.
+(ACT-style amortisation, see docs/cost_model.md).  Llama-2-70B-GQA, b8, s4096; the comparison
+with the published 1.45x / 1.48x uses Llama-2-7B, the workload of the authors' carbon figure.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments import _costlib as cl
+from mugi_jax.cost.published import CARBON_WORKLOAD
 from mugi_jax.report import compare
 from mugi_jax.report.helpers import figure, table
 
@@ -35,15 +37,21 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
             ax[k].bar(ns, op, label="operational"), ax[k].bar(ns, em, bottom=op, label="embodied")
             ax[k].set_yscale("log"), ax[k].set_title(f"{preset}: carbon [gCO2e]", fontsize=9)
             ax[k].tick_params(axis="x", rotation=70, labelsize=7), ax[k].legend(fontsize=7)
-    m, s = cl.get(rows, design="mugi-256x8", preset="paper"), cl.get(rows, design="sa-16", preset="paper")
+    model7, batch7, seq7 = CARBON_WORKLOAD
+    pair = ["mugi-256x8", "sa-16"]
+    rows7 = cl.scalar_rows(cl.sweep(pair, [cl.workload(model7, batch7, seq7)], "paper"), pair, [model7], "paper")
+    m, s = cl.get(rows7, design="mugi-256x8"), cl.get(rows7, design="sa-16")
     c_op = compare("operational_carbon_x", s["operational_carbon_g"] / m["operational_carbon_g"])
     c_em = compare("embodied_carbon_x", s["embodied_carbon_g"] / m["embodied_carbon_g"])
     t_ratio, a_ratio = s["execution_time_s"] / m["execution_time_s"], s["area_mm2"] / m["area_mm2"]
     mr, sr = cl.get(rows, design="mugi-256x8", preset="realistic"), cl.get(rows, design="sa-16", preset="realistic")
     readings = [
-        c_op["text"] + f" Operational carbon is proportional to energy, so this is the SA-16/Mugi energy ratio ({s['energy_j'] / m['energy_j']:.3g}).",
-        c_em["text"] + f" Embodied carbon is area x time: SA-16/Mugi run-time ratio {t_ratio:.3g} x area ratio {a_ratio:.3g} = "
-        f"{t_ratio * a_ratio:.3g}; the authors' embodied formula is not public (ours is an ACT-style assumption), so the published ratio cannot be decomposed the same way.",
+        c_op["text"] + f" Llama-2-7B, b8, s4096: operational carbon is proportional to on-chip energy, so this is the "
+        f"SA-16/Mugi energy ratio ({s['energy_j'] / m['energy_j']:.4g}; the authors' op_carbon.csv gives 1.4527, which "
+        "also counts DRAM energy; their carbon script does not run as committed, so the last fraction cannot be derived).",
+        c_em["text"] + f" Embodied carbon is area x time here: SA-16/Mugi run-time ratio {t_ratio:.3g} x area ratio {a_ratio:.3g} = "
+        f"{t_ratio * a_ratio:.4g}.  The authors' embodied figures use per-design rates from unpublished code (area x time "
+        "with their own areas and times gives 1.659x); we keep the documented ACT model and do not fit it.",
         f"Realistic preset: operational {sr['operational_carbon_g'] / mr['operational_carbon_g']:.3g}x, embodied "
         f"{sr['embodied_carbon_g'] / mr['embodied_carbon_g']:.3g}x lower on Mugi-256x8 than SA-16 (DRAM energy included).",
     ]

@@ -50,6 +50,7 @@ def comprehensive(model: str, batch: int, seq_len: int):
             rows.append({
                 "design": name, "preset": preset,
                 "throughput_gflops": float(rep.throughput_gflops),
+                "energy_j": float(rep.energy_j),
                 "energy_efficiency_paper": float(rep.energy_efficiency),
                 "gflop_per_j": float(rep.power_efficiency_gflops_per_j),
                 "pj_per_flop": float(rep.energy_j) / flops * 1e12,

@@ -9,16 +9,16 @@ source to ``.cache/cacti-build/`` and build it with ``make opt`` (about 15 s)::
     .venv-cacti/bin/pip install hwcomponents-cacti
     .venv-cacti/bin/python scripts/gen_memory_table.py
 
-The CACTI configuration follows the authors' cost model (archx ``cacti7`` interface, see
-``docs/cost_model.md``): 32 nm, scratchpad ``ram``, ``itrs-lop`` cells and periphery, 360 K,
-4 UCA banks, one exclusive read and one exclusive write port, block = bus = the SRAM width,
-capacity = banks x depth x width / 8 bytes.  ECC is off: with ECC off CACTI reproduces the
-published SRAM areas (Mugi-256x8 1.094 mm^2, SA-16 0.999, SA-8 0.777, Mugi-128x8 0.851) to
-three digits, with ECC on it does not.  Leakage = (standby + gate leakage per bank) x banks.
-DRAM: 1 GiB, 8 banks, 8 KiB page, ``comm-dram`` cells; leakage = (I/O + refresh +
-closed-page leakage) x 8 banks, as in archx.  The DRAM row also records the block (burst) size
-and CACTI's activate and precharge energies, from which the realistic preset derives the DRAM
-energy per bit (``mugi_jax.cost.memory``).
+The SRAM configuration is the authors' own (archx ``src/archx/interface/cacti7/sram.cfg``,
+transcribed in the project's ``reference/archx-cacti-sram.md``; ``ARCHX_SRAM_SETTINGS`` below):
+32 nm, scratchpad ``ram``, ``itrs-lop`` cells and periphery, 360 K, one exclusive read and one
+exclusive write port, ECC off, wire signalling ``default``; per macro archx fills in the size
+(banks x depth x width / 8 bytes), 4 UCA banks, block = bus = the SRAM width.  Leakage = (standby
++ gate leakage per bank) x banks.  The DRAM (archx's ``ddr4.cfg`` is not available): 1 GiB,
+8 banks, 8 KiB page, ``comm-dram`` cells; leakage = (I/O + refresh + closed-page leakage) x 8
+banks, as in archx.  The DRAM row also records the block (burst) size and CACTI's activate and
+precharge energies, from which the realistic preset derives the DRAM energy per bit
+(``mugi_jax.cost.memory``).
 """
 
 from __future__ import annotations
@@ -54,30 +54,46 @@ SRAM_CONFIGS: tuple[tuple[int, int, int], ...] = (
 DRAM_CONFIG = {"capacity_bytes": 1 << 30, "banks": 8, "page_bits": 8192 * 8, "bus_bits": 64,
                "block_bytes": 64}
 
-_COMMON = """\
--associativity 1
+# The authors' CACTI 7 configuration for every on-chip SRAM (archx
+# src/archx/interface/cacti7/sram.cfg, transcribed in reference/archx-cacti-sram.md), in its order,
+# without the five per-macro lines archx fills in (size, UCA bank count, block size, bus width,
+# technology; see sram_cfg).  Note the wire signalling "default" and the design objective
+# 100:20:20:10:10: the former is what moves the SRAM energies and leakage (areas are identical).
+ARCHX_SRAM_SETTINGS = """\
+-Array Power Gating - "false"
+-WL Power Gating - "false"
+-CL Power Gating - "false"
+-Bitline floating - "false"
+-Interconnect Power Gating - "false"
+-Power Gating Performance Loss 0.01
+-read-write port 0
+-exclusive read port 1
+-exclusive write port 1
 -single ended read ports 0
--technology (u) 0.032
--burst length 8
--internal prefetch width 8
+-Add ECC - "false"
+-associativity 1
+-Data array cell type - "itrs-lop"
+-Data array peripheral type - "itrs-lop"
+-Tag array cell type - "itrs-lop"
+-Tag array peripheral type - "itrs-lop"
 -operating temperature (K) 360
+-cache type "ram"
 -tag size (b) "default"
 -access mode (normal, sequential, fast) - "normal"
--design objective (weight delay, dynamic power, leakage power, cycle time, area) 0:0:0:100:0
--deviate (delay, dynamic power, leakage power, cycle time, area) 20:100000:100000:100000:100000
--NUCAdesign objective (weight delay, dynamic power, leakage power, cycle time, area) 100:100:0:0:100
--NUCAdeviate (delay, dynamic power, leakage power, cycle time, area) 10:10000:10000:10000:10000
+-design objective (weight delay, dynamic power, leakage power, cycle time, area) 100:20:20:10:10
+-deviate (delay, dynamic power, leakage power, cycle time, area) 10:1000:1000:1000:1000
+-NUCAdesign objective (weight delay, dynamic power, leakage power, cycle time, area) 100:20:20:10:10
+-NUCAdeviate (delay, dynamic power, leakage power, cycle time, area) 10:1000:1000:1000:1000
 -Optimize ED or ED^2 (ED, ED^2, NONE): "ED^2"
 -Cache model (NUCA, UCA)  - "UCA"
 -NUCA bank count 0
--Wire signaling (fullswing, lowswing, default) - "Global_30"
+-Wire signaling (fullswing, lowswing, default) - "default"
 -Wire inside mat - "semi-global"
 -Wire outside mat - "semi-global"
 -Interconnect projection - "conservative"
 -Core count 8
 -Cache level (L2/L3) - "L3"
--Add ECC - "false"
--Print level (DETAILED, CONCISE) - "DETAILED"
+-Print level (DETAILED, CONCISE) - "CONCISE"
 -Print input parameters - "true"
 -Force cache config - "false"
 -Ndwl 1
@@ -86,12 +102,9 @@ _COMMON = """\
 -Ndcm 1
 -Ndsam1 0
 -Ndsam2 0
--Array Power Gating - "false"
--WL Power Gating - "false"
--CL Power Gating - "false"
--Bitline floating - "false"
--Interconnect Power Gating - "false"
--Power Gating Performance Loss 0.01
+-page size (bits) 8192
+-burst length 8
+-internal prefetch width 8
 -dram_type "DDR3"
 -io state "WRITE"
 -addr_timing 1.0
@@ -119,34 +132,52 @@ _COMMON = """\
 -mirror_in_bob "F"
 """
 
+# The DRAM: archx's ddr4.cfg is not available, so these are our settings (a main-memory part of
+# the stated size, banks and page; CACTI's comm-dram cells).  Lines not listed here are taken from
+# ARCHX_SRAM_SETTINGS except the objective / wire lines, which keep the values the committed DRAM
+# figures were generated with (the realistic preset's DRAM energy per bit rests on them).
+_DRAM_OVERRIDES = {
+    "-read-write port": "-read-write port 1",
+    "-exclusive read port": "-exclusive read port 0",
+    "-exclusive write port": "-exclusive write port 0",
+    "-cache type": '-cache type "main memory"',
+    "-Data array cell type": '-Data array cell type - "comm-dram"',
+    "-Data array peripheral type": '-Data array peripheral type - "itrs-hp"',
+    "-Tag array cell type": '-Tag array cell type - "itrs-hp"',
+    "-Tag array peripheral type": '-Tag array peripheral type - "itrs-hp"',
+    "-design objective": "-design objective (weight delay, dynamic power, leakage power, cycle time, area) 0:0:0:100:0",
+    "-deviate": "-deviate (delay, dynamic power, leakage power, cycle time, area) 20:100000:100000:100000:100000",
+    "-NUCAdesign objective": "-NUCAdesign objective (weight delay, dynamic power, leakage power, cycle time, area) 100:100:0:0:100",
+    "-NUCAdeviate": "-NUCAdeviate (delay, dynamic power, leakage power, cycle time, area) 10:10000:10000:10000:10000",
+    "-Wire signaling": '-Wire signaling (fullswing, lowswing, default) - "Global_30"',
+    "-page size (bits)": "",  # set per DRAM below
+    # the DRAM figures are read from CACTI's detailed report (the level changes no number)
+    "-Print level": '-Print level (DETAILED, CONCISE) - "DETAILED"',
+}
+
+
+def _macro(size_bytes: int, block_bytes: int, bus_bits: int, banks: int) -> str:
+    """The per-macro lines archx fills into sram.cfg."""
+    return (f"-size (bytes) {size_bytes}\n-block size (bytes) {block_bytes}\n"
+            f"-output/input bus width {bus_bits}\n-UCA bank count {banks}\n-technology (u) 0.032\n")
+
 
 def sram_cfg(width: int, depth: int, banks: int) -> str:
-    return (
-        f"-size (bytes) {banks * depth * width // 8}\n"
-        f"-block size (bytes) {width // 8}\n"
-        f"-output/input bus width {width}\n"
-        f"-UCA bank count {banks}\n"
-        "-read-write port 0\n-exclusive read port 1\n-exclusive write port 1\n"
-        "-page size (bits) 0\n"
-        '-cache type "ram"\n'
-        '-Data array cell type - "itrs-lop"\n-Data array peripheral type - "itrs-lop"\n'
-        '-Tag array cell type - "itrs-lop"\n-Tag array peripheral type - "itrs-lop"\n'
-    ) + _COMMON
+    """archx's SRAM configuration for one macro of ``banks`` x ``depth`` words of ``width`` bits."""
+    return _macro(banks * depth * width // 8, width // 8, width, banks) + ARCHX_SRAM_SETTINGS
 
 
 def dram_cfg() -> str:
     d = DRAM_CONFIG
-    return (
-        f"-size (bytes) {d['capacity_bytes']}\n"
-        f"-block size (bytes) {d['block_bytes']}\n"
-        f"-output/input bus width {d['bus_bits']}\n"
-        f"-UCA bank count {d['banks']}\n"
-        "-read-write port 1\n-exclusive read port 0\n-exclusive write port 0\n"
-        f"-page size (bits) {d['page_bits']}\n"
-        '-cache type "main memory"\n'
-        '-Data array cell type - "comm-dram"\n-Data array peripheral type - "itrs-hp"\n'
-        '-Tag array cell type - "itrs-hp"\n-Tag array peripheral type - "itrs-hp"\n'
-    ) + _COMMON
+    lines = []
+    for line in ARCHX_SRAM_SETTINGS.splitlines():
+        key = next((k for k in _DRAM_OVERRIDES if line.startswith(k)), None)
+        repl = line if key is None else _DRAM_OVERRIDES[key]
+        if repl:
+            lines.append(repl)
+    lines.append(f"-page size (bits) {d['page_bits']}")
+    return (_macro(d["capacity_bytes"], d["block_bytes"], d["bus_bits"], d["banks"])
+            + "\n".join(lines) + "\n")
 
 
 def build_cacti() -> Path:
@@ -244,7 +275,8 @@ def main() -> None:
         "sram_cfg_sha256": hashlib.sha256(sram_cfg(256, 512, 4).encode()).hexdigest(),
         "units": {"read_energy_pj": "pJ per access", "write_energy_pj": "pJ per access",
                   "leakage_mw": "mW per macro (all banks)", "area_mm2": "mm^2 per macro"},
-        "settings": "32 nm, ram, itrs-lop cell+periphery, 360 K, UCA, 1R+1W ports, ECC off; "
+        "settings": "SRAM: the authors' archx sram.cfg (32 nm, ram, itrs-lop cell+periphery, 360 K, "
+                    "UCA, 1R+1W ports, ECC off, wire signalling default); "
                     "DRAM: main memory, comm-dram, 8 banks, 8 KiB page",
     }
     tmp = OUT_PROV.with_suffix(".tmp")

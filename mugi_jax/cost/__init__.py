@@ -23,11 +23,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mugi_jax.cost.model import ArchParams, arch_params, prefix_family_totals, stack_params, table_arrays
+from mugi_jax.cost.events import paper_charges
+from mugi_jax.cost.model import (
+    ArchParams, arch_params, gemm_row_counts, nonlinear_row_counts, prefix_family_totals, stack_params,
+    table_arrays,
+)
 from mugi_jax.cost.presets import PAPER, PRESETS, REALISTIC, Preset, get_preset
 from mugi_jax.cost.report import Breakdown, Report, derive_report
 from mugi_jax.hw.arch import Arch
-from mugi_jax.workloads import GEMM, OpTable, Workload, op_table_prefix_family
+from mugi_jax.hw.inventory import all_modules, module_figures
+from mugi_jax.hw.memory import sram_figures
+from mugi_jax.workloads import GEMM, OpTable, Workload, op_table, op_table_prefix_family
 
 FIXED_GEMM_BUCKET = 32  # fixed (seq-len independent) GEMM rows, padded
 FIXED_NL_BUCKET = 8  # fixed nonlinear rows, padded
@@ -177,6 +183,53 @@ def report_at(report: Report, *index: int) -> Report:
     return jax.tree_util.tree_map(lambda x: x[index], report)
 
 
+def energy_by_module(arch: Arch, workload: Workload, preset: str | Preset = "paper") -> dict[str, float]:
+    """Whole-run on-chip energy [J] of each module of ``arch``: dynamic (its charges x the run's
+    event counts) plus leakage x execution time; SRAM macros (accesses + leakage) by name, the NoC
+    routers as ``noc``.  The values sum to :func:`evaluate`'s ``energy_j`` (float64 here, the
+    kernel sums in float32).  Paper preset only (the realistic preset has its own row model).
+    """
+    pr = get_preset(preset)
+    _check_preset(pr)
+    if pr.name != "paper":
+        raise ValueError(f"preset={pr.name!r}: energy_by_module supports the paper preset only")
+    p = arch_params(arch, pr.missing_attribute)
+    table = op_table(workload, pr.decode)
+    cols = table_arrays(table)
+    is_gemm = table.kind == GEMM
+    g, nl = gemm_row_counts(p, cols), nonlinear_row_counts(p, cols)
+    rep = table.repeat.astype(np.float64)
+
+    def total(key: str) -> float:
+        per_row = [np.where(is_gemm, np.asarray(c[key], np.float64), 0.0) if key in c else 0.0
+                   for c in (g,)] + [np.where(~is_gemm, np.asarray(c[key], np.float64), 0.0)
+                                     if key in c else 0.0 for c in (nl,)]
+        return float(np.sum(rep * (per_row[0] + per_row[1])))
+
+    time_s = total("cycles") / float(p.frequency_hz)
+    mods = {m.name: m for m in all_modules(arch)}
+    out: dict[str, float] = {name: 0.0 for name in mods}
+    for base, charges in paper_charges(arch).items():
+        count = total(base)
+        for name, per in charges.items():
+            out[name] += count * per * module_figures(mods[name], pr.missing_attribute).energy_pj * 1e-12
+    for name, mod in mods.items():
+        leak_w = mod.instances * arch.nodes * module_figures(mod, pr.missing_attribute).leakage_mw / 1e3
+        out[name] += leak_w * time_s
+    for sram in arch.srams:
+        fig = sram_figures(sram)
+        out[sram.name] = (total(f"{sram.name}_r") * fig.read_energy_pj + total(f"{sram.name}_w")
+                          * fig.write_energy_pj) * 1e-12 + fig.leakage_mw / 1e3 * arch.nodes * time_s
+    noc = [n for n, m in mods.items() if m.role == "noc"]
+    if noc:
+        for n in noc:
+            out.pop(n)
+        out["noc"] = total("router_bits") * float(p.e_router_bit) * 1e-12 + sum(
+            mods[n].instances * arch.nodes * module_figures(mods[n], pr.missing_attribute).leakage_mw / 1e3
+            for n in noc) * time_s
+    return out
+
+
 def evaluate(arch: Arch, workload: Workload, preset: str | Preset = "paper") -> Report:
     """Cost of running ``workload`` (prefill + decode, all layers) on ``arch`` under ``preset``.
 
@@ -186,6 +239,7 @@ def evaluate(arch: Arch, workload: Workload, preset: str | Preset = "paper") -> 
 
 
 __all__ = [
-    "PAPER", "PRESETS", "REALISTIC", "ArchParams", "Breakdown", "Preset", "Report", "arch_params", "evaluate",
+    "PAPER", "PRESETS", "REALISTIC", "ArchParams", "Breakdown", "Preset", "Report", "arch_params",
+    "energy_by_module", "evaluate",
     "get_preset", "report_at", "sweep",
 ]

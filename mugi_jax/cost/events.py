@@ -5,8 +5,13 @@ Units of work ("bases") and what is charged per unit:
 - ``mac``: one useful multiply-accumulate.  The authors' model charges each full-tile k-step's
   events scaled by the tile's utilisation, so array energy is (per full k-step energy) x (useful
   MACs / MACs per full k-step); we write the charges per MAC directly.
-- ``output``: one GEMM output element (Mugi's per-output scale multiply, "vector scaling").
+- ``output``: one GEMM output element per off-chip k-tile ("vector scaling": the per-output
+  scale multiply, which archx evaluates once per off-chip tile of the op, see
+  :mod:`mugi_jax.cost.model`).
 - ``output_ktile``: one output element per on-chip k-tile (partial-sum drain of SA/SD/tensor).
+- ``weight_load``: one weight-load event of a weight-stationary array (archx ``weight_gemm``):
+  a whole array of weight registers is written, counted ``b * ceil(m/W) * k * ceil(n/tn_off)``
+  times per GEMM (tn_off the off-chip n tile).
 - ``output_group``: one output element per 32-wide k quantization group (MixPE dequantization).
 - ``op``: one op (the GEMM <-> nonlinear mode switch ``instruction`` of Mugi).
 - ``softmax_elem`` / ``silu_elem``: one element of a softmax / SiLU (GELU is charged as SiLU).
@@ -25,7 +30,7 @@ from mugi_jax.hw.arch import BROADCAST_HEIGHT, Arch
 Charges = dict[str, dict[str, float]]
 
 BASES: tuple[str, ...] = (
-    "mac", "output", "output_ktile", "output_group", "op",
+    "mac", "output", "output_ktile", "output_group", "weight_load", "op",
     "softmax_elem", "silu_elem", "softmax_col", "silu_col",
 )
 
@@ -59,7 +64,8 @@ def paper_charges(arch: Arch) -> Charges:
         # one full k-step: 8 cycles, 8H MACs -> divide per-k-step counts by 8H
         kstep = {
             "counter": 8, "counter_register": 8 * bh, "multiplier": 64, "multiplier_register": 64 * bh,
-            "comparator": 8 * H, "magnitude_register": H, "sign_register": H, "sign_fifo": H,
+            # the comparators fire once per k-step (archx weight_reuse_gemm), not every cycle
+            "comparator": H, "magnitude_register": H, "sign_register": H, "sign_fifo": H,
             "temporal_register": 8 * H, "and_gate": 8 * H, "or_gate": 8 * H, "sign_xor": 8 * H,
             "adder": 8 * H, "pe_fifo": 4 * H, "ofifo": 8 * H, "wfifo": H, "ififo": 8,
         }
@@ -84,21 +90,33 @@ def paper_charges(arch: Arch) -> Charges:
             c[base] = col
         c["softmax_col"]["max_tree_register"] = bh
     elif f == "carat":
-        bh = float(BROADCAST_HEIGHT[arch.height])
+        # Mugi's event structure on Carat's inventory (archx's Carat event file is not public):
+        # per cycle the counter and its per-column copies (creg), the column value-reuse path
+        # (BF16 accumulator forming the activation's multiples, its 3 pipeline registers, wreg)
+        # and the array (PE gates/latches, row exponent shift and BF16 row add, ofifo); per
+        # k-step the row weight path (wfifo, ireg, flags), the comparators every cycle; pe_fifo
+        # half its 2H entries per cycle ("multiple spikes").  sign_fifo is not charged.
         kstep = {
-            "counter": 8, "counter_register": 8 * bh, "comparator": 8 * H, "exp_scale": W,
-            "ireg": 8 * W, "multiplier_register": 64 * bh, "shifterexp": 8 * H, "areg": 8 * H,
-            "z_flag": H, "nan_flag": H, "temporal_register": 8 * H, "and_gate": 8 * H,
-            "or_gate": 8 * H, "sign_fifo": 2 * H, "pe_fifo": 4 * H, "accumulator": 8 * H,
-            "ofifo": 8 * H, "wfifo": H, "ififo": 8,
+            "counter": 8, "creg": 8 * W, "accumulator": 8 * W, "accumulator_register": 8 * 3 * W,
+            "wreg": 8 * W, "exp_scale": W, "ififo": W,
+            "wfifo": H, "ireg": H, "z_flag": H, "nan_flag": H, "comparator": 8 * H,
+            "shifterexp": 8 * H, "areg": 8 * H, "temporal_register": 8 * H, "and_gate": 8 * H,
+            "or_gate": 8 * H, "sign_xor": 8 * H, "adder": 8 * H, "ofifo": 8 * H,
+            "pe_fifo": 0.5 * 8 * 2 * H,
         }
         c["mac"] = {k: v / (8 * H) for k, v in kstep.items()}
+        c["output"] = {"multiplier_vector": 1.0, "register_vector": 1.0 / 8}
         c.update(_vector_charges("exact"))
     elif f == "systolic":
-        per_pe = ["multiplier", "accumulator", "input_register", "weight_register", "pe_register",
+        per_pe = ["multiplier", "accumulator", "input_register", "pe_register",
                   "icnt", "icmp", "iadd", "wcnt", "wcmp", "wadd"]
         c["mac"] = {k: 1.0 for k in per_pe}
-        c["mac"].update({"ififo": 1.0 / H, "wfifo": 1.0 / W, "int_to_fp": 1.0 / W})
+        c["mac"]["ififo"] = 1.0 / H
+        # a weight load writes the whole array's weight registers through the row FIFOs
+        c["weight_load"] = {"weight_register": H * W, "wfifo": H, "int_to_fp": H}
+        # vector scaling on the vector unit (the PWL unit's 16-bit registers play register_vector)
+        reg = "pwl_register16" if arch.nonlinear == "pwl" else "register_vector"
+        c["output"] = {"multiplier_vector": 1.0, reg: 1.0 / 8}
         if arch.variant == "figna":
             # archx charges the FIGNA units with instance[-1] (= n) events per k-step, not n^2
             # (n per k-step of n*n MACs -> 1/n per MAC)
@@ -107,13 +125,15 @@ def paper_charges(arch: Arch) -> Charges:
         c["output_ktile"] = {"adder": 1.0, "ofifo": 1.0}
         c.update(_vector_charges(arch.nonlinear))
     elif f == "simd":
-        c["mac"] = {"multiplier": 1.0, "input_register": 1.0, "weight_register": 1.0,
+        c["mac"] = {"multiplier": 1.0, "input_register": 1.0, "pe_register": 1.0,
                     "accumulator": (W - 1) / W, "accumulator_register": 1.0 / W,
-                    "ififo": 1.0 / H, "wfifo": 1.0 / W, "int_to_fp": 1.0 / W}
+                    "ififo": 1.0 / H}
+        c["weight_load"] = {"weight_register": H * W, "wfifo": H, "int_to_fp": H}
+        c["output"] = {"multiplier_vector": 1.0, "register_vector": 1.0 / 8}
         if arch.variant == "figna":
             c["mac"].update({k: 1.0 / H for k in
                              ("ch_aloc", "ch_dealoc", "figna_int_to_fp", "prealigner")})
-        c["output_ktile"] = {"ofifo": 1.0}
+        c["output_ktile"] = {"adder": 1.0, "ofifo": 1.0}
         c.update(_vector_charges("exact"))
     elif f == "tensor":
         m, k, n = float(arch.width), float(arch.depth), float(arch.height)

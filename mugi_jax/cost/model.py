@@ -30,6 +30,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax.numpy as jnp
+from jax import lax
 import numpy as np
 from jaxtyping import Array, Float
 
@@ -58,7 +59,11 @@ class ArchParams(NamedTuple):
     w_i: Float[Array, ""]
     w_w: Float[Array, ""]
     w_o: Float[Array, ""]
+    e_i_elems: Float[Array, ""]  # usable isram elements (half the banks): 2 * w_i * d_i / 16
+    e_w_elems: Float[Array, ""]  # usable wsram elements: 2 * w_w * d_w / weight bits
     e_o_elems: Float[Array, ""]  # usable osram elements (half the banks): 2 * w_o * d_o / 16
+    is_tensor: Float[Array, ""]  # 1 for the tensor core (its off-chip k tile is at least 16)
+    vec_per_offtile: Float[Array, ""]  # 1: vector scaling once per output per off-chip k-tile
     wbits: Float[Array, ""]
     ws: Float[Array, ""]  # 1 if node-stationary ws, 0 if os
     nodes: Float[Array, ""]
@@ -72,6 +77,7 @@ class ArchParams(NamedTuple):
     e_output: Float[Array, ""]
     e_output_ktile: Float[Array, ""]
     e_output_group: Float[Array, ""]
+    e_weight_load: Float[Array, ""]
     e_op: Float[Array, ""]
     e_softmax_elem: Float[Array, ""]
     e_silu_elem: Float[Array, ""]
@@ -99,8 +105,12 @@ def basis_energies_pj(arch: Arch, missing: MissingAttribute = "one") -> dict[str
     return out
 
 
-def arch_params(arch: Arch, missing: MissingAttribute = "one") -> ArchParams:
-    """Flatten ``arch`` into :class:`ArchParams` (paper preset charges)."""
+def arch_params(arch: Arch, missing: MissingAttribute = "one", vec_per_offtile: bool = True) -> ArchParams:
+    """Flatten ``arch`` into :class:`ArchParams` (paper preset charges).
+
+    ``vec_per_offtile``: charge the per-output vector scaling once per off-chip k-tile (the
+    paper's counting) rather than once per output.
+    """
     e = basis_energies_pj(arch, missing)
     si, sw, so = (sram_figures(s) for s in arch.srams)
     is_mugi = arch.family == "mugi"
@@ -110,7 +120,12 @@ def arch_params(arch: Arch, missing: MissingAttribute = "one") -> ArchParams:
     vals = dict(
         W=arch.width, H=arch.height, K=arch.depth, Ks=arch.depth if arch.depth > 1 else arch.height,
         cyc=arch.cycles_per_step, w_i=arch.isram.width_bits, w_w=arch.wsram.width_bits,
-        w_o=arch.osram.width_bits, e_o_elems=2 * arch.osram.width_bits * arch.osram.depth / 16,
+        w_o=arch.osram.width_bits,
+        e_i_elems=2 * arch.isram.width_bits * arch.isram.depth / 16,
+        e_w_elems=2 * arch.wsram.width_bits * arch.wsram.depth / arch.weight_bits,
+        e_o_elems=2 * arch.osram.width_bits * arch.osram.depth / 16,
+        is_tensor=1.0 if arch.family == "tensor" else 0.0,
+        vec_per_offtile=1.0 if vec_per_offtile else 0.0,
         wbits=arch.weight_bits, ws=1.0 if arch.node_stationary == "ws" else 0.0,
         nodes=arch.nodes, hops=float(arch.mesh.rows) if arch.nodes > 1 else 0.0,
         nl_lanes=arch.height if is_mugi else arch.vector_lanes,
@@ -118,7 +133,7 @@ def arch_params(arch: Arch, missing: MissingAttribute = "one") -> ArchParams:
         si_col_cycles=MUGI_SILU_COLUMN_CYCLES if is_mugi else vec,
         lut_streamed=1.0 if (is_mugi and arch.variant == "vlp") else 0.0,
         e_mac=e["mac"], e_output=e["output"], e_output_ktile=e["output_ktile"],
-        e_output_group=e["output_group"], e_op=e["op"], e_softmax_elem=e["softmax_elem"],
+        e_output_group=e["output_group"], e_weight_load=e["weight_load"], e_op=e["op"], e_softmax_elem=e["softmax_elem"],
         e_silu_elem=e["silu_elem"], e_softmax_col=e["softmax_col"], e_silu_col=e["silu_col"],
         e_isram_r=si.read_energy_pj, e_isram_w=si.write_energy_pj,
         e_wsram_r=sw.read_energy_pj, e_wsram_w=sw.write_energy_pj,
@@ -154,19 +169,66 @@ def _pow2_floor(x):
     return jnp.exp2(jnp.floor(jnp.log2(jnp.maximum(x, 1.0))))
 
 
-def gemm_row_costs(p: ArchParams, t: dict[str, Float[Array, " R"]]) -> tuple[Array, Array, Array]:
-    """(cycles, dynamic energy [pJ], FLOPs) of one execution of each GEMM row (elementwise)."""
+def _pow2_ceil(x):
+    """Smallest power of two >= x (exact: frexp, no logarithm rounding)."""
+    mant, ex = jnp.frexp(x)
+    return jnp.ldexp(jnp.ones_like(x), jnp.where(mant == 0.5, ex - 1, ex))
+
+
+def _while_halve(x, cond_fn, steps: int = 48):
+    """Halve ``x`` elementwise while ``cond_fn(x)`` holds (at most ``steps`` times)."""
+    return lax.fori_loop(0, steps, lambda _, v: jnp.where(cond_fn(v), v / 2.0, v), x)
+
+
+def offchip_tile(p: ArchParams, b, m, k, n):
+    """The DRAM -> SRAM tile (tm, tk, tn) of a GEMM row, as archx schedules it (notes 2.2).
+
+    The output SRAM's usable half holds tm x tn outputs: tm = min(m, W) and tn = n * b / nodes
+    halved until it fits, doubled while it is under half full and below the array height, then
+    tm doubled while the tile is under half full; tk fills the weight SRAM (E_w / tn), halved
+    until tm x tk fits the input SRAM (the tensor core trades tn for tk until tk >= 16).  All
+    three are then rounded up to powers of two and capped by m, k, n.
+    """
+    tm = jnp.minimum(m, p.W)
+    tn = _while_halve(n * b / p.nodes, lambda v: tm * v > p.e_o_elems)
+    tn = lax.fori_loop(0, 32, lambda _, v: jnp.where((2 * tm * v < p.e_o_elems) & (v < p.H), 2 * v, v), tn)
+    tm = lax.fori_loop(0, 32, lambda _, v: jnp.where((2 * v * tn < p.e_o_elems) & (v < m), 2 * v, v), tm)
+    tk = _while_halve(p.e_w_elems / tn, lambda v: v * tm > p.e_i_elems)
+
+    def trade(_, kn):
+        grow = (p.is_tensor > 0) & (kn[0] < 16.0)
+        return jnp.where(grow, 2 * kn[0], kn[0]), jnp.where(grow, kn[1] / 2, kn[1])
+
+    tk, tn = lax.fori_loop(0, 8, trade, (tk, tn))
+    return (jnp.minimum(_pow2_ceil(tm), m), jnp.minimum(_pow2_ceil(tk), k),
+            jnp.minimum(_pow2_ceil(tn), n))
+
+
+def gemm_row_counts(p: ArchParams, t: dict[str, Float[Array, " R"]]) -> dict[str, Array]:
+    """Event counts of one execution of each GEMM row: the charge bases of
+    :mod:`mugi_jax.cost.events` and the SRAM / NoC accesses, plus ``cycles`` and ``flops``.
+
+    Array and on-chip SRAM events are counted once per off-chip tile (archx evaluates a tiled
+    GEMM whose batch is the number of off-chip tiles): the output SRAM of output-stationary
+    designs is read and written once per output tile per off-chip k-tile, a weight-stationary
+    design reads its partial sums (k-tiles - 1) times per off-chip tile, and the per-output
+    vector scaling runs once per off-chip k-tile.
+    """
     b, m, k, n = t["b"], t["m"], t["k"], t["n"]
     tm = jnp.minimum(p.W, m)
     tn = jnp.minimum(p.H, n)
     tk = jnp.minimum(p.Ks, k)
     mt, nt, kt = _cdiv(m, tm), _cdiv(n, tn), _cdiv(k, tk)
     kc = _cdiv(k, jnp.minimum(p.K, k))
+    tm_x, tk_x, tn_x = offchip_tile(p, b, m, k, n)
+    k_off, n_off = _cdiv(k, tk_x), _cdiv(n, tn_x)
     compute = b * mt * nt * kc * p.cyc
     isram_r = b * mt * kt * nt * _cdiv(tm * tk * 16.0, p.w_i)
     wsram_r = b * kt * nt * _cdiv(tk * tn * p.wbits, p.w_w) * jnp.where(p.ws > 0, 1.0, mt)
-    out_acc = b * mt * nt * _cdiv(tm * tn * 16.0, p.w_o) * jnp.where(p.ws > 0, kt, 1.0)
-    # off-chip tile (notes 2.2, simplified to its fixed point): tn_off = pow2 >= tn filling the
+    out_tiles = b * mt * nt * _cdiv(tm * tn * 16.0, p.w_o)
+    osram_w = out_tiles * jnp.where(p.ws > 0, kt, k_off)
+    osram_acc_r = out_tiles * jnp.where(p.ws > 0, kt - k_off, k_off)
+    # off-chip fills (notes 2.2, simplified to its fixed point): tn_off = pow2 >= tn filling the
     # osram with tm columns, tm_off grown with what is left.
     tn_off = jnp.minimum(n, jnp.maximum(tn, _pow2_floor(p.e_o_elems / tm)))
     tm_off = jnp.minimum(m, jnp.maximum(tm, _pow2_floor(p.e_o_elems / tn_off)))
@@ -174,22 +236,45 @@ def gemm_row_costs(p: ArchParams, t: dict[str, Float[Array, " R"]]) -> tuple[Arr
     wsram_w = _cdiv(b * k * n * p.wbits, p.w_w) * _cdiv(m, tm_off)
     drain = _cdiv(b * m * n * 16.0, p.w_o)
     cycles = jnp.maximum(jnp.maximum(jnp.maximum(compute, isram_r), jnp.maximum(wsram_r, isram_w)),
-                         jnp.maximum(jnp.maximum(wsram_w, out_acc), drain)) / p.nodes
+                         jnp.maximum(jnp.maximum(wsram_w, jnp.maximum(osram_w, osram_acc_r)), drain)) / p.nodes
     macs = b * m * k * n
     outputs = b * m * n
-    energy = (
-        macs * p.e_mac + outputs * p.e_output + outputs * kt * p.e_output_ktile
-        + outputs * _cdiv(k, MIXPE_GROUP) * p.e_output_group + p.e_op
-        + isram_r * p.e_isram_r + isram_w * p.e_isram_w + wsram_r * p.e_wsram_r
-        + wsram_w * p.e_wsram_w + (out_acc + drain) * p.e_osram_r + out_acc * p.e_osram_w
+    return {
+        "cycles": cycles, "flops": 2.0 * macs,
+        "mac": macs, "output": outputs * jnp.where(p.vec_per_offtile > 0, k_off, 1.0),
+        "output_ktile": outputs * kt, "output_group": outputs * _cdiv(k, MIXPE_GROUP),
+        "weight_load": b * mt * k * n_off, "op": jnp.ones_like(macs),
+        "isram_r": isram_r, "isram_w": isram_w, "wsram_r": wsram_r, "wsram_w": wsram_w,
+        "osram_r": osram_acc_r + drain, "osram_w": osram_w,
         # NoC bit-hops; archx pairs the routers with swapped SRAM widths (kept: paper preset)
-        + p.hops * (isram_w * p.w_o + wsram_w * p.w_i + drain * p.w_w) * p.e_router_bit
-    )
-    return cycles, energy, 2.0 * macs
+        "router_bits": p.hops * (isram_w * p.w_o + wsram_w * p.w_i + drain * p.w_w),
+    }
 
 
-def nonlinear_row_costs(p: ArchParams, t: dict[str, Float[Array, " R"]]) -> tuple[Array, Array, Array]:
-    """(cycles, dynamic energy [pJ], FLOPs) of one execution of each softmax / activation row."""
+# event count -> the ArchParams field holding its energy per event [pJ]
+ENERGY_FIELDS: dict[str, str] = {
+    **{k: f"e_{k}" for k in (
+        "mac", "output", "output_ktile", "output_group", "weight_load", "op", "softmax_elem",
+        "silu_elem", "softmax_col", "silu_col", "isram_r", "isram_w", "wsram_r", "wsram_w",
+        "osram_r", "osram_w")},
+    "router_bits": "e_router_bit",
+}
+
+
+def _costs(p: ArchParams, counts: dict[str, Array]) -> tuple[Array, Array, Array]:
+    """(cycles, dynamic energy [pJ], FLOPs) from a row-count dict."""
+    energy = sum(v * getattr(p, ENERGY_FIELDS[k]) for k, v in counts.items() if k in ENERGY_FIELDS)
+    return counts["cycles"], energy, counts["flops"]
+
+
+def gemm_row_costs(p: ArchParams, t: dict[str, Float[Array, " R"]]) -> tuple[Array, Array, Array]:
+    """(cycles, dynamic energy [pJ], FLOPs) of one execution of each GEMM row (elementwise)."""
+    return _costs(p, gemm_row_counts(p, t))
+
+
+def nonlinear_row_counts(p: ArchParams, t: dict[str, Float[Array, " R"]]) -> dict[str, Array]:
+    """Event counts of one execution of each softmax / activation row (bases of
+    :mod:`mugi_jax.cost.events` and SRAM accesses), plus ``cycles`` and ``flops``."""
     m, n = t["m"], t["n"]
     sm = t["kind"] == SOFTMAX
     elems = m * n
@@ -205,13 +290,19 @@ def nonlinear_row_costs(p: ArchParams, t: dict[str, Float[Array, " R"]]) -> tupl
     lut_reads = cols * col_cycles * _cdiv(WINDOW_BITS, p.w_i) * p.lut_streamed
     lut_fill = _cdiv(LUT_BITS, p.w_i) * p.lut_streamed
     cycles = jnp.maximum(jnp.maximum(compute, osram), fill) / p.nodes
-    energy = (
-        elems * jnp.where(sm, p.e_softmax_elem, p.e_silu_elem)
-        + cols * jnp.where(sm, p.e_softmax_col, p.e_silu_col) + p.e_op
-        + osram * (p.e_osram_r + p.e_osram_w) + fill * (p.e_osram_w + p.e_osram_r)
-        + lut_reads * p.e_isram_r + lut_fill * p.e_isram_w
-    )
-    return cycles, energy, 3.0 * elems
+    zero = jnp.zeros_like(elems)
+    return {
+        "cycles": cycles, "flops": 3.0 * elems,
+        "softmax_elem": jnp.where(sm, elems, zero), "silu_elem": jnp.where(sm, zero, elems),
+        "softmax_col": jnp.where(sm, cols, zero), "silu_col": jnp.where(sm, zero, cols),
+        "op": jnp.ones_like(elems),
+        "osram_r": osram + fill, "osram_w": osram + fill, "isram_r": lut_reads, "isram_w": lut_fill,
+    }
+
+
+def nonlinear_row_costs(p: ArchParams, t: dict[str, Float[Array, " R"]]) -> tuple[Array, Array, Array]:
+    """(cycles, dynamic energy [pJ], FLOPs) of one execution of each softmax / activation row."""
+    return _costs(p, nonlinear_row_counts(p, t))
 
 
 def row_costs(p: ArchParams, t: dict[str, Float[Array, " R"]]) -> dict[str, Float[Array, " R"]]:

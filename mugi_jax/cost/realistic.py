@@ -228,7 +228,7 @@ def vector_lanes(arch: Arch) -> int:
 
 def realistic_params(arch: Arch, workload: Workload, cfg: RealisticConfig) -> tuple[RealParams, float, float]:
     """(:class:`RealParams`, leakage W, area mm^2) of ``arch`` under ``cfg``."""
-    base = arch_params(arch, "reference")
+    base = arch_params(arch, "reference", vec_per_offtile=False)
     W, H = arch.width, arch.height
     a = cfg.adders_per_row
     leak_w, area = float(base.leakage_w), float(base.area_mm2)

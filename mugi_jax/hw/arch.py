@@ -165,6 +165,9 @@ def _vector_unit(lanes: int, kind: NonlinearUnit) -> tuple[Module, ...]:
             Module("multiplier_vector", "multiplierbf16", lanes, (), "vector"),
             Module("register_vector", "register", lanes, _a(width=16), "vector"),
             Module("accumulator_vector", "adderbf16", lanes, (), "vector"),
+            # the accumulator's result register: archx instantiates it (area, leakage) but no
+            # event charges it
+            Module("mac_register_vector", "register", lanes, _a(width=16), "vector"),
         )
     if kind == "pwl":  # 22 segments: 21 breakpoint comparators, 21->22 encoder, coefficient regs
         return (
@@ -244,38 +247,47 @@ def mugi(height: int, variant: str = "vlp") -> Arch:
 def carat(height: int) -> Arch:
     """Carat H x 8 (FP8 weights, temporal activation mantissa, no early termination).
 
-    Modelled as the VLP array with Carat's 8-bit weight path, exponent handling and column
-    accumulators (module list from the notes, section 3); nonlinear ops on an H-lane vector unit.
+    The module inventory of archx's Carat configuration (``zoo/llm/carat``, the 32 nm 256x8
+    architecture file; the other heights scale the per-row and per-PE counts with H): 8-bit
+    weight FIFOs, one 3-bit comparator per row, per-row exponent shifter (an 8-bit adder) and BF16
+    row adder, per-PE 1.5-bit ``areg``, per-column exponent scaling, BF16 column accumulators
+    with 3-deep result registers, ``wreg``/``creg`` broadcast registers, NaN / zero flags, and an
+    H-lane vector unit for the nonlinear ops.  Weights travel through the SRAMs as 4-bit codes
+    (``weight_bits``); the output SRAM is 256 b x 512.
     """
     if height not in MUGI_HEIGHTS:
         raise ValueError(f"height={height}: Carat heights are {MUGI_HEIGHTS}")
-    h, w, bh = height, 8, BROADCAST_HEIGHT[height]
+    h, w = height, 8
     mods = [
         Module("counter", "counter", 1, _a(width=3), "control"),
-        Module("counter_register", "register", bh, _a(width=3), "control"),
-        Module("comparator", "comparator", h, _a(width=4)),
+        Module("creg", "register", (h // 8) * w, _a(width=3), "control"),  # counter broadcast
+        Module("wreg", "register", w, _a(width=16)),  # per-column activation register
+        Module("comparator", "comparator", h, _a(width=3)),
         Module("exp_scale", "adder", w, _a(width=8)),
-        Module("ireg", "register", w, _a(width=12)),
-        Module("multiplier_register", "register", bh * w, _a(width=16)),
-        Module("shifterexp", "shifter", h, _a(width=8, stage=3)),
+        Module("ireg", "register", h, _a(width=12)),
+        Module("shifterexp", "adder", h, _a(width=8)),
         Module("areg", "register", h * w, _a(width=1.5)),
-        Module("z_flag", "register", h, _a(width=1)),
-        Module("nan_flag", "register", h, _a(width=1)),
+        Module("z_flag", "or_bitwise", h, _a(width=7)),
+        Module("nan_flag", "and_bitwise", h, _a(width=7)),
         Module("temporal_register", "register", h * w, _a(width=1)),
         Module("and_gate", "and_bitwise", h * w, _a(width=16)),
         Module("or_gate", "or_bitwise", h * w * 2, _a(width=16)),
-        Module("sign_fifo", "fifo", 2 * h, _a(width=4, depth=2)),
-        Module("pe_fifo", "fifo", 2 * h, _a(width=16, depth=8)),
-        Module("accumulator", "adderbf16", h),
-        Module("ofifo", "fifo", h, _a(width=16, depth=2)),
+        Module("sign_xor", "xnor_bitwise", h, _a(width=1)),
+        Module("sign_fifo", "fifo", 2 * h, _a(width=8, depth=1)),
+        Module("pe_fifo", "fifo", 2 * h, _a(width=16, depth=4)),
+        Module("adder", "adderbf16", h),  # BF16 row adder
+        Module("accumulator", "adderbf16", w),  # BF16 column accumulator
+        Module("accumulator_register", "register", 3 * w, _a(width=16)),
+        Module("ofifo", "fifo", h, _a(width=16, depth=8)),
         Module("wfifo", "fifo", h, _a(width=8, depth=8)),
-        Module("ififo", "fifo", w, _a(width=16, depth=2)),
+        Module("ififo", "fifo", w, _a(width=16, depth=8)),
         *_vector_unit(h, "exact"),
     ]
-    isram, wsram, osram = _mugi_srams(h)
+    isram, wsram, _ = _mugi_srams(h)
+    osram = Sram("osram", 256, 512) if h == 256 else _mugi_srams(h)[2]
     return Arch(
         name=f"carat-{h}x8", family="carat", variant="fp8", height=h, width=w, depth=1,
-        cycles_per_step=8, weight_bits=8, vector_lanes=h, nonlinear="exact",
+        cycles_per_step=8, weight_bits=4, vector_lanes=h, nonlinear="exact",
         node_stationary="os", isram=isram, wsram=wsram, osram=osram, modules=tuple(mods),
     )
 
@@ -298,7 +310,7 @@ def systolic(n: int, variant: str = "mac") -> Arch:
         raise ValueError(f"n={n}: systolic sizes are {SYSTOLIC_SIZES}")
     if variant not in SYSTOLIC_VARIANTS:
         raise ValueError(f"variant={variant!r}: systolic variants are {SYSTOLIC_VARIANTS}")
-    cw = max(2, (n - 1).bit_length() + 1)  # control counter width (2..5 over n = 8..64 in archx: 2-5)
+    cw = n.bit_length() - 2  # control register width: log2(n) - 1 bits (archx: 2..5 over n = 8..64)
     mods = [
         Module("multiplier", "multiplierbf16", n * n),
         Module("accumulator", "adderbf16", n * n),
@@ -306,11 +318,11 @@ def systolic(n: int, variant: str = "mac") -> Arch:
         Module("weight_register", "register", n * n, _a(width=16)),
         Module("pe_register", "register", n * n, _a(width=16)),
         Module("icnt", "register", n * n, _a(width=cw), "control"),
-        Module("icmp", "register", n * n, _a(width=2), "control"),
-        Module("iadd", "register", n * n, _a(width=cw - 1), "control"),
+        Module("icmp", "register", n * n, _a(width=cw), "control"),
+        Module("iadd", "register", n * n, _a(width=cw), "control"),
         Module("wcnt", "register", n * n, _a(width=cw), "control"),
-        Module("wcmp", "register", n * n, _a(width=2), "control"),
-        Module("wadd", "register", n * n, _a(width=cw - 1), "control"),
+        Module("wcmp", "register", n * n, _a(width=cw), "control"),
+        Module("wadd", "register", n * n, _a(width=cw), "control"),
         Module("adder", "adderbf16", n),
         Module("ofifo", "fifo", n, _a(width=16, depth=n)),
         Module("ififo", "fifo", n, _a(width=16, depth=n)),
@@ -338,8 +350,10 @@ def simd(n: int, variant: str = "mac") -> Arch:
         Module("multiplier", "multiplierbf16", n * n),
         Module("input_register", "register", n * n, _a(width=16)),
         Module("weight_register", "register", n * n, _a(width=16)),
+        Module("pe_register", "register", n * n, _a(width=16)),  # product register per PE
         Module("accumulator", "adderbf16", n * (n - 1)),  # adder tree per row
         Module("accumulator_register", "register", n, _a(width=16)),
+        Module("adder", "adderbf16", n),  # per-row partial-sum adder across k-tiles
         Module("ofifo", "fifo", n, _a(width=16, depth=n)),
         Module("ififo", "fifo", n, _a(width=16, depth=n)),
         Module("wfifo", "fifo", n, _a(width=4, depth=n)),

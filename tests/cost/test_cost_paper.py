@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mugi_jax.cost import evaluate, report_at, sweep
+from mugi_jax.cost import energy_by_module, evaluate, report_at, sweep
 from mugi_jax.cost.model import arch_params, row_costs, table_arrays
 from mugi_jax.cost.presets import PAPER
 from mugi_jax.hw import get_arch
@@ -90,12 +90,15 @@ def test_carbon_llama2_7b(grid):
     op_sd = sd.operational_carbon_g / mu.operational_carbon_g
     em_sa = sa.embodied_carbon_g / mu.embodied_carbon_g
     em_sd = sd.embodied_carbon_g / mu.embodied_carbon_g
-    # Pinned computed values (our model), see docs "Reproduction status":
-    assert op_sa == pytest.approx(1.597, rel=0.01)  # paper 1.45: +10.1 %, just outside 10 %
-    assert em_sa == pytest.approx(1.663, rel=0.01)  # paper 1.48: +12 % (embodied formula unpublished)
-    # Against the 16x16 SIMD array (the baseline of the 3.11x) both are within the 10 % tolerance.
-    assert rel(op_sd, 1.45) < 0.10
-    assert rel(em_sd, 1.48) < 0.10
+    # The published 1.45x operational ratio (authors' op_carbon.csv: 1.4527) within 1 % (issue 13;
+    # nothing fitted: it follows from the on-chip energies that reproduce the comprehensive table).
+    assert rel(op_sa, 1.4527) < 0.01
+    assert op_sd == pytest.approx(1.392, rel=0.01)  # pinned (our model)
+    # Embodied: the authors' formula is unpublished (their per-design rates give 1.48x); ours is
+    # area x time (ACT), 1.657x, which their own areas and times also give (1.659x): see docs.
+    assert em_sa == pytest.approx(1.657, rel=0.01)
+    assert em_sa == pytest.approx((sa.area_mm2 * sa.execution_time_s) / (mu.area_mm2 * mu.execution_time_s))
+    assert em_sd == pytest.approx(1.601, rel=0.01)
     # operational carbon is proportional to total on-chip energy
     assert op_sa == pytest.approx(sa.energy_j / mu.energy_j)
 
@@ -103,8 +106,10 @@ def test_carbon_llama2_7b(grid):
 def test_leakage_and_area(grid):
     mu = grid("mugi-256x8", "llama2-7b")
     assert rel(mu.area_mm2, 2.951) < 0.005
-    # our CACTI SRAM leakage (34.7 mW) is below the 56 mW the published totals imply
-    assert rel(mu.leakage_w, 0.0725) < 0.01
+    # the notes' leakage totals (logic 37.8 mW + CACTI SRAMs with the authors' settings 56.4 mW)
+    assert rel(mu.leakage_w, 0.0942) < 0.002
+    assert rel(grid("sa-16", "llama2-7b").leakage_w, 0.0860) < 0.002
+    assert rel(grid("simd-16", "llama2-7b").leakage_w, 0.0838) < 0.002
 
 
 def test_mesh_speedup_is_the_node_count_and_lut_only_costs_area():
@@ -113,7 +118,9 @@ def test_mesh_speedup_is_the_node_count_and_lut_only_costs_area():
     grid16 = evaluate(get_arch("mugi-256x8", nodes="4x4"), w)
     lut = evaluate(get_arch("mugi-256x8", variant="lut"), w)
     assert float(grid16.throughput_gflops / one.throughput_gflops) == pytest.approx(16.0, rel=1e-6)
-    assert float(grid16.dynamic_energy_j) > float(one.dynamic_energy_j)  # NoC bit-hops
+    small = Workload(get_model("llama2-7b"), 8, 128)
+    noc = energy_by_module(get_arch("mugi-256x8", nodes="2x2"), small)["noc"]
+    assert noc > 0 and "noc" not in energy_by_module(get_arch("mugi-256x8"), small)  # NoC bit-hops
     assert float(lut.cycles) == float(one.cycles)
     assert float(lut.area_mm2) > float(one.area_mm2) + 1.0
 
