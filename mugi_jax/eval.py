@@ -1,10 +1,15 @@
-"""Perplexity of a language model under a numerics policy.
+"""Accuracy of a model under a numerics policy: perplexity (decoders), embedding fidelity and
+k-NN genre classification (encoders).
 
-Definition (fixed so results are comparable): the text is tokenized with no BOS token; the first
+Perplexity (fixed so results are comparable): the text is tokenized with no BOS token; the first
 ``max_tokens`` tokens are cut into non-overlapping windows of ``context`` tokens (a shorter final
 window is kept if it has at least 2 tokens); within each window every position after the first
 is predicted from the tokens before it in that window; ``ppl = exp(mean NLL)`` over every
 predicted position.  NLL is computed in float32 on device and summed in float64.
+
+Encoders (:func:`embedding_eval`): the cosine similarity of each text's embedding to its exact
+(FP32) embedding, and the leave-one-out k-NN accuracy of a labelled task on the embeddings
+(:func:`brown_genre_task`: the genre of each of the 500 Brown files from its first tokens).
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from jaxtyping import Array, Int
 
 from mugi_jax import numerics
 
-__all__ = ["perplexity", "corpus_tokens", "window_nll"]
+__all__ = ["perplexity", "corpus_tokens", "window_nll", "knn_accuracy", "brown_genre_task",
+           "embedding_eval", "genre_eval"]
 
 
 def corpus_tokens(tokenizer: Any, text: str, max_tokens: int | None) -> list[int]:
@@ -107,3 +113,100 @@ def perplexity(model: Any, tokens: list[int] | np.ndarray, policy: numerics.Poli
     return {"ppl": math.exp(mean), "nll": mean, "predicted_tokens": count, "windows": n_windows,
             "context": context, "tokens_used": int(len(toks)), "numerics": policy.name,
             "seconds": time.perf_counter() - t0}
+
+
+# ------------------------------------------------------------------------------------------
+# Sentence embeddings (encoders): fidelity to the exact embedding and a labelled task
+# ------------------------------------------------------------------------------------------
+
+
+def knn_accuracy(embeddings: np.ndarray, labels: Any, k: int = 5) -> float:
+    """Leave-one-out k-nearest-neighbour accuracy by cosine similarity.
+
+    Each item is classified by the majority label of its ``k`` most similar other items
+    (similarity = dot product of the L2-normalised embeddings; equal similarities are ordered
+    by item index); a tie in votes goes to the tied label with the larger summed similarity.
+    """
+    e = np.asarray(embeddings, np.float64)
+    labels = np.asarray(labels)
+    n = len(e)
+    if not 1 <= k < n:
+        raise ValueError(f"k: must be in [1, {n - 1}] for {n} items, got {k}")
+    e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-30)
+    sims = e @ e.T
+    np.fill_diagonal(sims, -np.inf)
+    nearest = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    classes, codes = np.unique(labels, return_inverse=True)
+    near_sims = np.take_along_axis(sims, nearest, axis=1)
+    onehot = np.eye(len(classes))[codes[nearest]]  # n k C
+    # votes first; the summed similarity (|sum| <= k, scaled below half a vote) breaks ties
+    score = onehot.sum(axis=1) + (onehot * near_sims[..., None]).sum(axis=1) / (2 * (k + 1))
+    pred = np.argmax(score, axis=1)
+    return float(np.mean(pred == codes))
+
+
+def brown_genre_task(passages: int | None = None) -> tuple[list[str], list[str], list[str]]:
+    """The Brown genre-classification task: ``(texts, genres, file ids)``, one passage per file
+    (the file's text; the encoder keeps its first tokens), the genre being the second letter
+    of the file id (``ca01`` -> ``a``, press reportage; 15 genres, 500 files).
+
+    ``passages`` < 500 takes that many files evenly spaced in filename order (every genre keeps
+    its share)."""
+    from mugi_jax import data
+
+    docs = data.brown_documents()
+    if passages is not None:
+        if not 2 <= passages <= len(docs):
+            raise ValueError(f"passages: must be in [2, {len(docs)}], got {passages}")
+        docs = [docs[i] for i in np.linspace(0, len(docs) - 1, passages).round().astype(int)]
+    return [t for _, t in docs], [f[1] for f, _ in docs], [f for f, _ in docs]
+
+
+def embedding_eval(model: Any, tokenizer: Any, texts: list[str], labels: Any,
+                   policy: numerics.Policy | str = "exact", reference: np.ndarray | None = None,
+                   k: int = 5, max_tokens: int | None = None,
+                   batch_size: int = 32) -> dict[str, Any]:
+    """Embed ``texts`` under ``policy`` and measure it.
+
+    Returns ``knn_accuracy`` (:func:`knn_accuracy` on ``labels``), ``cosine_mean`` /
+    ``cosine_min`` (cosine similarity of each embedding to the matching row of ``reference``,
+    the exact embeddings; None without one), ``embeddings``, ``numerics``, ``seconds``.
+    """
+    from mugi_jax.models.embed import embed
+
+    policy = numerics.preset(policy)
+    t0 = time.perf_counter()
+    emb = embed(model, tokenizer, texts, policy, batch_size=batch_size, max_tokens=max_tokens)
+    seconds = time.perf_counter() - t0
+    cos = None
+    if reference is not None:
+        ref = np.asarray(reference, np.float64)
+        e = np.asarray(emb, np.float64)
+        cos = np.sum(e * ref, axis=1) / (np.linalg.norm(e, axis=1) * np.linalg.norm(ref, axis=1))
+    return {"numerics": policy.name, "knn_accuracy": knn_accuracy(emb, labels, k), "k": k,
+            "cosine_mean": None if cos is None else float(np.mean(cos)),
+            "cosine_min": None if cos is None else float(np.min(cos)),
+            "texts": len(texts), "embeddings": emb, "seconds": seconds}
+
+
+def genre_eval(model: Any, tokenizer: Any, presets: list[str], passages: int | None = None,
+               max_tokens: int | None = None, k: int = 5, batch_size: int = 32,
+               progress: bool = False) -> list[dict[str, Any]]:
+    """:func:`embedding_eval` of each preset on :func:`brown_genre_task`, exact first (the
+    reference of the cosine similarities; added when ``presets`` lacks it).  One dict per
+    preset, embeddings included."""
+    texts, labels, _ = brown_genre_task(passages)
+    names = ["exact"] + [p for p in presets if p != "exact"]
+    rows, reference = [], None
+    for name in names:
+        r = embedding_eval(model, tokenizer, texts, labels, name, reference=reference, k=k,
+                           max_tokens=max_tokens, batch_size=batch_size)
+        if name == "exact":
+            reference = r["embeddings"]
+            r["cosine_mean"] = r["cosine_min"] = 1.0
+        if progress:
+            print(f"{name}: k-NN accuracy {r['knn_accuracy']:.3f}, cosine to exact mean "
+                  f"{r['cosine_mean']:.5f} min {r['cosine_min']:.5f} ({r['seconds']:.1f} s)",
+                  flush=True)
+        rows.append(r)
+    return rows

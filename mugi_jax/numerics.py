@@ -14,8 +14,8 @@ Per-layer overrides: ``Policy.layers`` maps a layer index to a :class:`LayerNume
 the default for that layer.  The model code never branches on numerics: it asks
 ``policy.layer(i)`` for a :class:`LayerNumerics` and calls its methods.
 
-Presets (:func:`preset`): ``exact``, ``nonlinear-only``, ``pwl``, ``taylor``, ``mugi``,
-``mugi-exact`` (see :data:`PRESETS`).  Kernels that have not been built yet make the presets that
+Presets (:func:`preset`): ``exact``, ``nonlinear-only``, ``pwl``, ``taylor``, ``mugi-l``,
+``mugi``, ``mugi-exact`` (see :data:`PRESETS`).  Kernels that have not been built yet make the presets that
 need them raise :class:`MissingKernelError` naming the missing module.
 """
 
@@ -344,6 +344,11 @@ def _taylor(nl: Any) -> tuple[Any, Any]:
     return nl.Taylor(), nl.Taylor()
 
 
+def _mugi_l(nl: Any) -> tuple[Any, Any]:
+    # the same numerics as VLP (a physical table instead of streaming: only the cost differs)
+    return nl.MugiL(), nl.MugiL()
+
+
 def _mugi(mode: str, name: str) -> Policy:
     base = _nonlinear_only(_vlp, name).default
     quant = _kernel_module("quant")
@@ -364,6 +369,7 @@ PRESETS: dict[str, Callable[[], Policy]] = {
     "nonlinear-only": lambda: _nonlinear_only(_vlp, "nonlinear-only"),
     "pwl": lambda: _nonlinear_only(_pwl, "pwl"),
     "taylor": lambda: _nonlinear_only(_taylor, "taylor"),
+    "mugi-l": lambda: _nonlinear_only(_mugi_l, "mugi-l"),
     "mugi": lambda: _mugi("fast", "mugi"),
     "mugi-exact": lambda: _mugi("exact", "mugi-exact"),
 }

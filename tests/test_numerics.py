@@ -13,8 +13,9 @@ from mugi_jax import numerics
 
 
 def test_presets_and_unknown_name():
-    assert set(numerics.PRESETS) == {"exact", "nonlinear-only", "pwl", "taylor", "mugi", "mugi-exact"}
-    with pytest.raises(ValueError, match="exact, nonlinear-only, pwl, taylor, mugi, mugi-exact"):
+    assert set(numerics.PRESETS) == {"exact", "nonlinear-only", "pwl", "taylor", "mugi-l", "mugi",
+                                     "mugi-exact"}
+    with pytest.raises(ValueError, match="exact, nonlinear-only, pwl, taylor, mugi-l, mugi, mugi-exact"):
         numerics.preset("fp8")
     for name in numerics.PRESETS:
         p = numerics.preset(name)

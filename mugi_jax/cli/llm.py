@@ -35,6 +35,9 @@ def _check_model(model: str) -> None:
 
     if model not in models.MODELS:
         raise CliError(f"--model: unknown model {model!r}; valid: {', '.join(models.MODELS)}")
+    if model in models.ENCODERS:
+        raise CliError(f"--model: {model!r} is an encoder (no next-token logits); evaluate it with "
+                       f"`mugi-jax embed-eval --model {model}`")
 
 
 def _load(model: str, quiet: bool = False):  # noqa: ANN202
@@ -53,7 +56,7 @@ def ppl(
     model: str = typer.Option("smollm2-135m", help="Model name."),
     corpus: str = typer.Option("sotu", help="Corpus: sotu, brown or austen."),
     numerics: str = typer.Option("exact", "--numerics",
-                                 help="Numerics preset: exact, nonlinear-only, pwl, taylor, mugi, "
+                                 help="Numerics preset: exact, nonlinear-only, pwl, taylor, mugi-l, mugi, "
                                       "mugi-exact."),
     context: int = typer.Option(512, help="Window length in tokens (non-overlapping windows)."),
     max_tokens: int = typer.Option(4096, help="Evaluate the first N tokens of the corpus."),

@@ -46,9 +46,10 @@ def tokenize(tokenizer: EncoderTokenizer, texts: Sequence[str], max_seq_len: int
 
 def embed(model: Bert, tokenizer: EncoderTokenizer, texts: Sequence[str],
           numerics: numerics.Policy | str = "exact", batch_size: int = 32,
-          truncate: bool = True) -> np.ndarray:
+          truncate: bool = True, max_tokens: int | None = None) -> np.ndarray:
     """The ``(len(texts), dim)`` float32 sentence embeddings of ``texts`` under ``numerics``
-    (L2-normalised when ``model.config.normalize``; see the module docstring)."""
+    (L2-normalised when ``model.config.normalize``; see the module docstring).  ``max_tokens``
+    (special tokens included) lowers the truncation length below ``config.max_seq_len``."""
     from mugi_jax import numerics as nx
 
     if isinstance(texts, str):
@@ -56,8 +57,12 @@ def embed(model: Bert, tokenizer: EncoderTokenizer, texts: Sequence[str],
     if batch_size < 1:
         raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
     cfg = model.config
+    if max_tokens is not None and not 2 <= max_tokens <= cfg.max_seq_len:
+        raise ValueError(f"max_tokens: must be in [2, {cfg.max_seq_len}] (the model's "
+                         f"max_seq_len), got {max_tokens}")
     policy = nx.preset(numerics)
-    ids = tokenize(tokenizer, texts, cfg.max_seq_len, truncate)
+    ids = tokenize(tokenizer, texts, cfg.max_seq_len if max_tokens is None else max_tokens,
+                   truncate)
     out = np.zeros((len(ids), cfg.dim), np.float32)
     if not ids:
         return out

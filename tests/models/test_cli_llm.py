@@ -39,7 +39,7 @@ def test_ppl_json_and_generate():
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["ppl", "--numerics", "fp8"], "valid: exact, nonlinear-only, pwl, taylor, mugi, mugi-exact"),
+    (["ppl", "--numerics", "fp8"], "valid: exact, nonlinear-only, pwl, taylor, mugi-l, mugi, mugi-exact"),
     (["ppl", "--corpus", "wiki"], "valid: sotu, brown, austen"),
     (["ppl", "--model", "gpt2"], "valid: smollm2-135m"),
     (["generate", "--prompt", "x", "--model", "gpt2"], "valid: smollm2-135m"),
