@@ -13,7 +13,8 @@ from typing import Optional
 
 import typer
 
-from mugi_jax.cli._common import CliError, app, print_json
+from mugi_jax.cli._common import (CliError, app, check_choice, check_data_dir, check_int,
+                                   check_names, enable_compilation_cache, print_json, status)
 
 ALL_PRESETS = "exact,nonlinear-only,pwl,taylor,mugi-l,mugi"
 TASKS = ("brown-genre",)
@@ -40,32 +41,25 @@ def embed_eval(
 
     if model not in models.ENCODERS:
         raise CliError(f"--model: {model!r} is not an encoder; valid: {', '.join(models.ENCODERS)}")
-    if task not in TASKS:
-        raise CliError(f"--task: unknown task {task!r}; valid: {', '.join(TASKS)}")
-    names = [n.strip() for n in numerics.split(",") if n.strip()]
-    for n in names:
-        if n not in nx.PRESETS:
-            raise CliError(f"--numerics: unknown numerics preset {n!r}; valid: {', '.join(nx.PRESETS)}")
-    if not names:
-        raise CliError(f"--numerics: give at least one preset; valid: {', '.join(nx.PRESETS)}")
-    if not 2 <= passages <= 500:
-        raise CliError(f"--passages: must be in [2, 500], got {passages}")
-    if not 1 <= k < passages:
-        raise CliError(f"--k: must be in [1, {passages - 1}] for {passages} passages, got {k}")
-    if batch_size < 1:
-        raise CliError(f"--batch-size: must be >= 1, got {batch_size}")
+    check_choice("--task", task, TASKS)
+    names = check_names("--numerics", numerics, tuple(nx.PRESETS)) or list(nx.PRESETS)
+    check_int("--passages", passages, 2, 500)
+    check_int("--k", k, 1, passages - 1)
+    check_int("--batch-size", batch_size, 1, 1024)
+    check_data_dir()
+    enable_compilation_cache()
     try:
-        m, tok, cfg = models.load(model)
-    except data.DataError as err:
-        raise CliError(str(err)) from err
-    if max_tokens is not None and not 2 <= max_tokens <= cfg.max_seq_len:
-        raise CliError(f"--max-tokens: must be in [2, {cfg.max_seq_len}] (the model's "
-                       f"max_seq_len), got {max_tokens}")
+        with status(f"loading {model}", enabled=not json_out):
+            m, tok, cfg = models.load(model)
+    except (data.DataError, models.CheckpointError, ValueError) as err:
+        raise CliError(str(err)) from None
+    if max_tokens is not None:
+        check_int("--max-tokens", max_tokens, 2, cfg.max_seq_len)
     try:
         rows = ev.genre_eval(m, tok, names, passages=passages, max_tokens=max_tokens, k=k,
                              batch_size=batch_size, progress=not json_out)
     except data.DataError as err:
-        raise CliError(str(err)) from err
+        raise CliError(str(err)) from None
     out = [{key: v for key, v in r.items() if key != "embeddings"} for r in rows]
     if json_out:
         print_json({"model": model, "task": task, "passages": passages,

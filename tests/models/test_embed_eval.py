@@ -34,11 +34,12 @@ def test_brown_genre_task_subset_keeps_every_genre():
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["embed-eval", "--numerics", "exact,fp8"], "--numerics: unknown numerics preset 'fp8'"),
+    (["embed-eval", "--numerics", "exact,fp8"], "--numerics: unknown name 'fp8'; valid names: exact"),
     (["embed-eval", "--model", "smollm2-135m"], "not an encoder; valid: minilm-l6"),
-    (["embed-eval", "--task", "sts"], "--task: unknown task 'sts'; valid: brown-genre"),
-    (["embed-eval", "--passages", "501"], "--passages: must be in [2, 500]"),
-    (["embed-eval", "--passages", "10", "--k", "10"], "--k: must be in [1, 9]"),
+    (["embed-eval", "--task", "sts"], "--task 'sts': not valid; valid values: brown-genre"),
+    (["embed-eval", "--passages", "501"], "--passages 501: must be an integer from 2 to 500"),
+    (["embed-eval", "--passages", "10", "--k", "10"], "--k 10: must be an integer from 1 to 9"),
+    (["embed-eval", "--max-tokens", "300"], "--max-tokens 300: must be an integer from 2 to 256"),
     (["ppl", "--model", "minilm-l6"], "is an encoder (no next-token logits)"),
 ])
 def test_bad_input_is_one_line(monkeypatch, capsys, args, needle):
