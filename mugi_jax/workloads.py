@@ -1,6 +1,13 @@
 """LLM inference workloads as op tables (arrays), for the cost model.
 
-A :class:`ModelShape` is the architecture of a decoder-only LLM; a :class:`Workload` adds the
+A :class:`ModelShape` is the cost model's view of a model config (:mod:`mugi_jax.models.config`,
+the record the Flax model is built from): :meth:`ModelShape.from_config` reads the shapes, the
+op list (which projections the config's layers have: a gated FFN or not), the activation
+(SiLU, GELU, GELU-tanh; both GELUs are costed as a two-pass GELU, like SiLU: kind ``GELU``), the
+attention kind per layer (sliding window or global) and whether it is an encoder (no decode, no
+LM head, bidirectional attention over the whole input).  :func:`get_model` accepts a registered
+name (:data:`MODEL_NAMES`: the paper's Llama-2 shapes, Llama 3, SmolLM2, Gemma 3, MiniLM) or a
+path to a Hugging Face ``config.json``.  A :class:`Workload` adds the
 serving scenario (batch, maximum sequence length, prompt length); :func:`op_table` turns both,
 plus the decode-length conventions of a cost preset (:class:`DecodeConvention`), into an
 :class:`OpTable`: one row per distinct op shape with a repeat count, as NumPy arrays.
@@ -23,13 +30,23 @@ dh = head dim, F = FFN hidden, V = vocab, L = layers (the authors' shapes, notes
     softmax   m = B*h*P, n = P              m = B*h, n = c                  c = P+1 .. S
     act       m = F, n = B*P                m = F, n = B                    x linear_decode_steps
 
-Every per-layer row repeats L times.  The activation is SiLU for SwiGLU models and GELU for
-GELU models (none of the presets here; the ``act_kind`` column says which).
+Every per-layer row repeats L times.  The activation row has kind SILU for SwiGLU models and
+GELU for GELU / GeGLU models.  A model without a gate projection has no ``gate`` row.
+
+Sliding-window layers (window w) see min(c, w) keys: their attention rows (and softmax) use
+min(c, w) for the context, so a model with sliding and global layers has one group of attention
+rows per window (layers of a group share rows; repeat = layers in the group), and the decode
+blocks are laid out group by group (QK^T, PV, softmax of the first group, then the next).
+An encoder runs once over all S tokens (B*S tokens per projection, S x S bidirectional attention),
+with no decode rows and no LM head.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -47,9 +64,17 @@ OP_NAMES: tuple[str, ...] = (
 )
 
 
+ACTIVATIONS: tuple[str, ...] = ("silu", "gelu", "gelu_tanh")
+
+
 @dataclass(frozen=True)
 class ModelShape:
-    """Decoder-only transformer shape."""
+    """The cost model's view of a transformer (built from a model config, see the module docstring).
+
+    ``windows`` holds each layer's sliding window (``None``: global attention); ``()`` means every
+    layer is global.  ``gated_ffn``: the FFN has a gate projection (SwiGLU / GeGLU).  ``encoder``:
+    no decode, no LM head, bidirectional attention.
+    """
 
     name: str
     layers: int
@@ -59,11 +84,32 @@ class ModelShape:
     ffn_hidden: int
     vocab: int
     head_dim: int | None = None  # default dim // heads
-    activation: str = "silu"  # silu | gelu
+    activation: str = "silu"  # silu | gelu | gelu_tanh
+    gated_ffn: bool = True
+    windows: tuple[int | None, ...] = ()
+    encoder: bool = False
+
+    def __post_init__(self) -> None:
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation={self.activation!r}: allowed values are {', '.join(ACTIVATIONS)}")
+        if self.windows and len(self.windows) != self.layers:
+            raise ValueError(f"windows: needs one entry per layer ({self.layers}), got {len(self.windows)}")
 
     @property
     def dh(self) -> int:
         return self.head_dim if self.head_dim is not None else self.dim // self.heads
+
+    @property
+    def act_kind(self) -> int:
+        """Op kind of the FFN activation (both GELUs are costed as a two-pass GELU)."""
+        return SILU if self.activation == "silu" else GELU
+
+    def attention_groups(self) -> tuple[tuple[int | None, int], ...]:
+        """(window, layers) per attention kind, in order of first appearance."""
+        counts: dict[int | None, int] = {}
+        for w in (self.windows or (None,) * self.layers):
+            counts[w] = counts.get(w, 0) + 1
+        return tuple(counts.items())
 
     def with_kv_heads(self, kv_heads: int) -> "ModelShape":
         if kv_heads < 1 or self.heads % kv_heads:
@@ -72,28 +118,103 @@ class ModelShape:
 
         return replace(self, kv_heads=kv_heads)
 
+    @classmethod
+    def from_config(cls, config, name: str) -> "ModelShape":
+        """The cost view of a model config (:mod:`mugi_jax.models.config`: ``LlamaConfig`` /
+        ``DecoderConfig`` decoders, ``BertConfig`` encoders).
 
-MODELS: dict[str, ModelShape] = {
-    "llama2-7b": ModelShape("llama2-7b", 32, 4096, 32, 32, 11008, 32000),
-    "llama2-13b": ModelShape("llama2-13b", 40, 5120, 40, 40, 13824, 32000),
-    # the authors model Llama-2-70B as MHA (kv_heads = heads) and separately with GQA
-    "llama2-70b": ModelShape("llama2-70b", 80, 8192, 64, 64, 28672, 32000),
-    "llama2-70b-gqa": ModelShape("llama2-70b-gqa", 80, 8192, 64, 8, 28672, 32000),
-    "llama3-8b": ModelShape("llama3-8b", 32, 4096, 32, 8, 14336, 128256),
-    "llama3-70b": ModelShape("llama3-70b", 80, 8192, 64, 8, 28672, 128256),
-    "smollm2-135m": ModelShape("smollm2-135m", 30, 576, 9, 3, 1536, 49152, head_dim=64),
-}
-MODEL_NAMES: tuple[str, ...] = tuple(MODELS)
+        Reads the shapes, the activation, the per-layer sliding windows (``config.window(i)``),
+        ``config.causal`` (``False``: an encoder) and the op list from ``config.param_shapes()``:
+        layer 0's projections must have the shapes this module's op list gives them.
+        """
+        layers, d, h, g = config.n_layers, config.dim, config.n_heads, config.n_kv_heads
+        dh, F = config.head_dim, config.ffn_dim
+        activation = getattr(config, "activation", "silu")
+        encoder = not getattr(config, "causal", True)
+        windows: tuple[int | None, ...] = ()
+        if hasattr(config, "window"):
+            windows = tuple(config.window(i) for i in range(layers))
+            if all(w is None for w in windows):
+                windows = ()
+        shapes = {k: v for k, v in config.param_shapes().items() if k.startswith("layers.0.")}
+
+        def proj(role: str) -> tuple[int, ...] | None:
+            hit = [v for k, v in shapes.items() if k.split(".")[-2 if k.endswith((".kernel", ".bias")) else -1] == role
+                   and not k.endswith(".bias")]
+            return hit[0] if hit else None
+
+        want = {"q_proj": (d, h * dh), "k_proj": (d, g * dh), "v_proj": (d, g * dh),
+                "o_proj": (h * dh, d), "up_proj": (d, F), "down_proj": (F, d)}
+        for role, shape in want.items():
+            if proj(role) != shape:
+                raise ValueError(f"{name}: layer 0 {role} has shape {proj(role)}, expected {shape}")
+        gate = proj("gate_proj")
+        if gate is not None and gate != (d, F):
+            raise ValueError(f"{name}: layer 0 gate_proj has shape {gate}, expected {(d, F)}")
+        return cls(name=name, layers=layers, dim=d, heads=h, kv_heads=g, ffn_hidden=F,
+                   vocab=config.vocab_size, head_dim=dh, activation=activation,
+                   gated_ffn=gate is not None, windows=windows, encoder=encoder)
+
+
+def _named_configs() -> dict:
+    """Registered model name -> its config (imported lazily: the models package pulls in Flax)."""
+    from mugi_jax.models import config as mc
+
+    out = {
+        "llama2-7b": mc.LLAMA2_7B, "llama2-13b": mc.LLAMA2_13B, "llama2-70b": mc.LLAMA2_70B,
+        "llama2-70b-gqa": mc.LLAMA2_70B_GQA, "llama3-8b": mc.LLAMA3_8B, "llama3-70b": mc.LLAMA3_70B,
+        "smollm2-135m": mc.SMOLLM2_135M, "minilm-l6": mc.MINILM_L6,
+    }
+    if hasattr(mc, "GEMMA3_270M"):
+        out["gemma3-270m"] = mc.GEMMA3_270M
+    return out
+
+
+#: Registered names (``get_model``); a path to a Hugging Face ``config.json`` is accepted as well.
+MODEL_NAMES: tuple[str, ...] = (
+    "llama2-7b", "llama2-13b", "llama2-70b", "llama2-70b-gqa", "llama3-8b", "llama3-70b",
+    "smollm2-135m", "gemma3-270m", "minilm-l6",
+)
 GQA_KV_HEADS: tuple[int, ...] = (8, 16, 32, 64)
 BATCH_SIZES: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
 SEQ_LENS: tuple[int, ...] = (128, 256, 512, 1024, 2048, 4096)
 
 
+def _config_from_json(path: Path):
+    """The model config of a Hugging Face ``config.json`` (BERT encoders, or the decoder families
+    the loaders read), as the Flax model would be built from it."""
+    from mugi_jax.models.config import BertConfig
+    from mugi_jax.models.loaders import config_from_hf
+
+    try:
+        raw = json.loads(path.read_text())
+        if not isinstance(raw, dict):
+            raise ValueError("not a JSON object")
+        return BertConfig.from_hf(raw) if raw.get("model_type") == "bert" else config_from_hf(raw)
+    except (ValueError, KeyError, TypeError) as err:  # the loaders' CheckpointError is a ValueError
+        raise ValueError(f"model={str(path)!r}: cannot read a model config from it ({err})") from err
+
+
+@functools.lru_cache(maxsize=None)
+def _shape_of(name: str) -> ModelShape:
+    configs = _named_configs()
+    if name in configs:
+        return ModelShape.from_config(configs[name], name)
+    path = Path(name)
+    if name.endswith(".json") or path.is_dir():
+        cfg_path = path / "config.json" if path.is_dir() else path
+        if not cfg_path.is_file():
+            raise ValueError(f"model={name!r}: no such file {str(cfg_path)!r}")
+        return ModelShape.from_config(_config_from_json(cfg_path), cfg_path.parent.name
+                                      if cfg_path.name == "config.json" else cfg_path.stem)
+    raise ValueError(f"model={name!r}: valid names are {', '.join(MODEL_NAMES)}, or a path to a "
+                     "Hugging Face config.json")
+
+
 def get_model(name: str, kv_heads: int | None = None) -> ModelShape:
-    """Model by name (``llama2-70b-gqa`` etc.); ``kv_heads`` overrides the KV head count."""
-    if name not in MODELS:
-        raise ValueError(f"model={name!r}: valid names are {', '.join(MODEL_NAMES)}")
-    model = MODELS[name]
+    """The cost view of a model: a registered name (``llama2-70b-gqa``, ``gemma3-270m``, ...) or a
+    path to a Hugging Face ``config.json`` (or its directory); ``kv_heads`` overrides the KV heads."""
+    model = _shape_of(str(name))
     return model if kv_heads is None else model.with_kv_heads(kv_heads)
 
 
@@ -163,58 +284,90 @@ class OpTable(NamedTuple):
 
 
 def attention_decode_rows(workload: Workload) -> int:
-    return workload.seq_len - workload.prefill_len
+    """Context lengths with attention-decode rows (0 for an encoder)."""
+    return 0 if workload.model.encoder else workload.seq_len - workload.prefill_len
+
+
+def layer_gemms(md: ModelShape, tokens: int) -> list[tuple[str, int, int, int, int]]:
+    """The per-layer projection and FFN GEMMs of ``tokens`` tokens: ``(op, class, m, k, n)``,
+    in table order (the op list of the model config: no ``gate`` row without a gate projection)."""
+    d, h, g, dh, F = md.dim, md.heads, md.kv_heads, md.dh, md.ffn_hidden
+    rows = [("proj_q", PROJECTION, tokens, d, h * dh), ("proj_k", PROJECTION, tokens, d, g * dh),
+            ("proj_v", PROJECTION, tokens, d, g * dh), ("proj_o", PROJECTION, tokens, h * dh, d)]
+    if md.gated_ffn:
+        rows.append(("gate", FFN, tokens, d, F))
+    rows += [("up", FFN, tokens, d, F), ("down", FFN, tokens, F, d)]
+    return rows
+
+
+def attention_shapes(md: ModelShape, batch: int, queries: int, keys):
+    """(QK^T, PV, softmax) shapes of ``queries`` query tokens per sequence against ``keys`` keys
+    (an int or an array of context lengths): ``(b, m, k, n)``, ``(b, m, k, n)``, ``(m, n)``."""
+    h, g, dh = md.heads, md.kv_heads, md.dh
+    hq = h // g
+    return ((batch * g, hq * queries, dh, keys), (batch * g, hq * queries, keys, dh),
+            (batch * h * queries, keys))
+
+
+def _windowed(keys, window: int | None):
+    return keys if window is None else np.minimum(keys, window)
 
 
 def op_table(workload: Workload, convention: DecodeConvention = DecodeConvention()) -> OpTable:
     """The op table of a whole run (prefill + decode, all layers); see the module docstring."""
     md, B, S, P = workload.model, workload.batch, workload.seq_len, workload.prefill_len
-    d, h, g, dh, F, V, L = md.dim, md.heads, md.kv_heads, md.dh, md.ffn_hidden, md.vocab, md.layers
+    d, h, g, F, V, L = md.dim, md.heads, md.kv_heads, md.ffn_hidden, md.vocab, md.layers
     if h % g:
         raise ValueError(f"kv_heads={g} must divide heads={h}")
+    if md.encoder:  # one pass over all S tokens, no decode, no LM head
+        P = S
     T = convention.linear_decode_steps if convention.linear_decode_steps is not None else S - P
     T_head = convention.lm_head_decode_steps if convention.lm_head_decode_steps is not None else S - P
-    act = SILU if md.activation == "silu" else GELU
     rows: list[tuple[int, int, int, int, int, int, int, int, float]] = []
 
     def add(op: str, kind: int, cls: int, phase: int, b: int, m: int, k: int, n: int, rep: float):
         rows.append((OP_NAMES.index(op), kind, cls, phase, b, m, k, n, rep))
 
-    for phase, tok, rep in ((0, B * P, float(L)), (1, B, float(L) * T)):
-        add("proj_q", GEMM, PROJECTION, phase, 1, tok, d, h * dh, rep)
-        add("proj_k", GEMM, PROJECTION, phase, 1, tok, d, g * dh, rep)
-        add("proj_v", GEMM, PROJECTION, phase, 1, tok, d, g * dh, rep)
-        add("proj_o", GEMM, PROJECTION, phase, 1, tok, h * dh, d, rep)
-        add("gate", GEMM, FFN, phase, 1, tok, d, F, rep)
-        add("up", GEMM, FFN, phase, 1, tok, d, F, rep)
-        add("down", GEMM, FFN, phase, 1, tok, F, d, rep)
-        add("act", act, NONLINEAR, phase, 1, F, 1, tok, rep)
-    add("lm_head", GEMM, OUTPUT, 0, 1, B * P, d, V, 1.0)
-    add("lm_head", GEMM, OUTPUT, 1, 1, B, d, V, float(T_head))
-    add("qkt", GEMM, ATTENTION, 0, B * g, (h // g) * P, dh, P, float(L))
-    add("pv", GEMM, ATTENTION, 0, B * g, (h // g) * P, P, dh, float(L))
-    add("softmax", SOFTMAX, NONLINEAR, 0, 1, B * h * P, 1, P, float(L))
-    base = np.array(rows, dtype=np.float64)
+    phases = ((0, B * P, float(L)),) if md.encoder else ((0, B * P, float(L)), (1, B, float(L) * T))
+    for phase, tok, rep in phases:
+        for op, cls, m, k, n in layer_gemms(md, tok):
+            add(op, GEMM, cls, phase, 1, m, k, n, rep)
+        add("act", md.act_kind, NONLINEAR, phase, 1, F, 1, tok, rep)
+    if not md.encoder:
+        add("lm_head", GEMM, OUTPUT, 0, 1, B * P, d, V, 1.0)
+        add("lm_head", GEMM, OUTPUT, 1, 1, B, d, V, float(T_head))
+    groups = md.attention_groups()
+    for window, n_layers in groups:
+        qk, pv, sm = attention_shapes(md, B, P, int(_windowed(P, window)))
+        add("qkt", GEMM, ATTENTION, 0, *qk, float(n_layers))
+        add("pv", GEMM, ATTENTION, 0, *pv, float(n_layers))
+        add("softmax", SOFTMAX, NONLINEAR, 0, 1, sm[0], 1, sm[1], float(n_layers))
+    base = np.array(rows, dtype=np.float64).reshape(-1, 9)
 
     cur = np.arange(P + 1, S + 1, dtype=np.int64)
     C = cur.size
     one = np.ones(C, dtype=np.int64)
 
-    def block(op: str, kind: int, cls: int, b: int, m, k, n) -> np.ndarray:
+    def block(op: str, kind: int, cls: int, b: int, m, k, n, rep: int) -> np.ndarray:
         return np.stack([
             one * OP_NAMES.index(op), one * kind, one * cls, one, one * b,
             np.broadcast_to(m, (C,)), np.broadcast_to(k, (C,)), np.broadcast_to(n, (C,)),
-            one * L,
+            one * rep,
         ], axis=1).astype(np.float64)
 
-    dec = np.concatenate([
-        block("qkt", GEMM, ATTENTION, B * g, h // g, dh, cur),
-        block("pv", GEMM, ATTENTION, B * g, h // g, cur, dh),
-        block("softmax", SOFTMAX, NONLINEAR, 1, B * h, 1, cur),
-    ])
-    allrows = np.concatenate([base, dec])
+    dec = []
+    for window, n_layers in (groups if C else ()):
+        qk, pv, sm = attention_shapes(md, B, 1, _windowed(cur, window))
+        dec += [block("qkt", GEMM, ATTENTION, *qk, n_layers), block("pv", GEMM, ATTENTION, *pv, n_layers),
+                block("softmax", SOFTMAX, NONLINEAR, 1, sm[0], 1, sm[1], n_layers)]
+    allrows = np.concatenate([base, *dec]) if dec else base
     cols = [allrows[:, i].astype(np.int64) for i in range(8)] + [allrows[:, 8]]
     return OpTable(*cols)
+
+
+def _decode_blocks(model: ModelShape) -> int:
+    """Attention-decode blocks of an op table (QK^T, PV, softmax per attention group)."""
+    return 0 if model.encoder else 3 * len(model.attention_groups())
 
 
 def op_table_family(
@@ -233,14 +386,15 @@ def op_table_family(
         raise ValueError("seq_lens must not be empty")
     s_max = max(seq_lens)
     union = op_table(Workload(model, batch, s_max, prefill_len), convention)
-    c_max = s_max - prefill_len
-    n_fixed = union.rows - 3 * c_max
+    n_blk = _decode_blocks(model)
+    c_max = s_max - prefill_len if n_blk else 0
+    n_fixed = union.rows - n_blk * c_max
     reps = np.zeros((len(seq_lens), union.rows), dtype=np.float64)
     for i, s in enumerate(seq_lens):
         t = op_table(Workload(model, batch, s, prefill_len), convention)
-        c = s - prefill_len
+        c = s - prefill_len if n_blk else 0
         reps[i, :n_fixed] = t.repeat[:n_fixed]
-        for blk in range(3):  # qkt, pv, softmax blocks, each a prefix of the union's block
+        for blk in range(n_blk):  # qkt, pv, softmax blocks per group, each a prefix of the union's
             reps[i, n_fixed + blk * c_max: n_fixed + blk * c_max + c] = t.repeat[n_fixed + blk * c: n_fixed + (blk + 1) * c]
     return union, reps
 
@@ -250,8 +404,8 @@ class PrefixFamily(NamedTuple):
 
     fixed: OpTable  # rows whose shape does not depend on seq_len (F rows)
     fixed_reps: Float[np.ndarray, "S F"]  # their repeat for each seq_len
-    gemm_blocks: OpTable  # attention decode GEMMs: 2 blocks (QK^T, PV) x C_max rows, flattened
-    nl_blocks: OpTable  # softmax decode: 1 block x C_max rows
+    gemm_blocks: OpTable  # attention decode GEMMs: 2 blocks (QK^T, PV) per group x C_max rows, flattened
+    nl_blocks: OpTable  # softmax decode: 1 block per group x C_max rows
     prefix: Int[np.ndarray, " S"]  # decode rows of each seq_len: seq_len - prefill_len
     c_max: int
 
@@ -267,22 +421,30 @@ def op_table_prefix_family(
     block: a cumulative sum over the block gives every sequence length at once.
     """
     union, reps = op_table_family(model, batch, seq_lens, prefill_len, convention)
-    c_max = max(seq_lens) - prefill_len
-    n_fixed = union.rows - 3 * c_max
+    n_blk = _decode_blocks(model)
+    c_max = max(seq_lens) - prefill_len if n_blk else 0
+    n_fixed = union.rows - n_blk * c_max
 
-    def take(lo: int, hi: int) -> OpTable:
-        return OpTable(*(col[lo:hi] for col in union))
+    def take(blocks) -> OpTable:
+        idx = np.concatenate([np.arange(n_fixed + i * c_max, n_fixed + (i + 1) * c_max) for i in blocks]
+                             + [np.zeros(0, np.int64)])
+        return OpTable(*(col[idx] for col in union))
 
     return PrefixFamily(
-        fixed=take(0, n_fixed),
+        fixed=OpTable(*(col[:n_fixed] for col in union)),
         fixed_reps=reps[:, :n_fixed],
-        gemm_blocks=take(n_fixed, n_fixed + 2 * c_max),
-        nl_blocks=take(n_fixed + 2 * c_max, n_fixed + 3 * c_max),
-        prefix=np.asarray([s - prefill_len for s in seq_lens], dtype=np.int64),
+        gemm_blocks=take([i for i in range(n_blk) if i % 3 != 2]),
+        nl_blocks=take([i for i in range(n_blk) if i % 3 == 2]),
+        prefix=np.asarray([s - prefill_len if n_blk else 0 for s in seq_lens], dtype=np.int64),
         c_max=c_max,
     )
 
 
 def table_rows(workload: Workload) -> int:
-    """Rows of :func:`op_table` for this workload (21 fixed + 3 per attention decode step)."""
-    return 21 + 3 * attention_decode_rows(workload)
+    """Rows of :func:`op_table` for this workload (fixed rows + the attention-decode blocks)."""
+    md = workload.model
+    per_phase = len(layer_gemms(md, 1)) + 1
+    groups = len(md.attention_groups())
+    if md.encoder:
+        return per_phase + 3 * groups
+    return 2 * per_phase + 2 + 3 * groups + _decode_blocks(md) * attention_decode_rows(workload)

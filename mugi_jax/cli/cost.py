@@ -9,6 +9,7 @@ The ``cost`` group is a sub-app so that further commands (``cost gemm``, ...) re
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional
 
 import typer
@@ -51,7 +52,9 @@ def llm_result(
     from mugi_jax.workloads import MODEL_NAMES, Workload, get_model
 
     _choice("--arch", arch, ARCH_NAMES)
-    _choice("--model", model, MODEL_NAMES)
+    if model not in MODEL_NAMES and not (model.endswith(".json") or Path(model).is_dir()):
+        raise CliError(f"--model={model!r} is not valid; valid values: {', '.join(MODEL_NAMES)}, "
+                       "or a path to a Hugging Face config.json (or its directory)")
     _choice("--preset", preset, tuple(PRESETS))
     _choice("--nodes", nodes, MESHES)
     if variant is not None and not arch.startswith("mugi-"):
@@ -66,7 +69,8 @@ def llm_result(
         workload = Workload(get_model(model, kv_heads), batch, seq_len)
         design = get_arch(arch, variant=variant, nodes=nodes)
     except ValueError as err:
-        raise CliError(str(err).replace("seq_len=", "--seq-len=").replace("kv_heads=", "--kv-heads=")) from err
+        raise CliError(str(err).replace("seq_len=", "--seq-len=").replace("kv_heads=", "--kv-heads=")
+                       .replace("model=", "--model=")) from err
     extras = None
     if preset == "realistic":
         from mugi_jax.cost.realistic import evaluate_realistic
@@ -88,7 +92,8 @@ def llm_result(
 @cost_app.command("llm")
 def llm(
     arch: str = typer.Option(..., "--arch", help="Design, e.g. mugi-256x8, sa-16, simd-16, tensor-8x16x16."),
-    model: str = typer.Option(..., "--model", help="Model, e.g. llama2-7b, llama2-70b-gqa, smollm2-135m."),
+    model: str = typer.Option(..., "--model", help="Model: a name (llama2-7b, llama2-70b-gqa, gemma3-270m, "
+                              "minilm-l6, ...) or a path to a Hugging Face config.json."),
     batch: int = typer.Option(8, "--batch", help="Sequences decoded together."),
     seq_len: int = typer.Option(4096, "--seq-len", help="Maximum sequence length (prompt 64 + decode)."),
     preset: str = typer.Option("paper", "--preset", help="Cost-model preset."),

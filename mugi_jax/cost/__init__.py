@@ -73,6 +73,8 @@ def _sweep_realistic(archs: Sequence[Arch], workloads: Sequence[Workload], prese
 
 
 def _tokens(workload: Workload, preset: Preset) -> float:
+    if workload.model.encoder:  # every input token is encoded once
+        return float(workload.batch * workload.seq_len)
     steps = preset.decode.linear_decode_steps
     if steps is None:
         steps = workload.seq_len - workload.prefill_len
@@ -107,14 +109,21 @@ def sweep(
     for (model, batch, prefill), members in fams:
         seqs = sorted({s for _, s in members})
         built.append((op_table_prefix_family(model, batch, seqs, prefill, pr.decode), seqs, members))
-    c_max = _ceil_to(max(f.c_max for f, *_ in built), DECODE_BUCKET)
+    c_max = max(DECODE_BUCKET, _ceil_to(max(f.c_max for f, *_ in built), DECODE_BUCKET))
     n_seq = SEQ_BUCKET
     n_groups = _ceil_to(len(built), GROUP_BUCKET)
+    # decode blocks per family: (QK^T, PV) and softmax per attention group (sliding-window models
+    # have two groups); families with fewer are padded with zero-repeat blocks (exact zeros)
+    n_gemm_blocks = max([2] + [f.gemm_blocks.rows // f.c_max for f, *_ in built if f.c_max])
+    n_nl_blocks = n_gemm_blocks // 2
 
     def blocks(t: OpTable, n_blocks: int, c: int) -> dict:
-        if len(set(t.op_class.tolist())) != 1:
+        if t.rows and len(set(t.op_class.tolist())) != 1:
             raise AssertionError("every attention-decode block row must have the same op class")
-        per = [OpTable(*(col[i * c:(i + 1) * c] for col in t)).pad_to(c_max) for i in range(n_blocks)]
+        have = t.rows // c if c else 0
+        empty = OpTable(*(col[:0] for col in t))
+        per = [OpTable(*(col[i * c:(i + 1) * c] for col in t)).pad_to(c_max) if i < have
+               else empty.pad_to(c_max) for i in range(n_blocks)]
         cols = [table_arrays(b) for b in per]
         return {k: np.stack([cc[k] for cc in cols]) for k in cols[0]}
 
@@ -135,8 +144,8 @@ def sweep(
         prefix = np.zeros(n_seq, np.int32)
         prefix[: len(seqs)] = f.prefix
         fam_arrays.append({
-            "fixed_gemm": fg, "gemm_reps": rg, "gemm": blocks(f.gemm_blocks, 2, f.c_max),
-            "fixed_nl": fn, "nl_reps": rn, "nl": blocks(f.nl_blocks, 1, f.c_max), "prefix": prefix,
+            "fixed_gemm": fg, "gemm_reps": rg, "gemm": blocks(f.gemm_blocks, n_gemm_blocks, f.c_max),
+            "fixed_nl": fn, "nl_reps": rn, "nl": blocks(f.nl_blocks, n_nl_blocks, f.c_max), "prefix": prefix,
         })
     fam_arrays += [fam_arrays[0]] * (n_groups - len(fam_arrays))
     # every call has the same shapes ([ARCH_CHUNK] designs x [GROUP_BUCKET] families), so the

@@ -69,7 +69,7 @@ from mugi_jax.cost.systolic import check_dataflow
 from mugi_jax.hw.arch import BROADCAST_HEIGHT, Arch
 from mugi_jax.hw.components import component_figures
 from mugi_jax.workloads import (
-    ATTENTION, FFN, GEMM, NONLINEAR, OUTPUT, PROJECTION, SILU, SOFTMAX, Workload,
+    ATTENTION, GEMM, NONLINEAR, OUTPUT, SOFTMAX, Workload, attention_shapes, layer_gemms,
 )
 
 VECTOR = 10  # op kind local to this preset: elementwise work on the vector unit
@@ -132,12 +132,17 @@ def causal_tile_fraction(p: int, tq: int, tk: int) -> tuple[float, float]:
 def realistic_op_table(workload: Workload, arch: Arch, causal: bool = True) -> dict[str, np.ndarray]:
     """Rows of the corrected workload (module docstring) as float64 columns ``COLS``.
 
+    The op list, shapes, activation and attention kind come from the model's config (the same
+    :func:`mugi_jax.workloads.layer_gemms` / :func:`~mugi_jax.workloads.attention_shapes` the paper
+    preset's table uses).  An encoder runs once over all S tokens with bidirectional attention (no
+    causal saving, no KV cache, no LM head); sliding-window layers attend to min(c, window) keys.
     ``arch`` only sets the causal tile granularity (array width / height).
     """
     md, B, S, P = workload.model, workload.batch, workload.seq_len, workload.prefill_len
     d, h, g, dh, F, V, L = md.dim, md.heads, md.kv_heads, md.dh, md.ffn_hidden, md.vocab, md.layers
+    if md.encoder:
+        P, causal = S, False
     T = S - P
-    hq = h // g
     rows: list[tuple] = []
 
     def add(kind, cls, phase, role, b, m, k, n, rep, tile_frac=1.0, mac_frac=1.0, ops=0.0,
@@ -145,52 +150,58 @@ def realistic_op_table(workload: Workload, arch: Arch, causal: bool = True) -> d
         r = ROLES.index(role) if role else 0
         rows.append((kind, cls, phase, r, b, m, k, n, rep, tile_frac, mac_frac, ops, dram_r, dram_w, is_kv))
 
-    act = SILU  # GELU models are costed as SiLU (paper convention)
-    for phase, tok, rep in ((0, B * P, float(L)), (1, B, float(L) * T)):
-        add(GEMM, PROJECTION, phase, "proj_q", 1, tok, d, h * dh, rep)
-        add(GEMM, PROJECTION, phase, "proj_k", 1, tok, d, g * dh, rep)
-        add(GEMM, PROJECTION, phase, "proj_v", 1, tok, d, g * dh, rep)
-        add(GEMM, PROJECTION, phase, "proj_o", 1, tok, h * dh, d, rep)
-        add(GEMM, FFN, phase, "gate", 1, tok, d, F, rep)
-        add(GEMM, FFN, phase, "up", 1, tok, d, F, rep)
-        add(GEMM, FFN, phase, "down", 1, tok, F, d, rep)
-        add(act, NONLINEAR, phase, None, 1, F, 1, tok, rep)
+    phases = ((0, B * P, float(L)),) if md.encoder else ((0, B * P, float(L)), (1, B, float(L) * T))
+    for phase, tok, rep in phases:
+        for op, cls, m, k, n in layer_gemms(md, tok):
+            add(GEMM, cls, phase, op, 1, m, k, n, rep)
+        add(md.act_kind, NONLINEAR, phase, None, 1, F, 1, tok, rep)
         add(VECTOR, NONLINEAR, phase, None, 1, 2 * tok * d, 1, 1, rep, ops=RMSNORM_OPS)
-        add(VECTOR, NONLINEAR, phase, None, 1, tok * (h + g) * dh, 1, 1, rep, ops=ROPE_OPS)
+        if not md.encoder:  # RoPE (the encoder has absolute position embeddings)
+            add(VECTOR, NONLINEAR, phase, None, 1, tok * (h + g) * dh, 1, 1, rep, ops=ROPE_OPS)
         add(VECTOR, NONLINEAR, phase, None, 1, 2 * tok * d, 1, 1, rep, ops=RESIDUAL_OPS)
-        add(VECTOR, NONLINEAR, phase, None, 1, tok * F, 1, 1, rep, ops=GATE_OPS)
-        kv_elems = 2 * tok * g * dh
-        add(VECTOR, NONLINEAR, phase, None, 1, kv_elems, 1, 1, rep, ops=KVQ_OPS,
-            dram_w=kv_elems * KV_BITS + 2 * tok * g * SCALE_BITS)
-        # per token, not per layer: embedding read, final RMSNorm
+        if md.gated_ffn:
+            add(VECTOR, NONLINEAR, phase, None, 1, tok * F, 1, 1, rep, ops=GATE_OPS)
+        if not md.encoder:  # on-the-fly INT4 quantization of the new K, V into the cache
+            kv_elems = 2 * tok * g * dh
+            add(VECTOR, NONLINEAR, phase, None, 1, kv_elems, 1, 1, rep, ops=KVQ_OPS,
+                dram_w=kv_elems * KV_BITS + 2 * tok * g * SCALE_BITS)
+        # per token, not per layer: embedding read, final norm
         add(VECTOR, OUTPUT, phase, None, 1, tok * d, 1, 1, rep / L, ops=RMSNORM_OPS,
             dram_r=tok * d * ACT_BITS)
-    add(GEMM, OUTPUT, 0, "lm_head", 1, B, d, V, 1.0)  # prefill: last position only
-    add(GEMM, OUTPUT, 1, "lm_head", 1, B, d, V, float(T))
+    if not md.encoder:
+        add(GEMM, OUTPUT, 0, "lm_head", 1, B, d, V, 1.0)  # prefill: last position only
+        add(GEMM, OUTPUT, 1, "lm_head", 1, B, d, V, float(T))
     # causal prefill attention (tile granularity of the array: query tokens per column tile)
     is_vlp = arch.family in ("mugi", "carat")
     m_tile = arch.width if is_vlp else arch.height
     n_tile = arch.height if is_vlp else arch.width
-    tq = max(1, m_tile // hq)
+    tq = max(1, m_tile // (h // g))
     qk_f, pv_f = causal_tile_fraction(P, tq, n_tile) if causal else (1.0, 1.0)
     mac_f = (P + 1) / (2 * P) if causal else 1.0
-    add(GEMM, ATTENTION, 0, "qkt", B * g, hq * P, dh, P, float(L), qk_f, mac_f, is_kv=1.0)
-    add(GEMM, ATTENTION, 0, "pv", B * g, hq * P, P, dh, float(L), pv_f, mac_f, is_kv=1.0)
-    add(SOFTMAX, NONLINEAR, 0, None, 1, B * h * P, 1, P, float(L), mac_f, mac_f)
-    for c in range(P + 1, S + 1):
-        add(GEMM, ATTENTION, 1, "qkt", B * g, hq, dh, c, float(L), is_kv=1.0)
-        add(GEMM, ATTENTION, 1, "pv", B * g, hq, c, dh, float(L), is_kv=1.0)
-        add(SOFTMAX, NONLINEAR, 1, None, 1, B * h, 1, c, float(L))
+    for window, n_layers in md.attention_groups():
+        keys = P if window is None else min(P, window)
+        qk, pv, sm = attention_shapes(md, B, P, keys)
+        # the causal saving of a full prefill; a window already limits the keys (kept full)
+        qf, pf, mf = (qk_f, pv_f, mac_f) if window is None or window >= P else (1.0, 1.0, 1.0)
+        add(GEMM, ATTENTION, 0, "qkt", *qk, float(n_layers), qf, mf, is_kv=1.0)
+        add(GEMM, ATTENTION, 0, "pv", *pv, float(n_layers), pf, mf, is_kv=1.0)
+        add(SOFTMAX, NONLINEAR, 0, None, 1, sm[0], 1, sm[1], float(n_layers), mf, mf)
+        if md.encoder:
+            continue
+        for c in range(P + 1, S + 1):
+            qk, pv, sm = attention_shapes(md, B, 1, c if window is None else min(c, window))
+            add(GEMM, ATTENTION, 1, "qkt", *qk, float(n_layers), is_kv=1.0)
+            add(GEMM, ATTENTION, 1, "pv", *pv, float(n_layers), is_kv=1.0)
+            add(SOFTMAX, NONLINEAR, 1, None, 1, sm[0], 1, sm[1], float(n_layers))
     a = np.asarray(rows, np.float64)
     return {c: a[:, i] for i, c in enumerate(COLS)}
 
 
 def model_weight_bits(workload: Workload, group_size: int = 128) -> float:
-    """INT4 weights + BF16 group scales of all layers and the LM head."""
+    """INT4 weights + BF16 group scales of all layers and the LM head (the config's op list)."""
     md = workload.model
-    d, h, g, dh, F, V, L = md.dim, md.heads, md.kv_heads, md.dh, md.ffn_hidden, md.vocab, md.layers
-    per_layer = d * h * dh * 2 + d * g * dh * 2 + 3 * d * F
-    n = L * per_layer + d * V
+    n = md.layers * sum(k * n_ for _, _, _, k, n_ in layer_gemms(md, 1))
+    n += 0 if md.encoder else md.dim * md.vocab
     return float(n * (KV_BITS + SCALE_BITS / group_size))
 
 
@@ -383,8 +394,8 @@ def row_costs(rp: RealParams, t: dict[str, Float[Array, " R"]]) -> dict[str, Arr
 class RealisticExtras(NamedTuple):
     """Metrics the paper preset does not have."""
 
-    ttft_s: float  # time to first token: all prefill ops
-    tpot_s: float  # time per output token: decode time / decode steps
+    ttft_s: float  # time to first token: all prefill ops (an encoder: the whole run)
+    tpot_s: float  # time per output token: decode time / decode steps (0 for an encoder)
     dram_bytes: float
     dram_energy_j: float
     onchip_energy_j: float  # dynamic + leakage, on chip
@@ -434,8 +445,9 @@ def evaluate_realistic(arch: Arch, workload: Workload, cfg: RealisticConfig | No
         "gemm_cycles": np.sum(r["cycles"] * rep * is_gemm),
         "nonlinear_cycles": np.sum(r["cycles"] * rep * ~is_gemm),
     }
-    T = workload.seq_len - workload.prefill_len
-    tokens = float(workload.batch * T)
+    # decode steps (an encoder has none: its tokens are the B x S inputs it encodes)
+    T = 0 if workload.model.encoder else workload.seq_len - workload.prefill_len
+    tokens = float(workload.batch * (T or workload.seq_len))
     report = derive_report(
         totals, leakage_w=np.float64(leak_w), area_mm2=np.float64(area), frequency_hz=np.float64(f),
         tokens=np.float64(tokens), carbon_intensity_g_per_kwh=preset.carbon_intensity_g_per_kwh,
@@ -448,7 +460,7 @@ def evaluate_realistic(arch: Arch, workload: Workload, cfg: RealisticConfig | No
     mem_bound = r["dram_cycles"] >= r["cycles"] - 1e-6
     extras = RealisticExtras(
         ttft_s=float(np.sum(r["cycles"] * rep * prefill)) / f,
-        tpot_s=float(np.sum(r["cycles"] * rep * ~prefill)) / f / T,
+        tpot_s=float(np.sum(r["cycles"] * rep * ~prefill)) / f / T if T else 0.0,
         dram_bytes=float(np.sum((r["dram_r"] + r["dram_w"]) * rep)) / 8,
         dram_energy_j=dram_j, onchip_energy_j=onchip,
         pj_per_flop=(onchip + dram_j) / flops * 1e12, pj_per_flop_onchip=onchip / flops * 1e12,

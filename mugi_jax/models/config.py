@@ -33,6 +33,11 @@ class LlamaConfig:
     max_seq_len: int = 8192
     bos_id: int | None = 1
     eos_id: int | None = 2
+    # the FFN's gate function and the attention kind per layer (Gemma 3: "gelu_tanh", a sliding
+    # window of 512 in five of every six layers); the cost model reads them (mugi_jax.workloads)
+    activation: str = "silu"
+    sliding_window: int | None = None
+    layer_types: tuple[str, ...] = ()  # "sliding" / "full" per layer; () = every layer full
 
     def __post_init__(self) -> None:
         for f in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_dim",
@@ -40,6 +45,14 @@ class LlamaConfig:
             v = getattr(self, f)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"LlamaConfig.{f}: must be a positive integer, got {v!r}")
+        if self.activation not in ("silu", "gelu_tanh"):
+            raise ValueError(f"LlamaConfig.activation: must be silu or gelu_tanh, got {self.activation!r}")
+        if self.layer_types and (len(self.layer_types) != self.n_layers
+                                 or set(self.layer_types) - {"sliding", "full"}):
+            raise ValueError(f"LlamaConfig.layer_types: one of 'sliding' / 'full' per layer "
+                             f"({self.n_layers}), got {self.layer_types!r}")
+        if "sliding" in self.layer_types and not self.sliding_window:
+            raise ValueError(f"LlamaConfig: sliding layers need sliding_window, got {self.sliding_window!r}")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"LlamaConfig: n_heads ({self.n_heads}) must be a multiple of "
                              f"n_kv_heads ({self.n_kv_heads})")
@@ -50,6 +63,12 @@ class LlamaConfig:
     def group(self) -> int:
         """Query heads per KV head (GQA)."""
         return self.n_heads // self.n_kv_heads
+
+    def window(self, layer: int) -> int | None:
+        """Sliding window of ``layer`` (``None``: global attention)."""
+        if self.layer_types and self.layer_types[layer] == "sliding":
+            return self.sliding_window
+        return None
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """Expected shape of every parameter, in the model's own naming and layout
@@ -74,6 +93,19 @@ class LlamaConfig:
 
 
 SMOLLM2_135M = LlamaConfig()
+
+
+def gemma3_layer_types(n_layers: int, pattern: int = 6) -> tuple[str, ...]:
+    """Gemma 3's layout: every ``pattern``-th layer global, the others sliding."""
+    return tuple("full" if (i + 1) % pattern == 0 else "sliding" for i in range(n_layers))
+
+
+#: Gemma 3 270M: 18 layers, width 640, GeGLU FFN 2048 with tanh-GELU, 4 query heads / 1 KV head of
+#: dimension 256, sliding window 512 in five of every six layers, tied embeddings.
+GEMMA3_270M = LlamaConfig(
+    vocab_size=262144, dim=640, n_layers=18, n_heads=4, n_kv_heads=1, head_dim=256, ffn_dim=2048,
+    rope_theta=1_000_000.0, norm_eps=1e-6, tie_embeddings=True, max_seq_len=32768, bos_id=2, eos_id=1,
+    activation="gelu_tanh", sliding_window=512, layer_types=gemma3_layer_types(18))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,3 +206,24 @@ class BertConfig:
 
 #: sentence-transformers/all-MiniLM-L6-v2 (inputs truncated to 256 tokens, as there).
 MINILM_L6 = BertConfig()
+
+
+# ---------------------------------------------------------------------------------------------
+# The paper's evaluation models (shapes only: no checkpoint is loaded for them; the cost model
+# builds its op tables from these records).  The authors model Llama-2-70B both as MHA
+# (kv heads = heads) and with GQA (8 KV heads).
+# ---------------------------------------------------------------------------------------------
+
+def _llama(vocab: int, dim: int, layers: int, heads: int, kv_heads: int, ffn: int, rope: float,
+           max_seq: int, bos: int, eos: int) -> LlamaConfig:
+    return LlamaConfig(vocab_size=vocab, dim=dim, n_layers=layers, n_heads=heads, n_kv_heads=kv_heads,
+                       head_dim=dim // heads, ffn_dim=ffn, rope_theta=rope, norm_eps=1e-5,
+                       tie_embeddings=False, max_seq_len=max_seq, bos_id=bos, eos_id=eos)
+
+
+LLAMA2_7B = _llama(32000, 4096, 32, 32, 32, 11008, 10000.0, 4096, 1, 2)
+LLAMA2_13B = _llama(32000, 5120, 40, 40, 40, 13824, 10000.0, 4096, 1, 2)
+LLAMA2_70B = _llama(32000, 8192, 80, 64, 64, 28672, 10000.0, 4096, 1, 2)
+LLAMA2_70B_GQA = _llama(32000, 8192, 80, 64, 8, 28672, 10000.0, 4096, 1, 2)
+LLAMA3_8B = _llama(128256, 4096, 32, 32, 8, 14336, 500000.0, 8192, 128000, 128001)
+LLAMA3_70B = _llama(128256, 8192, 80, 64, 8, 28672, 500000.0, 8192, 128000, 128001)
