@@ -27,8 +27,8 @@ from jaxtyping import Array, Int
 
 from mugi_jax import numerics
 
-__all__ = ["perplexity", "corpus_tokens", "window_nll", "knn_accuracy", "brown_genre_task",
-           "embedding_eval", "genre_eval"]
+__all__ = ["perplexity", "corpus_tokens", "window_nll", "knn_predict", "knn_accuracy",
+           "brown_genre_task", "embedding_eval", "genre_eval"]
 
 
 def corpus_tokens(tokenizer: Any, text: str, max_tokens: int | None) -> list[int]:
@@ -120,12 +120,12 @@ def perplexity(model: Any, tokens: list[int] | np.ndarray, policy: numerics.Poli
 # ------------------------------------------------------------------------------------------
 
 
-def knn_accuracy(embeddings: np.ndarray, labels: Any, k: int = 5) -> float:
-    """Leave-one-out k-nearest-neighbour accuracy by cosine similarity.
+def knn_predict(embeddings: np.ndarray, labels: Any, k: int = 5) -> np.ndarray:
+    """Leave-one-out k-nearest-neighbour predictions by cosine similarity.
 
-    Each item is classified by the majority label of its ``k`` most similar other items
-    (similarity = dot product of the L2-normalised embeddings; equal similarities are ordered
-    by item index); a tie in votes goes to the tied label with the larger summed similarity.
+    Each item gets the majority label of its ``k`` most similar other items (similarity = dot
+    product of the L2-normalised embeddings; equal similarities are ordered by item index); a
+    tie in votes goes to the tied label with the larger summed similarity.
     """
     e = np.asarray(embeddings, np.float64)
     labels = np.asarray(labels)
@@ -141,8 +141,12 @@ def knn_accuracy(embeddings: np.ndarray, labels: Any, k: int = 5) -> float:
     onehot = np.eye(len(classes))[codes[nearest]]  # n k C
     # votes first; the summed similarity (|sum| <= k, scaled below half a vote) breaks ties
     score = onehot.sum(axis=1) + (onehot * near_sims[..., None]).sum(axis=1) / (2 * (k + 1))
-    pred = np.argmax(score, axis=1)
-    return float(np.mean(pred == codes))
+    return classes[np.argmax(score, axis=1)]
+
+
+def knn_accuracy(embeddings: np.ndarray, labels: Any, k: int = 5) -> float:
+    """The fraction of items :func:`knn_predict` labels correctly."""
+    return float(np.mean(knn_predict(embeddings, labels, k) == np.asarray(labels)))
 
 
 def brown_genre_task(passages: int | None = None) -> tuple[list[str], list[str], list[str]]:

@@ -84,6 +84,22 @@ def test_python_m_experiment_and_skip(tmp_path):
     assert not report.registry.is_complete(d, quick=False)
 
 
+def test_full_requests_need_full_results(tmp_path):
+    from mugi_jax.io import write_json
+    from mugi_jax.report import registry
+
+    d = tmp_path / "x"
+    write_json(d / "reading.json", {"status": "ok", "quick": False, "full": False})
+    assert registry.is_complete(d, quick=False) and registry.is_complete(d, quick=True)
+    assert not registry.is_complete(d, quick=False, full=True)
+    write_json(d / "reading.json", {"status": "ok", "quick": False, "full": True})
+    assert registry.is_complete(d, quick=False, full=True)
+    assert registry.has_full(registry.load("embed_accuracy"))
+    assert not registry.has_full(registry.load("multinode"))
+    with pytest.raises(ValueError, match="exclusive"):
+        registry.run_experiment("multinode", tmp_path, quick=True, full=True)
+
+
 @pytest.mark.slow
 def test_report_quick_end_to_end(tmp_path):
     """One test (not a shared fixture) so that pytest-xdist never runs the report twice."""

@@ -20,6 +20,8 @@ def _names_help() -> str:
 @app.command()
 def report(
     quick: bool = typer.Option(False, "--quick", help="Small token counts and grids (a few minutes)."),
+    full: bool = typer.Option(False, "--full", help="The large versions of the experiments that have "
+                                                    "one (hours on 2 cores; the default fits `make demo`)."),
     force: bool = typer.Option(False, "--force", help="Rerun experiments whose results are already present."),
     out: Path = typer.Option(Path("results"), "--out", help="Results directory (report.md goes here)."),
     only: str = typer.Option("", "--only", help="Comma list of experiments to run (default: all)."),
@@ -29,13 +31,16 @@ def report(
     """Run the reproduction suite and write report.md (tables, figures, computed readings)."""
     from mugi_jax.report import BY_NAME, run_suite
 
+    if quick and full:
+        raise CliError("--quick and --full are exclusive: choose one")
     names = check_names("--only", only, list(BY_NAME))
     check_int("--seed", seed, 0, 2**32 - 1)
     check_out_dir("--out", out)
     enable_compilation_cache()
     t0 = time.perf_counter()
     try:
-        outcomes = run_suite(out, quick=quick, force=force, seed=seed, names=names, progress=not json_out)
+        outcomes = run_suite(out, quick=quick, force=force, seed=seed, names=names,
+                             progress=not json_out, full=full)
     except ValueError as err:
         raise CliError(str(err)) from None
     wall = time.perf_counter() - t0
@@ -57,6 +62,7 @@ def report(
 def experiment(
     name: str = typer.Argument(..., help="Experiment name: one of the suite (`mugi-jax report --help` lists the suite in docs)."),
     quick: bool = typer.Option(False, "--quick", help="Small settings."),
+    full: bool = typer.Option(False, "--full", help="The large version (where the experiment has one)."),
     force: bool = typer.Option(False, "--force", help="Rerun even if results/NAME is complete."),
     out: Path = typer.Option(Path("results"), "--out", help="Results root (writes OUT/NAME/)."),
     seed: int = typer.Option(0, "--seed", help="Seed."),
@@ -67,11 +73,14 @@ def experiment(
 
     if name not in BY_NAME:
         raise CliError(f"unknown experiment {name!r}; valid: {_names_help()}")
+    if quick and full:
+        raise CliError("--quick and --full are exclusive: choose one")
     check_int("--seed", seed, 0, 2**32 - 1)
     check_out_dir("--out", out)
     enable_compilation_cache()
-    with status(f"running {name}{' (quick)' if quick else ''}", enabled=not json_out):
-        oc = run_experiment(name, out, quick=quick, force=force, seed=seed)
+    mode = " (quick)" if quick else " (full)" if full else ""
+    with status(f"running {name}{mode}", enabled=not json_out):
+        oc = run_experiment(name, out, quick=quick, force=force, seed=seed, full=full)
     s = oc.summary or {}
     if json_out:
         print_json({"name": name, "status": oc.status, "seconds": oc.seconds, "message": oc.message,

@@ -35,15 +35,26 @@ def table(out_dir: Path, file: str, rows: Sequence[Mapping[str, Any]], title: st
     return {"file": file, "title": title}
 
 
-def load_smollm2() -> tuple[Any, Any, Any]:
-    """SmolLM2-135M (model, tokenizer, config), or :class:`Unavailable` if it is not fetched."""
+def _load_fetched(artifact: str, name: str, label: str) -> tuple[Any, Any, Any]:
+    """``models.load(name)`` if data artifact ``artifact`` is fetched, else :class:`Unavailable`
+    with the fetch command (never downloads)."""
     from mugi_jax import data, models
 
     try:
-        data.model_path("smollm2", fetch_missing=False)
+        data.model_path(artifact, fetch_missing=False)
     except Exception as err:  # noqa: BLE001
-        raise Unavailable(f"SmolLM2-135M is not fetched ({err}); run `mugi-jax data fetch smollm2`") from None
-    return models.load("smollm2-135m")
+        raise Unavailable(f"{label} is not fetched ({err}); run `mugi-jax data fetch {artifact}`") from None
+    return models.load(name)
+
+
+def load_smollm2() -> tuple[Any, Any, Any]:
+    """SmolLM2-135M (model, tokenizer, config), or :class:`Unavailable` if it is not fetched."""
+    return _load_fetched("smollm2", "smollm2-135m", "SmolLM2-135M")
+
+
+def load_minilm() -> tuple[Any, Any, Any]:
+    """all-MiniLM-L6-v2 (model, tokenizer, config), or :class:`Unavailable` if it is not fetched."""
+    return _load_fetched("minilm", "minilm-l6", "all-MiniLM-L6-v2")
 
 
 def corpus_or_none(name: str) -> str | None:

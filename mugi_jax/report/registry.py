@@ -4,6 +4,9 @@ Every result of the reproduction is one module ``experiments/NAME.py`` exposing
 
     run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict
 
+(an experiment with a larger version also takes ``full: bool = False``: ``mugi-jax report --full``
+runs it; the default settings fit ``make demo``'s time budget)
+
 which writes its CSV/PNG files into ``out_dir`` and returns a summary::
 
     {"tables": [{"file": "x.csv", "title": "..."}], "figures": [{"file": "x.png", "caption": "..."}],
@@ -54,6 +57,7 @@ EXPERIMENTS: tuple[Experiment, ...] = (
     Experiment("nonlinear_inputs", "Nonlinear input distributions (SmolLM2 exponent histograms)", "Numerics", "model", True, 40),
     Experiment("approx_error", "Approximation error per method and function", "Numerics", "", True, 30),
     Experiment("accuracy", "End-to-end accuracy: perplexity per method and preset", "Numerics", "model", True, 300),
+    Experiment("embed_accuracy", "Encoder accuracy: all-MiniLM-L6-v2 (erf-GELU) embeddings per preset", "Numerics", "model", True, 150),
     Experiment("nonlinear_throughput", "Nonlinear throughput and efficiency per design and sequence length", "Cost", "", True, 10),
     Experiment("gemm_breakdown", "GEMM breakdown per layer type, design and model", "Cost", "", True, 10),
     Experiment("latency_breakdown", "End-to-end latency breakdown", "Cost", "", True, 20),
@@ -103,12 +107,22 @@ def read_summary(out_dir: Path) -> dict | None:
         return None
 
 
-def is_complete(out_dir: Path, quick: bool) -> bool:
-    """A finished result that satisfies the request (full results satisfy a quick request)."""
+def is_complete(out_dir: Path, quick: bool, full: bool = False) -> bool:
+    """A finished result that satisfies the request (full results satisfy a default request,
+    default results a quick one)."""
     s = read_summary(out_dir)
     if s is None or s.get("status") != "ok":
         return False
+    if full:
+        return bool(s.get("full", False))
     return quick or not s.get("quick", False)
+
+
+def has_full(mod: ModuleType) -> bool:
+    """Whether the experiment's ``run`` has a larger (``full=True``) version."""
+    import inspect
+
+    return "full" in inspect.signature(mod.run).parameters
 
 
 @dataclasses.dataclass
@@ -121,16 +135,22 @@ class Outcome:
 
 
 def run_experiment(name: str, out_root: str | Path = "results", quick: bool = False,
-                   force: bool = False, seed: int = 0) -> Outcome:
-    """Run one experiment into ``out_root/NAME`` (skipped when complete unless ``force``)."""
+                   force: bool = False, seed: int = 0, full: bool = False) -> Outcome:
+    """Run one experiment into ``out_root/NAME`` (skipped when complete unless ``force``).
+    ``full``: the experiment's large version (experiments without one run their default, which
+    is then their full result)."""
+    if quick and full:
+        raise ValueError("quick and full are exclusive: choose one")
     out_dir = Path(out_root) / name
     check_output_dir(out_root, "out")  # a bad results directory fails now, not after the work
-    if not force and is_complete(out_dir, quick):
+    if not force and is_complete(out_dir, quick, full):
         return Outcome(name, "skipped", 0.0, read_summary(out_dir), "already present")
     t0 = time.perf_counter()
     try:
         mod = load(name)
-        summary = mod.run(out_dir, quick=quick, seed=seed) or {}
+        big = has_full(mod)
+        summary = (mod.run(out_dir, quick=quick, seed=seed, full=full) if big
+                   else mod.run(out_dir, quick=quick, seed=seed)) or {}
     except Unavailable as err:
         dt = time.perf_counter() - t0
         s = {"status": "unavailable", "message": str(err), "quick": quick, "name": name}
@@ -144,20 +164,25 @@ def run_experiment(name: str, out_root: str | Path = "results", quick: bool = Fa
         write_json(out_dir / "reading.json", s)
         return Outcome(name, "failed", dt, s, msg)
     dt = time.perf_counter() - t0
-    config = dict(summary.get("config", {}), experiment=name, quick=quick)
+    # a result is "full" when it ran the large version, or the experiment has no larger one
+    is_full = not quick and (full or not big)
+    config = dict(summary.get("config", {}), experiment=name, quick=quick, full=is_full)
     write_json(out_dir / "provenance.json", provenance(config, seed, dt))
-    summary = dict(summary, status="ok", quick=quick, seed=seed, name=name, wall_time_s=dt)
+    summary = dict(summary, status="ok", quick=quick, full=is_full, seed=seed, name=name,
+                   wall_time_s=dt)
     write_json(out_dir / "reading.json", summary)
     return Outcome(name, "ok", dt, summary)
 
 
 def cli_main(name: str, argv: list[str] | None = None) -> Outcome:
-    """``python -m experiments.NAME [--quick] [--force] [--out DIR] [--seed N]``."""
+    """``python -m experiments.NAME [--quick | --full] [--force] [--out DIR] [--seed N]``."""
     import argparse
 
     ap = argparse.ArgumentParser(prog=f"python -m experiments.{name}",
                                  description=BY_NAME[name].title if name in BY_NAME else name)
-    ap.add_argument("--quick", action="store_true", help="small settings (seconds, not minutes)")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="small settings (seconds, not minutes)")
+    mode.add_argument("--full", action="store_true", help="the large version (where there is one)")
     ap.add_argument("--force", action="store_true", help="rerun even if results/NAME is complete")
     ap.add_argument("--out", default="results", help="results root (writes OUT/NAME/)")
     ap.add_argument("--seed", type=int, default=0)
@@ -169,7 +194,8 @@ def cli_main(name: str, argv: list[str] | None = None) -> Outcome:
     except PathError as err:  # one line, exit 2, before any work
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    oc = run_experiment(name, args.out, quick=args.quick, force=args.force, seed=args.seed)
+    oc = run_experiment(name, args.out, quick=args.quick, force=args.force, seed=args.seed,
+                        full=args.full)
     print(f"{name}: {oc.status} in {oc.seconds:.1f}s -> {Path(args.out) / name}"
           + (f" ({oc.message})" if oc.message else ""))
     for line in (oc.summary or {}).get("readings", []):
