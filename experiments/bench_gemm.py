@@ -1,29 +1,39 @@
-"""Benchmark: gemm.matmul (fast / exact) vs the jitted FP32 baseline ``a @ dequantize(w)``.
+"""Benchmark: gemm.matmul (fast / exact) against what the ``exact`` preset runs.
 
-Run: ``python -m experiments.bench_gemm [--datapaths mugi,systolic,...] [--repeats N]``.
-Prints, per shape and datapath mode, the wall time (median of ``--repeats``), its ratio to the
-baseline ``a.astype(f32) @ quant.dequantize(w)`` timed in the same run (a hand-fused
-``a @ (q s)`` is printed too), the peak memory XLA reserves for the compiled call (arguments +
-outputs + temporaries, from ``compiled.memory_analysis()``), the error against float64
-``a @ dequantize(w)`` normalised by ``|a| @ |w|``, and the fast-vs-exact deviation.  Not a test.
+Run: ``python -m experiments.bench_gemm [--datapaths mugi,systolic,...] [--shapes 0,1,...]
+[--repeats N]``.
+
+Baseline: the ``exact`` preset's projection, a jitted ``jnp.matmul(a.astype(f32), w_f32,
+precision=HIGHEST)`` on FP32 weights prepared once (here ``quant.dequantize(w)``, computed
+outside the timed region).  Candidates get their weights prepared once too
+(``gemm.prepare_weight``).  The calls are timed interleaved (baseline, fast, exact, baseline, ...;
+see ``experiments/_benchlib.py``) and printed as min and median wall time, the ratio of minima /
+ratio of medians, the median CPU-time ratio, and verdicts against the goals: fast mode no slower
+than exact mode and at most 4x the baseline.  Also printed: the error against float64
+``a @ dequantize(w)`` normalised by ``|a| @ |w|`` and the fast-vs-exact deviation.  Not a test.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments._benchlib import fmt_ratio, interleaved, load_average, ratio, verdict
 from mugi_jax import gemm, quant
 
-SHAPES = {
+SHAPES = {  # label: (m, k, n, group)
+    "SmolLM2 prefill q/o (512x576)@(576x576)": (512, 576, 576, 64),
+    "SmolLM2 prefill up (512x576)@(576x1536)": (512, 576, 1536, 64),
+    "SmolLM2 prefill down (512x1536)@(1536x576)": (512, 1536, 576, 128),
+    "SmolLM2 decode b1 up (1x576)@(576x1536)": (1, 576, 1536, 64),
+    "SmolLM2 decode b8 (8x576)@(576x1536)": (8, 576, 1536, 64),
+    "SmolLM2 decode b8 down (8x1536)@(1536x576)": (8, 1536, 576, 128),
+    "(64x1536)@(1536x576)": (64, 1536, 576, 128),
     "decode (8x4096)@(4096x4096)": (8, 4096, 4096, 128),
     "prefill (512x4096)@(4096x4096)": (512, 4096, 4096, 128),
-    "SmolLM2 (8x576)@(576x1536)": (8, 576, 1536, 64),  # 576 is not a multiple of 128: g64
 }
 DATAPATHS = {
     "mugi": gemm.Mugi(),
@@ -33,87 +43,83 @@ DATAPATHS = {
     "carat": gemm.Carat(),
     "figna": gemm.FIGNA(),
 }
+GOAL_VS_BASELINE = 4.0  # fast mode / prepared FP32 matmul
+GOAL_VS_EXACT = 1.0  # fast mode / exact mode
 
 
-_CPU: dict[int, float] = {}
-
-
-def _time(fn, args, repeats: int) -> float:
-    """Median wall time; the median process CPU time (all threads) goes to ``_CPU[id(fn)]``
-    (steadier than wall time on a shared machine)."""
-    jax.block_until_ready(fn(*args))  # compile + warm up
-    ts, cs = [], []
-    for _ in range(repeats):
-        c0, t0 = time.process_time(), time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        ts.append(time.perf_counter() - t0)
-        cs.append(time.process_time() - c0)
-    _CPU[id(fn)] = statistics.median(cs)
-    return statistics.median(ts)
-
-
-def _peak_mib(fn, args) -> float:
-    m = fn.lower(*args).compile().memory_analysis()
-    if m is None:
-        return float("nan")
-    total = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-             - m.alias_size_in_bytes)
-    return total / 2**20
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datapaths", default="mugi", help=f"comma list of {sorted(DATAPATHS)}")
-    ap.add_argument("--modes", default="fast,exact")
     ap.add_argument("--shapes", default=",".join(str(i) for i in range(len(SHAPES))),
-                    help="comma list of shape indices (0 decode, 1 prefill, 2 SmolLM2)")
-    ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
+                    help="comma list of shape indices: " + ", ".join(
+                        f"{i} {s}" for i, s in enumerate(SHAPES)))
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--no-error", action="store_true", help="skip the float64 error columns")
+    args = ap.parse_args(argv)
     names = list(SHAPES)
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, "
-          f"{jax.devices()[0].device_kind}")
-    print(f"{'shape':34s} {'datapath/mode':22s} {'time [ms]':>10s} {'ratio':>7s} "
-          f"{'peak [MiB]':>11s} {'cpu [ms]':>9s} {'cpu ratio':>9s}")
-    for idx in args.shapes.split(","):
-        label = names[int(idx)]
+    try:
+        idxs = [int(i) for i in args.shapes.split(",")]
+        labels = [names[i] for i in idxs]
+    except (ValueError, IndexError):
+        ap.error(f"--shapes: expected a comma list of indices 0..{len(SHAPES) - 1}, "
+                 f"got {args.shapes!r}")
+    dnames = args.datapaths.split(",")
+    for d in dnames:
+        if d not in DATAPATHS:
+            ap.error(f"--datapaths: unknown {d!r}; valid: {', '.join(DATAPATHS)}")
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; interleaved, "
+          f"{args.repeats} repeats; load average at start {load_average()}")
+    print(f"{'shape':44s} {'candidate':22s} {'min ms':>8s} {'med ms':>8s} "
+          f"{'x base min/med':>14s} {'cpu x':>6s} verdicts")
+    rows = []
+    for label in labels:
         m, k, n, g = SHAPES[label]
         key_a, key_w = jax.random.split(jax.random.PRNGKey(0))
         a = jax.random.normal(key_a, (m, k), jnp.float32).astype(jnp.bfloat16)
         w = quant.quantize(jax.random.normal(key_w, (k, n), jnp.float32) * 0.02,
                            quant.SignMagnitudeInt4(group_size=g))
-        base = jax.jit(lambda a, w: a.astype(jnp.float32) @ quant.dequantize(w))
-        t_ref = _time(base, (a, w), args.repeats)
-        c_ref = _CPU[id(base)]
-        print(f"{label:34s} {'fp32 a @ dequantize(w)':22s} {t_ref * 1e3:10.2f} {1.0:7.2f} "
-              f"{_peak_mib(base, (a, w)):11.1f} {c_ref * 1e3:9.1f} {1.0:9.2f}", flush=True)
-        simple = jax.jit(lambda a, w: a.astype(jnp.float32) @ (
-            w.codes.astype(jnp.float32).reshape(k // g, g, n) * w.scales[:, None]).reshape(k, n))
-        t_simple = _time(simple, (a, w), args.repeats)
-        c = _CPU[id(simple)]
-        print(f"{'':34s} {'fp32 a @ (q s) fused':22s} {t_simple * 1e3:10.2f} "
-              f"{t_simple / t_ref:7.2f} {_peak_mib(simple, (a, w)):11.1f} {c * 1e3:9.1f} "
-              f"{c / c_ref:9.2f}", flush=True)
-        ref64 = np.asarray(a, np.float64) @ np.asarray(quant.dequantize(w), np.float64)
-        scale = np.abs(np.asarray(a, np.float64)) @ np.abs(np.asarray(quant.dequantize(w),
-                                                                       np.float64))
-        for dname in args.datapaths.split(","):
+        w_f32 = jax.block_until_ready(quant.dequantize(w))  # prepared once, as the preset does
+        base = jax.jit(lambda a, w: jnp.matmul(a.astype(jnp.float32), w,
+                                               precision=jax.lax.Precision.HIGHEST))
+        fns = {"fp32 exact preset": lambda: base(a, w_f32)}
+        calls = {}
+        for dname in dnames:
             dp = DATAPATHS[dname]
-            outs = {}
-            for mode in args.modes.split(","):
+            for mode in ("fast", "exact"):
+                pw = gemm.prepare_weight(w, dp, mode)
                 fn = jax.jit(lambda a, w, dp=dp, mode=mode: gemm.matmul(a, w, dp, mode=mode))
-                t = _time(fn, (a, w), args.repeats)
-                outs[mode] = np.asarray(fn(a, w), np.float64)
-                err = np.max(np.abs(outs[mode] - ref64) / scale)
-                c = _CPU[id(fn)]
-                print(f"{'':34s} {dname + '/' + mode:22s} {t * 1e3:10.2f} {t / t_ref:7.2f} "
-                      f"{_peak_mib(fn, (a, w)):11.1f} {c * 1e3:9.1f} {c / c_ref:9.2f}   "
-                      f"err vs fp64 {err:.2e}", flush=True)
-            if {"fast", "exact"} <= set(outs):
-                d = np.abs(outs["fast"] - outs["exact"])
-                print(f"{'':34s} {dname + ' fast-exact':22s} max|d| {d.max():.3e}  "
-                      f"max|d|/max|exact| {d.max() / np.abs(outs['exact']).max():.3e}  "
-                      f"max|d|/(|a||w|) {np.max(d / scale):.3e}  "
-                      f"bit-equal {np.mean(d == 0) * 100:.1f}%", flush=True)
+                calls[f"{dname}/{mode}"] = (fn, pw)
+                fns[f"{dname}/{mode}"] = (lambda fn=fn, pw=pw: fn(a, pw))
+        times = interleaved(fns, args.repeats)
+        ref = times["fp32 exact preset"]
+        if not args.no_error:
+            a64 = np.asarray(a, np.float64)
+            wd = np.asarray(w_f32, np.float64)
+            ref64, scale = a64 @ wd, np.abs(a64) @ np.abs(wd)
+        for cname, t in times.items():
+            r = ratio(t, ref)
+            cpu = t.cpu_median / ref.cpu_median
+            row = {"shape": label, "candidate": cname, "min_ms": t.min * 1e3,
+                   "median_ms": t.median * 1e3, "ratio_min": r[0], "ratio_median": r[1],
+                   "cpu_ratio": cpu}
+            notes = ""
+            if cname.endswith("/fast"):
+                ex = times[cname[:-5] + "/exact"]
+                rx = ratio(t, ex)
+                row["vs_exact"] = rx
+                notes = (f"vs exact {fmt_ratio(rx)} {verdict(rx, GOAL_VS_EXACT)}; "
+                         f"vs base {verdict(r, GOAL_VS_BASELINE)} (goal <= {GOAL_VS_BASELINE:g})")
+            if cname in calls and not args.no_error:
+                fn, pw = calls[cname]
+                out = np.asarray(fn(a, pw), np.float64)
+                row["err"] = float(np.max(np.abs(out - ref64) / scale))
+                notes += f"  err {row['err']:.1e}"
+            print(f"{label if cname == 'fp32 exact preset' else '':44s} {cname:22s} "
+                  f"{t.min * 1e3:8.2f} {t.median * 1e3:8.2f} {fmt_ratio(r):>14s} {cpu:6.2f} "
+                  f"{notes}", flush=True)
+            rows.append(row)
+    print(f"load average at end {load_average()}; ratios: min/median of interleaved runs")
+    return rows
 
 
 if __name__ == "__main__":

@@ -151,7 +151,11 @@ class Gemm:
         quant = _kernel_module("quant")
         scheme = dataclasses.replace(self.weight_scheme, axis=0,
                                      group_size=fit_group(self.weight_scheme.group_size, w.shape[0]))
-        return quant.quantize(jnp.asarray(w, jnp.float32), scheme)
+        q = quant.quantize(jnp.asarray(w, jnp.float32), scheme)
+        if self.datapath is None:
+            return q
+        # what the datapath derives from the weights alone (fast mode: the BF16 weight terms)
+        return _kernel_module("gemm").prepare_weight(q, self.datapath, self.mode)
 
     def matmul(self, x: Float[Array, "... din"], w: Any) -> Float[Array, "... dout"]:
         """``x @ w`` under this choice; ``w`` is the output of :meth:`prepare_weight`."""

@@ -5,7 +5,7 @@ reference simulator: :mod:`mugi_jax.sim.gemm`; guide: docs/gemm.md."""
 from mugi_jax.gemm.attention import attention, exact_softmax
 from mugi_jax.gemm.cycles import subscription_cycles, total_cycles
 from mugi_jax.gemm.datapaths import DATAPATHS, FIGNA, Carat, Datapath, MixPE, Mugi, SystolicMAC
-from mugi_jax.gemm.kernels import MODES, matmul
+from mugi_jax.gemm.kernels import MODES, PreparedWeight, matmul, prepare_weight
 
 __all__ = ["Mugi", "Carat", "MixPE", "SystolicMAC", "FIGNA", "Datapath", "DATAPATHS", "MODES",
-           "matmul", "attention", "exact_softmax", "subscription_cycles", "total_cycles"]
+           "matmul", "prepare_weight", "PreparedWeight", "attention", "exact_softmax", "subscription_cycles", "total_cycles"]

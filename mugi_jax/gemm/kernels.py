@@ -35,6 +35,7 @@ magnitudes up to 8) or 8x (unsigned codes up to 15), replaces the per-element ro
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 
@@ -47,12 +48,14 @@ from mugi_jax import formats, quant
 from mugi_jax.gemm._weights import KN, as_kn
 from mugi_jax.gemm.datapaths import DATAPATHS, FIGNA, Carat, MixPE, Mugi, SystolicMAC
 
-__all__ = ["matmul", "MODES", "check_datapath", "activations_bf16"]
+__all__ = ["matmul", "prepare_weight", "PreparedWeight", "MODES", "check_datapath",
+           "activations_bf16"]
 
 MODES = ("exact", "fast")
 UNROLL = 32
 _TILE_ELEMS = 1 << 18  # state elements per n-tile of the sequential scan (1 MiB of FP32)
-_FAST_DOT_MIN_M = 64  # fast mode: fused elementwise path below this many rows, dot above
+_FAST_DOT_MIN_M = 64  # fast mode: per-group BF16 dots from this many rows, code-reading kernels below
+_FAST_DOT_MIN_G = 16  # fast mode: smaller groups fold the scales into one FP32 dot
 _FAST_SEQUENTIAL_MAX_K = 2048  # fast mode below _FAST_DOT_MIN_M rows: sequential scan up to this k
 _TINY = float(jnp.finfo(jnp.float32).tiny)
 
@@ -345,61 +348,115 @@ def _odd_weight(codes: Array, o: int) -> Array:
     return out
 
 
-def _fast_grouped(a32: Array, kn: KN, product: str) -> Array:
-    """Group sums with the datapath's product rounding, summed in XLA's order; one group at a
-    time (a ``lax.scan`` over groups keeps the memory at one group's worth)."""
+def _weight_terms(codes_g: Array, odds: tuple[int, ...]) -> Array:
+    """``(ng, g, n)`` codes -> ``(ng, (1 + len(odds)) g, n)`` BF16: the codes, then for each odd
+    multiple ``o`` the weights ``sign(q) 2^j`` of the codes ``|q| = o 2^j`` (all exact in BF16)."""
+    ng, g, n = codes_g.shape
+    ws = [codes_g.astype(jnp.int32)] + [_odd_weight(codes_g, o) for o in odds]
+    return jnp.stack(ws, 1).reshape(ng, len(ws) * g, n).astype(jnp.bfloat16)
+
+
+_weight_terms_jit = jax.jit(_weight_terms, static_argnums=1)
+
+
+def _odd_corrections(a: Array, odds: tuple[int, ...]) -> list[Array]:
+    """``bf16(a o) - a o`` per odd multiple (exact in BF16: ``a o`` has at most 12 significant
+    bits); 0 where the product is not finite (its rounding is then the identity)."""
+    out = []
+    for o in odds:
+        ao = a * o
+        c = _round_bf16(ao) - ao
+        out.append(jnp.where(jnp.isfinite(c), c, 0.0))
+    return out
+
+
+def _fast_dot_groups(a32: Array, kn: KN, product: str, terms: Array | None) -> Array:
+    """One BF16 x BF16 -> FP32 ``dot`` per group on the odd-multiple decomposition: the
+    activations and their corrections ``(m, nt g)`` against ``terms`` ``(nt g, n)`` (from
+    :func:`prepare_weight`, or built here), then the group's scale."""
     m, k = a32.shape
     n = kn.codes.shape[1]
     g = kn.group
     ng = k // g
-    zeros = kn.zeros
-    if m < _FAST_DOT_MIN_M and g >= 16 and k <= _FAST_SEQUENTIAL_MAX_K:
-        # few rows, short reduction: the sequential scan (an order fast mode may pick) beats
-        # forming every product (measured 1.5-4x at SmolLM2's decode shapes)
-        return _exact_sequential(a32, kn.codes, kn.scales, zeros, g, kn.zero_point, product,
+    odds = _odd_terms(kn) if product == "bf16" else ()
+    a_g = a32.reshape(m, ng, g).transpose(1, 0, 2)  # (ng, m, g)
+    codes_g = kn.codes.reshape(ng, g, n)
+    if terms is None:
+        terms = _weight_terms(codes_g, odds)
+    # (ng, m, nt * g) BF16, term-major like the weight terms
+    xa = jnp.stack([a_g] + _odd_corrections(a_g, odds), 2)
+    xa = xa.reshape(ng, m, terms.shape[1]).astype(jnp.bfloat16)
+
+    def group_sum(xg, tg):
+        return lax.dot(xg, tg, preferred_element_type=jnp.float32)
+
+    return _scan_groups(xa, a_g, terms, kn.scales, kn.zeros, kn, group_sum)
+
+
+def _fast_folded(a32: Array, kn: KN, product: str) -> Array:
+    """Small groups (the scale changes every few ``k``, e.g. a per-token V cache in ``P V``):
+    the scales folded into the weight terms and one FP32 ``dot`` over ``k`` stretched by the
+    number of terms,
+
+    .. math::
+
+        \sum_k \mathrm{bf16}(a_k q_{kn}) s_{kn} = \sum_k a_k (q_{kn} s_{kn})
+        + \sum_o \sum_k (\mathrm{bf16}(a_k o) - a_k o) (w^o_{kn} s_{kn})
+        \ [+ \sum_k a_k m_{kn}\ |\ - \sum_k a_k s_{kn} z_{kn}]
+
+    (``m``: the float minimum or the offset of the offset decomposition),
+
+    exact in real arithmetic; in FP32 every ``w^o s`` is exact (``w^o`` is a signed power of
+    two), ``q s`` and the sums round once each (the reordering fast mode allows)."""
+    k = a32.shape[1]
+    odds = _odd_terms(kn) if product == "bf16" else ()
+    s = jnp.repeat(kn.scales, kn.group, axis=0)  # (k, n)
+    ws = [kn.codes.astype(jnp.float32) * s] + [
+        _odd_weight(kn.codes, o).astype(jnp.float32) * s for o in odds]
+    xs = [a32] + _odd_corrections(a32, odds)
+    if kn.zero_point != "none":
+        z = jnp.repeat(kn.zeros, kn.group, axis=0)
+        ws.append(z if kn.zero_point in ("min", "offset") else -(s * z))
+        xs.append(a32)
+    x = jnp.concatenate(xs, axis=1)
+    w = jnp.concatenate(ws, axis=0)
+    assert w.shape[0] == x.shape[1] == k * len(ws)
+    return lax.dot(x, w, precision=lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
+
+
+def _fast_grouped(a32: Array, kn: KN, product: str, terms: Array | None = None) -> Array:
+    """Group sums with the datapath's product rounding, summed in XLA's order.  The path is
+    chosen per shape (thresholds measured with ``experiments.bench_gemm``)."""
+    m, k = a32.shape
+    n = kn.codes.shape[1]
+    g = kn.group
+    ng = k // g
+    if g < _FAST_DOT_MIN_G:
+        # many tiny groups (scales varying along k): scales folded into the weights
+        return _fast_folded(a32, kn, product)
+    if m >= _FAST_DOT_MIN_M:
+        return _fast_dot_groups(a32, kn, product, terms)
+    # Few rows: XLA:CPU's BF16 dot is slow at small m (measured 5-28x the FP32 matmul with the
+    # terms prepared), and the work is bound by reading the weights, so the kernels read the
+    # int8 codes.  Short reductions: the sequential scan (an order fast mode may pick).
+    if k <= _FAST_SEQUENTIAL_MAX_K:
+        return _exact_sequential(a32, kn.codes, kn.scales, kn.zeros, g, kn.zero_point, product,
                                  "fp32")
     a_g = a32.reshape(m, ng, g).transpose(1, 0, 2)  # (ng, m, g)
     codes_g = kn.codes.reshape(ng, g, n)
-    if m < _FAST_DOT_MIN_M or g < 16:
-        if g < 16:  # many tiny groups (scales varying along k): one fused product-reduction
-            p = a32.reshape(m, ng, g, 1) * codes_g.astype(jnp.float32)[None]
-            if product == "bf16":
-                p = _round_bf16(p)
-            y = jnp.sum(p, axis=2) * kn.scales[None]  # (m, ng, n)
-            if zeros is not None:
-                asum = jnp.sum(a32.reshape(m, ng, g), axis=-1)[..., None]
-                y = y + zeros[None] * asum if kn.zero_point in ("min", "offset") \
-                    else y - (kn.scales * zeros)[None] * asum
-            return jnp.sum(y, axis=1)
 
-        def group_sum(ag, cg):
-            p = ag[:, :, None] * cg.astype(jnp.float32)[None]  # (m, g, n)
-            if product == "bf16":
-                p = _round_bf16(p)
-            return jnp.sum(p, axis=1)
-        xa = a_g
-        # XLA:CPU materialises the (m, g, n) products of a group: past the cache size (an LM
-        # head, n = 49152) that costs 30x, so wide outputs run in n-tiles of bounded products.
-        tile = _fast_tile(m * g, n)
-        if tile < n:
-            return _map_n_tiles(lambda c, s_, z_: _scan_groups(xa, a_g, c, s_, z_, kn, group_sum),
-                                tile, codes_g, kn.scales, zeros)
-    else:
-        odds = _odd_terms(kn) if product == "bf16" else ()
-        terms = [a_g]
-        for o in odds:
-            ao = a_g * o
-            terms.append(jnp.where(jnp.isfinite(a_g), _round_bf16(ao) - ao, 0.0))
-        nt = len(terms)
-        # (ng, m, nt * g) BF16: every term is exact in BF16
-        xa = jnp.stack(terms, 2).reshape(ng, m, nt * g).astype(jnp.bfloat16)
-
-        def group_sum(ag, cg):
-            ws = [cg.astype(jnp.int32)] + [_odd_weight(cg, o) for o in odds]
-            wext = jnp.stack(ws, 0).reshape(nt * g, n).astype(jnp.bfloat16)
-            return lax.dot(ag, wext, preferred_element_type=jnp.float32)
-
-    return _scan_groups(xa, a_g, codes_g, kn.scales, zeros, kn, group_sum)
+    def group_sum(ag, cg):
+        p = ag[:, :, None] * cg.astype(jnp.float32)[None]  # (m, g, n)
+        if product == "bf16":
+            p = _round_bf16(p)
+        return jnp.sum(p, axis=1)
+    # XLA:CPU materialises the (m, g, n) products of a group: past the cache size (an LM
+    # head, n = 49152) that costs 30x, so wide outputs run in n-tiles of bounded products.
+    tile = _fast_tile(m * g, n)
+    if tile < n:
+        return _map_n_tiles(lambda c, s_, z_: _scan_groups(a_g, a_g, c, s_, z_, kn, group_sum),
+                            tile, codes_g, kn.scales, kn.zeros)
+    return _scan_groups(a_g, a_g, codes_g, kn.scales, kn.zeros, kn, group_sum)
 
 
 def _scan_groups(xa: Array, a_g: Array, codes_g: Array, scales: Array, zeros: Array | None,
@@ -442,21 +499,30 @@ def _numerics_only(datapath: object) -> object:
     return datapath
 
 
-def _matmul_2d(a: Array, kn: KN, datapath: object, mode: str) -> Array:
+def _matmul_2d(a: Array, kn: KN, datapath: object, mode: str,
+               terms: Array | None = None) -> Array:
     if offset_decomposed(datapath, kn.zero_point):
         kn = _offset_decompose(kn)
-    return _matmul_2d_jit(a, kn, _numerics_only(datapath), mode)
+    return _matmul_2d_jit(a, kn, _numerics_only(datapath), mode, terms)
+
+
+def _product(datapath: object) -> str | None:
+    """The product rounding of a datapath that multiplies by the codes (None: it does not)."""
+    if isinstance(datapath, Mugi):
+        return datapath.product
+    return "exact" if isinstance(datapath, MixPE) else None
 
 
 @functools.partial(jax.jit, static_argnames=("datapath", "mode"))
-def _matmul_2d_jit(a: Array, kn: KN, datapath: object, mode: str) -> Array:
+def _matmul_2d_jit(a: Array, kn: KN, datapath: object, mode: str,
+                   terms: Array | None = None) -> Array:
     a32 = _a32(a)
     kn = KN(kn.codes, _ftz(kn.scales), None if kn.zeros is None else _ftz(kn.zeros), kn.group,
             kn.zero_point)
     if isinstance(datapath, (Mugi, MixPE)):
-        product = datapath.product if isinstance(datapath, Mugi) else "exact"
+        product = _product(datapath)
         if mode == "fast":
-            return _fast_grouped(a32, kn, product)
+            return _fast_grouped(a32, kn, product, terms)
         return _exact_sequential(a32, kn.codes, kn.scales, kn.zeros, kn.group,
                                  kn.zero_point, product, datapath.accumulator)
     if isinstance(datapath, FIGNA):
@@ -515,14 +581,103 @@ def _exact_tree(a32: Array, w: Array, width: int) -> Array:
     return out[:, :n]
 
 
-def matmul(a: Float[Array, "... m k"], w: quant.QuantizedTensor, datapath: object,
-           mode: str = "exact") -> Float[Array, "... m n"]:
+@dataclasses.dataclass(frozen=True)
+class PreparedWeight:
+    """A 2-D ``QuantizedTensor`` ``(k, n)`` in the form :func:`matmul` consumes, with what the
+    GEMMs derive from the weights alone computed once (:func:`prepare_weight`).  It reads like
+    the ``QuantizedTensor`` it was made from (``codes``, ``scales``, ``zeros``, ``scheme``,
+    ``axis``, ``group_size``, ``dequantize``), so ``quant.dequantize`` accepts it.
+
+    Attributes:
+      weight: the ``QuantizedTensor``.
+      kn: its codes, scales (subnormals flushed) and zeros with groups along ``k``.
+      terms: fast mode on Mugi / MixPE with groups of 16 or more: the BF16 weight terms of the
+        odd-multiple decomposition ``(k // G, (1 + #odd) G, n)`` (``None`` otherwise).
+      made_for: what ``kn`` and ``terms`` were made for (static: the datapath's numerics fields
+        and whether it runs asymmetric codes by offset decomposition); another datapath
+        re-derives them from ``weight``.
+    """
+
+    weight: quant.QuantizedTensor
+    kn: KN
+    terms: Array | None
+    made_for: tuple[object, bool]
+
+    codes = property(lambda self: self.weight.codes)
+    scales = property(lambda self: self.weight.scales)
+    zeros = property(lambda self: self.weight.zeros)
+    scheme = property(lambda self: self.weight.scheme)
+    axis = property(lambda self: self.weight.axis)
+    group_size = property(lambda self: self.weight.group_size)
+    shape = property(lambda self: tuple(self.weight.shape))
+
+    def dequantize(self, dtype: jnp.dtype = jnp.float32) -> Array:
+        return self.weight.dequantize(dtype)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held (codes, scales, zeros, BF16 terms), for the memory trade-off."""
+        return sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(self))
+
+
+jax.tree_util.register_pytree_node(
+    PreparedWeight, lambda p: ((p.weight, p.kn, p.terms), p.made_for),
+    lambda aux, ch: PreparedWeight(ch[0], ch[1], ch[2], aux))
+
+
+def prepare_weight(w: quant.QuantizedTensor, datapath: object,
+                   mode: str = "exact") -> PreparedWeight:
+    """``w`` prepared once for ``matmul(a, ., datapath, mode)`` (same result as passing ``w``).
+
+    Fast mode on Mugi/MixPE stores the BF16 weight terms (``2 (1 + #odd)`` bytes per weight:
+    8 for sign-magnitude codes) so that every call runs one ``dot`` per group with nothing
+    derived from the weights; exact mode and the other datapaths store the normalised codes.
+    """
+    check_datapath(datapath)
+    _check_mode(mode)
+    if isinstance(w, PreparedWeight):
+        if w.made_for == _made_for(datapath, w.scheme) and (mode == "exact"
+                                                            or w.terms is not None):
+            return w
+        w = w.weight
+    _check_weight(w)
+    check_scheme(datapath, w.scheme)
+    kn = as_kn(w)
+    kn = KN(kn.codes, _ftz(kn.scales), None if kn.zeros is None else _ftz(kn.zeros), kn.group,
+            kn.zero_point)
+    if offset_decomposed(datapath, kn.zero_point):
+        kn = _offset_decompose(kn)
+    product = _product(datapath)
+    terms = None
+    if mode == "fast" and product is not None and kn.group >= _FAST_DOT_MIN_G:
+        k, n = kn.codes.shape
+        odds = _odd_terms(kn) if product == "bf16" else ()
+        terms = _weight_terms_jit(kn.codes.reshape(k // kn.group, kn.group, n), odds)
+    return PreparedWeight(w, kn, terms, _made_for(datapath, w.scheme))
+
+
+def _made_for(datapath: object, scheme: quant.Scheme) -> tuple[object, bool]:
+    return _numerics_only(datapath), offset_decomposed(datapath, scheme)
+
+
+def _check_weight(w: object) -> None:
+    if not isinstance(w, quant.QuantizedTensor):
+        raise TypeError(f"w: expected a mugi_jax.quant.QuantizedTensor (k, n) or a "
+                        f"gemm.PreparedWeight, got {type(w)}")
+    if w.codes.ndim != 2:
+        raise ValueError(f"w: expected a 2-D (k, n) QuantizedTensor, got shape {w.shape}")
+
+
+def matmul(a: Float[Array, "... m k"], w: quant.QuantizedTensor | PreparedWeight,
+           datapath: object, mode: str = "exact") -> Float[Array, "... m n"]:
     """``a @ w`` on ``datapath`` (FP32 output; leading axes of ``a`` are batch axes).
 
     Args:
       a: activations ``(..., m, k)``, BF16 (other float types are rounded to BF16 with RNE).
       w: a 2-D ``QuantizedTensor`` ``(k, n)``; groups along ``k`` (axis 0, the usual layout) or
-        along ``n`` (axis 1: the scale then changes at every ``k``, dequantization per element).
+        along ``n`` (axis 1: the scale then changes at every ``k``, dequantization per element);
+        or the :class:`PreparedWeight` of one (:func:`prepare_weight`: weights used more than
+        once).
       datapath: :class:`Mugi`, :class:`Carat`, :class:`MixPE`, :class:`SystolicMAC` or
         :class:`FIGNA`.
       mode: ``"exact"`` (bit-identical to :mod:`mugi_jax.sim.gemm`) or ``"fast"``.
@@ -535,16 +690,21 @@ def matmul(a: Float[Array, "... m k"], w: quant.QuantizedTensor, datapath: objec
     check_datapath(datapath)
     _check_mode(mode)
     a = activations_bf16(a)
-    if not isinstance(w, quant.QuantizedTensor):
-        raise TypeError(f"w: expected a mugi_jax.quant.QuantizedTensor (k, n), got {type(w)}")
-    if w.codes.ndim != 2:
-        raise ValueError(f"w: expected a 2-D (k, n) QuantizedTensor, got shape {w.shape}")
+    prepared = w if isinstance(w, PreparedWeight) else None
+    if prepared is None:
+        _check_weight(w)
     if a.ndim < 2:
         raise ValueError(f"a: expected (..., m, k), got shape {a.shape}")
     if a.shape[-1] != w.shape[0]:
         raise ValueError(f"a: reduction length {a.shape[-1]} does not match w (k, n) = {w.shape}")
     check_scheme(datapath, w.scheme)
-    kn = as_kn(w)
+    terms = None
+    if prepared is not None and prepared.made_for == _made_for(datapath, prepared.scheme):
+        kn = prepared.kn  # already offset-decomposed where the datapath does that
+        if mode == "fast":
+            terms = prepared.terms
+    else:
+        kn = as_kn(w.weight if prepared is not None else w)
     lead, m, k = a.shape[:-2], a.shape[-2], a.shape[-1]
-    out = _matmul_2d(a.reshape(-1, k), kn, datapath, mode)
+    out = _matmul_2d(a.reshape(-1, k), kn, datapath, mode, terms)
     return out.reshape(*lead, m, w.shape[1])

@@ -252,3 +252,42 @@ def test_inconsistent_quantized_tensor_is_rejected():
                                 zeros=None, scheme=quant.SignMagnitudeInt4(group_size=8))
     with pytest.raises(ValueError, match="group size must divide"):
         gemm.matmul(jnp.ones((2, 20), jnp.bfloat16), bad, gemm.Mugi())
+
+
+# ---------------------------------------------------------------------------------- prepared
+
+
+@pytest.mark.parametrize("scheme_name", ["sm", "asym_min", "asym_int"])
+def test_prepared_weight_gives_the_same_bits(scheme_name):
+    a = activations(3, (70, 64), specials=False, spread=2)  # 70 rows: the per-group dot path
+    w = weights(3, 64, 24, SCHEMES[scheme_name](16))
+    dp = gemm.Mugi(magnitude_bits=4)
+    for mode in gemm.MODES:
+        pw = gemm.prepare_weight(w, dp, mode)
+        assert (pw.terms is not None) == (mode == "fast")
+        for rows in (a, a[:5]):
+            out = jax.jit(lambda x, p: gemm.matmul(x, p, dp, mode))(rows, pw)
+            assert same_bits(out, gemm.matmul(rows, w, dp, mode)), mode
+    np.testing.assert_array_equal(quant.dequantize(pw), quant.dequantize(w))
+    # terms made for another product rounding are not used
+    mix = gemm.prepare_weight(w, gemm.MixPE(), "fast")
+    assert same_bits(gemm.matmul(a, mix, dp, "fast"), gemm.matmul(a, w, dp, "fast"))
+
+
+@pytest.mark.parametrize("scheme_name,group,axis", [("sm", 8, 0), ("asym_int", 4, 0),
+                                                    ("sm", 8, 1), ("asym_min", 8, 1)])
+def test_fast_small_groups_fold_the_scales(scheme_name, group, axis):
+    """Groups under 16 along k, or along n (the scale changes at every k): one FP32 dot with the
+    scales folded into the weight terms, close to the BF16-product oracle / exact mode."""
+    a = activations(4, (9, 64), specials=False, spread=2)
+    dp = gemm.Mugi(magnitude_bits=4)
+    scheme = dataclasses.replace(SCHEMES[scheme_name](group), axis=axis)
+    w = weights(4, 64, 32, scheme)
+    fast = np.asarray(gemm.matmul(a, w, dp, mode="fast"), np.float64)
+    if axis == 0:
+        oracle, bound = _bf16_product_oracle(a, w)
+    else:
+        oracle = np.asarray(gemm.matmul(a, w, dp, mode="exact"), np.float64)
+        bound = np.abs(np.asarray(a, np.float64)) @ np.abs(np.asarray(quant.dequantize(w),
+                                                                      np.float64))
+    assert np.all(np.abs(fast - oracle) <= 2.0 ** -18 * (bound + np.abs(oracle)) + 1e-30)

@@ -1,0 +1,92 @@
+"""Shared timing for the ``bench_*`` benchmarks: interleaved runs, min and median, verdicts.
+
+Every benchmark compares a candidate with what a user would otherwise run (the ``exact`` preset's
+path, weights prepared once, outside the timed region).  On a shared machine the load changes
+while a benchmark runs, so the compared callables are run interleaved (A B A B ...) after one
+untimed warm-up call each (compilation), and both the minimum (the least disturbed run) and the
+median are reported.  A verdict is ``PASS`` when both the ratio of minima and the ratio of
+medians meet the goal, ``FAIL`` when neither does, and names the one that does otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+
+__all__ = ["Timing", "interleaved", "ratio", "verdict", "load_average", "fmt_ratio"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """Wall times (``samples``) and process CPU times (``cpu``, all threads) in seconds of the
+    repeated calls of one callable.  CPU time counts the work done, so it moves less than wall
+    time when other processes compete for the cores."""
+
+    samples: tuple[float, ...]
+    cpu: tuple[float, ...] = ()
+
+    @property
+    def min(self) -> float:
+        return min(self.samples)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def cpu_median(self) -> float:
+        return statistics.median(self.cpu)
+
+
+def interleaved(fns: Mapping[str, Callable[[], Any]], repeats: int) -> dict[str, Timing]:
+    """Time every callable ``repeats`` times, one round over all of them at a time (A B A B ...),
+    after one untimed call each (compilation, warm-up).  Results are blocked on."""
+    if repeats < 1:
+        raise ValueError(f"--repeats: must be >= 1, got {repeats}")
+    for fn in fns.values():
+        jax.block_until_ready(fn())
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            c0, t0 = time.process_time(), time.perf_counter()
+            jax.block_until_ready(fn())
+            samples[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    return {name: Timing(tuple(samples[name]), tuple(cpu[name])) for name in fns}
+
+
+def ratio(t: Timing, ref: Timing) -> tuple[float, float]:
+    """``(min ratio, median ratio)`` of ``t`` against the baseline ``ref``."""
+    return t.min / ref.min, t.median / ref.median
+
+
+def verdict(ratios: tuple[float, float], goal: float) -> str:
+    """``PASS`` when both the ratio of minima and the ratio of medians meet ``goal``, ``FAIL``
+    when neither does, else which one does (the load moved during the run)."""
+    r_min, r_med = ratios
+    if r_min <= goal and r_med <= goal:
+        return "PASS"
+    if r_min <= goal:
+        return "PASS(min only)"
+    if r_med <= goal:
+        return "PASS(median only)"
+    return "FAIL"
+
+
+def fmt_ratio(ratios: tuple[float, float]) -> str:
+    return f"{ratios[0]:.2f}/{ratios[1]:.2f}"
+
+
+def load_average() -> str:
+    """The 1-minute load average (other processes on the machine), for the printed record."""
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except OSError:  # pragma: no cover - not available on every OS
+        return "n/a"
