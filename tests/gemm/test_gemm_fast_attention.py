@@ -261,13 +261,17 @@ def test_inconsistent_quantized_tensor_is_rejected():
 def test_prepared_weight_gives_the_same_bits(scheme_name):
     a = activations(3, (70, 64), specials=False, spread=2)  # 70 rows: the per-group dot path
     w = weights(3, 64, 24, SCHEMES[scheme_name](16))
-    dp = gemm.Mugi(magnitude_bits=4)
-    for mode in gemm.MODES:
-        pw = gemm.prepare_weight(w, dp, mode)
-        assert (pw.terms is not None) == (mode == "fast")
-        for rows in (a, a[:5]):
-            out = jax.jit(lambda x, p: gemm.matmul(x, p, dp, mode))(rows, pw)
-            assert same_bits(out, gemm.matmul(rows, w, dp, mode)), mode
+    # Mugi() runs asymmetric codes by offset decomposition, Mugi(magnitude_bits=4) directly
+    for dp, other in ((gemm.Mugi(magnitude_bits=4), gemm.Mugi()),
+                      (gemm.Mugi(), gemm.Mugi(magnitude_bits=4))):
+        for mode in gemm.MODES:
+            pw = gemm.prepare_weight(w, dp, mode)
+            assert (pw.terms is not None) == (mode == "fast")
+            for rows in (a, a[:5]):
+                out = jax.jit(lambda x, p, dp=dp, mode=mode: gemm.matmul(x, p, dp, mode))(rows, pw)
+                assert same_bits(out, gemm.matmul(rows, w, dp, mode)), (dp, mode)
+            # prepared for one datapath, used on another: derived again from the weights
+            assert same_bits(gemm.matmul(a, pw, other, mode), gemm.matmul(a, w, other, mode))
     np.testing.assert_array_equal(quant.dequantize(pw), quant.dequantize(w))
     # terms made for another product rounding are not used
     mix = gemm.prepare_weight(w, gemm.MixPE(), "fast")
