@@ -40,6 +40,25 @@ def policies(quick: bool):
     return out
 
 
+PROMPT = "The capital of France is"
+GREEDY_TOKENS = 12
+
+
+def greedy_texts(model, tok, pols) -> list[dict]:
+    """Greedy continuations of :data:`PROMPT` under the exact and the ``mugi`` numerics."""
+    import jax
+
+    from mugi_jax.models import Sampler
+
+    out = []
+    for name in ("exact", "mugi (preset)"):
+        if name in pols:
+            gen = Sampler(model, tok, pols[name][1])([PROMPT], GREEDY_TOKENS, key=jax.random.key(0),
+                                                     stop_at_eos=True)
+            out.append({"numerics": name, "prompt": PROMPT, "continuation": gen.text[0]})
+    return out
+
+
 def readings_from_rows(rows, names, got, missing, quick, max_tokens, context):
     """The computed readings and paper/reference comparisons of an accuracy table."""
     readings, comps = [], []
@@ -60,7 +79,8 @@ def readings_from_rows(rows, names, got, missing, quick, max_tokens, context):
             cmp["text"] += f" (ours: first {max_tokens} tokens only)"
             comps.append(cmp)
     if missing:
-        readings.append(f"Not measured (corpus not fetched): {', '.join(missing)}; run `mugi-jax data fetch {' '.join(missing)}`.")
+        readings.append(f"Not measured (corpus not fetched): {', '.join(missing)}; run `mugi-jax data fetch {' '.join(missing)}`"
+                        + (" (austen is fetched with apt-get: run `apt-get update` first on a fresh system)." if "austen" in missing else "."))
     if quick:
         readings.append("Quick mode: 256 tokens of SOTU, context 128 (the full run uses 2048 tokens of each corpus, context 512).")
     return readings, comps
@@ -108,8 +128,16 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
         ax.set_xticks(x, names), ax.set_ylabel("perplexity change vs exact [%]"), ax.axhline(0, color="k", lw=0.6)
         ax.set_yscale("symlog", linthresh=1), ax.legend(fontsize=7)
     readings, comps = readings_from_rows(rows, names, got, missing, quick, max_tokens, context)
+    headline = {f"{r['corpus']}/{r['numerics']}": r["ppl"] for r in rows}
+    if not quick:  # what a user sees: greedy text under exact and mugi numerics
+        greedy = greedy_texts(model, tok, pols)
+        tables.append(table(out_dir, "greedy.csv", greedy, f"Greedy continuation of {PROMPT!r} "
+                            f"({GREEDY_TOKENS} new tokens) per numerics"))
+        for g in greedy:
+            headline[f"greedy/{g['numerics']}"] = g["continuation"]
+            readings.append(f"greedy [{g['numerics']}]: {PROMPT!r} -> {g['continuation']!r}")
     return {"tables": tables, "figures": [{"file": "accuracy.png", "caption": "Perplexity change vs exact FP32 per numerics and corpus"}],
-            "readings": readings, "comparisons": comps, "headline": {f"{r['corpus']}/{r['numerics']}": r["ppl"] for r in rows},
+            "readings": readings, "comparisons": comps, "headline": headline,
             "config": {"corpora": list(corpora), "missing": missing, "max_tokens": max_tokens, "context": context,
                        "batch_size": batch, "numerics": names}}
 

@@ -16,6 +16,34 @@ from mugi_jax.report.helpers import table
 SHOWN = ("vlp_g256", "mugi_l_g256", "vlp_m4_g256", "vlp", "mugi_l", "vlp_m4", "pwl", "taylor", "exact_fp32")
 
 
+FUNCTION_NAMES = {"exp": "exp", "silu": "SiLU", "gelu": "GELU (erf)", "softmax": "softmax"}
+HIST_INPUTS = {
+    "softmax_logits_N(0,1^2)": "softmax of N(0, 1) logits (4 x 256 x 256): the exp unit's inputs x - max(x)",
+    "softmax_logits_N(0,3^2)": "softmax of N(0, 3^2) logits (4 x 256 x 256): the exp unit's inputs x - max(x)",
+    "silu_N(0,1)": "SiLU of N(0, 1) inputs (512 x 1536)",
+    "silu_t3": "SiLU of Student-t (3 degrees of freedom) inputs (512 x 1536, heavy tails)",
+    "gelu_N(0,1)": "GELU of N(0, 1) inputs (512 x 1536)",
+    "gelu_t3": "GELU of Student-t (3 degrees of freedom) inputs (512 x 1536, heavy tails)",
+}
+
+
+def caption(file: str, ne) -> str:  # noqa: ANN001
+    """The caption of one figure of ``nonlinear_error`` (written per figure kind, not from the name)."""
+    if file.startswith("error_vs_input_"):
+        fn = file.removeprefix("error_vs_input_").removesuffix(".png")
+        lo, hi = ne.RANGES[fn]
+        return (f"{FUNCTION_NAMES.get(fn, fn)}: absolute error against the float64 function for every "
+                f"BF16 input in [{lo:g}, {hi:g}] (log scale), per method: VLP and Mugi-L with per-value "
+                "(g1) and 256-value (g256) windows, VLP with 4 mantissa bits, PWL, Taylor, exact FP32")
+    for case, what in HIST_INPUTS.items():
+        safe = "".join(ch if ch.isalnum() or ch in "_-" else "_" for ch in case)
+        if file == f"exponent_hist_{safe}.png":
+            return (f"Exponents entering the VLP unit, {what}: histogram of the rounded exponents "
+                    "(3 mantissa bits), the exponent range the table stores (blue) and the most "
+                    "frequent window of a 256-value group (orange)")
+    raise ValueError(f"no caption written for figure {file!r}; add one to experiments/approx_error.py")
+
+
 def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
     from experiments import nonlinear_error as ne
 
@@ -42,7 +70,7 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
         readings.append(f"{case}: mean |error| VLP {v['mean_abs']:.3g}, PWL {p['mean_abs']:.3g}, Taylor {t['mean_abs']:.3g} "
                         f"(max VLP {v['max_abs']:.3g}, PWL {p['max_abs']:.3g}, Taylor {t['max_abs']:.3g}); lowest mean: {best}."
                         + (" Mugi-L has identical numerics to VLP (same errors)." if sel.get("mugi_l", {}).get("max_abs") == v["max_abs"] else ""))
-    figures = [{"file": f, "caption": f.removesuffix(".png").replace("_", " ")} for f in files]
+    figures = [{"file": f, "caption": caption(f, ne)} for f in files]
     return {"tables": tables, "figures": figures, "readings": readings, "comparisons": [], "headline": {},
             "config": {"distributions": not quick, "config": getattr(ne, "CFG", None)}}
 

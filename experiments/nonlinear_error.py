@@ -120,10 +120,11 @@ def plot_curves(out: Path, curves: dict) -> list[str]:
                 continue
             err = np.abs(y - c["ref"]) + 1e-12
             ax.semilogy(c["x"], err, lw=0.7, label=key)
-        ax.set_xlabel("x (every BF16 value)")
-        ax.set_ylabel("|approx - f(x)|  (+1e-12)")
+        ax.set_xlabel("input x (every BF16 value in the range)")
+        ax.set_ylabel("absolute error |approx(x) - f(x)| (+1e-12, log)")
         ax.set_title(f"{fn}: absolute error vs input")
-        ax.legend(fontsize=7, ncol=2)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
+                  title="method", title_fontsize=7)
         name = f"error_vs_input_{fn}.png"
         io.save_figure(fig, out / name, dpi=120, bbox_inches="tight")
         plt.close(fig)
@@ -160,7 +161,7 @@ def plot_hists(out: Path, hists: dict) -> list[str]:
                    label=f"most frequent window [{mode_bottom}, {mode_bottom + CFG.window - 1}]")
         ax.set_yscale("log")
         ax.set_xlabel("rounded exponent e' of the VLP input (M=3)")
-        ax.set_ylabel("count")
+        ax.set_ylabel("count [values] (log)")
         ax.set_title(case)
         ax.legend(fontsize=7)
         safe = "".join(ch if ch.isalnum() or ch in "_-" else "_" for ch in case)

@@ -141,7 +141,8 @@ def status(text: str, enabled: bool = True) -> Iterator[Any]:
     console = Console(stderr=True)
     with console.status(f"{text} ...") as st:
         yield _Status(st, t0)
-    console.print(f"[dim]{text}: done in {time.perf_counter() - t0:.1f} s[/dim]")
+    if (dt := time.perf_counter() - t0) > 2.0:  # say how long a slow step took (compile included)
+        console.print(f"[dim]{text}: {dt:.1f} s[/dim]")
 
 
 class _NoStatus:

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import typer
 
-from mugi_jax.cli._common import CliError, app, check_choice, check_int, print_json
+from mugi_jax.cli._common import CliError, app, check_choice, check_int, print_json, status
 
 #: Largest GEMM dimension / batch accepted (keeps every count well inside float32 and int64).
 MAX_DIM = 1 << 24
@@ -103,7 +103,8 @@ def llm(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Cost of LLM inference (prefill + decode, all layers) on one design."""
-    res = llm_result(arch, model, batch, seq_len, preset, nodes, variant, kv_heads)
+    with status(f"costing {model} on {arch}", enabled=not json_out):
+        res = llm_result(arch, model, batch, seq_len, preset, nodes, variant, kv_heads)
     if json_out:
         print_json(res)
         return
@@ -196,7 +197,8 @@ def gemm_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Cost of one GEMM (m x k) @ (k x n) on one design."""
-    res = gemm_result(arch, m, k, n, dataflow, preset, batch, role, memory, nodes)
+    with status(f"costing the GEMM on {arch}", enabled=not json_out):
+        res = gemm_result(arch, m, k, n, dataflow, preset, batch, role, memory, nodes)
     if json_out:
         print_json(res)
         return

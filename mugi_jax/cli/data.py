@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from mugi_jax.cli._common import CliError, app, print_json
+from mugi_jax.cli._common import CliError, app, print_json, status
 
 data_app = typer.Typer(name="data", help="Offline model and corpora: fetch, verify, cache.",
                        no_args_is_help=True)
@@ -39,7 +39,8 @@ def fetch(
     paths, failed = {}, {}
     for n in names or valid:  # go on after a failure: fetch whatever can be fetched here
         try:
-            paths[n] = str(data.fetch(n))
+            with status(f"fetching and verifying {n}", enabled=not json_out):
+                paths[n] = str(data.fetch(n))
         except data.DataError as err:
             failed[n] = str(err)
             continue

@@ -23,7 +23,9 @@ def figure(path: Path, *args: Any, **kwargs: Any) -> Iterator[Any]:
     try:
         yield fig, ax
         fig.tight_layout()
-        save_figure(fig, path, dpi=110)
+        # "tight" grows the canvas to hold everything drawn (legends placed outside the axes,
+        # long rotated tick labels), so nothing is clipped.
+        save_figure(fig, path, dpi=110, bbox_inches="tight")
     finally:
         plt.close(fig)
 

@@ -81,19 +81,79 @@ def _fmt(v: str) -> str:
     return f"{x:.4g}"
 
 
+#: Units of the result columns, by exact name, then by suffix (rendered as ``name [unit]``).
+_UNITS = {
+    "seconds": "s", "nll": "nats/token", "context": "tokens", "predicted_tokens": "tokens",
+    "seq_len": "tokens", "height": "rows", "cycles": "cycles", "gflop": "GFLOP",
+    "measured": "cycles/k-step", "analytic_kbinned": "cycles/k-step", "analytic_iid": "cycles/k-step",
+    "analytic_iid_pooled": "cycles/k-step", "monte_carlo_iid_pooled": "cycles/k-step",
+    "mean_cycles_et": "cycles/tile", "mean_cycles_full": "cycles/tile",
+    "throughput_gflops": "GFLOP/s", "nl_gflops": "GFLOP/s", "energy_efficiency": "GFLOP/s/J",
+    "energy_efficiency_paper": "GFLOP/s/J", "nl_energy_efficiency": "GFLOP/s/J",
+    "gflop_per_j": "GFLOP/J", "nl_gflop_per_j": "GFLOP/J", "pj_per_flop": "pJ/FLOP",
+    "pj_per_flop_onchip": "pJ/FLOP", "j_per_token": "J/token", "j_per_token_onchip": "J/token",
+    "tokens_per_s": "tokens/s", "speedup": "x", "elements": "values", "zeros": "values",
+}
+_SUFFIX_UNITS = (("_pct", "%"), ("_share", "fraction"), ("_fraction", "fraction"),
+                 ("_efficiency", "fraction"), ("_carbon_g", "gCO2e"), ("_mm2", "mm^2"),
+                 ("_mw", "mW"), ("_w", "W"), ("_j", "J"), ("_s", "s"))
+
+
+def column_unit(name: str) -> str | None:
+    """The unit of a result column (None: a name, a count of its own kind, or dimensionless)."""
+    if name in _UNITS:
+        return _UNITS[name]
+    if name.endswith("_pct"):
+        return "%"
+    if name.startswith(("frac_", "saving")):
+        return "fraction"
+    if "_vs_" in name or name.endswith("_over_design"):
+        return "x"
+    return next((u for suf, u in _SUFFIX_UNITS if name.endswith(suf)), None)
+
+
 def csv_to_markdown(path: Path, max_rows: int = MAX_TABLE_ROWS) -> str:
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     if not rows:
         return "_(empty)_\n"
     head, body = rows[0], rows[1:]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    shown = [f"{h} [{u}]" if (u := column_unit(h)) else h for h in head]
+    lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(head)]
     for r in body[:max_rows]:
         lines.append("| " + " | ".join(_fmt(c) for c in r) + " |")
     text = "\n".join(lines) + "\n"
     if len(body) > max_rows:
         text += f"\n_{len(body) - max_rows} more rows in [{path.parent.name}/{path.name}]({path.parent.name}/{path.name})._\n"
     return text
+
+
+def _accuracy_headline(acc: dict) -> list[str]:
+    """What the Mugi numerics cost a real model: perplexity and greedy text (from ``accuracy``)."""
+    lines = ["", "## Accuracy cost of the Mugi numerics (SmolLM2-135M)", ""]
+    head = acc.get("headline", {}) if acc.get("status") == "ok" else {}
+    corpora = [k.split("/")[0] for k in head if k.endswith("/exact") and not k.startswith("greedy/")]
+    if not corpora:
+        return lines + ["_Not available: the `accuracy` experiment has no result here._"]
+    cfg = acc.get("config", {})
+    lines += [f"Perplexity over the first {cfg.get('max_tokens', '?')} tokens, context "
+              f"{cfg.get('context', '?')} (change vs exact FP32). `vlp` = VLP softmax and SiLU "
+              "only; `mugi (preset)` = the whole Mugi datapath: VLP nonlinear units plus INT4 "
+              "weights (re-quantized from the GGUF's Q4_1) and an INT4 KV cache.", "",
+              "| corpus | exact | vlp (nonlinear only) | mugi (preset) |", "|---|---|---|---|"]
+    for c in corpora:
+        ex = head[f"{c}/exact"]
+        cells = []
+        for n in ("vlp", "mugi (preset)"):
+            v = head.get(f"{c}/{n}")
+            cells.append("not run (full report only)" if v is None
+                         else f"{v:.4g} ({100 * (v / ex - 1):+.1f}%)")
+        lines.append(f"| {c} | {ex:.4g} | " + " | ".join(cells) + " |")
+    greedy = {k.removeprefix("greedy/"): v for k, v in head.items() if k.startswith("greedy/")}
+    if greedy:
+        lines += ["", "Greedy continuation of \"The capital of France is\":", ""]
+        lines += [f"- {n}: \"{t.strip()}\"" for n, t in greedy.items()]
+    return lines
 
 
 def render_report(out: str | Path, outcomes: Sequence[Outcome] | None = None, quick: bool = False,
@@ -138,6 +198,11 @@ def render_report(out: str | Path, outcomes: Sequence[Outcome] | None = None, qu
         n_cmp += 1
     if n_cmp == 0:
         lines.append("| (no comparisons available) | | | | |")
+    srcs = sorted({PAPER[c["key"]].source for _, _, c in cmps
+                   if c["key"] in PAPER and PAPER[c["key"]].source != REFERENCE_SOURCE})
+    if srcs:
+        lines += ["", "Sources of the published numbers: " + "; ".join(srcs) + "."]
+    lines += _accuracy_headline(summaries.get("accuracy") or {})
     lines += ["", "## Status", "", "| experiment | status | run time [s] | note |", "|---|---|---|---|"]
     for e in EXPERIMENTS:
         s = summaries.get(e.name) or {}
