@@ -91,7 +91,9 @@ def perplexity(model: Any, tokens: list[int] | np.ndarray, policy: numerics.Poli
     if n_windows > n_full:
         win[-1, :rest] = toks[n_full * context:]
         val[-1, :rest] = True
-    batch_size = max(1, min(batch_size, n_windows))
+    if batch_size < 1:
+        raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
+    batch_size = min(batch_size, n_windows)  # fewer windows than a batch: one smaller batch
     pad = (-n_windows) % batch_size
     if pad:
         win = np.concatenate([win, np.zeros((pad, context), np.int32)])

@@ -62,10 +62,11 @@ def test_results_directory_family(tmp_path, monkeypatch, capsys):
     _family(cases, monkeypatch, capsys)
     assert afile.read_text() == "x"  # nothing written over it
     # python -m experiments.NAME: the same line, exit 2, before any work.
-    r = subprocess.run([sys.executable, "-m", "experiments.carbon", "--quick", "--out", str(afile)],
-                       capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert r.returncode == 2 and r.stdout == ""
-    _check_line(r.stderr, f"--out {afile}", "python -m experiments.carbon")
+    for args, needle in ((["--out", str(afile)], f"--out {afile}"), (["--seed", "-1"], "--seed -1")):
+        r = subprocess.run([sys.executable, "-m", "experiments.carbon", "--quick", *args],
+                           capture_output=True, text=True, cwd=REPO, timeout=120)
+        assert r.returncode == 2 and r.stdout == "", args
+        _check_line(r.stderr, needle, args)
 
 
 def test_data_directory_family(tmp_path, monkeypatch, capsys):

@@ -40,12 +40,12 @@ def _check_model(model: str) -> None:
                        f"`mugi-jax embed-eval --model {model}`")
 
 
-def _load(model: str, quiet: bool = False):  # noqa: ANN202
+def _load(model: str):  # noqa: ANN202
     from mugi_jax import data, models
 
     _check_model(model)
     try:
-        with status(f"loading {model}", enabled=not quiet):
+        with status(f"loading {model}"):
             return models.load(model)
     except (data.DataError, models.CheckpointError) as err:
         raise CliError(str(err)) from None
@@ -79,15 +79,17 @@ def ppl(
     except data.DataError as err:
         raise CliError(str(err)) from None
     enable_compilation_cache()
-    m, tok, cfg = _load(model, quiet=json_out)
+    m, tok, cfg = _load(model)
     if context > cfg.max_seq_len:
         raise CliError(f"--context {context}: exceeds {model}'s context of {cfg.max_seq_len} tokens")
     ids = ev.corpus_tokens(tok, text, max_tokens)
     if len(ids) < 2:
         raise CliError(f"--corpus {corpus}: the corpus text has {len(ids)} token(s); need >= 2")
     try:
-        res = ev.perplexity(m, ids, policy, context=context, max_tokens=max_tokens,
-                            batch_size=batch_size, progress=not json_out)
+        # Without --json a progress bar counts the batches; with it, a spinner (terminal only).
+        with status(f"perplexity [{numerics}] (the first batch compiles)", enabled=json_out):
+            res = ev.perplexity(m, ids, policy, context=context, max_tokens=max_tokens,
+                                batch_size=batch_size, progress=not json_out)
     except ValueError as err:
         raise CliError(str(err)) from err
     res = {"model": model, "corpus": corpus, **res}
@@ -123,7 +125,7 @@ def generate(
     policy = _policy(numerics)
     check_data_dir()
     enable_compilation_cache()
-    m, tok, cfg = _load(model, quiet=json_out)
+    m, tok, cfg = _load(model)
     if top_k is not None:
         check_int("--top-k", top_k, 1, cfg.vocab_size)
     if max_new_tokens >= cfg.max_seq_len:
@@ -137,8 +139,7 @@ def generate(
     from mugi_jax.models import Sampler
 
     try:
-        with status(f"generating {max_new_tokens} tokens [{numerics}] (the first run compiles)",
-                    enabled=not json_out):
+        with status(f"generating {max_new_tokens} tokens [{numerics}] (the first run compiles)"):
             out = Sampler(m, tok, policy)(prompts, max_new_tokens, temperature=temperature,
                                            top_k=top_k, key=jax.random.key(seed), stop_at_eos=True)
     except ValueError as err:  # the prompt plus new tokens exceed the context

@@ -19,7 +19,7 @@ def _names_help() -> str:
 
 @app.command()
 def report(
-    quick: bool = typer.Option(False, "--quick", help="Small token counts and grids (a few minutes)."),
+    quick: bool = typer.Option(False, "--quick", help="Small token counts and grids (about 30 s on an idle 2-core machine)."),
     full: bool = typer.Option(False, "--full", help="The large versions of the experiments that have "
                                                     "one (hours on 2 cores; the default fits `make demo`)."),
     force: bool = typer.Option(False, "--force", help="Rerun experiments whose results are already present."),

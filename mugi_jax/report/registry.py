@@ -186,12 +186,18 @@ def cli_main(name: str, argv: list[str] | None = None) -> Outcome:
     ap.add_argument("--force", action="store_true", help="rerun even if results/NAME is complete")
     ap.add_argument("--out", default="results", help="results root (writes OUT/NAME/)")
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    from mugi_jax.io import PathError
 
+    def one_line_error(message: str) -> None:  # argparse prints the usage too; one line is enough
+        print(f"error: {message} (see 'python -m experiments.{name} --help')", file=sys.stderr)
+        raise SystemExit(2)
+
+    ap.error = one_line_error  # type: ignore[method-assign]
+    args = ap.parse_args(argv)
     try:
+        if not 0 <= args.seed < 2**32:
+            raise ValueError(f"--seed {args.seed}: must be an integer from 0 to {2**32 - 1}")
         check_output_dir(args.out, "--out")
-    except PathError as err:  # one line, exit 2, before any work
+    except ValueError as err:  # bad --seed or --out (PathError): one line, exit 2, before any work
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     oc = run_experiment(name, args.out, quick=args.quick, force=args.force, seed=args.seed,
