@@ -38,6 +38,7 @@ def test_shell_examples_parse_in_bash(tmp_path):
     cmds = [ln for ln in lines if ln.startswith("mugi-jax ")]
     assert any("--budget" in c for c in cmds)
     for cmd in cmds:
+        cmd = re.sub(r"\[[^\]]*\]", "", cmd)  # synopsis notation: [--quick | --full] is optional
         # `mugi-jax` replaced by a function that swallows its arguments: only the shell acts.
         r = subprocess.run(["bash", "-c", f"mugi-jax() {{ :; }}; {cmd}"], capture_output=True,
                            text=True, cwd=tmp_path)
