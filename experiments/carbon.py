@@ -35,7 +35,8 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
             op = np.array([cl.get(rows, design=d, preset=preset)["operational_carbon_g"] for d in ns])
             em = np.array([cl.get(rows, design=d, preset=preset)["embodied_carbon_g"] for d in ns])
             ax[k].bar(ns, op, label="operational"), ax[k].bar(ns, em, bottom=op, label="embodied")
-            ax[k].set_yscale("log"), ax[k].set_title(f"{preset}: carbon [gCO2e]", fontsize=9)
+            # linear axis: stacked bars on a log axis hide the bottom segment
+            ax[k].set_title(f"{preset} preset", fontsize=9), ax[k].set_ylabel("carbon [gCO2e]")
             ax[k].tick_params(axis="x", rotation=70, labelsize=7), ax[k].legend(fontsize=7)
     model7, batch7, seq7 = CARBON_WORKLOAD
     pair = ["mugi-256x8", "sa-16"]

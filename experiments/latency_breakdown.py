@@ -39,8 +39,9 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
                 v = np.array([cl.get(rows, design=d, preset=preset, **{"class": cls})["time_s"] for d in ns])
                 ax[k].bar(ns, v, bottom=bottom, label=cls)
                 bottom += v
-            ax[k].set_yscale("log")
-            ax[k].set_title(f"{preset} preset: execution time per class [s]", fontsize=9)
+            # linear axis: stacked bars on a log axis misstate every segment but the bottom one
+            ax[k].set_title(f"{preset} preset: execution time per op class", fontsize=9)
+            ax[k].set_ylabel("execution time [s]")
             ax[k].tick_params(axis="x", rotation=70, labelsize=7)
         ax[0].legend(fontsize=7)
     readings = []

@@ -51,7 +51,7 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
                             ls="-" if preset == "paper" else "--", label=f"{b} ({preset})")
         ax.plot([1, 64], [1, 64], color="k", lw=0.6, label="linear")
         ax.set_xscale("log", base=2), ax.set_yscale("log", base=2)
-        ax.set_xlabel("nodes"), ax.set_ylabel("speedup vs 1 node"), ax.legend(fontsize=6)
+        ax.set_xlabel("nodes (log2)"), ax.set_ylabel("speedup vs 1 node [x] (log2)"), ax.legend(fontsize=6)
     readings = []
     for preset in presets:
         sel = [r for r in good if r["preset"] == preset and r["nodes"] == 64]

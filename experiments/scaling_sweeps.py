@@ -45,7 +45,9 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
                 ax[1, k].plot([r["value"] for r in sel], [r["energy_eff_vs_simd16"] for r in sel], marker="o", label=p)
             for i, t in enumerate(("throughput Mugi-256x8 / SA-16", "energy efficiency Mugi-256x8 / SIMD-16")):
                 ax[i, k].set_xscale("log", base=2)
-                ax[i, k].set_xlabel(sweep)
+                ax[i, k].set_xlabel({"batch": "batch [sequences]", "seq_len": "sequence length [tokens]",
+                                     "kv_heads": "KV heads"}[sweep] + " (log2)")
+                ax[i, k].set_ylabel("ratio [x]")
                 ax[i, k].set_title(t, fontsize=9)
                 ax[i, k].legend(fontsize=7)
     readings = []

@@ -14,7 +14,7 @@ DEMO_VALUES = (0.0, 1.0, -1.5, 0.3, 3.14159, 1e-39, 65504.0, float("inf"), float
 
 
 def run(seed: int = 0) -> dict[str, Any]:
-    """Compute the demo figures (pure; same seed -> same output)."""
+    """Compute the tour's figures (pure; same seed -> same output)."""
     x = jnp.asarray(DEMO_VALUES, jnp.float32).astype(jnp.bfloat16)
     f = formats.decompose(x)
     e3, j3 = formats.round_mantissa(x, 3)
