@@ -316,6 +316,9 @@ def _minilm_dir(fetch_missing: bool, repair: bool = False) -> Path:
                                         f"({why}); refusing to use it")
             if out.exists():
                 shutil.rmtree(out)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it owner-only; a cache is shared
             os.replace(tmp, out)
             Path(tmp).mkdir()  # TemporaryDirectory removes it on exit
     return out
