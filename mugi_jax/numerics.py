@@ -22,6 +22,7 @@ need them raise :class:`MissingKernelError` naming the missing module.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 from collections.abc import Callable
 from typing import Any
@@ -32,7 +33,7 @@ from jaxtyping import Array, Float
 
 __all__ = [
     "Nonlinear", "Gemm", "KVCache", "LayerNumerics", "Policy", "PRESETS", "preset",
-    "MissingKernelError", "EXACT",
+    "MissingKernelError", "EXACT", "WeightRecipe", "check_weights_scheme", "scheme_name",
 ]
 
 
@@ -129,26 +130,31 @@ class Gemm:
         ``(in, out)`` kernel).
       mode: ``"fast"`` or ``"exact"`` (passed to ``gemm.matmul``).
       bf16_activations: round activations to BF16 before the GEMM.
+      bf16_weights: round FP weights to BF16 once (``weight_scheme=None`` only): the format
+        deployed INT4 models keep their LM head / embedding in.
     """
 
     datapath: Any = None
     weight_scheme: Any = None
     mode: str = "fast"
     bf16_activations: bool = False
+    bf16_weights: bool = False
 
     @property
     def label(self) -> str:
         if self.datapath is None and self.weight_scheme is None:
-            return "fp32"
+            return "bf16" if self.bf16_weights else "fp32"
         return f"{type(self.datapath).__name__ if self.datapath is not None else 'fp32'}" \
                f"/{type(self.weight_scheme).__name__ if self.weight_scheme is not None else 'fp'}" \
                f"/{self.mode}"
 
     def prepare_weight(self, w: Float[Array, "din dout"]) -> Any:
         """Convert an ``(in, out)`` FP32 kernel to what :meth:`matmul` consumes (done once)."""
-        if self.weight_scheme is None:
-            return w
         quant = _kernel_module("quant")
+        if isinstance(w, quant.QuantizedTensor):  # calibrated weights (models.quantize): as is
+            return w
+        if self.weight_scheme is None:
+            return w.astype(jnp.bfloat16).astype(jnp.float32) if self.bf16_weights else w
         scheme = dataclasses.replace(self.weight_scheme, axis=0,
                                      group_size=fit_group(self.weight_scheme.group_size, w.shape[0]))
         q = quant.quantize(jnp.asarray(w, jnp.float32), scheme)
@@ -217,30 +223,119 @@ class Gemm:
         return jax.vmap(jax.vmap(mm))(p, vq).astype(jnp.float32)
 
 
+KEY_LAYOUTS = ("per_token", "per_channel")
+
+
 @dataclasses.dataclass(frozen=True)
 class KVCache:
     """The KV-cache format.
 
     Attributes:
-      scheme: ``None`` (FP32 cache) or a :mod:`mugi_jax.quant` INT4 scheme; groups run along
-        ``head_dim`` (per-token quantization: a token's entry never changes once written, so the
-        cached and the uncached paths agree exactly).
+      scheme: ``None`` (FP32 cache) or a :mod:`mugi_jax.quant` INT4 scheme.  Values are always
+        quantized per token, in groups of ``scheme.group_size`` along ``head_dim`` (``None``: the
+        whole head).
+      key_layout: ``"per_token"`` (keys like values) or ``"per_channel"`` (KIVI: every channel of
+        a KV head has its own scale per group of ``key_group`` consecutive token slots; a group
+        is quantized once it is complete).
+      key_group: tokens per key group (``per_channel``).
+      residual: the newest ``residual`` tokens (relative to each query) stay in full precision:
+        a value token ``j`` is quantized for a query at slot ``i`` when ``j + residual <= i``, a
+        key group ``[gG, (g+1)G)`` when ``(g+1)G + residual <= i + 1``.  Because this depends
+        only on slots, the cached and the uncached paths see identical values.
     """
 
     scheme: Any = None
+    key_layout: str = "per_token"
+    key_group: int = 32
+    residual: int = 0
+
+    def __post_init__(self) -> None:
+        if self.key_layout not in KEY_LAYOUTS:
+            raise ValueError(f"key_layout: must be one of {KEY_LAYOUTS}, got {self.key_layout!r}")
+        if not isinstance(self.key_group, int) or self.key_group < 1:
+            raise ValueError(f"key_group: must be a positive integer, got {self.key_group!r}")
+        if not isinstance(self.residual, int) or self.residual < 0:
+            raise ValueError(f"residual: must be a non-negative integer, got {self.residual!r}")
+
+    @property
+    def kivi(self) -> bool:
+        """Whether the cache is quantized at use, depending on the query slot (KIVI layout)."""
+        return self.scheme is not None and (self.key_layout == "per_channel" or self.residual > 0)
 
     @property
     def label(self) -> str:
-        return "fp32" if self.scheme is None else f"int4:{type(self.scheme).__name__}"
+        if self.scheme is None:
+            return "fp32"
+        base = f"int4:{type(self.scheme).__name__}"
+        if not self.kivi:
+            return base
+        return f"{base}:k-{self.key_layout}-g{self.key_group}:r{self.residual}"
 
     def store(self, x: Float[Array, "... tokens head_dim"]) -> Float[Array, "... tokens head_dim"]:
-        """The value the cache holds for ``x`` (quantize + dequantize: the values the datapath
-        sees; storage is modelled by the cost model, not here)."""
-        if self.scheme is None:
+        """The value the cache holds for ``x`` (quantize + dequantize per token: the values the
+        datapath sees; storage is modelled by the cost model, not here).  The KIVI layout keeps
+        ``x`` and quantizes at use (:meth:`keys_at` / :meth:`values_at`)."""
+        if self.scheme is None or self.kivi:
             return x
         quant = _kernel_module("quant")
         q = quant.quantize_kv(x.astype(jnp.float32), self.scheme, granularity="per_token")
         return quant.dequantize(q, jnp.float32).astype(x.dtype)
+
+    def _key_values(self, k: Float[Array, "... S D"]) -> Array:
+        quant = _kernel_module("quant")
+        if self.key_layout == "per_token":
+            return quant.dequantize(quant.quantize_kv(k.astype(jnp.float32), self.scheme,
+                                                      "per_token"), jnp.float32)
+        s = k.shape[-2]
+        # An incomplete last group is read quantized only without query slots (an encoder: the
+        # whole sequence is in the cache); edge padding keeps its range that of its tokens.
+        pad = -s % self.key_group
+        kp = jnp.pad(k.astype(jnp.float32), [(0, 0)] * (k.ndim - 2) + [(0, pad), (0, 0)],
+                     mode="edge")
+        scheme = dataclasses.replace(self.scheme, group_size=self.key_group)
+        return quant.dequantize(quant.quantize_kv(kp, scheme, "per_channel"))[..., :s, :]
+
+    def key_mask(self, q_slots: Array | None, s: int) -> Array:
+        """``(M, S)``: whether key slot ``j`` is read quantized by the query at ``q_slots[m]``
+        (``q_slots=None``: a bidirectional encoder, every key quantized)."""
+        if q_slots is None:
+            return jnp.ones((1, s), bool)
+        j = jnp.arange(s)
+        if self.key_layout == "per_token":
+            return j[None, :] + self.residual <= q_slots[:, None]
+        end = (j // self.key_group + 1) * self.key_group
+        return end[None, :] + self.residual <= q_slots[:, None] + 1
+
+    def value_mask(self, q_slots: Array | None, s: int) -> Array:
+        if q_slots is None:
+            return jnp.ones((1, s), bool)
+        return jnp.arange(s)[None, :] + self.residual <= q_slots[:, None]
+
+    def scores(self, q: Float[Array, "B H M D"], k: Float[Array, "B H S D"],
+               q_slots: Array | None, bf16: bool) -> Float[Array, "B H M S"]:
+        """``Q K^T`` with each key read quantized or in full precision per :meth:`key_mask`."""
+        kq = self._key_values(k)
+        if bf16:
+            q, k = _to_bf16(q), _to_bf16(k)
+        mm = functools.partial(jnp.einsum, "bhmd,bhsd->bhms",
+                               precision=jax.lax.Precision.HIGHEST)
+        q = q.astype(jnp.float32)
+        mask = self.key_mask(q_slots, k.shape[-2])
+        return jnp.where(mask, mm(q, kq), mm(q, k.astype(jnp.float32)))
+
+    def context(self, p: Float[Array, "B H M S"], v: Float[Array, "B H S D"],
+                q_slots: Array | None, bf16: bool) -> Float[Array, "B H M D"]:
+        """``P V`` with each value token read quantized or in full precision per
+        :meth:`value_mask`."""
+        quant = _kernel_module("quant")
+        vq = quant.dequantize(quant.quantize_kv(v.astype(jnp.float32), self.scheme, "per_token"))
+        if bf16:
+            p, v = _to_bf16(p), _to_bf16(v)
+        p = p.astype(jnp.float32)
+        mask = self.value_mask(q_slots, v.shape[-2])
+        mm = functools.partial(jnp.einsum, "bhms,bhsd->bhmd",
+                               precision=jax.lax.Precision.HIGHEST)
+        return mm(jnp.where(mask, p, 0.0), vq) + mm(jnp.where(mask, 0.0, p), v.astype(jnp.float32))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,10 +374,23 @@ class LayerNumerics:
             return x
         return self.kv.store(x)
 
-    def scores(self, q: Array, k: Array) -> Array:
+    def _kivi_slots(self, q_slots: Array | None) -> Array | None:
+        if self.attn.datapath is not None:
+            raise ValueError("kv: the KIVI layout (per-channel keys / residual tokens) runs with "
+                             "FP attention GEMMs (attn=Gemm(bf16_activations=True)); an "
+                             "attention datapath reads per-token caches only")
+        return q_slots
+
+    def scores(self, q: Array, k: Array, q_slots: Array | None = None) -> Array:
+        """``Q K^T``; ``q_slots`` (``(M,)``, the slot of every query row) tells the KIVI cache
+        layout which keys a causal query reads quantized (``None``: all of them)."""
+        if self.kv.kivi:
+            return self.kv.scores(q, k, self._kivi_slots(q_slots), self.attn.bf16_activations)
         return self.attn.scores(q, k, self.kv.scheme)
 
-    def context(self, p: Array, v: Array) -> Array:
+    def context(self, p: Array, v: Array, q_slots: Array | None = None) -> Array:
+        if self.kv.kivi:
+            return self.kv.context(p, v, self._kivi_slots(q_slots), self.attn.bf16_activations)
         return self.attn.context(p, v, self.kv.scheme)
 
     def describe(self) -> dict[str, str]:
@@ -291,17 +399,51 @@ class LayerNumerics:
 
 
 @dataclasses.dataclass(frozen=True)
+class WeightRecipe:
+    """How a policy's INT4 projection weights are made when no ``--weights`` directory is given:
+    ``method`` (rtn, clip, gptq, awq) on ``calib_tokens`` tokens from the end of ``calib_corpus``
+    (:mod:`mugi_jax.models.quantize`; built once and cached).  The scheme is the policy's."""
+
+    method: str = "rtn"
+    scheme: str = "signmag"
+    group: int = 128
+    calib_corpus: str = "brown"
+    calib_tokens: int = 4096
+
+
+def scheme_name(scheme: Any) -> str | None:
+    """``signmag`` / ``int4`` / ``asym`` for a quant scheme (``None`` for no scheme)."""
+    if scheme is None:
+        return None
+    return {"SignMagnitudeInt4": "signmag", "Int4": "int4", "AsymUInt4": "asym"}[
+        type(scheme).__name__]
+
+
+def check_weights_scheme(policy: "Policy", spec: Any) -> None:
+    """Refuse quantized weights whose scheme is not the one ``policy`` runs its projections in
+    (``spec.scheme``: signmag / int4 / asym).  A policy with FP projections accepts any (the
+    weights are dequantized: a weights-only study)."""
+    want = scheme_name(policy.default.proj.weight_scheme)
+    if want is not None and spec.scheme != want:
+        raise ValueError(f"--weights: the directory holds {spec.scheme} weights but numerics "
+                         f"{policy.name!r} runs its projections in {want}; quantize with "
+                         f"--scheme {want} or pick a policy for {spec.scheme}")
+
+
+@dataclasses.dataclass(frozen=True)
 class Policy:
     """Numerics of a whole model: a default :class:`LayerNumerics` plus per-layer overrides.
 
     ``layers`` is a tuple of ``(layer_index, LayerNumerics)`` pairs (a tuple keeps the policy
-    hashable).  ``head`` is used for the LM head (``None``: the default).
+    hashable).  ``head`` is used for the LM head (``None``: the default).  ``weights``: how the
+    INT4 projection weights are made (``None``: round to nearest on the fly).
     """
 
     name: str = "exact"
     default: LayerNumerics = LayerNumerics()
     layers: tuple[tuple[int, LayerNumerics], ...] = ()
     head: LayerNumerics | None = None
+    weights: WeightRecipe | None = None
 
     def layer(self, i: int) -> LayerNumerics:
         """The numerics of decoder layer ``i``."""
@@ -321,7 +463,8 @@ class Policy:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "default": self.default.describe(),
                 "layers": {i: ln.describe() for i, ln in self.layers},
-                "head": self.lm_head().describe()}
+                "head": self.lm_head().describe(),
+                "weights": None if self.weights is None else dataclasses.asdict(self.weights)}
 
 
 EXACT = Policy("exact")
@@ -353,19 +496,34 @@ def _mugi_l(nl: Any) -> tuple[Any, Any]:
     return nl.MugiL(), nl.MugiL()
 
 
-def _mugi(mode: str, name: str) -> Policy:
+# The calibrated-weights study (experiment quant_pareto, docs/models.md) picks these.
+MUGI_METHOD = "gptq"
+MUGI_GROUP = 32
+KIVI_KEY_GROUP = 32
+KIVI_RESIDUAL = 32
+
+
+def _mugi(mode: str, name: str, scheme: str = "signmag", method: str = MUGI_METHOD,
+          group: int = MUGI_GROUP) -> Policy:
+    """Mugi's numerics: VLP nonlinear ops, BF16 x INT4 projections on the Mugi array, a KIVI INT4
+    KV cache (keys per channel in groups of 32 tokens, values per token, the newest 32 tokens in
+    full precision), and the LM head (the tied embedding) in BF16 with BF16 activations."""
     base = _nonlinear_only(_vlp, name).default
     quant = _kernel_module("quant")
     gemm = _kernel_module("gemm")
-    proj = Gemm(datapath=gemm.Mugi(), weight_scheme=quant.SignMagnitudeInt4(group_size=128, axis=0),
-                mode=mode, bf16_activations=True)
-    kv = KVCache(scheme=quant.SignMagnitudeInt4(group_size=None, axis=-1))
-    # QK^T and PV: BF16 activations x the INT4 (per-token) K/V values, FP32 products.  Running
-    # them on the Mugi datapath too is one field away (``attn=Gemm(datapath=gemm.Mugi(), ...)``,
-    # see docs/models.md) but the per-element dequantization of P V makes it ~10x slower on CPU.
+    weight = {"signmag": quant.SignMagnitudeInt4(group_size=group, axis=0),
+              "asym": quant.AsymUInt4(group_size=group, axis=0)}[scheme]
+    proj = Gemm(datapath=gemm.Mugi(), weight_scheme=weight, mode=mode, bf16_activations=True)
+    kv_scheme = {"signmag": quant.SignMagnitudeInt4(group_size=None, axis=-1),
+                 "asym": quant.AsymUInt4(group_size=None, axis=-1)}[scheme]
+    kv = KVCache(scheme=kv_scheme, key_layout="per_channel", key_group=KIVI_KEY_GROUP,
+                 residual=KIVI_RESIDUAL)
+    # QK^T and PV: BF16 activations x the INT4 K/V values, FP32 products (the KIVI layout reads
+    # keys per channel; an attention datapath reads per-token caches, docs/models.md).
     attn = Gemm(bf16_activations=True)
     ln = dataclasses.replace(base, proj=proj, attn=attn, kv=kv)
-    return Policy(name, ln)
+    head = dataclasses.replace(ln, proj=Gemm(bf16_activations=True, bf16_weights=True))
+    return Policy(name, ln, head=head, weights=WeightRecipe(method, scheme, group))
 
 
 PRESETS: dict[str, Callable[[], Policy]] = {
@@ -376,6 +534,7 @@ PRESETS: dict[str, Callable[[], Policy]] = {
     "mugi-l": lambda: _nonlinear_only(_mugi_l, "mugi-l"),
     "mugi": lambda: _mugi("fast", "mugi"),
     "mugi-exact": lambda: _mugi("exact", "mugi-exact"),
+    "mugi-asym": lambda: _mugi("fast", "mugi-asym", scheme="asym"),
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import jax
@@ -14,7 +15,7 @@ from mugi_jax import numerics
 
 def test_presets_and_unknown_name():
     assert set(numerics.PRESETS) == {"exact", "nonlinear-only", "pwl", "taylor", "mugi-l", "mugi",
-                                     "mugi-exact"}
+                                     "mugi-exact", "mugi-asym"}
     with pytest.raises(ValueError, match="exact, nonlinear-only, pwl, taylor, mugi-l, mugi, mugi-exact"):
         numerics.preset("fp8")
     for name in numerics.PRESETS:
@@ -45,7 +46,10 @@ def test_fit_group():
     assert numerics.fit_group(128, 576) == 64
     assert numerics.fit_group(None, 576) is None
     w = jax.random.normal(jax.random.key(0), (576, 16))
-    q = numerics.preset("mugi").default.prepare_weight(w)
+    gemm = numerics.preset("mugi").default.proj
+    g128 = dataclasses.replace(gemm, weight_scheme=dataclasses.replace(gemm.weight_scheme,
+                                                                       group_size=128))
+    q = g128.prepare_weight(w)
     assert q.group_size == 64 and q.codes.shape == (576, 16)
 
 
@@ -70,7 +74,8 @@ def test_mugi_gemms_close_to_dequantized_reference():
     gemm = pytest.importorskip("mugi_jax.gemm")
     mugi = numerics.preset("mugi").default
     # the preset's attention products are FP32 on the INT4 cache; put them on the datapath here
-    ln = numerics.LayerNumerics(proj=mugi.proj, kv=mugi.kv,
+    # an attention datapath reads a per-token cache (the preset's KIVI layout is FP attention)
+    ln = numerics.LayerNumerics(proj=mugi.proj, kv=numerics.KVCache(scheme=mugi.kv.scheme),
                                 attn=numerics.Gemm(datapath=gemm.Mugi(), bf16_activations=True))
     assert ln.kv_store(jnp.ones((2, 3))) is not None
     k1, k2, k3 = jax.random.split(jax.random.key(3), 3)

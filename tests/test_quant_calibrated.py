@@ -159,3 +159,16 @@ def test_calibrated_bad_input():
         quant.gptq(w, x, quant.SignMagnitudeInt4(group_size=8, axis=1))
     with pytest.raises(ValueError, match="w: contains"):
         quant.awq(np.full_like(w, np.inf), x, s)
+
+
+def test_streamed_statistics_give_the_same_result():
+    """Calibration statistics accumulated window by window == the activations at once."""
+    x, w = calibration(4)
+    scheme = SCHEMES["int4"]
+    stats = quant.Calibration.of(x[:100]).add(x[100:])
+    assert int(stats.tokens) == x.shape[0]
+    a, b = quant.gptq(w, x, scheme), quant.gptq(w, stats, scheme)
+    assert np.mean(np.asarray(a.codes) == np.asarray(b.codes)) > 0.99
+    qa, sa = quant.awq(w, x, scheme)
+    qb, sb = quant.awq(w, stats, scheme)
+    np.testing.assert_allclose(sa, sb, rtol=1e-5)

@@ -135,13 +135,14 @@ class Attention(nnx.Module):
         # head-major: (B, KV heads, group x T, D); the query heads of a GQA group share K and V
         qg = q.reshape(b, t, kh, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, kh, g * t, hd)
         capture.record(self.prefix + "qk", "gemm", qg)
-        scores = nx.scores(qg, keys.transpose(0, 2, 1, 3)) * jnp.float32(hd ** -0.5)
+        row_slots = jnp.tile(q_slots, g)  # the slot of each of the g x T query rows
+        scores = nx.scores(qg, keys.transpose(0, 2, 1, 3), row_slots) * jnp.float32(hd ** -0.5)
         scores = scores.reshape(b, kh, g, t, -1)
         scores = jnp.where(mask[:, None, None], scores, -jnp.inf).reshape(b, kh, g * t, -1)
         capture.record(self.prefix + "softmax", "nonlinear", scores)
         probs = nx.softmax(scores, axis=-1)
         capture.record(self.prefix + "pv", "gemm", probs)
-        out = nx.context(probs, values.transpose(0, 2, 1, 3))  # B kh (g t) D
+        out = nx.context(probs, values.transpose(0, 2, 1, 3), row_slots)  # B kh (g t) D
         out = out.reshape(b, kh, g, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, cfg.n_heads * hd)
         return self.o_proj(out, nx), new_kv
 
@@ -253,7 +254,7 @@ def prepare(model: Llama, policy: numerics.Policy) -> Llama:
         ln = policy.layer(i)
         for lin in (block.attn.q_proj, block.attn.k_proj, block.attn.v_proj, block.attn.o_proj,
                     block.mlp.gate_proj, block.mlp.up_proj, block.mlp.down_proj):
-            lin.kernel = nnx.Param(ln.prepare_weight(lin.kernel[...]))
+            lin.kernel = nnx.Param(ln.prepare_weight(lin.kernel.get_value()))
     head = policy.lm_head()
     if new.lm_head is None:
         cfg = new.config

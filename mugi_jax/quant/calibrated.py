@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,7 +37,8 @@ from jaxtyping import Array, ArrayLike, Float
 from mugi_jax.quant import core
 from mugi_jax.quant.core import QuantizedTensor, Scheme
 
-__all__ = ["clip", "gptq", "awq", "awq_scales", "output_error", "CLIP_GRID", "AWQ_GRID"]
+__all__ = ["clip", "gptq", "awq", "awq_scales", "output_error", "Calibration", "CLIP_GRID",
+           "AWQ_GRID"]
 
 CLIP_GRID = 20  # shrink factors 1, 1 - 0.5/20, ..., 0.525 (the range AWQ's clip search covers)
 CLIP_MIN_SHRINK = 0.5
@@ -44,10 +46,36 @@ AWQ_GRID = 20  # alpha = 0, 1/20, ..., 19/20
 _HI = lax.Precision.HIGHEST
 
 
-def _check_kernel_and_x(w: ArrayLike, x: ArrayLike | None, scheme: Scheme,
-                        need_x: bool) -> tuple[Array, Array | None, int]:
+class Calibration(eqx.Module):
+    """Sufficient statistics of calibration activations ``X`` (tokens, in) for every quantizer
+    here: ``xtx = X^T X`` and ``abs_sum = sum_t |X_t|`` over ``tokens`` tokens (so activations
+    can be streamed window by window without keeping them)."""
+
+    xtx: Float[Array, "i i"]
+    abs_sum: Float[Array, " i"]
+    tokens: Array
+
+    @classmethod
+    def of(cls, x: Float[ArrayLike, "t i"]) -> "Calibration":
+        x = jnp.asarray(x, jnp.float32).reshape(-1, jnp.shape(x)[-1])
+        return cls(jnp.matmul(x.T, x, precision=_HI), jnp.sum(jnp.abs(x), 0),
+                   jnp.asarray(x.shape[0], jnp.int32))
+
+    def add(self, x: Float[ArrayLike, "... i"]) -> "Calibration":
+        """These statistics plus those of more activations ``x`` (leading axes are tokens)."""
+        other = Calibration.of(x)
+        return Calibration(self.xtx + other.xtx, self.abs_sum + other.abs_sum,
+                           self.tokens + other.tokens)
+
+    @property
+    def mean_abs(self) -> Array:
+        return self.abs_sum / jnp.maximum(self.tokens, 1)
+
+
+def _check_kernel_and_x(w: ArrayLike, x: ArrayLike | Calibration | None, scheme: Scheme,
+                        need_x: bool) -> tuple[Array, Calibration | None, int]:
     """Validate a 2-D ``(in, out)`` kernel grouped along ``in`` and its ``(tokens, in)``
-    calibration activations; returns ``(w, x, group)``."""
+    calibration activations (or their :class:`Calibration`); returns ``(w, stats, group)``."""
     w, axis, group = core.check_weights(w, scheme)
     if w.ndim != 2:
         raise ValueError(f"w: expected a 2-D (in, out) kernel, got shape {w.shape}")
@@ -58,18 +86,29 @@ def _check_kernel_and_x(w: ArrayLike, x: ArrayLike | None, scheme: Scheme,
         if need_x:
             raise ValueError("x: calibration activations (tokens, in) are required")
         return w.astype(jnp.float32), None, group
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"x: expected floating-point calibration activations, got {x.dtype}")
-    if x.ndim != 2 or x.shape[1] != w.shape[0]:
-        raise ValueError(f"x: calibration activations must be (tokens, {w.shape[0]}) to feed a "
-                         f"kernel of shape {w.shape}, got {x.shape}")
-    if x.shape[0] < 1:
+    if isinstance(x, Calibration):
+        if x.xtx.shape != (w.shape[0], w.shape[0]):
+            raise ValueError(f"x: calibration statistics of {x.xtx.shape[0]} input channels do "
+                             f"not match a kernel of shape {w.shape}")
+        n_tok = int(x.tokens) if core._is_concrete(x.tokens) else 1
+        stats = x
+    else:
+        x = jnp.asarray(x)
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise TypeError(f"x: expected floating-point calibration activations, got {x.dtype}")
+        if x.ndim != 2 or x.shape[1] != w.shape[0]:
+            raise ValueError(f"x: calibration activations must be (tokens, {w.shape[0]}) to "
+                             f"feed a kernel of shape {w.shape}, got {x.shape}")
+        n_tok = x.shape[0]
+        if core._is_concrete(x) and not bool(jnp.all(jnp.isfinite(x))):
+            raise ValueError(f"x: contains {int(jnp.sum(~jnp.isfinite(x)))} non-finite values "
+                             "(NaN/inf); calibration activations must be finite")
+        stats = Calibration.of(x) if n_tok else None
+    if n_tok < 1:
         raise ValueError("x: needs at least one calibration token, got 0")
-    if core._is_concrete(x) and not bool(jnp.all(jnp.isfinite(x))):
-        raise ValueError(f"x: contains {int(jnp.sum(~jnp.isfinite(x)))} non-finite values "
-                         "(NaN/inf); calibration activations must be finite")
-    return w.astype(jnp.float32), x.astype(jnp.float32), group
+    if core._is_concrete(stats.xtx) and not bool(jnp.all(jnp.isfinite(stats.xtx))):
+        raise ValueError("x: calibration statistics are not finite (activations overflow)")
+    return w.astype(jnp.float32), stats, group
 
 
 def output_error(x: Float[ArrayLike, "t i"], w: Float[ArrayLike, "i o"],
@@ -99,11 +138,8 @@ def clip(w: Float[ArrayLike, "i o"], scheme: Scheme, x: Float[ArrayLike, "t i"] 
     if x is None:
         w, axis, group = core.check_weights(w, scheme)
         return _clip_plain(w.astype(jnp.float32), scheme, axis, group, grid, float(min_shrink))
-    w, x, group = _check_kernel_and_x(w, x, scheme, need_x=True)
-    ng = w.shape[0] // group
-    xg = x.reshape(x.shape[0], ng, group)
-    hess = jnp.einsum("tgi,tgj->gij", xg, xg, precision=_HI)  # (ng, g, g) per-group X_G^T X_G
-    return _clip_weighted(w, hess, scheme, group, grid, float(min_shrink))
+    w, stats, group = _check_kernel_and_x(w, x, scheme, need_x=True)
+    return _clip_weighted(w, stats.xtx, scheme, group, grid, float(min_shrink))
 
 
 def _shrinks(grid: int, min_shrink: float) -> Array:
@@ -143,8 +179,11 @@ def _clip_plain(w: Array, scheme: Scheme, axis: int, group: int, grid: int,
 
 
 @functools.partial(jax.jit, static_argnames=("scheme", "group", "grid", "min_shrink"))
-def _clip_weighted(w: Array, hess: Array, scheme: Scheme, group: int, grid: int,
+def _clip_weighted(w: Array, xtx: Array, scheme: Scheme, group: int, grid: int,
                    min_shrink: float) -> QuantizedTensor:
+    ng = w.shape[0] // group
+    blocks = xtx.reshape(ng, group, ng, group)
+    hess = blocks[jnp.arange(ng), :, jnp.arange(ng), :]  # (ng, g, g): X_G^T X_G of each group
     g = core.grouped(w, 0, group)  # (ng, g, out)
     scale, zeros, deq = _candidates(g, 1, scheme, grid, min_shrink)
     d = deq - g[None]  # (grid, ng, g, out)
@@ -178,8 +217,8 @@ def gptq(w: Float[ArrayLike, "i o"], x: Float[ArrayLike, "t i"], scheme: Scheme,
         raise ValueError(f"block_size: must be a positive integer, got {block_size!r}")
     if scheme.rounding != "nearest":
         raise ValueError("scheme: GPTQ needs rounding='nearest'")
-    w, x, group = _check_kernel_and_x(w, x, scheme, need_x=True)
-    hess = 2.0 * jnp.matmul(x.T, x, precision=_HI)
+    w, stats, group = _check_kernel_and_x(w, x, scheme, need_x=True)
+    hess = 2.0 * stats.xtx
     return _gptq(w, hess, scheme, group, float(damp), min(block_size, w.shape[0]),
                  bool(act_order))
 
@@ -251,27 +290,33 @@ def _gptq(w: Array, hess: Array, scheme: Scheme, group: int, damp: float, block:
 # AWQ
 
 
-def awq_scales(w: Float[ArrayLike, "i o"], x: Float[ArrayLike, "t i"], scheme: Scheme,
-               grid: int = AWQ_GRID) -> tuple[Array, Array]:
+def awq_scales(w: Float[ArrayLike, "i o"], x: Float[ArrayLike, "t i"] | Calibration,
+               scheme: Scheme, grid: int = AWQ_GRID) -> tuple[Array, Array]:
     """AWQ's per-input-channel scale search.
 
-    Returns ``(s, errors)``: the scales ``s`` (``(in,)``, positive, geometric-mean normalised)
-    minimising ``||X W - (X / s) Q(diag(s) W)||^2`` over ``alpha`` in ``{0, 1/grid, ...}`` (with
-    ``alpha = 0``, ``s = 1``: plain RTN), and the error of every ``alpha``.  ``w`` may be several
-    kernels that share the input, concatenated along ``out``.
+    Returns ``(s, errors)``: the scales ``s`` (``(in,)``, positive, normalised so that
+    ``max(s) min(s) = 1``) minimising ``||X W - (X / s) Q(diag(s) W)||^2`` over
+    ``alpha in {0, 1/grid, ...}`` (``alpha = 0``: ``s = 1``, plain round to nearest), and the
+    error of every ``alpha``.  ``w`` may be several kernels that share the input, concatenated
+    along ``out``.
     """
     if not isinstance(grid, int) or grid < 1:
         raise ValueError(f"grid: must be a positive integer, got {grid!r}")
-    w, x, group = _check_kernel_and_x(w, x, scheme, need_x=True)
-    return _awq_scales(w, x, scheme, group, grid)
+    w, stats, group = _check_kernel_and_x(w, x, scheme, need_x=True)
+    return _awq_scales(w, stats, scheme, group, grid)
+
+
+def _quadratic_error(delta: Array, xtx: Array) -> Array:
+    """``||X delta||_F^2 = tr(delta^T X^T X delta)``."""
+    return jnp.sum(delta * jnp.matmul(xtx, delta, precision=_HI))
 
 
 @functools.partial(jax.jit, static_argnames=("scheme", "group", "grid"))
-def _awq_scales(w: Array, x: Array, scheme: Scheme, group: int, grid: int) -> tuple[Array, Array]:
-    mean_abs = jnp.mean(jnp.abs(x), axis=0)
-    mean_abs = jnp.where(mean_abs > 0, mean_abs, jnp.min(jnp.where(mean_abs > 0, mean_abs, jnp.inf)))
-    mean_abs = jnp.where(jnp.isfinite(mean_abs), mean_abs, 1.0)  # all-zero activations
-    ref = jnp.matmul(x, w, precision=_HI)
+def _awq_scales(w: Array, stats: Calibration, scheme: Scheme, group: int,
+                grid: int) -> tuple[Array, Array]:
+    mean_abs = stats.mean_abs
+    floor = jnp.min(jnp.where(mean_abs > 0, mean_abs, jnp.inf))
+    mean_abs = jnp.where(mean_abs > 0, mean_abs, jnp.where(jnp.isfinite(floor), floor, 1.0))
     sch = dataclasses.replace(scheme, axis=0, group_size=group)
 
     def scales_for(alpha):
@@ -280,16 +325,15 @@ def _awq_scales(w: Array, x: Array, scheme: Scheme, group: int, grid: int) -> tu
 
     def error(alpha):
         s = scales_for(alpha)
-        q = core.quantize(w * s[:, None], sch)
-        out = jnp.matmul(x / s[None, :], q.dequantize(jnp.float32), precision=_HI)
-        return jnp.sum(jnp.square(out - ref))
+        deq = core.quantize(w * s[:, None], sch).dequantize(jnp.float32)
+        return _quadratic_error(w - deq / s[:, None], stats.xtx)
 
     alphas = jnp.arange(grid, dtype=jnp.float32) / grid
     errors = lax.map(error, alphas)
     return scales_for(alphas[jnp.argmin(errors)]), errors
 
 
-def awq(w: Float[ArrayLike, "i o"], x: Float[ArrayLike, "t i"], scheme: Scheme,
+def awq(w: Float[ArrayLike, "i o"], x: Float[ArrayLike, "t i"] | Calibration, scheme: Scheme,
         grid: int = AWQ_GRID, clip_search: bool = True,
         scales: Float[ArrayLike, "i"] | None = None) -> tuple[QuantizedTensor, Array]:
     """AWQ: returns ``(q, s)`` with ``q`` the quantized ``diag(s) W`` and ``s`` the scales the
@@ -299,14 +343,16 @@ def awq(w: Float[ArrayLike, "i o"], x: Float[ArrayLike, "t i"], scheme: Scheme,
     searching.  ``clip_search``: after scaling, choose each group's range by :func:`clip` on the
     scaled activations (as AWQ does).
     """
-    w, x, group = _check_kernel_and_x(w, x, scheme, need_x=True)
+    w, stats, group = _check_kernel_and_x(w, x, scheme, need_x=True)
     if scales is None:
-        s, _ = awq_scales(w, x, scheme, grid)
+        s, _ = _awq_scales(w, stats, scheme, group, grid)
     else:
         s = jnp.asarray(scales, jnp.float32)
         if s.shape != (w.shape[0],) or (core._is_concrete(s) and not bool(jnp.all(s > 0))):
             raise ValueError(f"scales: expected {w.shape[0]} positive per-input-channel scales, "
                              f"got shape {s.shape}")
     ws = w * s[:, None]
-    q = clip(ws, scheme, x / s[None, :]) if clip_search else core.quantize(ws, scheme)
-    return q, s
+    if not clip_search:
+        return core.quantize(ws, scheme), s
+    scaled = Calibration(stats.xtx / (s[:, None] * s[None, :]), stats.abs_sum / s, stats.tokens)
+    return clip(ws, scheme, scaled), s

@@ -1,0 +1,76 @@
+"""KIVI-style KV cache: per-channel keys grouped along tokens, per-token values, residual tokens
+in full precision; cached and uncached paths identical; against a per-query reference."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mugi_jax import numerics, quant
+from mugi_jax.models.llama import Cache, forward
+
+KV = numerics.KVCache(scheme=quant.AsymUInt4(group_size=None, axis=-1), key_layout="per_channel",
+                      key_group=4, residual=3)
+LN = numerics.LayerNumerics(kv=KV, attn=numerics.Gemm(bf16_activations=True))
+POLICY = numerics.Policy("kivi-test", LN)
+
+
+def test_scores_and_context_match_a_per_query_reference():
+    """Query i reads key group g quantized iff (g+1)G + R <= i + 1, value j iff j + R <= i."""
+    kq, kk, kv = jax.random.split(jax.random.key(0), 3)
+    s, d, g, r = 13, 8, 4, 3
+    q = jax.random.normal(kq, (1, 1, s, d))
+    k = jax.random.normal(kk, (1, 1, s, d)) * 2 + 0.5
+    v = jax.random.normal(kv, (1, 1, s, d))
+    slots = jnp.arange(s)
+    scores = np.asarray(LN.scores(q, k, slots))
+    p = jax.nn.softmax(jnp.asarray(scores), -1)
+    ctx = np.asarray(LN.context(p, v, slots))
+    bf = lambda x: np.asarray(jnp.asarray(x).astype(jnp.bfloat16).astype(jnp.float32))  # noqa
+    kn, vn, qn, pn = np.asarray(k[0, 0]), np.asarray(v[0, 0]), bf(q[0, 0]), bf(p[0, 0])
+    for i in range(s):
+        keys = bf(kn).copy()
+        for grp in range(s // g):
+            if (grp + 1) * g + r <= i + 1:  # a complete group, outside the residual window
+                blk = kn[grp * g:(grp + 1) * g]  # per channel: each column its own range
+                lo, hi = blk.min(0), blk.max(0)
+                sc = np.float32((hi - lo) / np.float32(15))
+                code = np.clip(np.round((blk - lo) / np.where(sc > 0, sc, 1)), 0, 15)
+                keys[grp * g:(grp + 1) * g] = code * sc + lo
+        np.testing.assert_allclose(scores[0, 0, i], keys @ qn[i], rtol=1e-5, atol=1e-5)
+        vals = bf(vn).copy()
+        for j in range(s):
+            if j + r <= i:
+                lo, hi = vn[j].min(), vn[j].max()
+                sc = np.float32((hi - lo) / np.float32(15))
+                vals[j] = np.clip(np.round((vn[j] - lo) / sc), 0, 15) * sc + lo
+        np.testing.assert_allclose(ctx[0, 0, i], pn[i] @ vals, rtol=1e-5, atol=1e-5)
+
+
+def test_cached_equals_uncached(tiny_model, tiny_config):
+    toks = jax.random.randint(jax.random.key(1), (2, 14), 3, tiny_config.vocab_size)
+    full, _ = forward(tiny_model, toks, POLICY)
+    cache = Cache.init(tiny_config, 2, 16)
+    out, cache = forward(tiny_model, toks[:, :5], POLICY, cache=cache)
+    parts = [out]
+    for t in range(5, 14):
+        out, cache = forward(tiny_model, toks[:, t:t + 1], POLICY, cache=cache)
+        parts.append(out)
+    np.testing.assert_array_equal(np.concatenate(parts, 1), np.asarray(full))
+    exact, _ = forward(tiny_model, toks, "exact")
+    assert not np.array_equal(np.asarray(full), np.asarray(exact))  # the cache did quantize
+
+
+def test_bad_kv_config():
+    with pytest.raises(ValueError, match="key_layout"):
+        numerics.KVCache(key_layout="per_head")
+    with pytest.raises(ValueError, match="residual"):
+        numerics.KVCache(residual=-1)
+    gemm = pytest.importorskip("mugi_jax.gemm")
+    ln = dataclasses.replace(LN, attn=numerics.Gemm(datapath=gemm.Mugi()))
+    with pytest.raises(ValueError, match="KIVI"):
+        ln.scores(jnp.ones((1, 1, 2, 8)), jnp.ones((1, 1, 2, 8)), jnp.arange(2))
