@@ -71,9 +71,9 @@ def readings_from_rows(rows, names, got, missing, quick, max_tokens, context):
         if "mugi (preset)" in sel:
             extra = 100 * (sel["mugi (preset)"]["ppl"] / sel["vlp"]["ppl"] - 1)
             readings.append(f"{c}: the `mugi` preset adds {extra:+.1f}% over VLP-only; it differs from VLP-only only in "
-                            "its GEMMs (INT4 sign-magnitude weights in groups of 128, re-quantized from the GGUF's Q4_1; "
-                            "BF16 activations) and the per-token INT4 KV cache, so this loss comes from the GEMM/KV "
-                            "quantization, not from the nonlinear approximation.")
+                            "its GEMMs (calibrated INT4 sign-magnitude weights, BF16 activations, BF16 LM head) and "
+                            "the KIVI INT4 KV cache, so this loss comes from the GEMM/KV quantization, not from the "
+                            "nonlinear approximation.")
         if not quick and context == 512:
             cmp = compare(f"ppl_smollm2_{c}", sel["exact"]["ppl"], tol=0.15)
             cmp["text"] += f" (ours: first {max_tokens} tokens only)"
@@ -88,6 +88,7 @@ def readings_from_rows(rows, names, got, missing, quick, max_tokens, context):
 
 def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
     from mugi_jax import eval as ev
+    from mugi_jax.models.quantize import weights_for
 
     out_dir = Path(out_dir)
     model, tok, _ = load_smollm2()
@@ -103,7 +104,8 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
         toks = ev.corpus_tokens(tok, text, max_tokens)
         for name, (kind, pol) in pols.items():
             t0 = time.perf_counter()
-            r = ev.perplexity(model, toks, pol, context=context, max_tokens=max_tokens, batch_size=batch)
+            qmodel, _ = weights_for(model, tok, "smollm2-135m", pol)  # the preset's INT4 weights
+            r = ev.perplexity(qmodel, toks, pol, context=context, max_tokens=max_tokens, batch_size=batch)
             rows.append({"corpus": c, "numerics": name, "kind": kind, "ppl": float(r["ppl"]), "nll": float(r["nll"]),
                          "predicted_tokens": int(r["predicted_tokens"]), "context": context,
                          "seconds": time.perf_counter() - t0})

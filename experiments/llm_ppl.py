@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from mugi_jax import data, eval as ev, models, numerics
+from mugi_jax.models import quantize
 from mugi_jax.io import provenance, write_csv, write_json
 
 FIELDS = ["preset", "corpus", "context", "max_tokens", "predicted_tokens", "ppl", "nll", "seconds"]
@@ -23,7 +24,7 @@ FIELDS = ["preset", "corpus", "context", "max_tokens", "predicted_tokens", "ppl"
 
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--presets", default="exact,nonlinear-only,pwl,taylor,mugi,mugi-exact")
+    ap.add_argument("--presets", default="exact,nonlinear-only,pwl,taylor,mugi,mugi-exact,mugi-asym")
     ap.add_argument("--corpora", default=",".join(data.CORPORA))
     ap.add_argument("--max-tokens", type=int, default=16384)
     ap.add_argument("--context", type=int, default=512)
@@ -44,7 +45,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for name in args.presets.split(","):
             if (name, corpus, args.context, args.max_tokens) in done:
                 continue
-            r = ev.perplexity(model, ids, numerics.preset(name), context=args.context,
+            policy = numerics.preset(name)
+            # the INT4 weights the preset's recipe asks for (calibrated once, cached)
+            qmodel, _ = quantize.weights_for(model, tok, "smollm2-135m", policy)
+            r = ev.perplexity(qmodel, ids, policy, context=args.context,
                               max_tokens=args.max_tokens, batch_size=args.batch_size,
                               progress=True)
             row = {"preset": name, "corpus": corpus, "context": args.context,

@@ -3,6 +3,8 @@
     mugi-jax ppl --model smollm2-135m --corpus sotu --numerics exact --context 512 \
         --max-tokens 4096 --json
     mugi-jax generate --model smollm2-135m --numerics mugi --prompt "..." --max-new-tokens 64
+    mugi-jax quantize --model smollm2-135m --method gptq --scheme signmag --group 32 \
+        --calib-corpus brown --calib-tokens 4096 --out DIR   (then: ppl/generate --weights DIR)
 """
 
 from __future__ import annotations
@@ -51,16 +53,42 @@ def _load(model: str):  # noqa: ANN202
         raise CliError(str(err)) from None
 
 
+def _check_weights_dir(weights: str | None) -> None:
+    """A ``--weights`` directory must hold the weights file (checked before any work)."""
+    from pathlib import Path
+
+    from mugi_jax.models import quantize as mq
+
+    if weights is not None and not (Path(weights) / mq.WEIGHTS_FILE).is_file():
+        raise CliError(f"--weights: {weights} has no {mq.WEIGHTS_FILE}; create it with "
+                       "`mugi-jax quantize --out DIR`")
+
+
+def _with_weights(m, tok, model: str, policy, weights: str | None):  # noqa: ANN001,ANN202
+    """The model with the INT4 weights the run uses (``--weights DIR`` or the policy's recipe,
+    built once and cached); the second value describes them (None: round to nearest)."""
+    from mugi_jax import data
+    from mugi_jax.models import quantize as mq
+
+    try:
+        with status("preparing INT4 weights (the first run calibrates)"):
+            return mq.weights_for(m, tok, model, policy, weights)
+    except (mq.WeightsError, data.DataError) as err:
+        raise CliError(str(err)) from None
+
+
 @app.command()
 def ppl(
     model: str = typer.Option("smollm2-135m", help="Model name."),
     corpus: str = typer.Option("sotu", help="Corpus: sotu, brown or austen."),
     numerics: str = typer.Option("exact", "--numerics",
                                  help="Numerics preset: exact, nonlinear-only, pwl, taylor, mugi-l, mugi, "
-                                      "mugi-exact."),
+                                      "mugi-exact, mugi-asym."),
     context: int = typer.Option(512, help="Window length in tokens (non-overlapping windows)."),
     max_tokens: int = typer.Option(4096, help="Evaluate the first N tokens of the corpus."),
     batch_size: int = typer.Option(4, help="Windows per forward pass."),
+    weights: Optional[str] = typer.Option(None, "--weights",
+                                          help="Quantized-weights directory (mugi-jax quantize)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Perplexity of a model on a corpus under a numerics policy (no BOS; ppl = exp(mean NLL))."""
@@ -73,6 +101,7 @@ def ppl(
     check_int("--max-tokens", max_tokens, 2)
     check_int("--batch-size", batch_size, 1, MAX_BATCH)
     policy = _policy(numerics)
+    _check_weights_dir(weights)
     check_data_dir()
     try:  # the corpus first: a damaged cache fails before the model is loaded
         text = data.corpus_text(corpus)
@@ -82,6 +111,7 @@ def ppl(
     m, tok, cfg = _load(model)
     if context > cfg.max_seq_len:
         raise CliError(f"--context {context}: exceeds {model}'s context of {cfg.max_seq_len} tokens")
+    m, wspec = _with_weights(m, tok, model, policy, weights)
     ids = ev.corpus_tokens(tok, text, max_tokens)
     if len(ids) < 2:
         raise CliError(f"--corpus {corpus}: the corpus text has {len(ids)} token(s); need >= 2")
@@ -92,7 +122,7 @@ def ppl(
                                 batch_size=batch_size, progress=not json_out)
     except ValueError as err:
         raise CliError(str(err)) from err
-    res = {"model": model, "corpus": corpus, **res}
+    res = {"model": model, "corpus": corpus, **res, "weights": wspec}
     if json_out:
         print_json(res)
     else:
@@ -110,6 +140,8 @@ def generate(
     top_k: Optional[int] = typer.Option(None, help="Sample from the k most likely tokens."),
     seed: int = typer.Option(0, help="PRNG seed for sampling."),
     chat: bool = typer.Option(False, help="Wrap the prompt in the model's chat template."),
+    weights: Optional[str] = typer.Option(None, "--weights",
+                                          help="Quantized-weights directory (mugi-jax quantize)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Generate a continuation of each prompt (a batch; greedy unless --temperature > 0)."""
@@ -123,9 +155,11 @@ def generate(
         if not p:
             raise CliError(f"--prompt number {i + 1} is empty; every prompt needs some text")
     policy = _policy(numerics)
+    _check_weights_dir(weights)
     check_data_dir()
     enable_compilation_cache()
     m, tok, cfg = _load(model)
+    m, _ = _with_weights(m, tok, model, policy, weights)
     if top_k is not None:
         check_int("--top-k", top_k, 1, cfg.vocab_size)
     if max_new_tokens >= cfg.max_seq_len:
@@ -150,3 +184,56 @@ def generate(
     else:
         for p, t in zip(prompt, out.text or []):
             typer.echo(f"{p}{t}" if not chat else t)
+
+
+@app.command()
+def quantize(
+    out: str = typer.Option(..., "--out", help="Directory to write weights.safetensors and "
+                                               "provenance.json into."),
+    model: str = typer.Option("smollm2-135m", help="Model name."),
+    method: str = typer.Option("gptq", help="rtn, clip, gptq or awq."),
+    scheme: str = typer.Option("signmag", help="signmag (Mugi), int4 (two's complement) or asym "
+                                               "(uint4 with a float minimum, GGUF Q4_1 style)."),
+    group: int = typer.Option(32, help="Group size along the input axis: 32, 64 or 128."),
+    calib_corpus: str = typer.Option("brown", help="Corpus whose last tokens calibrate."),
+    calib_tokens: int = typer.Option(4096, help="Calibration tokens (from the end of the corpus; "
+                                                "evaluation reads its beginning)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Quantize every projection of a model to INT4 with a calibrated method."""
+    import time
+
+    from mugi_jax import data
+    from mugi_jax.cli._common import check_choice, check_out_dir
+    from mugi_jax.models import quantize as mq
+
+    _check_model(model)
+    check_choice("--method", method, mq.METHODS)
+    check_choice("--scheme", scheme, mq.SCHEMES)
+    if group not in mq.GROUPS:
+        raise CliError(f"--group {group}: not valid; valid values: "
+                       f"{', '.join(map(str, mq.GROUPS))}")
+    check_choice("--calib-corpus", calib_corpus, data.CORPORA)
+    check_int("--calib-tokens", calib_tokens, mq.MIN_CALIB_TOKENS)
+    check_data_dir()
+    out_dir = check_out_dir("--out", out)
+    try:
+        text = data.corpus_text(calib_corpus)
+    except data.DataError as err:
+        raise CliError(str(err)) from None
+    enable_compilation_cache()
+    m, tok, _ = _load(model)
+    spec = mq.QuantSpec(model, method, scheme, group, calib_corpus, calib_tokens)
+    t0 = time.perf_counter()
+    try:
+        qw, info = mq.build(m, tok, spec, text, progress=not json_out)
+    except ValueError as err:
+        raise CliError(str(err).replace("calib_tokens", "--calib-tokens")) from None
+    mq.save(out_dir, qw, info, time.perf_counter() - t0)
+    res = {"out": str(out_dir), "spec": spec.__dict__, **info,
+           "tensors": len(qw.kernels), "folded_params": len(qw.params)}
+    if json_out:
+        print_json(res)
+    else:
+        typer.echo(f"{model}: {len(qw.kernels)} projections quantized ({method}, {scheme}, "
+                   f"g{group}; {info['calibration']}) -> {out_dir}")

@@ -256,22 +256,25 @@ def _gptq(w: Array, hess: Array, scheme: Scheme, group: int, damp: float, block:
             wb, err, scales, zeros, fixed, codes = carry
             i = b0 + j
             gi = group_of[i]
-            # the group's current values (first column reached: fix its parameters)
-            pos = members[gi]  # (group,)
-            in_blk = pos < b1
-            pending = jnp.matmul(u_blk[:, pos].T, err, precision=_HI)  # (group, out)
-            cur = jnp.where(in_blk[:, None], wb[jnp.clip(pos - b0, 0, nb - 1)], wp[pos] - pending)
-            lo, hi = jnp.min(cur, 0), jnp.max(cur, 0)
-            s_new, z_new = core.group_params(lo, hi, scheme)
-            s = jnp.where(fixed[gi], scales[gi], s_new)
-            z = s if z_new is None else jnp.where(fixed[gi], zeros[gi], z_new)
-            scales = scales.at[gi].set(s)
-            zeros = zeros.at[gi].set(z if z_new is not None else 0.0)
+            # first column of a group reached: fix its parameters from the group's current values
+            # (its columns in this block are up to date; later ones get the pending updates)
+            def fix(state):
+                scales, zeros = state
+                pos = members[gi]  # (group,)
+                pending = jnp.matmul(u_blk[:, pos].T, err, precision=_HI)  # (group, out)
+                cur = jnp.where((pos < b1)[:, None], wb[jnp.clip(pos - b0, 0, nb - 1)],
+                                wp[pos] - pending)
+                s_new, z_new = core.group_params(jnp.min(cur, 0), jnp.max(cur, 0), scheme)
+                scales = scales.at[gi].set(s_new)
+                return scales, zeros if z_new is None else zeros.at[gi].set(z_new)
+
+            scales, zeros = lax.cond(fixed[gi], lambda st: st, fix, (scales, zeros))
             fixed = fixed.at[gi].set(True)
-            zz = None if z_new is None else z
+            s = scales[gi]
+            z = None if scheme.symmetric else zeros[gi]
             wi = wb[j]
-            q = core.encode(wi, s, zz, scheme)
-            e = (wi - core.decode(q, s, zz, scheme)) / u[i, i]
+            q = core.encode(wi, s, z, scheme)
+            e = (wi - core.decode(q, s, z, scheme)) / u[i, i]
             later = (jnp.arange(nb) > j)[:, None]
             wb = wb - jnp.where(later, u_blk[j, b0:b1][:, None] * e[None, :], 0.0)
             err = err.at[j].set(e)

@@ -55,3 +55,21 @@ def test_prompt_longer_than_context_fails_clearly(monkeypatch, capsys):
     code, cap = _main(monkeypatch, capsys, ["generate", "--prompt", "word " * 8200,
                                             "--max-new-tokens", "4"])
     assert code == 2 and "exceeds the model's context of 8192 tokens" in cap.err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["quantize", "--out", "OUT", "--method", "hqq"], "--method 'hqq': not valid"),
+    (["quantize", "--out", "OUT", "--scheme", "nf4"], "--scheme 'nf4': not valid"),
+    (["quantize", "--out", "OUT", "--group", "48"], "--group 48: not valid"),
+    (["quantize", "--out", "OUT", "--calib-tokens", "10"], "--calib-tokens"),
+    (["quantize", "--out", "OUT", "--calib-corpus", "wiki"], "--calib-corpus 'wiki'"),
+    (["ppl", "--weights", "NOWHERE"], "--weights: NOWHERE has no weights.safetensors"),
+    (["generate", "--prompt", "x", "--weights", "NOWHERE"], "--weights: NOWHERE has no"),
+])
+def test_quantize_and_weights_bad_input(monkeypatch, capsys, tmp_path, args, message):
+    args = [str(tmp_path / a) if a in ("OUT", "NOWHERE") else a for a in args]
+    code, cap = _main(monkeypatch, capsys, args)
+    assert code == 2
+    err = cap.err.strip()
+    assert message.replace("NOWHERE", str(tmp_path / "NOWHERE")) in err and "Traceback" not in err
+    assert len(err.splitlines()) == 1
