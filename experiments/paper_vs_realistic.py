@@ -26,7 +26,9 @@ import numpy as np
 HEADLINE_ARCHS = ("mugi-256x8", "sa-16", "simd-16")
 
 
-def comprehensive(model: str, batch: int, seq_len: int):
+def comprehensive(model: str, batch: int, seq_len: int, designs=None):
+    """Every design (``designs``: names; default every built-in) under both presets, plus the
+    mesh and extra-adder variants."""
     from mugi_jax.cost import evaluate
     from mugi_jax.cost.realistic import evaluate_realistic
     from mugi_jax.hw import ARCH_NAMES, get_arch
@@ -37,7 +39,7 @@ def comprehensive(model: str, batch: int, seq_len: int):
     from mugi_jax.cost.realistic import RealisticConfig
 
     extra = ["mugi-256x8@8x8", "tensor-8x16x16@2x2", "mugi-256x8+2adders", "mugi-32x8+2adders"]
-    for name in list(ARCH_NAMES) + extra:
+    for name in list(ARCH_NAMES if designs is None else designs) + extra:
         base, _, mesh = name.partition("@")
         base, _, adders = base.partition("+")
         arch = get_arch(base, nodes=mesh or "1x1")

@@ -16,6 +16,7 @@ from mugi_jax.data import DataError
 # Command modules register on `app` when imported.  Keep this list sorted.
 from mugi_jax.cli import cost as _cost  # noqa: F401,E402
 from mugi_jax.cli import data as _data  # noqa: F401,E402
+from mugi_jax.cli import design as _design  # noqa: F401,E402
 from mugi_jax.cli import embed as _embed  # noqa: F401,E402
 from mugi_jax.cli import llm as _llm  # noqa: F401,E402
 from mugi_jax.cli import report as _report  # noqa: F401,E402

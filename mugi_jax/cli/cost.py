@@ -32,6 +32,15 @@ app.add_typer(cost_app, name="cost")
 _choice = check_choice
 
 
+def _check_arch(arch: str, names: tuple[str, ...]) -> None:
+    """A built-in design name or a design file (``*.toml``, ``mugi-jax design show``)."""
+    if arch.endswith(".toml"):
+        return
+    if arch not in names:
+        raise CliError(f"--arch {arch!r}: not valid; valid values: {', '.join(names)}, or a design "
+                       "file (*.toml, from `mugi-jax design show NAME`)")
+
+
 def _finite(out: dict[str, Any]) -> dict[str, Any]:
     import math
 
@@ -47,18 +56,19 @@ def llm_result(
     nodes: str = "1x1", variant: Optional[str] = None, kv_heads: Optional[int] = None,
 ) -> dict[str, Any]:
     """The JSON object ``cost llm`` prints (also usable from Python)."""
-    from mugi_jax.cost import PRESETS, evaluate
+    from mugi_jax.cost import PRESETS
     from mugi_jax.hw import ARCH_NAMES, MESHES, get_arch
     from mugi_jax.workloads import MODEL_NAMES, Workload, get_model
 
-    _choice("--arch", arch, ARCH_NAMES)
+    _check_arch(arch, ARCH_NAMES)
     if model not in MODEL_NAMES and not (model.endswith(".json") or Path(model).is_dir()):
         raise CliError(f"--model={model!r} is not valid; valid values: {', '.join(MODEL_NAMES)}, "
                        "or a path to a Hugging Face config.json (or its directory)")
     _choice("--preset", preset, tuple(PRESETS))
     _choice("--nodes", nodes, MESHES)
     if variant is not None and not arch.startswith("mugi-"):
-        raise CliError(f"--variant applies to mugi-* designs only (got --arch {arch}); valid: vlp, lut")
+        raise CliError(f"--variant applies to mugi-* designs only (got --arch {arch}; a design file "
+                       "sets its variant field); valid: vlp, lut")
     if variant is not None:
         _choice("--variant", variant, ("vlp", "lut"))
     check_int("--batch", batch, 1, 1024)
@@ -71,21 +81,13 @@ def llm_result(
     except ValueError as err:
         raise CliError(str(err).replace("seq_len=", "--seq-len=").replace("kv_heads=", "--kv-heads=")
                        .replace("model=", "--model=")) from err
-    extras = None
-    if preset == "realistic":
-        from mugi_jax.cost.realistic import evaluate_realistic
-
-        report, extras = evaluate_realistic(design, workload)
-    else:
-        report = evaluate(design, workload, preset)
+    report = PRESETS[preset].evaluate(design, workload)
     out: dict[str, Any] = {
         "arch": design.name, "variant": design.variant, "nodes": design.mesh.name,
         "model": model, "kv_heads": workload.model.kv_heads, "batch": batch, "seq_len": seq_len,
         "prefill_len": workload.prefill_len, "preset": preset,
     }
-    out.update(report.to_dict())
-    if extras is not None:  # TTFT, TPOT, pJ/FLOP and J/token with and without DRAM, ...
-        out["realistic"] = {k: (bool(v) if isinstance(v, bool) else float(v)) for k, v in extras._asdict().items()}
+    out.update(report.to_dict())  # realistic: + TTFT, TPOT, pJ/FLOP and J/token with/without DRAM
     return out
 
 
@@ -140,15 +142,13 @@ def gemm_result(
     dequantization, overlap); ``preset="paper"``: the paper row model (``dataflow`` ignored: its
     count has no dataflow).  ``energy_j`` = dynamic (+ DRAM in realistic) + leakage over the cycles.
     """
-    from dataclasses import replace
-
-    from mugi_jax.cost import PRESETS
+    from mugi_jax.cost import PRESETS, RealisticModel
     from mugi_jax.cost.memory import MEMORY_SYSTEMS, get_memory
-    from mugi_jax.cost.realistic import ROLES, RealisticConfig, gemm_cost
+    from mugi_jax.cost.realistic import ROLES
     from mugi_jax.cost.systolic import DATAFLOWS
     from mugi_jax.hw import ARCH_NAMES, MESHES, get_arch
 
-    _choice("--arch", arch, ARCH_NAMES)
+    _check_arch(arch, ARCH_NAMES)
     _choice("--dataflow", dataflow, DATAFLOWS)
     _choice("--preset", preset, tuple(PRESETS))
     _choice("--role", role, ROLES)
@@ -157,27 +157,17 @@ def gemm_result(
     for name, v in (("--m", m), ("--k", k), ("--n", n)):
         check_int(name, v, 1, MAX_DIM)
     check_int("--batch", batch, 1, MAX_GEMM_BATCH)
-    design = get_arch(arch, nodes=nodes)
+    try:
+        design = get_arch(arch, nodes=nodes)
+    except ValueError as err:
+        raise CliError(str(err)) from err
     out: dict[str, Any] = {"arch": design.name, "nodes": design.mesh.name, "m": m, "k": k, "n": n,
                            "batch": batch, "preset": preset}
+    model = PRESETS[preset]
     if preset == "realistic":
-        cfg = replace(RealisticConfig(memory=get_memory(memory)), dataflow=dataflow)
+        model = RealisticModel(memory=get_memory(memory), dataflow=dataflow)
         out.update(dataflow=dataflow, role=role, memory=memory)
-        out.update(gemm_cost(design, m, k, n, dataflow, batch, role, cfg))
-        return _finite(out)
-    import jax.numpy as jnp
-    import numpy as np
-
-    from mugi_jax.cost.model import arch_params, gemm_row_costs
-
-    p = arch_params(design, PRESETS[preset].missing_attribute)
-    t = {"b": batch, "m": m, "k": k, "n": n}
-    cyc, e_pj, flops = gemm_row_costs(p, {key: jnp.float32(v) for key, v in t.items()})
-    cyc, e_pj, flops = float(cyc), float(e_pj), float(flops)
-    f = float(np.asarray(p.frequency_hz))
-    leak = float(np.asarray(p.leakage_w)) * cyc / f
-    out.update(cycles=cyc, time_s=cyc / f, dynamic_energy_j=e_pj * 1e-12, leakage_energy_j=leak,
-               energy_j=e_pj * 1e-12 + leak, flops=flops)
+    out.update(model.gemm(design, m, k, n, batch, role))
     return _finite(out)
 
 

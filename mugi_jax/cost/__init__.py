@@ -28,7 +28,7 @@ from mugi_jax.cost.model import (
     ArchParams, arch_params, gemm_row_counts, nonlinear_row_counts, prefix_family_totals, stack_params,
     table_arrays,
 )
-from mugi_jax.cost.presets import PAPER, PRESETS, REALISTIC, Preset, get_preset
+from mugi_jax.cost.presets import PAPER, PRESETS, REALISTIC, PaperModel, Preset, RealisticModel, get_preset
 from mugi_jax.cost.report import Breakdown, Report, derive_report
 from mugi_jax.hw.arch import Arch
 from mugi_jax.hw.inventory import all_modules, module_figures
@@ -57,19 +57,15 @@ def _ceil_to(x: int, q: int) -> int:
 
 
 def _check_preset(preset: Preset) -> None:
-    if preset.name not in PRESETS:
-        raise ValueError(f"preset={preset.name!r}: implemented presets are {', '.join(PRESETS)}")
+    if not isinstance(preset, Preset):
+        raise ValueError(f"preset={preset!r}: implemented presets are {', '.join(PRESETS)}")
 
 
-def _sweep_realistic(archs: Sequence[Arch], workloads: Sequence[Workload], preset: Preset) -> Report:
-    """The realistic preset's row model (mugi_jax.cost.realistic), one (design, workload) at a time."""
-    from mugi_jax.cost import realistic
-
-    reps = [[realistic.evaluate(a, w, preset) for w in workloads] for a in archs]
-    shape = (len(archs), len(workloads))
+def stack_reports(reports: Sequence[Report], shape: tuple[int, ...]) -> Report:
+    """Single reports (row-major over ``shape``) stacked into one report with leading axes ``shape``."""
     return jax.tree_util.tree_map(
         lambda *x: np.stack([np.asarray(v, np.float64) for v in x]).reshape(shape + np.shape(x[0])),
-        *[r for row in reps for r in row])
+        *reports)
 
 
 def _tokens(workload: Workload, preset: Preset) -> float:
@@ -97,13 +93,19 @@ def _group_workloads(workloads: Sequence[Workload]):
 def sweep(
     archs: Sequence[Arch], workloads: Sequence[Workload], preset: str | Preset = "paper"
 ) -> Report:
-    """Every design x every workload: a :class:`Report` with leading axes [len(archs), len(workloads)]."""
+    """Every design x every workload: a :class:`Report` with leading axes [len(archs), len(workloads)].
+
+    ``preset`` is a name of :data:`PRESETS` or a cost-model object (``PaperModel()``,
+    ``RealisticModel(memory=...)``): its ``sweep`` runs."""
     pr = get_preset(preset)
     _check_preset(pr)
     if not archs or not workloads:
         raise ValueError("sweep needs at least one arch and one workload")
-    if pr.name == "realistic":
-        return _sweep_realistic(archs, workloads, pr)
+    return pr.sweep(archs, workloads)
+
+
+def _sweep_paper(archs: Sequence[Arch], workloads: Sequence[Workload], pr: Preset) -> Report:
+    """The paper row model over a grid (see the module docstring)."""
     fams = _group_workloads(workloads)
     built = []
     for (model, batch, prefill), members in fams:
@@ -200,7 +202,7 @@ def energy_by_module(arch: Arch, workload: Workload, preset: str | Preset = "pap
     """
     pr = get_preset(preset)
     _check_preset(pr)
-    if pr.name != "paper":
+    if not isinstance(pr, PaperModel):
         raise ValueError(f"preset={pr.name!r}: energy_by_module supports the paper preset only")
     p = arch_params(arch, pr.missing_attribute)
     table = op_table(workload, pr.decode)
@@ -240,15 +242,16 @@ def energy_by_module(arch: Arch, workload: Workload, preset: str | Preset = "pap
 
 
 def evaluate(arch: Arch, workload: Workload, preset: str | Preset = "paper") -> Report:
-    """Cost of running ``workload`` (prefill + decode, all layers) on ``arch`` under ``preset``.
-
-    The same compiled path as :func:`sweep` (a 1 x 1 sweep), so single results and grids agree.
-    """
-    return report_at(sweep([arch], [workload], preset), 0, 0)
+    """Cost of running ``workload`` (prefill + decode, all layers) on ``arch`` under ``preset``
+    (a name or a cost-model object).  The paper model's path is a 1 x 1 sweep, so single results
+    and grids agree."""
+    pr = get_preset(preset)
+    _check_preset(pr)
+    return pr.evaluate(arch, workload)
 
 
 __all__ = [
-    "PAPER", "PRESETS", "REALISTIC", "ArchParams", "Breakdown", "Preset", "Report", "arch_params",
-    "energy_by_module", "evaluate",
+    "PAPER", "PRESETS", "REALISTIC", "ArchParams", "Breakdown", "PaperModel", "Preset",
+    "RealisticModel", "Report", "arch_params", "energy_by_module", "evaluate", "stack_reports",
     "get_preset", "report_at", "sweep",
 ]

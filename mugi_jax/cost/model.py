@@ -34,10 +34,9 @@ from jax import lax
 import numpy as np
 from jaxtyping import Array, Float
 
-from mugi_jax.cost.events import (
-    MUGI_SILU_COLUMN_CYCLES, MUGI_SOFTMAX_COLUMN_CYCLES, VECTOR_COLUMN_CYCLES, paper_charges,
-)
-from mugi_jax.hw.arch import MIXPE_GROUP, Arch
+from mugi_jax.cost.events import paper_charges
+from mugi_jax.designs.mixpe import GROUP as MIXPE_GROUP
+from mugi_jax.hw.arch import Arch
 from mugi_jax.hw.components import MissingAttribute
 from mugi_jax.hw.inventory import area_breakdown_mm2, leakage_breakdown_mw, module_figures
 from mugi_jax.hw.memory import sram_figures
@@ -62,7 +61,7 @@ class ArchParams(NamedTuple):
     e_i_elems: Float[Array, ""]  # usable isram elements (half the banks): 2 * w_i * d_i / 16
     e_w_elems: Float[Array, ""]  # usable wsram elements: 2 * w_w * d_w / weight bits
     e_o_elems: Float[Array, ""]  # usable osram elements (half the banks): 2 * w_o * d_o / 16
-    is_tensor: Float[Array, ""]  # 1 for the tensor core (its off-chip k tile is at least 16)
+    k_off_min: Float[Array, ""]  # the off-chip k tile grows to at least this (tensor core: 16)
     vec_per_offtile: Float[Array, ""]  # 1: vector scaling once per output per off-chip k-tile
     wbits: Float[Array, ""]
     ws: Float[Array, ""]  # 1 if node-stationary ws, 0 if os
@@ -113,8 +112,6 @@ def arch_params(arch: Arch, missing: MissingAttribute = "one", vec_per_offtile: 
     """
     e = basis_energies_pj(arch, missing)
     si, sw, so = (sram_figures(s) for s in arch.srams)
-    is_mugi = arch.family == "mugi"
-    vec = VECTOR_COLUMN_CYCLES.get(arch.nonlinear, 0.0)
     router = [m for m in arch.router_modules()]
     e_bit = module_figures(router[0], missing).energy_pj if router else 0.0
     vals = dict(
@@ -124,14 +121,13 @@ def arch_params(arch: Arch, missing: MissingAttribute = "one", vec_per_offtile: 
         e_i_elems=2 * arch.isram.width_bits * arch.isram.depth / 16,
         e_w_elems=2 * arch.wsram.width_bits * arch.wsram.depth / arch.weight_bits,
         e_o_elems=2 * arch.osram.width_bits * arch.osram.depth / 16,
-        is_tensor=1.0 if arch.family == "tensor" else 0.0,
+        k_off_min=arch.offchip_k_min,
         vec_per_offtile=1.0 if vec_per_offtile else 0.0,
         wbits=arch.weight_bits, ws=1.0 if arch.node_stationary == "ws" else 0.0,
         nodes=arch.nodes, hops=float(arch.mesh.rows) if arch.nodes > 1 else 0.0,
-        nl_lanes=arch.height if is_mugi else arch.vector_lanes,
-        sm_col_cycles=MUGI_SOFTMAX_COLUMN_CYCLES if is_mugi else vec,
-        si_col_cycles=MUGI_SILU_COLUMN_CYCLES if is_mugi else vec,
-        lut_streamed=1.0 if (is_mugi and arch.variant == "vlp") else 0.0,
+        nl_lanes=arch.vector_lanes,
+        sm_col_cycles=arch.softmax_column_cycles, si_col_cycles=arch.silu_column_cycles,
+        lut_streamed=1.0 if arch.lut_streamed else 0.0,
         e_mac=e["mac"], e_output=e["output"], e_output_ktile=e["output_ktile"],
         e_output_group=e["output_group"], e_weight_load=e["weight_load"], e_op=e["op"], e_softmax_elem=e["softmax_elem"],
         e_silu_elem=e["silu_elem"], e_softmax_col=e["softmax_col"], e_silu_col=e["silu_col"],
@@ -196,7 +192,7 @@ def offchip_tile(p: ArchParams, b, m, k, n):
     tk = _while_halve(p.e_w_elems / tn, lambda v: v * tm > p.e_i_elems)
 
     def trade(_, kn):
-        grow = (p.is_tensor > 0) & (kn[0] < 16.0)
+        grow = kn[0] < p.k_off_min
         return jnp.where(grow, 2 * kn[0], kn[0]), jnp.where(grow, kn[1] / 2, kn[1])
 
     tk, tn = lax.fori_loop(0, 8, trade, (tk, tn))

@@ -66,7 +66,7 @@ from mugi_jax.cost.model import ArchParams, arch_params, gemm_row_costs, nonline
 from mugi_jax.cost.presets import Preset
 from mugi_jax.cost.report import Report, derive_report
 from mugi_jax.cost.systolic import check_dataflow
-from mugi_jax.hw.arch import BROADCAST_HEIGHT, Arch
+from mugi_jax.hw.arch import CYCLE_MODELS, Arch
 from mugi_jax.hw.components import component_figures
 from mugi_jax.workloads import (
     ATTENTION, GEMM, NONLINEAR, OUTPUT, SOFTMAX, Workload, attention_shapes, layer_gemms,
@@ -74,7 +74,6 @@ from mugi_jax.workloads import (
 
 VECTOR = 10  # op kind local to this preset: elementwise work on the vector unit
 ROLES: tuple[str, ...] = tuple(et.ROLE_OF_OP)  # GEMM roles (data-driven cycles per k-step)
-FAMILIES: tuple[str, ...] = ("mugi", "carat", "systolic", "simd", "tensor", "mixpe")
 ROW_BUCKET = 2048
 # vector-unit ops per element (module docstring)
 RMSNORM_OPS, ROPE_OPS, RESIDUAL_OPS, GATE_OPS, KVQ_OPS, DEQUANT_OPS = 4.0, 3.0, 1.0, 1.0, 3.0, 2.0
@@ -89,7 +88,7 @@ class RealisticConfig:
 
     memory: MemorySystem = field(default_factory=lambda: get_memory("ddr4"))
     early_termination: bool = True
-    adders_per_row: int = 1  # Mugi row adders (the paper's hardware has 1)
+    adders_per_row: int | None = None  # Mugi row adders; None: the design's (the paper's: 1)
     # systolic array dataflow: "os" keeps k in time like the paper's count (its node_stationary
     # "ws" is the SRAM-level stationarity only); "ws" pays R cycles of weight load per fold
     dataflow: str = "os"
@@ -98,8 +97,8 @@ class RealisticConfig:
     include_dram_energy: bool = True  # in energy_j / the paper metrics of the Report
 
     def __post_init__(self) -> None:
-        if self.adders_per_row not in (1, 2, 4, 8):
-            raise ValueError(f"adders_per_row={self.adders_per_row!r}: allowed values are 1, 2, 4, 8")
+        if self.adders_per_row not in (None, 1, 2, 4, 8):
+            raise ValueError(f"adders_per_row={self.adders_per_row!r}: allowed values are None (the design's), 1, 2, 4, 8")
         check_dataflow(self.dataflow)
         if not isinstance(self.group_size, int) or self.group_size < 1:
             raise ValueError(f"group_size={self.group_size!r}: allowed values are positive integers")
@@ -172,7 +171,7 @@ def realistic_op_table(workload: Workload, arch: Arch, causal: bool = True) -> d
         add(GEMM, OUTPUT, 0, "lm_head", 1, B, d, V, 1.0)  # prefill: last position only
         add(GEMM, OUTPUT, 1, "lm_head", 1, B, d, V, float(T))
     # causal prefill attention (tile granularity of the array: query tokens per column tile)
-    is_vlp = arch.family in ("mugi", "carat")
+    is_vlp = arch.cycle_model == "temporal"
     m_tile = arch.width if is_vlp else arch.height
     n_tile = arch.height if is_vlp else arch.width
     tq = max(1, m_tile // (h // g))
@@ -213,7 +212,7 @@ class RealParams(NamedTuple):
     """A design under the realistic preset: the paper's :class:`ArchParams` plus extras."""
 
     base: ArchParams
-    family: Float[Array, ""]  # index into FAMILIES
+    cycle_model: Float[Array, ""]  # index into hw.arch.CYCLE_MODELS
     ws: Float[Array, ""]  # 1 weight-stationary systolic dataflow, 0 output-stationary
     cps: Float[Array, " R"]  # cycles per k-step per GEMM role
     fold_overhead: Float[Array, ""]  # Mugi/Carat per-output-tile fill + drain
@@ -230,31 +229,29 @@ class RealParams(NamedTuple):
 
 
 def vector_lanes(arch: Arch) -> int:
-    """Lanes of the design's vector unit (Mugi: its H/8 scaling multipliers; others: the
-    nonlinear vector unit)."""
-    if arch.family == "mugi":
-        return max(1, arch.height // 8)
-    return arch.vector_lanes
+    """Lanes of the design's vector unit: its ``multiplier_vector`` instances (Mugi: the H/8
+    scaling multipliers; others: the nonlinear vector unit)."""
+    return max(1, sum(m.instances for m in arch.modules if m.name == "multiplier_vector"))
 
 
 def realistic_params(arch: Arch, workload: Workload, cfg: RealisticConfig) -> tuple[RealParams, float, float]:
     """(:class:`RealParams`, leakage W, area mm^2) of ``arch`` under ``cfg``."""
     base = arch_params(arch, "reference", vec_per_offtile=False)
     W, H = arch.width, arch.height
-    a = cfg.adders_per_row
+    a = arch.adders_per_row if cfg.adders_per_row is None else cfg.adders_per_row
     leak_w, area = float(base.leakage_w), float(base.area_mm2)
-    if arch.family == "mugi":
+    if arch.data_driven_cycles:
         cps = [et.role_cycles_per_kstep(r, H, a, W, cfg.early_termination) for r in ROLES]
         sm = et.nonlinear_cycles_per_tile("softmax", cfg.early_termination)
         si = et.nonlinear_cycles_per_tile("silu", cfg.early_termination)
         base = base._replace(sm_col_cycles=np.float32(sm), si_col_cycles=np.float32(si))
-        if a > 1:  # extra row adders: leakage and area (energy per add unchanged)
+        if a > arch.adders_per_row:  # extra row adders: leakage and area (energy per add unchanged)
             add = component_figures("adderbf16", missing="reference")
-            leak_w += (a - 1) * H * arch.nodes * add.leakage_mw / 1e3
-            area += (a - 1) * H * arch.nodes * add.area_mm2
+            leak_w += (a - arch.adders_per_row) * H * arch.nodes * add.leakage_mw / 1e3
+            area += (a - arch.adders_per_row) * H * arch.nodes * add.area_mm2
     else:
         cps = [float(arch.cycles_per_step)] * len(ROLES)
-    fold = float(BROADCAST_HEIGHT[H] + W) if arch.family in ("mugi", "carat") else 0.0
+    fold = float(arch.broadcast_stages + W) if arch.cycle_model == "temporal" else 0.0
     df = cfg.dataflow
     mul = component_figures("multiplierbf16", missing="reference").energy_pj
     addf = component_figures("adderbf16", missing="reference").energy_pj
@@ -263,7 +260,7 @@ def realistic_params(arch: Arch, workload: Workload, cfg: RealisticConfig) -> tu
     resident = model_weight_bits(workload, cfg.group_size) <= sw_.capacity_bits * arch.nodes
     mem = cfg.memory
     vals = dict(
-        family=FAMILIES.index(arch.family), ws=1.0 if df == "ws" else 0.0,
+        cycle_model=CYCLE_MODELS.index(arch.cycle_model), ws=1.0 if df == "ws" else 0.0,
         fold_overhead=fold, vec_lanes=vector_lanes(arch) * arch.nodes,
         e_vec_op=(mul + addf) / 2 + reg, isram_bits=si_.capacity_bits, wsram_bits=sw_.capacity_bits,
         osram_bits=so_.capacity_bits, resident=float(resident),
@@ -296,7 +293,7 @@ def compute_cycles(rp: RealParams, t: dict[str, Float[Array, " R"]]) -> Float[Ar
     p = rp.base
     b, m, k, n = t["b"], t["m"], t["k"], t["n"]
     W, H = p.W, p.H
-    fam = rp.family
+    model = rp.cycle_model  # CYCLE_MODELS: temporal, systolic, adder_tree, tensor
     cps = rp.cps[t["role"].astype(jnp.int32)]
     vlp = b * _cdiv(m, W) * _cdiv(n, H) * (k * cps + rp.fold_overhead)
     # systolic (rows = H, cols = W): os M on rows, ws K on rows
@@ -309,7 +306,7 @@ def compute_cycles(rp: RealParams, t: dict[str, Float[Array, " R"]]) -> Float[Ar
     paper = b * mt * nt * kc * p.cyc
     simd = paper + b * mt * nt * jnp.ceil(jnp.log2(W))
     tensor = paper + b * mt * nt * (jnp.log2(p.K) + 1.0)
-    return jnp.select([fam <= 1, (fam == 2) | (fam == 5), fam == 3], [vlp, sa, simd], tensor)
+    return jnp.select([model == 0, model == 1, model == 2], [vlp, sa, simd], tensor)
 
 
 def gemm_costs(rp: RealParams, t: dict[str, Float[Array, " R"]]) -> dict[str, Array]:
@@ -469,7 +466,7 @@ def evaluate_realistic(arch: Arch, workload: Workload, cfg: RealisticConfig | No
         compute_cycles=float(np.sum(r["compute"] * rep)),
         weights_resident=bool(rp.resident > 0),
     )
-    return report, extras
+    return report._replace(extras=extras), extras
 
 
 def evaluate(arch: Arch, workload: Workload, preset: Preset | None = None) -> Report:

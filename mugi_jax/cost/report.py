@@ -63,18 +63,23 @@ class Report(NamedTuple):
     operational_carbon_g: Float[Array, "..."]
     embodied_carbon_g: Float[Array, "..."]
     breakdown: Breakdown
+    extras: Any = None  # a cost model's further metrics (realistic: RealisticExtras), or None
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-Python view of a single (unbatched) report, with the breakdown by class name."""
+        """Plain-Python view of a single (unbatched) report, with the breakdown by class name
+        (and the realistic model's extras under ``"realistic"``)."""
         out: dict[str, Any] = {}
         for name, value in zip(self._fields, self):
-            if name == "breakdown":
+            if name in ("breakdown", "extras"):
                 continue
             out[name] = float(value)
         out["breakdown"] = {
             cls: {f: float(getattr(self.breakdown, f)[..., i]) for f in self.breakdown._fields}
             for i, cls in enumerate(CLASS_NAMES)
         }
+        if self.extras is not None:
+            out["realistic"] = {k: (bool(v) if isinstance(v, bool) else float(v))
+                                for k, v in self.extras._asdict().items()}
         return out
 
 

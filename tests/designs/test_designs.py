@@ -1,0 +1,112 @@
+"""Design families as data (issue 18): registry, design files, cost-model objects."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mugi_jax.designs import ARCH_NAMES, FAMILIES, charges, design_file, get_arch, load_design
+
+
+def _write(tmp_path, text: str, name: str = "d.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _edit(text: str, field: str, value: str) -> str:
+    lines = [f"{field} = {value}" if ln.split(" = ")[0] == field else ln for ln in text.splitlines()]
+    assert any(ln == f"{field} = {value}" for ln in lines), field
+    return "\n".join(lines) + "\n"
+
+
+def test_every_built_in_round_trips_through_its_design_file(tmp_path):
+    for name in ARCH_NAMES:
+        for nodes in ("1x1", "2x2"):
+            arch = get_arch(name, nodes=nodes)
+            assert load_design(_write(tmp_path, design_file(arch))) == arch, (name, nodes)
+            charges(arch)  # every charged module exists in the inventory
+    lut = get_arch("mugi-256x8", variant="lut")
+    assert load_design(_write(tmp_path, design_file(lut))) == lut
+    assert {get_arch(n).family for n in ARCH_NAMES} == set(FAMILIES)
+
+
+def test_changing_one_field_gives_the_built_in_with_that_parameter(tmp_path):
+    text = design_file(get_arch("mugi-256x8"))
+    for rows in (32, 64, 128):
+        assert load_design(_write(tmp_path, _edit(text, "rows", str(rows)))) == get_arch(f"mugi-{rows}x8")
+    sa = design_file(get_arch("sa-16"))
+    assert load_design(_write(tmp_path, _edit(sa, "size", "32"))) == get_arch("sa-32")
+    assert load_design(_write(tmp_path, _edit(sa, "variant", '"figna"'))) == get_arch("sa-figna-16")
+    carat = design_file(get_arch("carat-256x8"))
+    assert load_design(_write(tmp_path, _edit(carat, "rows", "128"))) == get_arch("carat-128x8")
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("rows", "100", r"rows = 100: allowed values are 32, 64, 128, 256"),
+    ("cols", '"wide"', r"cols = 'wide': allowed values are 4, 8, 16, 32"),
+    ("adders_per_row", "3", r"adders_per_row = 3: allowed values are 1, 2, 4, 8"),
+    ("broadcast_stages", "99", r"broadcast_stages = 99: allowed values are integers 0..16"),
+    ("osram_depth", "true", r"osram_depth = True: allowed values are integers 16..65536"),
+    ("rows", '"auto"', r"rows cannot be \"auto\""),
+    ("nodes", '"3x3"', r"nodes = '3x3': allowed values are 1x1"),
+    ("family", '"gpu"', r"family = 'gpu': allowed values are mugi, carat"),
+])
+def test_bad_fields_are_named_with_their_allowed_values(tmp_path, field, value, match):
+    text = _edit(design_file(get_arch("mugi-256x8")), field, value)
+    with pytest.raises(ValueError, match=match):
+        load_design(_write(tmp_path, text))
+
+
+def test_unknown_and_missing_fields(tmp_path):
+    text = design_file(get_arch("sa-16"))
+    with pytest.raises(ValueError, match="unknown field.*heigth.*fields are size"):
+        load_design(_write(tmp_path, text + "heigth = 4\n"))
+    with pytest.raises(ValueError, match="missing field.*variant"):
+        load_design(_write(tmp_path, "\n".join(ln for ln in text.splitlines() if not ln.startswith("variant"))))
+    with pytest.raises(ValueError, match="not valid TOML"):
+        load_design(_write(tmp_path, "rows = = 3\n"))
+    with pytest.raises(ValueError, match="no such file"):
+        load_design(tmp_path / "nope.toml")
+
+
+def test_worked_example_two_adders_and_a_16_wide_array(tmp_path):
+    """Mugi-256 with 2 adders per row and 16 columns: twice the peak (the paper's count is 8
+    cycles per k-step at any width), 2H row adders in the inventory, which the realistic model
+    reads instead of its own adders_per_row knob."""
+    from mugi_jax.cost import RealisticModel, evaluate
+    from mugi_jax.workloads import Workload, get_model
+
+    text = _edit(_edit(design_file(get_arch("mugi-256x8")), "cols", "16"), "adders_per_row", "2")
+    wide = load_design(_write(tmp_path, text))
+    assert (wide.width, wide.adders_per_row, wide.peak_macs_per_cycle) == (16, 2, 512)
+    assert sum(m.instances for m in wide.modules if m.name == "adder") == 512
+    w16, w8 = Workload(get_model("llama2-7b"), 16, 128), Workload(get_model("llama2-7b"), 8, 128)
+    ratio = float(evaluate(wide, w16).throughput_gflops / evaluate(get_arch("mugi-256x8"), w8).throughput_gflops)
+    assert ratio == pytest.approx(2.0, rel=0.02)
+    # the design's adders == the realistic knob applied to the 1-adder design (same hardware)
+    two = load_design(_write(tmp_path, _edit(design_file(get_arch("mugi-256x8")), "adders_per_row", "2")))
+    a = evaluate(two, w8, RealisticModel())
+    b = evaluate(get_arch("mugi-256x8"), w8, RealisticModel(adders_per_row=2))
+    assert float(a.leakage_w) == pytest.approx(float(b.leakage_w), rel=1e-6)  # float32 params
+    assert float(a.energy_j) == pytest.approx(float(b.energy_j), rel=1e-6)
+    assert float(a.cycles) == float(b.cycles)
+
+
+def test_cli_design_show_and_cost_with_a_file(tmp_path):
+    run = lambda *a: subprocess.run([sys.executable, "-m", "mugi_jax", *a], capture_output=True, text=True)  # noqa: E731
+    shown = run("design", "show", "sa-16")
+    assert shown.returncode == 0 and shown.stdout.startswith("# sa-16:")
+    path = _write(tmp_path, shown.stdout, "sa.toml")
+    args = ["--model", "smollm2-135m", "--batch", "2", "--seq-len", "96", "--json"]
+    by_file = json.loads(run("cost", "llm", "--arch", str(path), *args).stdout)
+    by_name = json.loads(run("cost", "llm", "--arch", "sa-16", *args).stdout)
+    assert by_file == by_name
+    bad = run("cost", "llm", "--arch", str(_write(tmp_path, _edit(shown.stdout, "size", "12"), "bad.toml")), *args)
+    assert bad.returncode == 2 and "size = 12: allowed values are 8, 16, 32, 64" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    nope = run("design", "show", "gpu-9")
+    assert nope.returncode == 2 and "mugi-256x8" in nope.stderr
