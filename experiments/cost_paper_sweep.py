@@ -77,6 +77,10 @@ def main() -> None:
                         help="where to write sweep.csv + provenance.json")
     parser.add_argument("--no-write", action="store_true", help="time only, write nothing")
     args = parser.parse_args()
+    if not args.no_write:
+        from mugi_jax.report.helpers import script_out_dir
+
+        script_out_dir(args.out)
     s = run(None if args.no_write else args.out)
     print(f"paper sweep: {s['evaluations']} evaluations ({s['designs']} designs x {s['workloads']} "
           f"workloads + mesh + GQA) in {s['wall_time_s']:.2f} s wall, {s['cpu_time_s']:.2f} s CPU "

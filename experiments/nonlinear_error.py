@@ -177,6 +177,9 @@ def main() -> None:
     parser.add_argument("--out", default="results/nonlinear_error")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    from mugi_jax.report.helpers import script_out_dir
+
+    script_out_dir(args.out)
     t0 = time.time()
     out = Path(args.out)
     rows: list[dict] = []

@@ -188,6 +188,9 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default="results/paper_vs_realistic")
     ap.add_argument("--no-plots", action="store_true")
     args = ap.parse_args(argv)
+    from mugi_jax.report.helpers import script_out_dir
+
+    script_out_dir(args.out)
     t0 = time.perf_counter()
     from mugi_jax.io import provenance, write_csv, write_json
 

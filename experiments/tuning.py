@@ -57,6 +57,9 @@ def main() -> None:
                     help="skip (a); take the grid-best e_tops from OUT/grid.csv; write "
                          "pareto_START.csv/png")
     args = ap.parse_args()
+    from mugi_jax.report.helpers import script_out_dir
+
+    script_out_dir(args.out)
     global OUT
     OUT = Path(args.out)  # noqa: PLW0603
     t0 = time.perf_counter()

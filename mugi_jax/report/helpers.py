@@ -69,5 +69,19 @@ def corpus_or_none(name: str) -> str | None:
         return None
 
 
+def script_out_dir(path: str | Path, flag: str = "--out") -> Path:
+    """A standalone script's results directory, created now (before any work), or exit code 2
+    with one line naming ``flag`` and the path (no traceback after minutes of computing)."""
+    import sys
+
+    from mugi_jax.io import PathError, check_output_dir
+
+    try:
+        return check_output_dir(path, flag)
+    except PathError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def ratio_text(x: float) -> str:
     return f"{x:.3g}x"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import sys
 import time
@@ -152,7 +153,7 @@ def _accuracy_headline(acc: dict) -> list[str]:
     greedy = {k.removeprefix("greedy/"): v for k, v in head.items() if k.startswith("greedy/")}
     if greedy:
         lines += ["", "Greedy continuation of \"The capital of France is\":", ""]
-        lines += [f"- {n}: \"{t.strip()}\"" for n, t in greedy.items()]
+        lines += [f"- {n}: `{json.dumps(t)}`" for n, t in greedy.items()]  # JSON: newlines show as escapes
     return lines
 
 
