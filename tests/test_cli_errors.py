@@ -130,6 +130,7 @@ def test_report_and_tune_options_family(monkeypatch, capsys):
         (["report", "--seed", "-1"], "--seed -1"),
         (["tune", "--budget", "foo"], "--budget 'foo': malformed"),
         (["tune", "--budget", "window<=99"], "--budget 'window<=99': window"),
+        (["tune", "--budget", "cycles<=1e999"], "cycles must be a finite number"),
         (["tune", "--rounding", "zz"], "--rounding 'zz'"),
         (["tune", "--objective", "zz"], "--objective 'zz'"),
         (["tune", "--calib-tokens", "0"], "--calib-tokens 0"),

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import math
+
 import typer
 
 from mugi_jax.cli._common import (CliError, app, check_choice, check_data_dir, check_int,
@@ -61,9 +63,12 @@ def tune_cmd(
         raise CliError(f"--heldout-start {heldout_start}: must be >= --calib-tokens {calib_tokens} "
                        "(the held-out text may not overlap the calibration text)")
     try:
-        tuner.parse_budget(budget)
+        limits = tuner.parse_budget(budget).cost_limits()
     except ValueError as err:
         raise CliError(f"--budget {budget!r}: {str(err).removeprefix('budget: ')}") from None
+    for key, value in limits.items():
+        if not math.isfinite(value):
+            raise CliError(f"--budget {budget!r}: {key} must be a finite number, got {value:g}")
     check_data_dir()
     enable_compilation_cache()
     # Without --json the pipeline logs each stage on stderr; with it, a spinner says it is working.
