@@ -49,35 +49,16 @@ def _reproduction(rows):
     return out
 
 
-def _headlines(rows, carbon_rows):
-    """The paper's headline ratios (computed here so that the table does not depend on the
-    design list of paper_vs_realistic.headlines); carbon on ``carbon_rows`` (Llama-2-7B)."""
-    out = []
-    for label, num, den, key, invert in (
-            ("throughput Mugi-256x8 / SA-16", "mugi-256x8", "sa-16", "throughput_gflops", False),
-            ("energy efficiency (paper metric) Mugi / SIMD-16", "mugi-256x8", "simd-16", "energy_efficiency_paper", False),
-            ("GFLOP/J Mugi / SA-16", "mugi-256x8", "sa-16", "gflop_per_j", False),
-            ("GFLOP/J Mugi / SIMD-16", "mugi-256x8", "simd-16", "gflop_per_j", False),
-            ("operational carbon SA-16 / Mugi (Llama-2-7B)", "mugi-256x8", "sa-16", "operational_carbon_g", True),
-            ("embodied carbon SA-16 / Mugi (Llama-2-7B)", "mugi-256x8", "sa-16", "embodied_carbon_g", True),
-            ("J/token SA-16 / Mugi", "mugi-256x8", "sa-16", "j_per_token", True)):
-        v = {}
-        src = carbon_rows if "carbon" in label else rows
-        for preset in ("paper", "realistic"):
-            a, b = cl.get(src, design=num, preset=preset)[key], cl.get(src, design=den, preset=preset)[key]
-            v[preset] = b / a if invert else a / b
-        out.append({"ratio": label, "paper": v["paper"], "realistic": v["realistic"],
-                    "change_pct": 100 * (v["realistic"] / v["paper"] - 1)})
-    return out
-
-
 def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
     from experiments import paper_vs_realistic as pvr
 
     out_dir = Path(out_dir)
     designs = cl.HEAD_DESIGNS + ("tensor-8x16x16",) if quick else None  # None: every design
     rows = pvr.comprehensive(cl.HEAD_MODEL, cl.HEAD_BATCH, cl.HEAD_SEQ, designs)
-    heads = _headlines(rows, _carbon_rows())
+    carbon_rows = _carbon_rows()  # the paper's carbon ratios are on Llama-2-7B
+    # the paper's seven headline ratios (not the mesh / adder rows), carbon on Llama-2-7B
+    specs = [((lab + " (Llama-2-7B)") if "carbon" in lab else lab, *rest) for lab, *rest in pvr.HEADLINE_SPECS[:7]]
+    heads = pvr.headlines(rows, specs, lambda label: carbon_rows if "carbon" in label else rows)
     repro = _reproduction(rows)
     tables = [table(out_dir, "headlines.csv", heads, "The paper's headline ratios under both presets"),
               table(out_dir, "comprehensive.csv", rows, "Every design x preset (Llama-2-70B-GQA, b8, s4096)"),

@@ -20,38 +20,12 @@ from mugi_jax.report.helpers import figure, table
 FULL_CYCLES = 8.0  # paper preset: every k-step takes the full 8 cycles
 
 
-def _et_cycles_no_mc():
-    """``paper_vs_realistic.et_cycles`` without the Monte Carlo column (quick mode)."""
-    import numpy as np
-
-    from mugi_jax.cost import early_termination as et
-
-    text = resources.files("mugi_jax").joinpath("data/cost/et_measured_smollm2.csv").read_text()
-    meas = list(csv.DictReader(ln for ln in text.splitlines() if not ln.startswith("#")))
-    weights = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
-    tab = et.code_table()
-    rows = []
-    for group, tensors in (("weights", weights), ("kv_cache", {"k_cache", "v_cache"})):
-        pooled = np.concatenate([tab.pmfs(t) for t in sorted(tensors)]).mean(0)
-        for h in et.HEIGHTS:
-            for a in et.ADDERS:
-                sel = [r for r in meas if r["tensor"] in tensors and int(r["height"]) == h
-                       and int(r["adders_per_row"]) == a]
-                rows.append({"operand": group, "height": h, "adders_per_row": a,
-                             "measured": float(np.mean([float(r["measured"]) for r in sel])),
-                             "analytic_kbinned": float(np.mean([float(r["kbinned"]) for r in sel])),
-                             "analytic_iid": float(np.mean([float(r["iid"]) for r in sel])),
-                             "analytic_iid_pooled": float(et.expected_cycles_np(pooled, h, a)),
-                             "monte_carlo_iid_pooled": float("nan"), "tensors": len(sel)})
-    return rows
-
-
 def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
     from experiments import paper_vs_realistic as pvr
 
     out_dir = Path(out_dir)
-    samples = 2000 if quick else 20000
-    et = pvr.et_cycles(samples=samples) if not quick else _et_cycles_no_mc()
+    samples = 20000
+    et = pvr.et_cycles(samples=0 if quick else samples)  # quick: no Monte Carlo column
     for r in et:
         r["saving_vs_full"] = 1 - r["measured"] / FULL_CYCLES
     text = resources.files("mugi_jax").joinpath("data/cost/nonlinear_cycles_smollm2.csv").read_text()

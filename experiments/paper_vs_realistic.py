@@ -70,11 +70,8 @@ def comprehensive(model: str, batch: int, seq_len: int, designs=None):
     return rows
 
 
-def headlines(rows):
-    """The paper's headline ratios (Mugi-256x8 vs SA-16; energy efficiency vs SIMD-16)."""
-    get = {(r["design"], r["preset"]): r for r in rows}
-    out = []
-    for label, num, den, key, invert in (
+#: (label, numerator design, denominator design, metric, invert) of the headline ratios.
+HEADLINE_SPECS: tuple[tuple[str, str, str, str, bool], ...] = (
         ("throughput Mugi-256x8 / SA-16", "mugi-256x8", "sa-16", "throughput_gflops", False),
         ("energy efficiency (paper metric) Mugi / SIMD-16", "mugi-256x8", "simd-16", "energy_efficiency_paper", False),
         ("GFLOP/J Mugi / SA-16", "mugi-256x8", "sa-16", "gflop_per_j", False),
@@ -86,7 +83,16 @@ def headlines(rows):
         ("multi-node speedup tensor core 2x2 / 1 node", "tensor-8x16x16@2x2", "tensor-8x16x16", "throughput_gflops", False),
         ("Mugi-256x8 2 adders/row (ET) / 1 adder, throughput", "mugi-256x8+2adders", "mugi-256x8", "throughput_gflops", False),
         ("Mugi-32x8 2 adders/row (ET) / 1 adder, throughput", "mugi-32x8+2adders", "mugi-32x8", "throughput_gflops", False),
-    ):
+)
+
+
+def headlines(rows, specs=HEADLINE_SPECS, rows_for=None):
+    """The ratios ``specs`` under both presets (default: the paper's headline ratios, Mugi-256x8
+    vs SA-16, energy efficiency vs SIMD-16); ``rows_for(label)`` may pick other rows per ratio."""
+    out = []
+    for label, num, den, key, invert in specs:
+        src = rows if rows_for is None else rows_for(label)
+        get = {(r["design"], r["preset"]): r for r in src}
         vals = {}
         for preset in ("paper", "realistic"):
             a, b = get[(num, preset)][key], get[(den, preset)][key]
@@ -97,6 +103,7 @@ def headlines(rows):
 
 
 def et_cycles(samples: int = 20000):
+    """Cycles per k-step, measured and modelled (``samples=0``: no Monte Carlo column)."""
     import jax
 
     from mugi_jax.cost import early_termination as et
@@ -113,7 +120,7 @@ def et_cycles(samples: int = 20000):
                 sel = [r for r in meas if r["tensor"] in tensors and int(r["height"]) == h
                        and int(r["adders_per_row"]) == a]
                 mc = float(et.monte_carlo_cycles_per_kstep(jax.random.key(h * 10 + a), pooled, h, a,
-                                                           samples=samples))
+                                                           samples=samples)) if samples else float("nan")
                 rows.append({
                     "operand": group, "height": h, "adders_per_row": a,
                     "measured": float(np.mean([float(r["measured"]) for r in sel])),

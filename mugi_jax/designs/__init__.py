@@ -13,6 +13,8 @@ them; nothing else in the package branches on the family.
   evaluates to identical figures; unknown, missing or out-of-range fields are errors naming the
   field and the allowed values.
 - :func:`charges`: the paper preset's event charges of a design (checked against its inventory).
+- :func:`datapath`: the numerics datapath (:mod:`mugi_jax.gemm`) computing what the design computes
+  (``gemm.Mugi(rows, cols, adders_per_row)`` for a Mugi design: one description of the hardware).
 
 Adding a family: one module exporting ``FAMILY`` plus one line in :data:`FAMILIES` (and its test).
 """
@@ -76,6 +78,14 @@ def get_arch(name: str, *, variant: str | None = None, nodes: str | Mesh = "1x1"
             f"variant={variant!r} does not apply to {name} (its variant is {arch.variant!r}; "
             "variants vlp/lut exist for mugi-* only; pick sa-figna-16 etc. by name)")
     return arch.with_mesh(nodes)
+
+
+def datapath(arch: Arch):
+    """The numerics datapath (:mod:`mugi_jax.gemm`) of ``arch``'s family, with its parameters."""
+    fam = family_of(arch)
+    if fam.datapath is None:
+        raise ValueError(f"family {fam.name!r} has no numerics datapath")
+    return fam.datapath(arch)
 
 
 def charges(arch: Arch) -> Charges:
@@ -212,7 +222,7 @@ def mixpe(n: int = 16) -> Arch:
 
 
 __all__ = [
-    "ARCH_NAMES", "BASES", "FAMILIES", "Charges", "DesignFamily", "Param", "carat", "charges",
+    "ARCH_NAMES", "BASES", "FAMILIES", "Charges", "DesignFamily", "Param", "carat", "charges", "datapath",
     "design_file", "design_from_dict", "family_of", "get_arch", "load_design", "mixpe", "mugi",
     "simd", "systolic", "tensor_core",
 ]

@@ -71,6 +71,8 @@ class DesignFamily:
     builtins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # name -> params
     # fields whose value may be "auto": derived from the other fields (e.g. the SRAMs of a height)
     derive: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
+    # the numerics datapath (mugi_jax.gemm) that computes what this hardware computes
+    datapath: Callable[[Arch], Any] | None = None
 
     def param(self, name: str) -> Param:
         for p in self.params:

@@ -104,8 +104,15 @@ def derive(p: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in out.items() if k == "broadcast_stages" or "sram" in k}
 
 
+def datapath(arch: Arch):
+    """The numerics datapath: ``gemm.Carat`` (FP8 x FP8, FP32 accumulation)."""
+    from mugi_jax.gemm import Carat
+
+    return Carat()
+
+
 FAMILY = DesignFamily(
     name="carat", doc=__doc__.splitlines()[0], params=PARAMS, build=build, charges=charges,
-    derive=derive,
+    derive=derive, datapath=datapath,
     builtins={f"carat-{h}x8": params_for(h) for h in HEIGHTS},
 )

@@ -59,8 +59,15 @@ def charges(arch: Arch) -> Charges:
     return c
 
 
+def datapath(arch: Arch):
+    """The numerics datapath: ``gemm.MixPE`` (shift-and-add, group-wise dequantization)."""
+    from mugi_jax.gemm import MixPE
+
+    return MixPE()
+
+
 FAMILY = DesignFamily(
     name="mixpe", doc=__doc__.splitlines()[0], params=PARAMS, build=build, charges=charges,
-    derive=square_derive,
+    derive=square_derive, datapath=datapath,
     builtins={"mixpe-16": {"size": 16, **square_srams(16)}},
 )

@@ -152,8 +152,16 @@ def derive(p: Mapping[str, Any]) -> dict[str, Any]:
     return {"broadcast_stages": BROADCAST_HEIGHT[p["rows"]], **default_srams(p["rows"])}
 
 
+def datapath(arch: Arch):
+    """The numerics datapath: ``gemm.Mugi`` with this array's rows, columns and row adders
+    (3-bit magnitude sweep; the numerics' default accumulator)."""
+    from mugi_jax.gemm import Mugi
+
+    return Mugi(rows=arch.height, cols=arch.width, magnitude_bits=3, adders_per_row=arch.adders_per_row)
+
+
 FAMILY = DesignFamily(
     name="mugi", doc=__doc__.splitlines()[0], params=PARAMS, build=build, charges=charges,
-    derive=derive,
+    derive=derive, datapath=datapath,
     builtins={f"mugi-{h}x8": params_for(h) for h in HEIGHTS},
 )

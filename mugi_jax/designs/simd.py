@@ -61,9 +61,17 @@ def charges(arch: Arch) -> Charges:
     return c
 
 
+def datapath(arch: Arch):
+    """The numerics datapath: a MAC array whose rows reduce through an n-wide adder tree
+    (``gemm.SystolicMAC(tree_width=n)``), or ``gemm.FIGNA`` for the FIGNA variant."""
+    from mugi_jax.gemm import FIGNA, SystolicMAC
+
+    return FIGNA() if arch.variant == "figna" else SystolicMAC(tree_width=arch.width)
+
+
 FAMILY = DesignFamily(
     name="simd", doc=__doc__.splitlines()[0], params=PARAMS, build=build, charges=charges,
-    derive=square_derive,
+    derive=square_derive, datapath=datapath,
     builtins={"simd-16": params_for(16), "simd-figna-16": params_for(16, "figna"),
               "simd-64": params_for(64)},
 )

@@ -81,9 +81,16 @@ def params_for(n: int, variant: str = "mac") -> dict[str, Any]:
     return {"size": n, "variant": variant, **square_srams(n)}
 
 
+def datapath(arch: Arch):
+    """The numerics datapath: ``gemm.FIGNA`` for the FIGNA variant, else ``gemm.SystolicMAC``."""
+    from mugi_jax.gemm import FIGNA, SystolicMAC
+
+    return FIGNA() if arch.variant == "figna" else SystolicMAC()
+
+
 FAMILY = DesignFamily(
     name="systolic", doc=__doc__.splitlines()[0], params=PARAMS, build=build, charges=charges,
-    derive=square_derive,
+    derive=square_derive, datapath=datapath,
     builtins={**{f"sa-{n}": params_for(n) for n in SIZES},
               **{f"sa-{v}-16": params_for(16, v) for v in ("figna", "pwl", "taylor")}},
 )

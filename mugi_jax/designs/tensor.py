@@ -58,8 +58,16 @@ def charges(arch: Arch) -> Charges:
     return c
 
 
+def datapath(arch: Arch):
+    """The numerics datapath: k-deep FP32 adder trees (``gemm.SystolicMAC(tree_width=k)``)."""
+    from mugi_jax.gemm import SystolicMAC
+
+    return SystolicMAC(tree_width=arch.depth)
+
+
 FAMILY = DesignFamily(
     name="tensor", doc=__doc__.splitlines()[0], params=PARAMS, build=build, charges=charges,
+    datapath=datapath,
     builtins={"tensor-8x16x16": {"m": 8, "k": 16, "n": 16,
                                  **{f"{s}_{f}": v for s in ("isram", "wsram", "osram")
                                     for f, v in (("width", 2048), ("depth", 512))}}},

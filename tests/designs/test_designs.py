@@ -110,3 +110,18 @@ def test_cli_design_show_and_cost_with_a_file(tmp_path):
     assert "Traceback" not in bad.stderr
     nope = run("design", "show", "gpu-9")
     assert nope.returncode == 2 and "mugi-256x8" in nope.stderr
+
+
+def test_each_design_names_its_numerics_datapath(tmp_path):
+    from mugi_jax import gemm
+    from mugi_jax.designs import datapath
+
+    assert datapath(get_arch("mugi-128x8")) == gemm.Mugi(rows=128, cols=8, adders_per_row=1)
+    text = _edit(_edit(design_file(get_arch("mugi-256x8")), "cols", "16"), "adders_per_row", "2")
+    assert datapath(load_design(_write(tmp_path, text))) == gemm.Mugi(rows=256, cols=16, adders_per_row=2)
+    assert datapath(get_arch("sa-16")) == gemm.SystolicMAC()
+    assert datapath(get_arch("simd-16")) == gemm.SystolicMAC(tree_width=16)
+    assert datapath(get_arch("sa-figna-16")) == gemm.FIGNA()
+    assert datapath(get_arch("tensor-8x16x16")) == gemm.SystolicMAC(tree_width=16)
+    for name in ARCH_NAMES:
+        assert isinstance(datapath(get_arch(name)), gemm.DATAPATHS), name
