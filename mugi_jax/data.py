@@ -67,6 +67,7 @@ from mugi_jax.io import write_text
 __all__ = [
     "Artifact", "ARTIFACTS", "Built", "BUILT", "CORPORA", "MODELS", "data_dir", "ensure_data_dir",
     "fetch", "fetch_all", "corpus_text", "model_path", "verify_built", "DataError", "brown_documents",
+    "save_derived", "load_derived",
 ]
 
 
@@ -216,6 +217,37 @@ def verify_built(name: str, path: Path | None = None, repair: bool = False) -> P
         path.unlink()
         return None
     raise DataError(f"{path} is damaged ({why}); {_repair_hint(name)}")
+
+
+def save_derived(path: Path, payload: bytes) -> Path:
+    """Write a derived cache file (something we compute, e.g. captured calibration data)
+    atomically, with a ``.sha256`` sidecar holding its size and sha256 for :func:`load_derived`."""
+    from mugi_jax.io import write_bytes
+
+    with _writing(path):
+        write_bytes(path, payload)
+        write_text(path.with_name(path.name + ".sha256"),
+                   f"{len(payload)} {hashlib.sha256(payload).hexdigest()}\n")
+    return path
+
+
+def load_derived(path: Path) -> bytes | None:
+    """The bytes of a derived cache file when they match its sidecar (size and sha256); None when
+    it is absent or damaged (a damaged one is removed, so the caller recomputes and rewrites it)."""
+    side = path.with_name(path.name + ".sha256")
+    if not path.exists():
+        return None
+    try:
+        size, digest = side.read_text().split()
+        payload = path.read_bytes()
+        ok = len(payload) == int(size) and hashlib.sha256(payload).hexdigest() == digest
+    except (OSError, ValueError):
+        ok = False
+    if ok:
+        return payload
+    path.unlink(missing_ok=True)
+    side.unlink(missing_ok=True)
+    return None
 
 
 @contextlib.contextmanager

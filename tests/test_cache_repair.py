@@ -67,3 +67,17 @@ def test_damaged_corpus_and_gguf_are_named_then_repaired(private_cache):
     assert r.returncode == 0, r.stderr
     assert data.corpus_text("sotu").startswith("Mr. Speaker")
     assert gguf.read_bytes() == good_gguf
+
+
+def test_derived_cache_files_are_verified(tmp_path):
+    """Computed caches (tune's captured calibration) carry a size+sha256 sidecar; a damaged one
+    reads as absent (removed), so it is recomputed instead of failing inside NumPy."""
+    path = tmp_path / "cache" / "cal.npz"
+    data.save_derived(path, b"x" * 1000)
+    assert data.load_derived(path) == b"x" * 1000
+    path.write_bytes(b"x" * 500)  # truncated
+    assert data.load_derived(path) is None and not path.exists()
+    data.save_derived(path, b"y" * 10)
+    path.write_bytes(b"z" * 10)  # same size, other bytes
+    assert data.load_derived(path) is None
+    assert data.load_derived(tmp_path / "absent.npz") is None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import time
 from pathlib import Path
@@ -65,24 +66,26 @@ def cached_calibration(model: Any, tokens: np.ndarray, name: str, context: int =
                        ) -> tuple[Calibration, bool]:
     """Captured (and thinned) calibration data, cached on disk by a key of the model name, the
     tokens, ``context``, ``thin`` and ``seed``.  Returns ``(calibration, from_cache)``."""
+    from mugi_jax import data
+
     thin = THIN if thin is None else thin
     key = hashlib.sha256(json.dumps([name, np.asarray(tokens).tolist(), context, thin, seed])
                          .encode()).hexdigest()[:16]
     path = _cache_dir() / f"{name}-{key}.npz"
-    if path.exists():
-        z = np.load(path)
+    blob = data.load_derived(path)  # verified (size, sha256); a damaged file is recomputed
+    if blob is not None:
+        z = np.load(io.BytesIO(blob))
         cal = Calibration(*(jnp.asarray(z[k]) for k in ("softmax_x", "softmax_g", "silu_x",
                                                           "silu_g")),
                           z["elements"], jnp.asarray(z["tokens"]), jnp.asarray(z["valid"]),
                           float(z["nll"]))
         return cal, True
     cal = capture(model, tokens, context).thin(seed=seed, **thin)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, softmax_x=np.asarray(cal.softmax_x), softmax_g=np.asarray(cal.softmax_g),
+    buf = io.BytesIO()
+    np.savez(buf, softmax_x=np.asarray(cal.softmax_x), softmax_g=np.asarray(cal.softmax_g),
              silu_x=np.asarray(cal.silu_x), silu_g=np.asarray(cal.silu_g), elements=cal.elements,
              tokens=np.asarray(cal.tokens), valid=np.asarray(cal.valid), nll=cal.nll)
-    tmp.replace(path)
+    data.save_derived(path, buf.getvalue())
     return cal, False
 
 
