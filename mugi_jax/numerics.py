@@ -496,8 +496,8 @@ def _mugi_l(nl: Any) -> tuple[Any, Any]:
     return nl.MugiL(), nl.MugiL()
 
 
-# The calibrated-weights study (experiment quant_pareto, docs/models.md) picks these.
-MUGI_METHOD = "gptq"
+# Picked by the calibrated-weights study of docs/models.md (AWQ beat GPTQ, clip and RTN).
+MUGI_METHOD = "awq"
 MUGI_GROUP = 32
 KIVI_KEY_GROUP = 32
 KIVI_RESIDUAL = 32
