@@ -57,7 +57,7 @@ EXPERIMENTS: tuple[Experiment, ...] = (
     Experiment("nonlinear_inputs", "Nonlinear input distributions (SmolLM2 exponent histograms)", "Numerics", "model", True, 40),
     Experiment("approx_error", "Approximation error per method and function", "Numerics", "", True, 30),
     Experiment("accuracy", "End-to-end accuracy: perplexity per method and preset", "Numerics", "model", True, 300),
-    Experiment("embed_accuracy", "Encoder accuracy: all-MiniLM-L6-v2 (erf-GELU) embeddings per preset", "Numerics", "model", True, 150),
+    Experiment("embed_accuracy", "Encoder accuracy: all-MiniLM-L6-v2 (erf-GELU) embeddings per preset", "Numerics", "model", True, 200),
     Experiment("nonlinear_throughput", "Nonlinear throughput and efficiency per design and sequence length", "Cost", "", True, 10),
     Experiment("gemm_breakdown", "GEMM breakdown per layer type, design and model", "Cost", "", True, 10),
     Experiment("latency_breakdown", "End-to-end latency breakdown", "Cost", "", True, 20),
