@@ -67,7 +67,7 @@ from mugi_jax.io import write_text
 __all__ = [
     "Artifact", "ARTIFACTS", "Built", "BUILT", "CORPORA", "MODELS", "data_dir", "ensure_data_dir",
     "fetch", "fetch_all", "corpus_text", "model_path", "verify_built", "DataError", "brown_documents",
-    "save_derived", "load_derived",
+    "save_derived", "load_derived", "stamp_derived", "verify_derived",
 ]
 
 
@@ -219,35 +219,48 @@ def verify_built(name: str, path: Path | None = None, repair: bool = False) -> P
     raise DataError(f"{path} is damaged ({why}); {_repair_hint(name)}")
 
 
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def stamp_derived(path: Path) -> Path:
+    """Record the size and sha256 of a derived cache file (something we compute, e.g. captured
+    calibration data or calibrated INT4 weights) in a ``.sha256`` sidecar, for
+    :func:`verify_derived`."""
+    with _writing(path):
+        write_text(_sidecar(path), f"{path.stat().st_size} {_sha256(path)}\n")
+    return path
+
+
+def verify_derived(path: Path) -> bool:
+    """Whether ``path`` matches its sidecar (size and sha256).  A damaged or unstamped file and
+    its sidecar are removed, so the caller recomputes and rewrites it (a cache, not a source)."""
+    if not path.exists():
+        return False
+    try:
+        size, digest = _sidecar(path).read_text().split()
+        ok = path.stat().st_size == int(size) and _sha256(path) == digest
+    except (OSError, ValueError):
+        ok = False
+    if not ok:
+        path.unlink(missing_ok=True)
+        _sidecar(path).unlink(missing_ok=True)
+    return ok
+
+
 def save_derived(path: Path, payload: bytes) -> Path:
-    """Write a derived cache file (something we compute, e.g. captured calibration data)
-    atomically, with a ``.sha256`` sidecar holding its size and sha256 for :func:`load_derived`."""
+    """Write a derived cache file atomically and stamp it (:func:`stamp_derived`)."""
     from mugi_jax.io import write_bytes
 
     with _writing(path):
         write_bytes(path, payload)
-        write_text(path.with_name(path.name + ".sha256"),
-                   f"{len(payload)} {hashlib.sha256(payload).hexdigest()}\n")
-    return path
+    return stamp_derived(path)
 
 
 def load_derived(path: Path) -> bytes | None:
-    """The bytes of a derived cache file when they match its sidecar (size and sha256); None when
-    it is absent or damaged (a damaged one is removed, so the caller recomputes and rewrites it)."""
-    side = path.with_name(path.name + ".sha256")
-    if not path.exists():
-        return None
-    try:
-        size, digest = side.read_text().split()
-        payload = path.read_bytes()
-        ok = len(payload) == int(size) and hashlib.sha256(payload).hexdigest() == digest
-    except (OSError, ValueError):
-        ok = False
-    if ok:
-        return payload
-    path.unlink(missing_ok=True)
-    side.unlink(missing_ok=True)
-    return None
+    """The bytes of a derived cache file when they match its sidecar; None when it is absent or
+    damaged (then removed: the caller recomputes it)."""
+    return path.read_bytes() if verify_derived(path) else None
 
 
 @contextlib.contextmanager

@@ -375,11 +375,20 @@ def weights_for(model: Any, tokenizer: Any, model_name: str, policy: Any,
     spec = QuantSpec(model_name, recipe.method, recipe.scheme, recipe.group, recipe.calib_corpus,
                      recipe.calib_tokens)
     where = cache_dir(spec)
-    if (where / WEIGHTS_FILE).is_file():
-        qw = load(where, model=model_name)
-    else:
+    # The cached file is verified (size, sha256) before use; a damaged one is rebuilt.  A file
+    # cached before files were stamped is adopted if it loads.
+    wfile, qw = where / WEIGHTS_FILE, None
+    if wfile.is_file() and not wfile.with_name(wfile.name + ".sha256").exists():
+        data.stamp_derived(wfile)
+    if data.verify_derived(wfile):
+        try:
+            qw = load(where, model=model_name)
+        except WeightsError:
+            wfile.unlink(missing_ok=True)
+    if qw is None:
         text = data.corpus_text(spec.calib_corpus)
         t0 = time.perf_counter()
         qw, info = build(model, tokenizer, spec, text, progress=progress)
         save(where, qw, info, time.perf_counter() - t0)
+        data.stamp_derived(where / WEIGHTS_FILE)
     return apply_weights(model, qw), {**dataclasses.asdict(spec), "dir": str(where)}
