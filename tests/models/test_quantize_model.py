@@ -106,3 +106,18 @@ def test_bad_spec_and_calibration():
         mq.calibration_ids(Tok(), text, 8000)
     ids = mq.calibration_ids(Tok(), "y" * 40000, 256)
     assert len(ids) == 256
+
+
+def test_weights_for_checks_model_and_scheme(tiny_model, tmp_path):
+    spec = mq.QuantSpec("tiny", "rtn", "signmag", 32, "sotu", 128)
+    mq.save(tmp_path / "w", mq.quantize_model(tiny_model, None, spec))
+    for name in ("mugi", "exact"):  # sign-magnitude projections, or FP (dequantized)
+        m, info = mq.weights_for(tiny_model, None, "tiny", numerics.preset(name), tmp_path / "w")
+        assert info["method"] == "rtn" and info["dir"] == str(tmp_path / "w")
+        assert isinstance(m.layers[0].attn.q_proj.kernel.get_value(), quant.QuantizedTensor)
+    with pytest.raises(mq.WeightsError, match="holds signmag weights but numerics 'mugi-asym'"):
+        mq.weights_for(tiny_model, None, "tiny", numerics.preset("mugi-asym"), tmp_path / "w")
+    with pytest.raises(mq.WeightsError, match="for model 'tiny', not 'other'"):
+        mq.weights_for(tiny_model, None, "other", numerics.preset("mugi"), tmp_path / "w")
+    # no directory, an RTN recipe (or none): the model is returned as is
+    assert mq.weights_for(tiny_model, None, "tiny", numerics.preset("exact"))[1] is None
