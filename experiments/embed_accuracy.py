@@ -41,14 +41,14 @@ def settings(quick: bool, full: bool) -> dict:
 
 def policy(name: str):  # noqa: ANN201
     """A preset, or one part of the ``mugi`` preset alone (FP32 everywhere else)."""
-    from mugi_jax import numerics, quant
+    from mugi_jax import numerics
 
+    mugi = numerics.preset("mugi").default
     if name == "int4 weights only":  # mugi's weight format, dequantized into an FP32 GEMM
         return numerics.Policy(name, numerics.LayerNumerics(
-            proj=numerics.Gemm(weight_scheme=quant.SignMagnitudeInt4(group_size=128, axis=0))))
-    if name == "int4 kv only":  # mugi's K/V format: INT4 per token, one group per head
-        return numerics.Policy(name, numerics.LayerNumerics(
-            kv=numerics.KVCache(quant.SignMagnitudeInt4(group_size=None, axis=-1))))
+            proj=numerics.Gemm(weight_scheme=mugi.proj.weight_scheme)))
+    if name == "int4 kv only":  # mugi's K/V cache format
+        return numerics.Policy(name, numerics.LayerNumerics(kv=mugi.kv))
     return numerics.preset(name)
 
 
@@ -112,9 +112,11 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, full: bool = False) -
         readings.append("Mugi-L gives exactly the VLP embeddings' figures (same numerics, different hardware cost).")
     if "mugi (preset)" in by and all(a in by for a in ABLATIONS):
         w, kv = by["int4 weights only"], by["int4 kv only"]
+        mugi = policy("mugi")
         readings.append(f"The `mugi` preset (cosine mean {by['mugi (preset)']['cosine_mean']:.4f}) adds INT4 "
-                        "sign-magnitude weights (g128, round to nearest from the FP32 checkpoint), BF16 activations "
-                        "and per-token INT4 K/V (one group = head_dim 32) to the VLP nonlinears; alone, the INT4 "
+                        f"weights ({mugi.default.proj.label}; round to nearest from the FP32 checkpoint: the "
+                        "calibrated-weight recipe of the decoders is not applied to the encoder), BF16 activations "
+                        f"and the INT4 K/V cache format ({mugi.default.kv.label}) to the VLP nonlinears; alone, the INT4 "
                         f"weights give cosine {w['cosine_mean']:.4f} and the INT4 K/V {kv['cosine_mean']:.4f}: the "
                         "loss is the GEMM/KV quantization"
                         + (", mostly the INT4 weights" if w["cosine_mean"] < kv["cosine_mean"] else

@@ -189,7 +189,10 @@ def embedding_eval(model: Any, tokenizer: Any, texts: list[str], labels: Any,
         ref = np.asarray(reference, np.float64)
         e = np.asarray(emb, np.float64)
         cos = np.sum(e * ref, axis=1) / (np.linalg.norm(e, axis=1) * np.linalg.norm(ref, axis=1))
+    from mugi_jax.models.embed import weights_note
+
     return {"numerics": policy.name, "knn_accuracy": knn_accuracy(emb, labels, k), "k": k,
+            "weights_note": weights_note(policy),
             "cosine_mean": None if cos is None else float(np.mean(cos)),
             "cosine_min": None if cos is None else float(np.min(cos)),
             "texts": len(texts), "embeddings": emb, "seconds": seconds}

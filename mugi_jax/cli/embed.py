@@ -70,3 +70,6 @@ def embed_eval(
         for r in out:
             typer.echo(f"  {r['numerics']:<15} accuracy {r['knn_accuracy']:.3f}  cosine to exact "
                        f"mean {r['cosine_mean']:.5f} min {r['cosine_min']:.5f}")
+        for r in out:
+            if r.get("weights_note"):
+                typer.echo(f"  note: {r['weights_note']}")

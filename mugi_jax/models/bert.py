@@ -94,7 +94,13 @@ class SelfAttention(nnx.Module):
             return y.reshape(b, t, h, hd).transpose(0, 2, 1, 3)
 
         q = heads(self.q_proj(x, policy))
-        k = _numerics_at(policy, p + "kv_cache").kv_store(heads(self.k_proj(x, policy)))
+        k = heads(self.k_proj(x, policy))
+        # padding keys take the row's last valid key: a cache format that quantizes keys in
+        # groups of tokens (KIVI) then sees only the text's own values (edge padding)
+        last = jnp.maximum(jnp.sum(valid, axis=1) - 1, 0)
+        edge = jnp.take_along_axis(k, last[:, None, None, None], axis=2)
+        k = jnp.where(valid[:, None, :, None], k, edge)
+        k = _numerics_at(policy, p + "kv_cache").kv_store(k)
         v = _numerics_at(policy, p + "kv_cache").kv_store(heads(self.v_proj(x, policy)))
         capture.record(p + "scores", "gemm", q)
         scores = _numerics_at(policy, p + "scores").scores(q, k) * jnp.float32(hd ** -0.5)

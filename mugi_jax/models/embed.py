@@ -22,7 +22,17 @@ from mugi_jax import numerics
 from mugi_jax.models.bert import Bert, encode, prepare
 from mugi_jax.models.tokenizer import EncoderTokenizer
 
-__all__ = ["embed", "tokenize", "PAD_MULTIPLE"]
+__all__ = ["embed", "tokenize", "PAD_MULTIPLE", "weights_note"]
+
+
+def weights_note(policy: numerics.Policy) -> str | None:
+    """What the encoder does instead of ``policy``'s calibrated-weights recipe (None: nothing
+    differs)."""
+    recipe = getattr(policy, "weights", None)
+    if recipe is None or getattr(recipe, "method", "rtn") == "rtn":
+        return None
+    return (f"numerics {policy.name!r} asks for {recipe.method} weights (g{recipe.group}); the "
+            "encoder quantizes its FP32 weights by round to nearest in the policy's scheme")
 
 #: Batches are padded to a multiple of this many tokens (bounds the number of compiled shapes).
 PAD_MULTIPLE = 32
@@ -49,7 +59,11 @@ def embed(model: Bert, tokenizer: EncoderTokenizer, texts: Sequence[str],
           truncate: bool = True, max_tokens: int | None = None) -> np.ndarray:
     """The ``(len(texts), dim)`` float32 sentence embeddings of ``texts`` under ``numerics``
     (L2-normalised when ``model.config.normalize``; see the module docstring).  ``max_tokens``
-    (special tokens included) lowers the truncation length below ``config.max_seq_len``."""
+    (special tokens included) lowers the truncation length below ``config.max_seq_len``.
+
+    INT4 projection weights are made by round to nearest from the FP32 checkpoint (a policy's
+    ``weights`` recipe - calibrated AWQ/GPTQ weights - is built for decoders only; see
+    :func:`weights_note`)."""
     from mugi_jax import numerics as nx
 
     if isinstance(texts, str):

@@ -234,6 +234,29 @@ def test_tiny_encoder_policy_reaches_every_op(tiny_dir):
         assert not np.array_equal(got, exact), policy.name
 
 
+def test_tiny_encoder_grouped_key_cache_ignores_padding(tiny_dir):
+    """Under mugi's K/V format (keys quantized per channel in groups of tokens) a text's embedding
+    does not depend on how much padding its batch adds (padding keys never enter a group)."""
+    import jax.numpy as jnp
+
+    from mugi_jax import numerics
+    from mugi_jax.models import bert
+    from mugi_jax.models.hf import load_bert
+
+    model, _ = load_bert(tiny_dir)
+    policy = numerics.Policy("kv", numerics.LayerNumerics(kv=numerics.preset("mugi").default.kv))
+    seq = [1, 5, 9, 17, 23, 4, 8, 30, 12, 2]
+    alone = np.zeros((1, 16), np.int32)
+    alone[0, :10] = seq
+    batch = np.zeros((2, 40), np.int32)
+    batch[0, :10], batch[1] = seq, np.arange(40) % 45 + 3
+    a = np.asarray(bert.encode(model, jnp.asarray(alone), jnp.asarray(alone > 0), policy))
+    b = np.asarray(bert.encode(model, jnp.asarray(batch), jnp.asarray(batch > 0), policy))
+    exact = np.asarray(bert.encode(model, jnp.asarray(alone), jnp.asarray(alone > 0)))
+    np.testing.assert_allclose(a[0], b[0], atol=1e-6)
+    assert not np.allclose(a[0], exact[0], atol=1e-6)  # the format is applied
+
+
 def test_load_bert_names_the_tensor_with_a_wrong_shape(tiny_dir, tmp_path):
     from safetensors.numpy import save_file
 
