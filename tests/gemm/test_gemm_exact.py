@@ -96,6 +96,17 @@ def test_asym_offset_decomposition(scheme_name, shape, group, specials, et, seed
         assert np.all(np.abs(np.asarray(fast) - ref) <= tol + 1e-6)
 
 
+@pytest.mark.parametrize("scheme_name", ["asym_min", "asym_int"])
+def test_asym_offset_fast_dot_path(scheme_name):
+    """Fast mode's dot path (m >= 64: the odd-multiple decomposition on q - 8) agrees with exact
+    mode to FP32 reassociation."""
+    a = activations(3, (70, 64), specials=False, spread=2)
+    w = weights(3, 64, 24, SCHEMES[scheme_name](32))
+    exact = np.asarray(gemm.matmul(a, w, gemm.Mugi(), mode="exact"))
+    fast = np.asarray(gemm.matmul(a, w, gemm.Mugi(), mode="fast"))
+    np.testing.assert_allclose(fast, exact, rtol=1e-5, atol=1e-5)
+
+
 def test_asym_offset_worked_example():
     """One group, min form: w = s q + m with s = 0.5, m = -1; codes [0, 15, 8]: the array sums
     a (q - 8) = 1*(-8) + 2*7 + 4*0 = 6, the offset m + 8 s = 3 times A = 7: 0.5*6 + 21 = 24."""
