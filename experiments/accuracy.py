@@ -49,12 +49,15 @@ def greedy_texts(model, tok, pols) -> list[dict]:
     import jax
 
     from mugi_jax.models import Sampler
+    from mugi_jax.models.quantize import weights_for
 
     out = []
     for name in ("exact", "mugi (preset)"):
         if name in pols:
-            gen = Sampler(model, tok, pols[name][1])([PROMPT], GREEDY_TOKENS, key=jax.random.key(0),
-                                                     stop_at_eos=True)
+            pol = pols[name][1]
+            qmodel, _ = weights_for(model, tok, "smollm2-135m", pol)  # the preset's INT4 weights
+            gen = Sampler(qmodel, tok, pol)([PROMPT], GREEDY_TOKENS, key=jax.random.key(0),
+                                            stop_at_eos=True)
             out.append({"numerics": name, "prompt": PROMPT, "continuation": gen.text[0]})
     return out
 
