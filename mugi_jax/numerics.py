@@ -193,14 +193,16 @@ class Gemm:
         if kv_scheme is None:
             raise ValueError("attention GEMMs on a datapath need an INT4 KV-cache scheme "
                              "(LayerNumerics.kv = KVCache(scheme=...))")
-        quant, gemm = _kernel_module("quant"), _kernel_module("gemm")
+        quant = _kernel_module("quant")
         kq = quant.quantize_kv(k.astype(jnp.float32), kv_scheme, granularity="per_token")
-        kt = quant.QuantizedTensor(
-            codes=jnp.swapaxes(kq.codes, -1, -2), scales=jnp.swapaxes(kq.scales, -1, -2),
-            zeros=None if kq.zeros is None else jnp.swapaxes(kq.zeros, -1, -2),
-            scheme=dataclasses.replace(kq.scheme, axis=0))
-        mm = lambda a, w: gemm.matmul(a, w, self.datapath, mode=self.mode)  # noqa: E731
-        return jax.vmap(jax.vmap(mm))(q, kt).astype(jnp.float32)
+        return self.on_cache(q, _transposed(kq))
+
+    def on_cache(self, a: Float[Array, "B H M K"], w: Any) -> Float[Array, "B H M N"]:
+        """``a @ w`` on the datapath per batch row and KV head; ``w`` a ``QuantizedTensor``
+        ``(B, H, K, N)`` whose groups run along ``K`` or ``N`` (any per-group layout)."""
+        gemm = _kernel_module("gemm")
+        mm = lambda x, t: gemm.matmul(x, t, self.datapath, mode=self.mode)  # noqa: E731
+        return jax.vmap(jax.vmap(mm))(a, w).astype(jnp.float32)
 
     def context(self, p: Float[Array, "B H M S"], v: Float[Array, "B H S D"],
                 kv_scheme: Any = None) -> Float[Array, "B H M D"]:
@@ -215,12 +217,28 @@ class Gemm:
         if kv_scheme is None:
             raise ValueError("attention GEMMs on a datapath need an INT4 KV-cache scheme "
                              "(LayerNumerics.kv = KVCache(scheme=...))")
-        quant, gemm = _kernel_module("quant"), _kernel_module("gemm")
+        quant = _kernel_module("quant")
         vq = quant.quantize_kv(v.astype(jnp.float32), kv_scheme, granularity="per_token")
-        vq = quant.QuantizedTensor(codes=vq.codes, scales=vq.scales, zeros=vq.zeros,
-                                   scheme=dataclasses.replace(vq.scheme, axis=1))
-        mm = lambda a, w: gemm.matmul(a, w, self.datapath, mode=self.mode)  # noqa: E731
-        return jax.vmap(jax.vmap(mm))(p, vq).astype(jnp.float32)
+        return self.on_cache(p, _per_head(vq))
+
+
+def _per_head(t: Any) -> Any:
+    """A ``(B, H, K, N)`` cache ``QuantizedTensor`` with its scheme axis counted within one head
+    (``(K, N)``: 0 or 1), as :meth:`Gemm.on_cache` maps over the leading axes."""
+    quant = _kernel_module("quant")
+    axis = t.axis - (t.codes.ndim - 2)
+    return quant.QuantizedTensor(codes=t.codes, scales=t.scales, zeros=t.zeros,
+                                 scheme=dataclasses.replace(t.scheme, axis=axis))
+
+
+def _transposed(t: Any) -> Any:
+    """A ``(B, H, S, D)`` cache ``QuantizedTensor`` as the ``(B, H, D, S)`` weight operand of
+    ``Q K^T`` (groups follow their axis), per head."""
+    quant = _kernel_module("quant")
+    sw = (lambda x: None if x is None else jnp.swapaxes(x, -1, -2))
+    axis = {t.codes.ndim - 1: 0, t.codes.ndim - 2: 1}[t.axis]
+    return quant.QuantizedTensor(codes=sw(t.codes), scales=sw(t.scales), zeros=sw(t.zeros),
+                                 scheme=dataclasses.replace(t.scheme, axis=axis))
 
 
 KEY_LAYOUTS = ("per_token", "per_channel")
@@ -281,11 +299,12 @@ class KVCache:
         q = quant.quantize_kv(x.astype(jnp.float32), self.scheme, granularity="per_token")
         return quant.dequantize(q, jnp.float32).astype(x.dtype)
 
-    def _key_values(self, k: Float[Array, "... S D"]) -> Array:
+    def _quantized_keys(self, k: Float[Array, "... S D"]) -> Any:
+        """The quantized keys ``(..., S', D)``; per channel, ``S'`` is ``S`` padded to whole key
+        groups."""
         quant = _kernel_module("quant")
         if self.key_layout == "per_token":
-            return quant.dequantize(quant.quantize_kv(k.astype(jnp.float32), self.scheme,
-                                                      "per_token"), jnp.float32)
+            return quant.quantize_kv(k.astype(jnp.float32), self.scheme, "per_token")
         s = k.shape[-2]
         # An incomplete last group is read quantized only without query slots (an encoder: the
         # whole sequence is in the cache); edge padding keeps its range that of its tokens.
@@ -293,7 +312,11 @@ class KVCache:
         kp = jnp.pad(k.astype(jnp.float32), [(0, 0)] * (k.ndim - 2) + [(0, pad), (0, 0)],
                      mode="edge")
         scheme = dataclasses.replace(self.scheme, group_size=self.key_group)
-        return quant.dequantize(quant.quantize_kv(kp, scheme, "per_channel"))[..., :s, :]
+        return quant.quantize_kv(kp, scheme, "per_channel")
+
+    def _key_values(self, k: Float[Array, "... S D"]) -> Array:
+        quant = _kernel_module("quant")
+        return quant.dequantize(self._quantized_keys(k), jnp.float32)[..., :k.shape[-2], :]
 
     def key_mask(self, q_slots: Array | None, s: int) -> Array:
         """``(M, S)``: whether key slot ``j`` is read quantized by the query at ``q_slots[m]``
@@ -312,30 +335,42 @@ class KVCache:
         return jnp.arange(s)[None, :] + self.residual <= q_slots[:, None]
 
     def scores(self, q: Float[Array, "B H M D"], k: Float[Array, "B H S D"],
-               q_slots: Array | None, bf16: bool) -> Float[Array, "B H M S"]:
-        """``Q K^T`` with each key read quantized or in full precision per :meth:`key_mask`."""
-        kq = self._key_values(k)
-        if bf16:
-            q, k = _to_bf16(q), _to_bf16(k)
+               q_slots: Array | None, bf16: bool, attn: Gemm | None = None) -> Float[Array, "B H M S"]:
+        """``Q K^T`` with each key read quantized or in full precision per :meth:`key_mask`;
+        with an ``attn`` datapath the quantized keys are its weight operand ``(D, S)``."""
+        s = k.shape[-2]
+        if attn is not None and attn.datapath is not None:  # quantized keys on the datapath
+            s_q = attn.on_cache(q, _transposed(self._quantized_keys(k)))[..., :s]
         mm = functools.partial(jnp.einsum, "bhmd,bhsd->bhms",
                                precision=jax.lax.Precision.HIGHEST)
+        if attn is None or attn.datapath is None:
+            kq = self._key_values(k)
+        if bf16:
+            q, k = _to_bf16(q), _to_bf16(k)
         q = q.astype(jnp.float32)
-        mask = self.key_mask(q_slots, k.shape[-2])
-        return jnp.where(mask, mm(q, kq), mm(q, k.astype(jnp.float32)))
+        if attn is None or attn.datapath is None:
+            s_q = mm(q, kq)
+        mask = self.key_mask(q_slots, s)
+        return jnp.where(mask, s_q, mm(q, k.astype(jnp.float32)))
 
     def context(self, p: Float[Array, "B H M S"], v: Float[Array, "B H S D"],
-                q_slots: Array | None, bf16: bool) -> Float[Array, "B H M D"]:
+                q_slots: Array | None, bf16: bool, attn: Gemm | None = None) -> Float[Array, "B H M D"]:
         """``P V`` with each value token read quantized or in full precision per
-        :meth:`value_mask`."""
+        :meth:`value_mask`; with an ``attn`` datapath the quantized values are its weight
+        operand ``(S, D)`` (the probabilities of the full-precision tokens masked to 0)."""
         quant = _kernel_module("quant")
-        vq = quant.dequantize(quant.quantize_kv(v.astype(jnp.float32), self.scheme, "per_token"))
+        vq = quant.quantize_kv(v.astype(jnp.float32), self.scheme, "per_token")
         if bf16:
             p, v = _to_bf16(p), _to_bf16(v)
         p = p.astype(jnp.float32)
         mask = self.value_mask(q_slots, v.shape[-2])
         mm = functools.partial(jnp.einsum, "bhms,bhsd->bhmd",
                                precision=jax.lax.Precision.HIGHEST)
-        return mm(jnp.where(mask, p, 0.0), vq) + mm(jnp.where(mask, 0.0, p), v.astype(jnp.float32))
+        if attn is not None and attn.datapath is not None:  # quantized values on the datapath
+            c_q = attn.on_cache(jnp.where(mask, p, 0.0), _per_head(vq))
+        else:
+            c_q = mm(jnp.where(mask, p, 0.0), quant.dequantize(vq))
+        return c_q + mm(jnp.where(mask, 0.0, p), v.astype(jnp.float32))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -374,23 +409,16 @@ class LayerNumerics:
             return x
         return self.kv.store(x)
 
-    def _kivi_slots(self, q_slots: Array | None) -> Array | None:
-        if self.attn.datapath is not None:
-            raise ValueError("kv: the KIVI layout (per-channel keys / residual tokens) runs with "
-                             "FP attention GEMMs (attn=Gemm(bf16_activations=True)); an "
-                             "attention datapath reads per-token caches only")
-        return q_slots
-
     def scores(self, q: Array, k: Array, q_slots: Array | None = None) -> Array:
         """``Q K^T``; ``q_slots`` (``(M,)``, the slot of every query row) tells the KIVI cache
         layout which keys a causal query reads quantized (``None``: all of them)."""
         if self.kv.kivi:
-            return self.kv.scores(q, k, self._kivi_slots(q_slots), self.attn.bf16_activations)
+            return self.kv.scores(q, k, q_slots, self.attn.bf16_activations, self.attn)
         return self.attn.scores(q, k, self.kv.scheme)
 
     def context(self, p: Array, v: Array, q_slots: Array | None = None) -> Array:
         if self.kv.kivi:
-            return self.kv.context(p, v, self._kivi_slots(q_slots), self.attn.bf16_activations)
+            return self.kv.context(p, v, q_slots, self.attn.bf16_activations, self.attn)
         return self.attn.context(p, v, self.kv.scheme)
 
     def describe(self) -> dict[str, str]:
@@ -518,9 +546,10 @@ def _mugi(mode: str, name: str, scheme: str = "signmag", method: str = MUGI_METH
                  "asym": quant.AsymUInt4(group_size=None, axis=-1)}[scheme]
     kv = KVCache(scheme=kv_scheme, key_layout="per_channel", key_group=KIVI_KEY_GROUP,
                  residual=KIVI_RESIDUAL)
-    # QK^T and PV: BF16 activations x the INT4 K/V values, FP32 products (the KIVI layout reads
-    # keys per channel; an attention datapath reads per-token caches, docs/models.md).
-    attn = Gemm(bf16_activations=True)
+    # QK^T and PV on the Mugi datapath too: BF16 queries / probabilities x the INT4 K/V cache
+    # (KIVI layout: per-channel key groups, per-token values), BF16 product rounding, per-group
+    # dequantization; the residual full-precision tokens are BF16 x BF16 products in FP32.
+    attn = Gemm(datapath=gemm.Mugi(), mode=mode, bf16_activations=True)
     ln = dataclasses.replace(base, proj=proj, attn=attn, kv=kv)
     head = dataclasses.replace(ln, proj=Gemm(bf16_activations=True, bf16_weights=True))
     return Policy(name, ln, head=head, weights=WeightRecipe(method, scheme, group))

@@ -295,3 +295,22 @@ def test_fast_small_groups_fold_the_scales(scheme_name, group, axis):
         bound = np.abs(np.asarray(a, np.float64)) @ np.abs(np.asarray(quant.dequantize(w),
                                                                       np.float64))
     assert np.all(np.abs(fast - oracle) <= 2.0 ** -18 * (bound + np.abs(oracle)) + 1e-30)
+
+
+def test_fast_dot_path_in_n_tiles(monkeypatch):
+    """Very wide outputs run the per-group dot path in padded n-tiles (forced small here)."""
+    from mugi_jax.gemm import kernels
+    monkeypatch.setattr(kernels, "_FAST_DOT_TILE_ELEMS", 1 << 12)
+    kernels._matmul_2d_jit.clear_cache()
+    try:
+        a = activations(5, (64, 32), specials=False, spread=2)
+        w = weights(5, 32, 8300, quant.SignMagnitudeInt4(group_size=16))  # 8300 = 64 tiles + 108
+        dp = gemm.Mugi()
+        fast = np.asarray(gemm.matmul(a, gemm.prepare_weight(w, dp, "fast"), dp, "fast"),
+                          np.float64)
+        exact = np.asarray(gemm.matmul(a, w, dp), np.float64)
+        bound = np.abs(np.asarray(a, np.float64)) @ np.abs(np.asarray(quant.dequantize(w),
+                                                                      np.float64))
+        assert np.all(np.abs(fast - exact) <= 2.0 ** -18 * bound + 1e-30)
+    finally:
+        kernels._matmul_2d_jit.clear_cache()
