@@ -49,7 +49,7 @@ def fast_path(request, monkeypatch):
 
 @pytest.mark.parametrize("m,scheme_name,n,g,fast_path", [
     (5, "sm", 24, 16, "sequential"), (5, "asym_int", 24, 16, "sequential"),
-    (5, "sm", 24, 16, "elementwise"), (5, "asym_int", 24, 16, "elementwise"),
+    (2, "sm", 24, 16, "elementwise"), (2, "asym_int", 24, 16, "elementwise"),
     (64, "int4", 24, 16, "dot"), (64, "asym_min", 24, 16, "dot"),
     (2, "sm", 20000, 64, "elementwise"), (2, "asym_min", 20000, 64, "elementwise")],  # n-tiles
     indirect=["fast_path"])

@@ -70,7 +70,27 @@ def test_bad_kv_config():
         numerics.KVCache(key_layout="per_head")
     with pytest.raises(ValueError, match="residual"):
         numerics.KVCache(residual=-1)
+
+
+@pytest.mark.parametrize("mode", ["fast", "exact"])
+def test_kivi_on_the_mugi_datapath(mode):
+    """The quantized keys (per-channel groups: the scale changes along the output) and values
+    (per token: the scale changes along the reduction) on the Mugi datapath: close to the FP
+    products of the same quantized values (BF16 product rounding), the residual tokens exact."""
     gemm = pytest.importorskip("mugi_jax.gemm")
-    ln = dataclasses.replace(LN, attn=numerics.Gemm(datapath=gemm.Mugi()))
-    with pytest.raises(ValueError, match="KIVI"):
-        ln.scores(jnp.ones((1, 1, 2, 8)), jnp.ones((1, 1, 2, 8)), jnp.arange(2))
+    ln = dataclasses.replace(LN, attn=numerics.Gemm(datapath=gemm.Mugi(), mode=mode,
+                                                    bf16_activations=True))
+    kq, kk, kv = jax.random.split(jax.random.key(1), 3)
+    s, d = 13, 8
+    q = jax.random.normal(kq, (1, 2, s, d))
+    k = jax.random.normal(kk, (1, 2, s, d)) * 2 + 0.5
+    v = jax.random.normal(kv, (1, 2, s, d))
+    slots = jnp.arange(s)
+    ref_s, dp_s = LN.scores(q, k, slots), ln.scores(q, k, slots)
+    np.testing.assert_allclose(dp_s, ref_s, rtol=2e-2, atol=2e-2)
+    assert not np.array_equal(dp_s, ref_s)  # the BF16 product rounding shows
+    mask = np.asarray(KV.key_mask(slots, s))  # keys read in full precision: identical
+    np.testing.assert_array_equal(np.asarray(dp_s)[..., ~mask], np.asarray(ref_s)[..., ~mask])
+    p = jax.nn.softmax(ref_s, -1)
+    np.testing.assert_allclose(ln.context(p, v, slots), LN.context(p, v, slots),
+                               rtol=2e-2, atol=2e-2)
