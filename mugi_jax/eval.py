@@ -1,11 +1,14 @@
 """Accuracy of a model under a numerics policy: perplexity (decoders), embedding fidelity and
 k-NN genre classification (encoders).
 
-Perplexity (fixed so results are comparable): the text is tokenized with no BOS token; the first
-``max_tokens`` tokens are cut into non-overlapping windows of ``context`` tokens (a shorter final
-window is kept if it has at least 2 tokens); within each window every position after the first
-is predicted from the tokens before it in that window; ``ppl = exp(mean NLL)`` over every
-predicted position.  NLL is computed in float32 on device and summed in float64.
+Perplexity (fixed so results are comparable): :func:`perplexity` evaluates exactly the token
+ids it is given, for every model family (:func:`corpus_tokens` tokenizes with no BOS token); the
+first ``max_tokens`` tokens are cut into non-overlapping windows of ``context`` tokens (a shorter
+final window is kept if it has at least 2 tokens); within each window every position after the
+first is predicted from the tokens before it in that window; ``ppl = exp(mean NLL)`` over every
+predicted position.  NLL is computed in float32 on device and summed in float64.  Only when asked
+(``bos_id``) is a BOS token put in front of every window; then the window's first token is
+predicted too (from the BOS alone), so a window predicts ``context`` tokens.
 
 Encoders (:func:`embedding_eval`): the cosine similarity of each text's embedding to its exact
 (FP32) embedding, and the leave-one-out k-NN accuracy of a labelled task on the embeddings
@@ -62,20 +65,21 @@ def window_nll(graphdef: Any, state: Any, tokens: Int[Array, "B T"], valid: Arra
 
 def perplexity(model: Any, tokens: list[int] | np.ndarray, policy: numerics.Policy | str = "exact",
                context: int = 512, max_tokens: int | None = 4096, batch_size: int = 4,
-               progress: bool = False) -> dict[str, Any]:
-    """Perplexity of ``model`` on ``tokens`` (see the module docstring).
+               progress: bool = False, bos_id: int | None = None) -> dict[str, Any]:
+    """Perplexity of ``model`` on ``tokens`` (see the module docstring); ``bos_id``: put this
+    token in front of every window (default: none, the ids are evaluated as given).
 
     Returns a dict with ``ppl``, ``nll`` (mean), ``predicted_tokens``, ``windows``, ``context``,
-    ``tokens_used``, ``numerics`` and ``seconds``.
+    ``tokens_used``, ``bos_id``, ``numerics`` and ``seconds``.
     """
     from mugi_jax.models.llama import prepare
 
     policy = numerics.preset(policy)
     if context < 2:
         raise ValueError(f"context: must be >= 2, got {context}")
-    if context > model.config.max_seq_len:
-        raise ValueError(f"context: {context} exceeds the model's context of "
-                         f"{model.config.max_seq_len} tokens")
+    if context + (bos_id is not None) > model.config.max_seq_len:
+        raise ValueError(f"context: {context}{' + BOS' if bos_id is not None else ''} exceeds "
+                         f"the model's context of {model.config.max_seq_len} tokens")
     toks = np.asarray(tokens, np.int32).reshape(-1)
     if max_tokens is not None:
         toks = toks[:max_tokens]
@@ -91,13 +95,16 @@ def perplexity(model: Any, tokens: list[int] | np.ndarray, policy: numerics.Poli
     if n_windows > n_full:
         win[-1, :rest] = toks[n_full * context:]
         val[-1, :rest] = True
+    if bos_id is not None:
+        win = np.concatenate([np.full((n_windows, 1), bos_id, np.int32), win], axis=1)
+        val = np.concatenate([np.ones((n_windows, 1), bool), val], axis=1)
     if batch_size < 1:
         raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
     batch_size = min(batch_size, n_windows)  # fewer windows than a batch: one smaller batch
     pad = (-n_windows) % batch_size
     if pad:
-        win = np.concatenate([win, np.zeros((pad, context), np.int32)])
-        val = np.concatenate([val, np.zeros((pad, context), bool)])
+        win = np.concatenate([win, np.zeros((pad, win.shape[1]), np.int32)])
+        val = np.concatenate([val, np.zeros((pad, win.shape[1]), bool)])
     graphdef, state = nnx.split(prepare(model, policy))
     total, count = 0.0, 0
     t0 = time.perf_counter()
@@ -113,7 +120,8 @@ def perplexity(model: Any, tokens: list[int] | np.ndarray, policy: numerics.Poli
         count += int(np.sum(np.asarray(cnt)))
     mean = total / count
     return {"ppl": math.exp(mean), "nll": mean, "predicted_tokens": count, "windows": n_windows,
-            "context": context, "tokens_used": int(len(toks)), "numerics": policy.name,
+            "context": context, "tokens_used": int(len(toks)), "bos_id": bos_id,
+            "numerics": policy.name,
             "seconds": time.perf_counter() - t0}
 
 

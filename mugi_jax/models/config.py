@@ -1,23 +1,55 @@
-"""Model configurations: frozen dataclasses describing a Llama-family decoder and a BERT encoder."""
+"""Model configurations: frozen dataclasses describing a decoder and a BERT encoder.
+
+One :class:`DecoderConfig` covers the decoder families the library runs - Llama (SmolLM2,
+Llama 3), Qwen2/2.5/3 and Gemma 3 - as field values, not subclasses, so the model, the loaders
+and the cost model read the same record.  ``LlamaConfig`` is the same class (older name).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
+
+__all__ = ["DecoderConfig", "LlamaConfig", "SMOLLM2_135M", "GEMMA3_270M", "ACTIVATIONS",
+           "ROPE_LAYOUTS", "FAMILIES", "BertConfig", "MINILM_L6", "LLAMA2_7B", "LLAMA2_13B",
+           "LLAMA2_70B", "LLAMA2_70B_GQA", "LLAMA3_8B", "LLAMA3_70B"]
+
+#: Gated-FFN activations: ``silu`` (SwiGLU) and ``gelu_tanh`` (GeGLU with the tanh GELU).
+ACTIVATIONS = ("silu", "gelu_tanh")
+#: RoPE pair layouts: ``adjacent`` rotates ``(x[2i], x[2i+1])`` (llama.cpp's Llama GGUFs);
+#: ``half`` rotates ``(x[i], x[i + D/2])`` (Hugging Face, llama.cpp's Gemma/Qwen GGUFs).
+ROPE_LAYOUTS = ("adjacent", "half")
+FAMILIES = ("llama", "qwen2", "qwen3", "gemma3")
 
 
 @dataclasses.dataclass(frozen=True)
-class LlamaConfig:
-    """Shape and constants of a Llama-family decoder (RMSNorm, RoPE, GQA, SwiGLU).
-
-    RoPE rotates *adjacent* pairs ``(x[2i], x[2i+1])`` (the GGUF / llama.cpp layout); the
-    safetensors loader permutes Hugging Face Q/K weights into that layout.
+class DecoderConfig:
+    """Shape and constants of a decoder (RMSNorm, RoPE, GQA, gated FFN, tied or untied head).
 
     Attributes:
       vocab_size, dim, n_layers, n_heads, n_kv_heads, head_dim, ffn_dim: shapes.
-      rope_theta: RoPE base.  norm_eps: RMSNorm epsilon.  tie_embeddings: LM head = embedding.
+      rope_theta: RoPE base of the global-attention layers.  norm_eps: RMSNorm epsilon (norm
+        weights are stored as the multiplier itself: Gemma's ``1 + w`` is folded in at load).
+      tie_embeddings: LM head = embedding.
       max_seq_len: the longest sequence (prompt + generated tokens) the model accepts.
       bos_id, eos_id: special token ids (``None`` when absent).
+      family: the checkpoint family (one of :data:`FAMILIES`), for naming and loaders only:
+        the forward pass reads the fields below, never the family.
+      activation: the gated FFN's function (:data:`ACTIVATIONS`).
+      rope_layout: pair layout of RoPE (:data:`ROPE_LAYOUTS`).
+      rope_scaling: RoPE frequency scaling as sorted ``(key, value)`` pairs of the Hugging Face
+        ``rope_scaling`` dict (``()``: none).  Types ``llama3`` and ``linear`` are supported.
+      rope_scaling_global_only: apply ``rope_scaling`` to the global layers only (Gemma 3).
+      rope_theta_local: RoPE base of the sliding-window layers (``None``: ``rope_theta``).
+      qkv_bias: Q/K/V projections have biases (Qwen2).
+      qk_norm: RMSNorm over ``head_dim`` on each query and key head before RoPE (Qwen3, Gemma 3).
+      post_norms: RMSNorm on the attention and FFN outputs before the residual add (Gemma 3).
+      embed_scale: the embedding lookup is multiplied by this (Gemma: ``sqrt(dim)``).
+      query_scale: scores are ``q.k * query_scale`` (``None``: ``head_dim ** -0.5``).
+      sliding_window: window of the sliding-window layers: a query at position ``p`` sees keys at
+        ``p - sliding_window < q <= p`` (``None``: no sliding layers).
+      layer_types: ``"sliding"`` or ``"full"`` per layer (``()``: every layer full).
     """
 
     vocab_size: int = 49152
@@ -33,36 +65,69 @@ class LlamaConfig:
     max_seq_len: int = 8192
     bos_id: int | None = 1
     eos_id: int | None = 2
-    # the FFN's gate function and the attention kind per layer (Gemma 3: "gelu_tanh", a sliding
-    # window of 512 in five of every six layers); the cost model reads them (mugi_jax.workloads)
+    family: str = "llama"
     activation: str = "silu"
+    rope_layout: str = "adjacent"
+    rope_scaling: tuple[tuple[str, Any], ...] = ()
+    rope_scaling_global_only: bool = False
+    rope_theta_local: float | None = None
+    qkv_bias: bool = False
+    qk_norm: bool = False
+    post_norms: bool = False
+    embed_scale: float = 1.0
+    query_scale: float | None = None
     sliding_window: int | None = None
-    layer_types: tuple[str, ...] = ()  # "sliding" / "full" per layer; () = every layer full
+    layer_types: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        name = type(self).__name__
         for f in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_dim",
                   "max_seq_len"):
             v = getattr(self, f)
             if not isinstance(v, int) or v < 1:
-                raise ValueError(f"LlamaConfig.{f}: must be a positive integer, got {v!r}")
-        if self.activation not in ("silu", "gelu_tanh"):
-            raise ValueError(f"LlamaConfig.activation: must be silu or gelu_tanh, got {self.activation!r}")
-        if self.layer_types and (len(self.layer_types) != self.n_layers
-                                 or set(self.layer_types) - {"sliding", "full"}):
-            raise ValueError(f"LlamaConfig.layer_types: one of 'sliding' / 'full' per layer "
-                             f"({self.n_layers}), got {self.layer_types!r}")
-        if "sliding" in self.layer_types and not self.sliding_window:
-            raise ValueError(f"LlamaConfig: sliding layers need sliding_window, got {self.sliding_window!r}")
+                raise ValueError(f"{name}.{f}: must be a positive integer, got {v!r}")
         if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"LlamaConfig: n_heads ({self.n_heads}) must be a multiple of "
+            raise ValueError(f"{name}: n_heads ({self.n_heads}) must be a multiple of "
                              f"n_kv_heads ({self.n_kv_heads})")
         if self.head_dim % 2:
-            raise ValueError(f"LlamaConfig.head_dim: must be even for RoPE, got {self.head_dim}")
+            raise ValueError(f"{name}.head_dim: must be even for RoPE, got {self.head_dim}")
+        for f, allowed in (("family", FAMILIES), ("activation", ACTIVATIONS),
+                           ("rope_layout", ROPE_LAYOUTS)):
+            if getattr(self, f) not in allowed:
+                raise ValueError(f"{name}.{f}: must be one of {', '.join(allowed)}, "
+                                 f"got {getattr(self, f)!r}")
+        if self.layer_types:
+            if len(self.layer_types) != self.n_layers:
+                raise ValueError(f"{name}.layer_types: needs one entry per layer "
+                                 f"({self.n_layers}), got {len(self.layer_types)}")
+            bad = sorted(set(self.layer_types) - {"sliding", "full"})
+            if bad:
+                raise ValueError(f"{name}.layer_types: entries must be 'sliding' or 'full', "
+                                 f"got {bad}")
+            if "sliding" in self.layer_types and not self.sliding_window:
+                raise ValueError(f"{name}: layer_types has sliding layers but sliding_window "
+                                 f"is {self.sliding_window!r}")
+        if self.sliding_window is not None and (not isinstance(self.sliding_window, int)
+                                                or self.sliding_window < 1):
+            raise ValueError(f"{name}.sliding_window: must be a positive integer or None, "
+                             f"got {self.sliding_window!r}")
+        kind = dict(self.rope_scaling).get("rope_type", dict(self.rope_scaling).get("type"))
+        if self.rope_scaling and kind not in ("llama3", "linear", "default"):
+            raise ValueError(f"{name}.rope_scaling: type {kind!r} is not supported "
+                             "(supported: llama3, linear, default)")
+
+    #: What the cost model and the docs read: a causal decoder (prefill and decode).
+    causal = True
 
     @property
     def group(self) -> int:
         """Query heads per KV head (GQA)."""
         return self.n_heads // self.n_kv_heads
+
+    @property
+    def attn_scale(self) -> float:
+        """The factor on ``q . k``."""
+        return self.head_dim ** -0.5 if self.query_scale is None else self.query_scale
 
     def window(self, layer: int) -> int | None:
         """Sliding window of ``layer`` (``None``: global attention)."""
@@ -70,20 +135,35 @@ class LlamaConfig:
             return self.sliding_window
         return None
 
+    def layer_rope(self, layer: int) -> tuple[float, tuple[tuple[str, Any], ...]]:
+        """``(base, scaling)`` of RoPE in ``layer``."""
+        if self.window(layer) is not None:
+            theta = self.rope_theta if self.rope_theta_local is None else self.rope_theta_local
+            return theta, (() if self.rope_scaling_global_only else self.rope_scaling)
+        return self.rope_theta, self.rope_scaling
+
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """Expected shape of every parameter, in the model's own naming and layout
         (linear kernels are ``(in, out)``)."""
         d, hd = self.dim, self.head_dim
+        qd, kvd = self.n_heads * hd, self.n_kv_heads * hd
         shapes: dict[str, tuple[int, ...]] = {"embed": (self.vocab_size, d), "final_norm": (d,)}
         for i in range(self.n_layers):
             p = f"layers.{i}."
             shapes.update({
                 p + "attn_norm": (d,), p + "mlp_norm": (d,),
-                p + "q_proj": (d, self.n_heads * hd), p + "k_proj": (d, self.n_kv_heads * hd),
-                p + "v_proj": (d, self.n_kv_heads * hd), p + "o_proj": (self.n_heads * hd, d),
+                p + "q_proj": (d, qd), p + "k_proj": (d, kvd), p + "v_proj": (d, kvd),
+                p + "o_proj": (qd, d),
                 p + "gate_proj": (d, self.ffn_dim), p + "up_proj": (d, self.ffn_dim),
                 p + "down_proj": (self.ffn_dim, d),
             })
+            if self.qkv_bias:
+                shapes.update({p + "q_proj.bias": (qd,), p + "k_proj.bias": (kvd,),
+                               p + "v_proj.bias": (kvd,)})
+            if self.qk_norm:
+                shapes.update({p + "q_norm": (hd,), p + "k_norm": (hd,)})
+            if self.post_norms:
+                shapes.update({p + "post_attn_norm": (d,), p + "post_mlp_norm": (d,)})
         if not self.tie_embeddings:
             shapes["lm_head"] = (d, self.vocab_size)
         return shapes
@@ -92,7 +172,7 @@ class LlamaConfig:
         return dataclasses.asdict(self)
 
 
-SMOLLM2_135M = LlamaConfig()
+LlamaConfig = DecoderConfig
 
 
 def gemma3_layer_types(n_layers: int, pattern: int = 6) -> tuple[str, ...]:
@@ -100,12 +180,14 @@ def gemma3_layer_types(n_layers: int, pattern: int = 6) -> tuple[str, ...]:
     return tuple("full" if (i + 1) % pattern == 0 else "sliding" for i in range(n_layers))
 
 
-#: Gemma 3 270M: 18 layers, width 640, GeGLU FFN 2048 with tanh-GELU, 4 query heads / 1 KV head of
-#: dimension 256, sliding window 512 in five of every six layers, tied embeddings.
-GEMMA3_270M = LlamaConfig(
+SMOLLM2_135M = DecoderConfig()
+
+GEMMA3_270M = DecoderConfig(
     vocab_size=262144, dim=640, n_layers=18, n_heads=4, n_kv_heads=1, head_dim=256, ffn_dim=2048,
-    rope_theta=1_000_000.0, norm_eps=1e-6, tie_embeddings=True, max_seq_len=32768, bos_id=2, eos_id=1,
-    activation="gelu_tanh", sliding_window=512, layer_types=gemma3_layer_types(18))
+    rope_theta=1_000_000.0, rope_theta_local=10_000.0, norm_eps=1e-6, tie_embeddings=True,
+    max_seq_len=32768, bos_id=2, eos_id=1, family="gemma3", activation="gelu_tanh",
+    rope_layout="half", qk_norm=True, post_norms=True, embed_scale=math.sqrt(640),
+    query_scale=256 ** -0.5, sliding_window=512, layer_types=gemma3_layer_types(18))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -108,7 +108,7 @@ class Sampler:
             if isinstance(p, str):
                 if self.tokenizer is None:
                     raise ValueError("string prompts need a tokenizer (Sampler(model, tokenizer))")
-                out.append(self.tokenizer.encode(p))
+                out.append(self.tokenizer.encode(p, bos=getattr(self.tokenizer, "add_bos", False)))
             else:
                 out.append([int(t) for t in p])
         if not out or any(len(p) == 0 for p in out):

@@ -1,7 +1,17 @@
-"""A Flax NNX Llama-family decoder (RMSNorm, RoPE, GQA, SwiGLU, tied or untied head).
+"""A Flax NNX decoder for the Llama, Qwen2/3 and Gemma 3 families (RMSNorm, RoPE, GQA, gated FFN).
 
-Every numerics-dependent op goes through the :class:`~mugi_jax.numerics.LayerNumerics` of the
-layer (``policy.layer(i)``), passed in at call time: the model never branches on numerics.
+The family is a matter of :class:`~mugi_jax.models.config.DecoderConfig` fields: the FFN's
+activation (SwiGLU or GeGLU-tanh), Q/K/V biases, QK-norm, post-attention/post-FFN norms, an
+embedding scale, the query scale, sliding-window layers with their own RoPE base, and the RoPE
+pair layout.
+
+Every numerics-dependent op is requested from the policy (passed in at call time) by its path,
+the same as its parameters' module path (see :data:`OP_PATHS` and :func:`numerics_at`):
+``layers.{i}.attn.{q,k,v,o}_proj``, ``layers.{i}.attn.kv_cache`` (the format K and V are held
+in), ``layers.{i}.attn.scores`` (Q K^T), ``layers.{i}.attn.softmax``, ``layers.{i}.attn.context``
+(P V), ``layers.{i}.mlp.{gate,up,down}_proj``, ``layers.{i}.mlp.act`` (SiLU or tanh-GELU) and
+``lm_head``.  The model never branches on numerics.  (Activation capture keeps its own, shorter
+names: ``layers.{i}.q_proj``, ``layers.{i}.softmax``, ``layers.{i}.silu``, ...)
 
 Sequences are laid out in *slots*.  Without a cache, slot ``j`` is position ``j`` of the input;
 with a :class:`Cache`, the input occupies slots ``cache.index .. cache.index + T - 1``.  A slot may
@@ -22,9 +32,25 @@ from jaxtyping import Array, Bool, Float, Int
 
 from mugi_jax import numerics
 from mugi_jax.models import capture
-from mugi_jax.models.config import LlamaConfig
+from mugi_jax.models.config import DecoderConfig
 
-__all__ = ["Llama", "Cache", "RMSNorm", "Linear", "rope", "forward", "prepare"]
+__all__ = ["Llama", "Decoder", "Cache", "RMSNorm", "Linear", "rope", "rope_frequencies", "forward",
+           "prepare", "numerics_at", "OP_PATHS"]
+
+#: The numerics-dependent ops of one decoder layer, relative to ``layers.{i}.`` (plus
+#: ``lm_head``).
+OP_PATHS = ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.kv_cache", "attn.scores",
+            "attn.softmax", "attn.context", "attn.o_proj", "mlp.gate_proj", "mlp.up_proj",
+            "mlp.act", "mlp.down_proj")
+
+
+def numerics_at(policy: numerics.Policy, path: str) -> numerics.LayerNumerics:
+    """The numerics of the op at ``path`` (``layers.{i}.…`` or ``lm_head``): the one place the
+    decoder maps an op path onto the policy."""
+    parts = path.split(".")
+    if parts[0] == "layers":
+        return policy.layer(int(parts[1]))
+    return policy.lm_head()
 
 
 @struct.dataclass
@@ -38,7 +64,7 @@ class Cache:
     index: Int[Array, ""]
 
     @classmethod
-    def init(cls, config: LlamaConfig, batch: int, slots: int,
+    def init(cls, config: DecoderConfig, batch: int, slots: int,
              dtype: jnp.dtype = jnp.float32) -> "Cache":
         shape = (config.n_layers, batch, slots, config.n_kv_heads, config.head_dim)
         return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
@@ -49,14 +75,41 @@ class Cache:
         return self.k.shape[2]
 
 
-def rope(x: Float[Array, "B T H D"], positions: Int[Array, "B T"],
-         theta: float) -> Float[Array, "B T H D"]:
-    """Rotary embedding on adjacent pairs ``(x[2i], x[2i+1])`` with frequency ``theta^(-2i/D)``."""
+def rope_frequencies(head_dim: int, theta: float,
+                     scaling: tuple[tuple[str, Any], ...] = ()) -> Float[Array, "D/2"]:
+    """RoPE inverse frequencies ``theta^(-2i/D)``, with Hugging Face ``rope_scaling`` applied
+    (``linear``: divided by ``factor``; ``llama3``: low frequencies divided by ``factor``, a
+    smooth blend between ``low_freq_factor`` and ``high_freq_factor`` wavelengths)."""
+    inv = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    sc = dict(scaling)
+    kind = sc.get("rope_type", sc.get("type", "default"))
+    if kind == "linear":
+        inv = inv / float(sc["factor"])
+    elif kind == "llama3":
+        factor, low, high = float(sc["factor"]), float(sc["low_freq_factor"]), float(sc["high_freq_factor"])
+        old = float(sc["original_max_position_embeddings"])
+        wavelen = 2 * jnp.pi / inv
+        scaled = jnp.where(wavelen > old / low, inv / factor, inv)
+        smooth = (old / wavelen - low) / (high - low)
+        blended = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old / high) & (wavelen <= old / low)
+        inv = jnp.where(medium, blended, scaled)
+    return inv
+
+
+def rope(x: Float[Array, "B T H D"], positions: Int[Array, "B T"], theta: float,
+         layout: str = "adjacent", scaling: tuple[tuple[str, Any], ...] = ()) -> Float[Array, "B T H D"]:
+    """Rotary embedding with frequency ``theta^(-2i/D)`` (see :func:`rope_frequencies`) on the
+    pairs ``(x[2i], x[2i+1])`` (``layout="adjacent"``) or ``(x[i], x[i+D/2])`` (``"half"``)."""
     d = x.shape[-1]
-    inv = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
+    inv = rope_frequencies(d, theta, scaling)
     ang = positions.astype(jnp.float32)[..., None] * inv  # B T D/2
     cos, sin = jnp.cos(ang)[:, :, None, :], jnp.sin(ang)[:, :, None, :]
-    xr = x.astype(jnp.float32).reshape(*x.shape[:-1], d // 2, 2)
+    xf = x.astype(jnp.float32)
+    if layout == "half":
+        x0, x1 = xf[..., : d // 2], xf[..., d // 2:]
+        return jnp.concatenate([x0 * cos - x1 * sin, x0 * sin + x1 * cos], axis=-1).astype(x.dtype)
+    xr = xf.reshape(*x.shape[:-1], d // 2, 2)
     x0, x1 = xr[..., 0], xr[..., 1]
     out = jnp.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], axis=-1)
     return out.reshape(x.shape).astype(x.dtype)
@@ -76,48 +129,68 @@ class RMSNorm(nnx.Module):
 
 
 class Linear(nnx.Module):
-    """A bias-free projection with an ``(in, out)`` kernel; the GEMM is the policy's."""
+    """A projection with an ``(in, out)`` kernel and an optional FP32 bias (added after the
+    GEMM, which is the policy's)."""
 
     def __init__(self, din: int, dout: int, name: str, *, rngs: nnx.Rngs | None = None,
-                 kernel: Any = None) -> None:
+                 kernel: Any = None, bias: bool = False, path: str | None = None) -> None:
+        rngs = rngs if rngs is not None else nnx.Rngs(0)
         if kernel is None:
-            rngs = rngs if rngs is not None else nnx.Rngs(0)
             kernel = jax.random.normal(rngs.params(), (din, dout), jnp.float32) * (1.0 / din ** 0.5)
         self.kernel = nnx.Param(kernel)
-        self.name = name
+        self.bias = nnx.Param(jax.random.normal(rngs.params(), (dout,), jnp.float32) * 0.02) \
+            if bias else nnx.data(None)
+        self.name = name  # the capture name
+        self.path = name if path is None else path  # the numerics path
 
     def __call__(self, x: Float[Array, "... din"],
-                 nx: numerics.LayerNumerics) -> Float[Array, "... dout"]:
+                 policy: numerics.Policy) -> Float[Array, "... dout"]:
         w = self.kernel.get_value()
         capture.record(self.name, "gemm", x, w)
-        return nx.linear(x, w)
+        y = numerics_at(policy, self.path).linear(x, w)
+        return y if self.bias is None else y + self.bias[...]
 
 
 class Attention(nnx.Module):
-    """Grouped-query self-attention with RoPE and an optional KV cache."""
+    """Grouped-query self-attention with RoPE, optional QK-norm, an optional sliding window and
+    an optional KV cache."""
 
-    def __init__(self, cfg: LlamaConfig, layer: int, *, rngs: nnx.Rngs) -> None:
+    def __init__(self, cfg: DecoderConfig, layer: int, *, rngs: nnx.Rngs) -> None:
         d, hd = cfg.dim, cfg.head_dim
         p = f"layers.{layer}."
-        self.q_proj = Linear(d, cfg.n_heads * hd, p + "q_proj", rngs=rngs)
-        self.k_proj = Linear(d, cfg.n_kv_heads * hd, p + "k_proj", rngs=rngs)
-        self.v_proj = Linear(d, cfg.n_kv_heads * hd, p + "v_proj", rngs=rngs)
-        self.o_proj = Linear(cfg.n_heads * hd, d, p + "o_proj", rngs=rngs)
+        a = p + "attn."
+        self.q_proj = Linear(d, cfg.n_heads * hd, p + "q_proj", rngs=rngs, bias=cfg.qkv_bias,
+                             path=a + "q_proj")
+        self.k_proj = Linear(d, cfg.n_kv_heads * hd, p + "k_proj", rngs=rngs, bias=cfg.qkv_bias,
+                             path=a + "k_proj")
+        self.v_proj = Linear(d, cfg.n_kv_heads * hd, p + "v_proj", rngs=rngs, bias=cfg.qkv_bias,
+                             path=a + "v_proj")
+        self.o_proj = Linear(cfg.n_heads * hd, d, p + "o_proj", rngs=rngs, path=a + "o_proj")
+        self.q_norm = RMSNorm(hd, cfg.norm_eps) if cfg.qk_norm else nnx.data(None)
+        self.k_norm = RMSNorm(hd, cfg.norm_eps) if cfg.qk_norm else nnx.data(None)
         self.cfg = cfg
+        self.window = cfg.window(layer)
+        self.rope_theta, self.rope_scaling = cfg.layer_rope(layer)
         self.prefix = p
 
     def __call__(self, x: Float[Array, "B T d"], positions: Int[Array, "B T"],
-                 q_slots: Int[Array, "T"], nx: numerics.LayerNumerics,
+                 q_slots: Int[Array, "T"], policy: numerics.Policy,
                  kv: tuple[Array, Array, Array] | None,
                  valid: Bool[Array, "B T"]) -> tuple[Array, tuple[Array, Array] | None]:
         cfg = self.cfg
         b, t, _ = x.shape
-        q = self.q_proj(x, nx).reshape(b, t, cfg.n_heads, cfg.head_dim)
-        k = self.k_proj(x, nx).reshape(b, t, cfg.n_kv_heads, cfg.head_dim)
-        v = self.v_proj(x, nx).reshape(b, t, cfg.n_kv_heads, cfg.head_dim)
-        q = rope(q, positions, cfg.rope_theta)
-        k = nx.kv_store(rope(k, positions, cfg.rope_theta).transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)
-        v = nx.kv_store(v.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)
+        a = self.prefix + "attn."
+        q = self.q_proj(x, policy).reshape(b, t, cfg.n_heads, cfg.head_dim)
+        k = self.k_proj(x, policy).reshape(b, t, cfg.n_kv_heads, cfg.head_dim)
+        v = self.v_proj(x, policy).reshape(b, t, cfg.n_kv_heads, cfg.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        rot = functools.partial(rope, positions=positions, theta=self.rope_theta,
+                                layout=cfg.rope_layout, scaling=self.rope_scaling)
+        q = rot(q)
+        kv_nx = numerics_at(policy, a + "kv_cache")
+        k = kv_nx.kv_store(rot(k).transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)
+        v = kv_nx.kv_store(v.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)
         if kv is None:  # keys are this call's tokens, slots 0..T-1
             keys, values, key_valid = k, v, valid
             new_kv = None
@@ -130,57 +203,74 @@ class Attention(nnx.Module):
             new_kv = (keys, values)
         k_slots = jnp.arange(keys.shape[1])
         causal = k_slots[None, :] <= q_slots[:, None]  # T S
+        if self.window is not None:
+            # valid slots of a row are contiguous (padding is on the left), so a slot distance
+            # is a position distance between valid tokens
+            causal = causal & (q_slots[:, None] - k_slots[None, :] < self.window)
         mask = causal[None] & (key_valid[:, None, :] | (k_slots[None, None, :] == q_slots[None, :, None]))
         kh, g, hd = cfg.n_kv_heads, cfg.group, cfg.head_dim
         # head-major: (B, KV heads, group x T, D); the query heads of a GQA group share K and V
         qg = q.reshape(b, t, kh, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, kh, g * t, hd)
         capture.record(self.prefix + "qk", "gemm", qg)
         row_slots = jnp.tile(q_slots, g)  # the slot of each of the g x T query rows
-        scores = nx.scores(qg, keys.transpose(0, 2, 1, 3), row_slots) * jnp.float32(hd ** -0.5)
+        scores = numerics_at(policy, a + "scores").scores(qg, keys.transpose(0, 2, 1, 3), row_slots)
+        scores = scores * jnp.float32(cfg.attn_scale)
         scores = scores.reshape(b, kh, g, t, -1)
         scores = jnp.where(mask[:, None, None], scores, -jnp.inf).reshape(b, kh, g * t, -1)
         capture.record(self.prefix + "softmax", "nonlinear", scores)
-        probs = nx.softmax(scores, axis=-1)
+        probs = numerics_at(policy, a + "softmax").softmax(scores, axis=-1)
         capture.record(self.prefix + "pv", "gemm", probs)
-        out = nx.context(probs, values.transpose(0, 2, 1, 3), row_slots)  # B kh (g t) D
+        out = numerics_at(policy, a + "context").context(probs, values.transpose(0, 2, 1, 3),
+                                                         row_slots)  # B kh (g t) D
         out = out.reshape(b, kh, g, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, cfg.n_heads * hd)
-        return self.o_proj(out, nx), new_kv
+        return self.o_proj(out, policy), new_kv
 
 
 class MLP(nnx.Module):
-    """SwiGLU feed-forward: ``down(silu(gate(x)) * up(x))``."""
+    """Gated feed-forward: ``down(act(gate(x)) * up(x))`` with ``act`` SiLU (SwiGLU) or the
+    tanh GELU (GeGLU), as ``config.activation`` says."""
 
-    def __init__(self, cfg: LlamaConfig, layer: int, *, rngs: nnx.Rngs) -> None:
+    def __init__(self, cfg: DecoderConfig, layer: int, *, rngs: nnx.Rngs) -> None:
         p = f"layers.{layer}."
-        self.gate_proj = Linear(cfg.dim, cfg.ffn_dim, p + "gate_proj", rngs=rngs)
-        self.up_proj = Linear(cfg.dim, cfg.ffn_dim, p + "up_proj", rngs=rngs)
-        self.down_proj = Linear(cfg.ffn_dim, cfg.dim, p + "down_proj", rngs=rngs)
+        m = p + "mlp."
+        self.gate_proj = Linear(cfg.dim, cfg.ffn_dim, p + "gate_proj", rngs=rngs, path=m + "gate_proj")
+        self.up_proj = Linear(cfg.dim, cfg.ffn_dim, p + "up_proj", rngs=rngs, path=m + "up_proj")
+        self.down_proj = Linear(cfg.ffn_dim, cfg.dim, p + "down_proj", rngs=rngs, path=m + "down_proj")
+        self.activation = cfg.activation
         self.prefix = p
 
-    def __call__(self, x: Float[Array, "B T d"], nx: numerics.LayerNumerics) -> Float[Array, "B T d"]:
-        g = self.gate_proj(x, nx)
-        capture.record(self.prefix + "silu", "nonlinear", g)
-        h = nx.silu(g) * self.up_proj(x, nx)
-        return self.down_proj(h, nx)
+    def __call__(self, x: Float[Array, "B T d"], policy: numerics.Policy) -> Float[Array, "B T d"]:
+        g = self.gate_proj(x, policy)
+        capture.record(self.prefix + self.activation, "nonlinear", g)
+        nx = numerics_at(policy, self.prefix + "mlp.act")
+        act = nx.silu(g) if self.activation == "silu" else nx.gelu(g, approximate=True)
+        return self.down_proj(act * self.up_proj(x, policy), policy)
 
 
 class Block(nnx.Module):
-    """Pre-norm decoder block."""
+    """Pre-norm decoder block (with Gemma's extra norms on the sublayer outputs when
+    ``config.post_norms``)."""
 
-    def __init__(self, cfg: LlamaConfig, layer: int, *, rngs: nnx.Rngs) -> None:
+    def __init__(self, cfg: DecoderConfig, layer: int, *, rngs: nnx.Rngs) -> None:
         self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.attn = Attention(cfg, layer, rngs=rngs)
         self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = MLP(cfg, layer, rngs=rngs)
+        self.post_attn_norm = RMSNorm(cfg.dim, cfg.norm_eps) if cfg.post_norms else nnx.data(None)
+        self.post_mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps) if cfg.post_norms else nnx.data(None)
 
     def __call__(self, x: Float[Array, "B T d"], positions: Int[Array, "B T"],
-                 q_slots: Int[Array, "T"], nx: numerics.LayerNumerics,
+                 q_slots: Int[Array, "T"], policy: numerics.Policy,
                  kv: tuple[Array, Array, Array] | None,
                  valid: Bool[Array, "B T"]) -> tuple[Float[Array, "B T d"], tuple[Array, Array] | None]:
-        h, new_kv = self.attn(self.attn_norm(x), positions, q_slots, nx, kv, valid)
+        h, new_kv = self.attn(self.attn_norm(x), positions, q_slots, policy, kv, valid)
+        if self.post_attn_norm is not None:
+            h = self.post_attn_norm(h)
         x = x + h
-        x = x + self.mlp(self.mlp_norm(x), nx)
-        return x, new_kv
+        h = self.mlp(self.mlp_norm(x), policy)
+        if self.post_mlp_norm is not None:
+            h = self.post_mlp_norm(h)
+        return x + h, new_kv
 
 
 class Llama(nnx.Module):
@@ -196,7 +286,7 @@ class Llama(nnx.Module):
         token in its row, including those already in the cache).
     """
 
-    def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs | None = None) -> None:
+    def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs | None = None) -> None:
         rngs = rngs if rngs is not None else nnx.Rngs(0)
         self.config = config
         self.embed = nnx.Param(
@@ -221,26 +311,31 @@ class Llama(nnx.Module):
         if cache is not None:
             cvalid = jax.lax.dynamic_update_slice(cache.valid, valid, (0, start))
         x = jnp.take(self.embed[...], tokens, axis=0)
+        if cfg.embed_scale != 1.0:
+            x = x * jnp.float32(cfg.embed_scale)
         new_k, new_v = [], []
         for i, block in enumerate(self.layers):
             kv = None if cache is None else (cache.k[i], cache.v[i], cvalid)
-            x, nkv = block(x, positions, q_slots, policy.layer(i), kv, valid)
+            x, nkv = block(x, positions, q_slots, policy, kv, valid)
             if nkv is not None:
                 new_k.append(nkv[0])
                 new_v.append(nkv[1])
         x = self.final_norm(x)
-        head = policy.lm_head()
         if self.lm_head is not None:
-            logits = self.lm_head(x, head)
+            logits = self.lm_head(x, policy)
         else:
             w = self.embed[...].T
             capture.record("lm_head", "gemm", x)
-            logits = head.linear(x, w)
+            logits = numerics_at(policy, "lm_head").linear(x, w)
         new_cache = None
         if cache is not None:
             new_cache = Cache(k=jnp.stack(new_k), v=jnp.stack(new_v), valid=cvalid,
                               index=cache.index + t)
         return logits, new_cache
+
+
+Decoder = Llama
+"""The decoder of every family (``Llama`` is the historical name)."""
 
 
 def prepare(model: Llama, policy: numerics.Policy) -> Llama:
@@ -250,12 +345,11 @@ def prepare(model: Llama, policy: numerics.Policy) -> Llama:
     (which would quantize on every call), only faster."""
     policy = numerics.preset(policy)
     new = nnx.clone(model)
-    for i, block in enumerate(new.layers):
-        ln = policy.layer(i)
+    for block in new.layers:
         for lin in (block.attn.q_proj, block.attn.k_proj, block.attn.v_proj, block.attn.o_proj,
                     block.mlp.gate_proj, block.mlp.up_proj, block.mlp.down_proj):
-            lin.kernel = nnx.Param(ln.prepare_weight(lin.kernel.get_value()))
-    head = policy.lm_head()
+            lin.kernel = nnx.Param(numerics_at(policy, lin.path).prepare_weight(lin.kernel.get_value()))
+    head = numerics_at(policy, "lm_head")
     if new.lm_head is None:
         cfg = new.config
         new.lm_head = Linear(cfg.dim, cfg.vocab_size, "lm_head",

@@ -1,5 +1,6 @@
-"""Tokenizers: byte-level BPE rebuilt from a GGUF file's metadata (PyPI ``tokenizers``), or a
-Hugging Face ``tokenizer.json``."""
+"""Tokenizers rebuilt from a GGUF file's metadata with PyPI ``tokenizers`` - byte-level BPE
+(``tokenizer.ggml.model == "gpt2"``, SmolLM2) or SentencePiece BPE with scores and byte fallback
+(``"llama"``, Gemma 3) - or a Hugging Face ``tokenizer.json``."""
 
 from __future__ import annotations
 
@@ -17,13 +18,17 @@ _PRE = {"smollm": True, "gpt2": False, "default": False}
 class Tokenizer:
     """A thin wrapper over a ``tokenizers.Tokenizer`` with the model's BOS/EOS ids.
 
-    ``encode`` never adds BOS (perplexity is measured without one); pass ``bos=True`` to add it.
+    ``encode`` never adds BOS (perplexity is measured on exactly the tokens of the text); pass
+    ``bos=True`` to add it.  ``add_bos`` records whether the model expects a BOS at the start of a
+    prompt (GGUF ``tokenizer.ggml.add_bos_token``; Gemma does), which :class:`Sampler` follows.
     """
 
-    def __init__(self, tk: Any, bos_id: int | None, eos_id: int | None) -> None:
+    def __init__(self, tk: Any, bos_id: int | None, eos_id: int | None,
+                 add_bos: bool = False) -> None:
         self.tk = tk
         self.bos_id = bos_id
         self.eos_id = eos_id
+        self.add_bos = bool(add_bos) and bos_id is not None
 
     @property
     def vocab_size(self) -> int:
@@ -52,8 +57,11 @@ def from_gguf(reader: Any) -> Tokenizer:
         return default if f is None else f.contents()
 
     kind = field("tokenizer.ggml.model")
+    if kind == "llama":
+        return _sentencepiece_from_gguf(field)
     if kind != "gpt2":
-        raise ValueError(f"GGUF tokenizer model {kind!r} is not supported (only byte-level BPE 'gpt2')")
+        raise ValueError(f"GGUF tokenizer model {kind!r} is not supported (supported: 'gpt2' "
+                         "byte-level BPE, 'llama' SentencePiece)")
     tokens = field("tokenizer.ggml.tokens")
     merges = [tuple(m.split(" ", 1)) for m in (field("tokenizer.ggml.merges") or [])]
     types = field("tokenizer.ggml.token_type", [1] * len(tokens))
@@ -68,17 +76,69 @@ def from_gguf(reader: Any) -> Tokenizer:
     special = [AddedToken(t, special=True, normalized=False)
                for t, ty in zip(tokens, types) if int(ty) == 3]
     tk.add_special_tokens(special)
-    return Tokenizer(tk, field("tokenizer.ggml.bos_token_id"), field("tokenizer.ggml.eos_token_id"))
+    return Tokenizer(tk, field("tokenizer.ggml.bos_token_id"), field("tokenizer.ggml.eos_token_id"),
+                     field("tokenizer.ggml.add_bos_token", False))
+
+
+def _sentencepiece_from_gguf(field: Any) -> Tokenizer:
+    """A SentencePiece BPE vocabulary (pieces, scores, token types) as a ``tokenizers`` BPE.
+
+    SentencePiece BPE merges, anywhere in the text, the adjacent pair whose concatenation is the
+    highest-scoring piece (leftmost first on ties), and falls back to ``<0xNN>`` byte pieces for
+    characters outside the vocabulary.  A BPE whose merge list holds every split of every piece
+    into two pieces, ranked by the score of the merged piece, does the same.  Spaces become
+    ``U+2581`` (no prefix space is added unless ``add_space_prefix``); CONTROL pieces (type 3)
+    are special tokens, USER_DEFINED pieces (type 4, e.g. runs of newlines) are matched whole
+    before the merges, as llama.cpp does.
+    """
+    from tokenizers import AddedToken, Regex, decoders, models, normalizers
+    from tokenizers import Tokenizer as HFTokenizer
+
+    tokens = list(field("tokenizer.ggml.tokens"))
+    scores = [float(v) for v in field("tokenizer.ggml.scores")]
+    types = [int(v) for v in field("tokenizer.ggml.token_type", [1] * len(tokens))]
+    vocab = {t: i for i, t in enumerate(tokens)}
+    candidates = []
+    for i, piece in enumerate(tokens):
+        if types[i] != 1 or len(piece) < 2:  # only normal pieces are reached by merges
+            continue
+        for cut in range(1, len(piece)):
+            left, right = piece[:cut], piece[cut:]
+            if left in vocab and right in vocab:
+                candidates.append((-scores[i], i, vocab[left], left, right))
+    candidates.sort()
+    merges = [(c[3], c[4]) for c in candidates]
+    unk = field("tokenizer.ggml.unknown_token_id")
+    tk = HFTokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=None if unk is None
+                                else tokens[unk], byte_fallback=True, fuse_unk=True))
+    norm = [normalizers.Replace(" ", "\u2581")]
+    if field("tokenizer.ggml.add_space_prefix", True):
+        norm.insert(0, normalizers.Prepend("\u2581"))
+    tk.normalizer = normalizers.Sequence(norm)
+    dec = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+    if field("tokenizer.ggml.add_space_prefix", True):
+        dec.append(decoders.Strip(" ", 1, 0))
+    tk.decoder = decoders.Sequence(dec)
+    tk.add_tokens([AddedToken(t, special=False, normalized=False)
+                   for t, ty in zip(tokens, types) if ty == 4])
+    tk.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                           for t, ty in zip(tokens, types) if ty == 3])
+    return Tokenizer(tk, field("tokenizer.ggml.bos_token_id"), field("tokenizer.ggml.eos_token_id"),
+                     field("tokenizer.ggml.add_bos_token", False))
 
 
 def from_file(path: str | Path, bos_id: int | None = None, eos_id: int | None = None) -> Tokenizer:
-    """Load a Hugging Face ``tokenizer.json`` (padding and truncation turned off)."""
+    """Load a Hugging Face ``tokenizer.json`` (padding and truncation turned off).  The prompt
+    BOS convention (``add_bos``) is read off the file's post-processor: whether encoding with
+    special tokens starts with ``bos_id``."""
     from tokenizers import Tokenizer as HFTokenizer
 
     tk = HFTokenizer.from_file(str(path))
     tk.no_padding()
     tk.no_truncation()
-    return Tokenizer(tk, bos_id, eos_id)
+    with_special = tk.encode("a", add_special_tokens=True).ids
+    add_bos = bos_id is not None and bool(with_special) and with_special[0] == bos_id
+    return Tokenizer(tk, bos_id, eos_id, add_bos)
 
 
 class EncoderTokenizer(Tokenizer):

@@ -13,8 +13,9 @@ Sources:
   ``exp_mult_cycles: 30``, ``division_mult_cycles: 14``, ``accumulation_cycles: 1``).  The
   per-layer cycle counts are what that model gives for the stated workload (worked through in
   ``docs/cost_model.md``), not numbers printed in the paper.
-* SmolLM2 perplexities are *not* from the paper: an early reference measurement of this project
-  (context 512, token count not recorded), kept only as a sanity anchor and labelled as such.
+* The SmolLM2 perplexities the brief once listed as reference measurements (23.1 / 39.7 / 23.8,
+  context 512, token count not recorded) were withdrawn (``MUGI.md`` section 5) and are no longer
+  compared against; ``REFERENCE_SOURCE`` labels any non-paper comparison an experiment makes.
 """
 
 from __future__ import annotations
@@ -49,9 +50,6 @@ PAPER: dict[str, PaperNumber] = {
     "layer_cycles_mugi256": PaperNumber(8.7242e9, "Llama-2-7B one layer's 4 projections (b8, 4096 decode + 64 prefill), Mugi 256x8 cycles", _RULES),
     "layer_cycles_sa16": PaperNumber(1.7314e10, "same, 16x16 systolic array cycles", _RULES),
     "baseline_nl_cycles_per_element": PaperNumber(45.0, "exact vector unit cycles per softmax/SiLU element (exp 30 + div 14 + add 1)", _RULES_NL),
-    "ppl_smollm2_brown": PaperNumber(39.7, "SmolLM2-135M perplexity, Brown", _REF),
-    "ppl_smollm2_austen": PaperNumber(23.8, "SmolLM2-135M perplexity, Austen", _REF),
-    "ppl_smollm2_sotu": PaperNumber(23.1, "SmolLM2-135M perplexity, SOTU 2001-2021", _REF),
 }
 
 

@@ -43,7 +43,7 @@ def test_ppl_json_and_generate():
     (["ppl", "--corpus", "wiki"], "valid: sotu, brown, austen"),
     (["ppl", "--model", "gpt2"], "valid: smollm2-135m"),
     (["generate", "--prompt", "x", "--model", "gpt2"], "valid: smollm2-135m"),
-    (["data", "fetch", "imagenet"], "valid: smollm2, minilm, sotu, brown, austen"),
+    (["data", "fetch", "imagenet"], "valid: smollm2, minilm, gemma3, sotu, brown, austen"),
 ])
 def test_bad_names_list_valid_ones(monkeypatch, capsys, args, needle):
     code, cap = _main(monkeypatch, capsys, args)

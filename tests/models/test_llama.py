@@ -99,3 +99,29 @@ def test_config_validation():
         LlamaConfig(n_heads=9, n_kv_heads=4)
     with pytest.raises(ValueError, match="dim"):
         LlamaConfig(dim=0)
+
+
+def test_perplexity_evaluates_exactly_the_given_ids(tiny_model):
+    """No BOS unless asked; with ``bos_id`` each window gets one and predicts all its tokens."""
+    import math
+
+    import jax
+
+    from mugi_jax import eval as ev
+
+    ids = [5, 9, 30, 7, 11, 3, 40, 41, 42, 60]
+
+    def nll(seq, first):  # summed NLL of seq[first:] given the tokens before, one forward pass
+        logp = jax.nn.log_softmax(forward(tiny_model, np.asarray([seq], np.int32))[0][0], -1)
+        return -sum(float(logp[i - 1, seq[i]]) for i in range(first, len(seq)))
+
+    plain = ev.perplexity(tiny_model, ids, context=5, max_tokens=None)
+    assert plain["predicted_tokens"] == 8 and plain["bos_id"] is None
+    want = (nll(ids[:5], 1) + nll(ids[5:], 1)) / 8
+    assert math.isclose(plain["nll"], want, rel_tol=1e-5)
+    bos = ev.perplexity(tiny_model, ids, context=5, max_tokens=None, bos_id=1)
+    assert bos["predicted_tokens"] == 10
+    want = (nll([1] + ids[:5], 1) + nll([1] + ids[5:], 1)) / 10
+    assert math.isclose(bos["nll"], want, rel_tol=1e-5)
+    with pytest.raises(ValueError, match="BOS"):
+        ev.perplexity(tiny_model, ids, context=64, bos_id=1)
