@@ -5,8 +5,9 @@ KV cache), on each available corpus.
 
     python -m experiments.accuracy [--quick | --full] [--force] [--out results]
 
-Default (fits ``make demo``): the first 1024 tokens of each fetched corpus, context 512, every
-method; the ``mugi`` preset (with its calibrated INT4 weights) for SmolLM2 on SOTU only.
+Default (fits ``make demo``): the first 1024 tokens of each fetched corpus (Gemma: SOTU only),
+context 512, every method; the ``mugi`` preset (with its calibrated INT4 weights) for SmolLM2 on
+SOTU only.
 ``--full``: 4096 tokens of each corpus, the ``mugi`` preset for both models on each.  ``--quick``: SmolLM2 only, SOTU, 256 tokens, context 128, methods
 exact/VLP/PWL/Taylor.
 Token ids are evaluated exactly as the corpus tokenizes (no BOS, :func:`mugi_jax.eval.perplexity`).
@@ -38,9 +39,10 @@ def settings(quick: bool, full: bool) -> dict:
         return {"corpora": CORPORA, "max_tokens": 4096, "context": 512, "batch": 4,
                 "methods": METHODS, "preset_corpora": CORPORA, "families": FAMILIES,
                 "preset_models": tuple(f[0] for f in FAMILIES)}
+    # Gemma (262k-token LM head) costs about twice SmolLM2 per token: SOTU only by default
     return {"corpora": CORPORA, "max_tokens": 1024, "context": 512, "batch": 2,
             "methods": METHODS, "preset_corpora": ("sotu",), "families": FAMILIES,
-            "preset_models": ("smollm2-135m",)}
+            "preset_models": ("smollm2-135m",), "model_corpora": {"gemma3-270m": ("sotu",)}}
 
 
 PROMPT = "The capital of France is"
@@ -141,7 +143,7 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, full: bool = False) -
             continue
         model, tok, _ = loaded
         for c, text in texts.items():
-            if text is None:
+            if text is None or c not in s.get("model_corpora", {}).get(name, s["corpora"]):
                 continue
             toks = ev.corpus_tokens(tok, text, s["max_tokens"])
             for method in s["methods"]:
