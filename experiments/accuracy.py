@@ -121,7 +121,7 @@ def readings_from_rows(rows: list[dict], missing: list[str], quick: bool, s: dic
                            "system)." if "austen" in names else "."))
     if quick:
         readings.append("Quick mode: SmolLM2 only, 256 tokens of SOTU, context 128 (the default "
-                        "report adds Gemma 3 270M and uses 1024 tokens of each corpus, `--full` 4096).")
+                        "report adds Gemma 3 270M on SOTU and uses 1024 tokens of each corpus, `--full` 4096).")
     return readings
 
 
