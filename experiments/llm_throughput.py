@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    "decode_steps": args.decode, "decode_s_min": round(td.min, 4),
                    "decode_s_median": round(td.median, 4),
                    "decode_tok_s": round(b * args.decode / td.min, 1)}
+            # every row has every column (the CSV header is the first row's keys)
+            row.update(prefill_ratio_min=None, prefill_ratio_median=None, decode_ratio_min=None,
+                       decode_ratio_median=None, prefill_verdict=None)
             if "exact" in t_pre:
                 rp, rd = ratio(tp, t_pre["exact"]), ratio(td, t_dec["exact"])
                 row.update(prefill_ratio_min=round(rp[0], 3), prefill_ratio_median=round(rp[1], 3),
@@ -94,10 +97,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"load average at end {load_average()}; tok/s from the minimum, ratios min/median")
     for r in rows:
         rat = ""
-        if "prefill_ratio_min" in r:
+        if r["prefill_ratio_min"] is not None:
             rat = (f" x{r['prefill_ratio_min']}/{r['prefill_ratio_median']}"
                    + (f" {r['prefill_verdict']} (target <= {GOALS[r['preset']][0]:g}, goal "
-                      f"{GOALS[r['preset']][1]:g})" if "prefill_verdict" in r else ""))
+                      f"{GOALS[r['preset']][1]:g})" if r["prefill_verdict"] else ""))
             drat = f" x{r['decode_ratio_min']}/{r['decode_ratio_median']}"
         else:
             drat = ""
