@@ -1,0 +1,76 @@
+"""Behaviour preservation: SmolLM2-135M logits on one short SOTU window under every numerics preset.
+
+The fingerprints below were recorded before the numerics API was rewritten as rules over named ops
+(issue 14); every preset must still give bit-identical logits (the SHA-256 of the float32 logits
+bytes, plus a few values so a failure says how far off it is).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+WINDOW = 32
+
+#: preset -> (sha256 of the float32 logits (1, WINDOW, vocab), logits[0, -1, :4], logits.sum())
+FINGERPRINTS = {
+    "exact": (
+        "d1c11ebda3e8323ea3a6823a5cdc5b37b8906fcaad8cb7f9fee62bfac2bd0cf0",
+        [2.9546172618865967, -2.564588785171509, 2.2377877235412598, -2.696159601211548], -2021725.101820625),
+    "nonlinear-only": (
+        "845dc519cb5999afe9357c8ce111259c2e5391c09711c67a471e063b7891bf10",
+        [3.399765968322754, -2.1366443634033203, 2.7616822719573975, -2.2838070392608643], -1880045.5075415266),
+    "pwl": (
+        "4cfb4b7f529161a15aec71c68d106328007ac12b431a871347974fa2a87d0b23",
+        [3.1686501502990723, -2.890578269958496, 1.9465124607086182, -2.7132973670959473], -2201959.9572267774),
+    "taylor": (
+        "06fd0de9f25d57f9c09596ce929b0a9b2e84e4d3f12505fb90c41fc35b0ba505",
+        [2.6300861835479736, -2.08138108253479, 2.669074058532715, -2.157928228378296], -443064.013468039),
+    "mugi": (
+        "ad60c1e9599d9dcb86f61bdd27916f568e84376515190e2608175a4c644050e4",
+        [4.1554670333862305, -3.9572064876556396, 2.192418336868286, -4.050743103027344], 2757228.920082491),
+    "mugi-exact": (
+        "ad60c1e9599d9dcb86f61bdd27916f568e84376515190e2608175a4c644050e4",
+        [4.1554670333862305, -3.9572064876556396, 2.192418336868286, -4.050743103027344], 2757228.920082491),
+}
+
+
+@pytest.fixture(scope="module")
+def smollm2_window():
+    from mugi_jax import data, eval as ev, models
+
+    try:
+        model, tok, _ = models.load("smollm2-135m")
+        text = data.corpus_text("sotu")
+    except data.DataError as err:  # pragma: no cover - data not fetched
+        pytest.skip(str(err))
+    ids = ev.corpus_tokens(tok, text, WINDOW)
+    return model, np.asarray([ids[:WINDOW]], np.int32)
+
+
+def fingerprint(model, tokens, name):
+    from mugi_jax import models, numerics
+
+    policy = numerics.preset(name)
+    logits, _ = models.forward(models.prepare(model, policy), tokens, policy)
+    arr = np.ascontiguousarray(np.asarray(logits, np.float32))
+    return (hashlib.sha256(arr.tobytes()).hexdigest(), [float(v) for v in arr[0, -1, :4]],
+            float(arr.astype(np.float64).sum()))
+
+
+@pytest.mark.parametrize("name", sorted(FINGERPRINTS))
+def test_preset_logits_bit_identical(smollm2_window, name):
+    model, tokens = smollm2_window
+    digest, head, total = fingerprint(model, tokens, name)
+    want_digest, want_head, want_total = FINGERPRINTS[name]
+    assert (head, total) == (want_head, want_total) and digest == want_digest, (name, head, total)
+
+
+def test_every_preset_has_a_fingerprint():
+    from mugi_jax import numerics
+
+    assert set(FINGERPRINTS) == set(numerics.PRESETS)
