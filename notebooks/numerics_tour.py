@@ -45,8 +45,8 @@ LAYERS = (0, 15) if SMALL else (0, 10, 20, 29)
 # %%
 model, tok, cfg = models.load("smollm2-135m")
 ids = np.asarray(ev.corpus_tokens(tok, data.corpus_text("sotu", fetch_missing=False), SEQ), np.int32)[None, :SEQ]
-_, recs = capture_activations(model, ids, "exact", mode="full", include=("softmax", "silu"))
-print(f"{len(recs)} captured tensors, e.g. layers.0.softmax {recs['layers.0.softmax'].shape}")
+_, recs = capture_activations(model, ids, "exact", mode="full", include=("attn.softmax", "mlp.act"))
+print(f"{len(recs)} captured tensors, e.g. layers.0.attn.softmax {recs['layers.0.attn.softmax'].shape}")
 
 # %% [markdown]
 # ## The four methods on the captured tensors
@@ -67,8 +67,8 @@ def ref_softmax(x):
 
 rows = []
 for layer in LAYERS:
-    s = jnp.asarray(recs[f"layers.{layer}.softmax"], jnp.float32)
-    g = jnp.asarray(recs[f"layers.{layer}.silu"], jnp.float32)
+    s = jnp.asarray(recs[f"layers.{layer}.attn.softmax"], jnp.float32)
+    g = jnp.asarray(recs[f"layers.{layer}.mlp.act"], jnp.float32)
     p_ref = ref_softmax(s)
     g64 = np.asarray(g, np.float64)
     h_ref = g64 / (1 + np.exp(-g64))
@@ -90,7 +90,7 @@ for r in rows:
 
 # %%
 layer = LAYERS[-1]
-x = np.asarray(recs[f"layers.{layer}.softmax"], np.float32)
+x = np.asarray(recs[f"layers.{layer}.attn.softmax"], np.float32)
 x = x - np.max(np.where(np.isfinite(x), x, -np.inf), axis=-1, keepdims=True)
 x = x[np.isfinite(x) & (x != 0)]
 e = np.floor(np.log2(np.abs(x))).astype(int)
@@ -109,7 +109,7 @@ print(f"{inside:.2%} of layer {layer}'s nonzero softmax inputs are inside the st
 # set by the 3-bit mantissa.
 
 # %%
-g = jnp.asarray(recs[f"layers.{LAYERS[0]}.silu"], jnp.float32).reshape(-1)[:4096]
+g = jnp.asarray(recs[f"layers.{LAYERS[0]}.mlp.act"], jnp.float32).reshape(-1)[:4096]
 h_v = np.asarray(nl.silu(g, approx=vlp), np.float64)
 g64 = np.asarray(g, np.float64)
 h_ref = g64 / (1 + np.exp(-g64))

@@ -92,7 +92,7 @@ def main() -> None:
     text = data.corpus_text("sotu")
     ids = tok.encode(text[:20000], bos=True)[:TOKENS]
     _, recs = capture_activations(model, jnp.asarray([ids]), mode="full",
-                                  include=("k_proj", "v_proj", "softmax", "silu"))
+                                  include=("k_proj", "v_proj", "attn.softmax", "mlp.act"))
     kvs = quant.SignMagnitudeInt4(group_size=None)
     import importlib
 
@@ -119,14 +119,14 @@ def main() -> None:
     for i, layer in enumerate(model.layers):
         for name, lin, tensor in (("k_proj", layer.attn.k_proj, "k_cache"),
                                   ("v_proj", layer.attn.v_proj, "v_cache")):
-            x = recs[f"layers.{i}.{name}"]
+            x = recs[f"layers.{i}.attn.{name}"]
             kv = (x @ lin.kernel[...]).reshape(-1, cfg.n_kv_heads, cfg.head_dim).transpose(1, 0, 2)
             codes = quant.quantize_kv(kv, kvs, "per_token").codes  # (g, tokens, dh)
             # on the array: k = dh (time), n = tokens (rows), one tile per (sequence, KV head)
             rows += [(tensor, i, b, c) for b, c in enumerate(binned(codes.transpose(2, 0, 1), 0))]
             # every head's (dh, tokens) tile grid; 256 tokens per head, so no H-row tile spans two heads
             measure(tensor, i, codes.transpose(2, 0, 1).reshape(cfg.head_dim, -1))
-        for fn, key in (("softmax", "softmax"), ("silu", "silu")):
+        for fn, key in (("softmax", "attn.softmax"), ("silu", "mlp.act")):
             x = jnp.asarray(recs[f"layers.{i}.{key}"], jnp.float32)
             if fn == "softmax":  # causal scores: masked entries are -inf; keep the last row block
                 x = jnp.where(jnp.isfinite(x), x, -1e4)

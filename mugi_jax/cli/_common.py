@@ -178,3 +178,34 @@ def print_json(obj: Any) -> None:
 @app.callback()
 def _root() -> None:
     """Mugi VLP accelerator models: numerics, cost, tuning and paper reproduction."""
+
+
+OVERRIDE_HELP = ("PATTERN=PRESET (repeatable): the ops whose path PATTERN matches in full (a "
+                 "regular expression, e.g. 'lm_head' or 'layers\\.0\\..*') take their "
+                 "implementation from PRESET; the first matching override wins.  Op paths: "
+                 "`mugi-jax numerics`.")
+
+
+def numerics_policy(name: str, overrides: list[str] | None = None) -> Any:
+    """The ``--numerics`` preset with the ``--override PATTERN=PRESET`` rules in front."""
+    from mugi_jax import numerics
+
+    try:
+        policy = numerics.preset(name)
+    except ValueError as err:
+        raise CliError(f"--numerics: {err}") from None
+    for text in overrides or []:
+        try:
+            numerics.parse_override(text)
+        except ValueError as err:
+            raise CliError(f"--override: {err}") from None
+    return numerics.with_overrides(policy, list(overrides or []))
+
+
+def check_policy(policy: Any, model: Any) -> Any:
+    """``policy`` after checking that every ``--override`` pattern matches an op of ``model``."""
+    try:
+        policy.check(model)
+    except ValueError as err:
+        raise CliError(f"--override: {err}") from None
+    return policy

@@ -13,8 +13,9 @@ from typing import Optional
 
 import typer
 
-from mugi_jax.cli._common import (CliError, app, check_choice, check_data_dir, check_int,
-                                   check_names, enable_compilation_cache, print_json, status)
+from mugi_jax.cli._common import (OVERRIDE_HELP, CliError, app, check_choice, check_data_dir,
+                                   check_int, check_names, check_policy, enable_compilation_cache,
+                                   numerics_policy, print_json, status)
 
 ALL_PRESETS = "exact,nonlinear-only,pwl,taylor,mugi-l,mugi"
 TASKS = ("brown-genre",)
@@ -26,6 +27,8 @@ def embed_eval(
     numerics: str = typer.Option(ALL_PRESETS, "--numerics",
                                  help="Comma list of numerics presets (exact is always run: it is "
                                       "the reference of the cosine similarities)."),
+    override: list[str] = typer.Option([], "--override", help=OVERRIDE_HELP + "  Applied to "
+                                       "every preset of --numerics (not to the exact reference)."),
     task: str = typer.Option("brown-genre", help="Labelled task: brown-genre (the genre of each "
                                                  "Brown file, 15 classes)."),
     max_tokens: Optional[int] = typer.Option(
@@ -43,6 +46,7 @@ def embed_eval(
         raise CliError(f"--model: {model!r} is not an encoder; valid: {', '.join(models.ENCODERS)}")
     check_choice("--task", task, TASKS)
     names = check_names("--numerics", numerics, tuple(nx.PRESETS)) or list(nx.PRESETS)
+    policies = [numerics_policy(n, override) if override else n for n in names]
     check_int("--passages", passages, 2, 500)
     check_int("--k", k, 1, passages - 1)
     check_int("--batch-size", batch_size, 1, 1024)
@@ -55,8 +59,11 @@ def embed_eval(
         raise CliError(str(err)) from None
     if max_tokens is not None:
         check_int("--max-tokens", max_tokens, 2, cfg.max_seq_len)
+    for p in policies:
+        if not isinstance(p, str):
+            check_policy(p, m)
     try:
-        rows = ev.genre_eval(m, tok, names, passages=passages, max_tokens=max_tokens, k=k,
+        rows = ev.genre_eval(m, tok, policies, passages=passages, max_tokens=max_tokens, k=k,
                              batch_size=batch_size, progress=not json_out)
     except data.DataError as err:
         raise CliError(str(err)) from None

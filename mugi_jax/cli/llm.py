@@ -1,9 +1,12 @@
-"""``mugi-jax ppl`` and ``mugi-jax generate``: the LLM under a numerics policy.
+r"""``mugi-jax ppl``, ``generate``, ``quantize`` and ``numerics``: the LLM under a numerics policy
+(a preset, optionally with per-op overrides).
 
     mugi-jax ppl --model smollm2-135m --corpus sotu --numerics exact --context 512 \
         --max-tokens 4096 --json
     mugi-jax ppl --model gemma3-270m --corpus sotu --numerics pwl --bos
+    mugi-jax ppl --numerics mugi --override 'lm_head=exact' --override 'layers\.0\..*=nonlinear-only'
     mugi-jax generate --model smollm2-135m --numerics mugi --prompt "..." --max-new-tokens 64
+    mugi-jax numerics --numerics mugi --override 'lm_head=exact'     # what each op resolves to
     mugi-jax quantize --model smollm2-135m --method gptq --scheme signmag --group 32 \
         --calib-corpus brown --calib-tokens 4096 --out DIR   (then: ppl/generate --weights DIR)
 """
@@ -15,23 +18,13 @@ from typing import Optional
 
 import typer
 
-from mugi_jax.cli._common import (CliError, app, check_data_dir, check_float, check_int,
-                                  enable_compilation_cache, print_json, status)
+from mugi_jax.cli._common import (OVERRIDE_HELP, CliError, app, check_data_dir, check_float,
+                                  check_int, check_policy, enable_compilation_cache, numerics_policy,
+                                  print_json, status)
 
 #: Upper bounds that keep a request within what fits in memory on one host.
 MAX_BATCH = 1024
 MAX_SEED = 2**32 - 1
-
-
-def _policy(name: str):  # noqa: ANN202
-    from mugi_jax import numerics
-
-    try:
-        return numerics.preset(name)
-    except ValueError as err:
-        raise CliError(f"--numerics: {err}") from err
-    except numerics.MissingKernelError as err:
-        raise CliError(f"--numerics {name}: {err}") from err
 
 
 #: Chat templates: SmolLM2's ChatML and Gemma's turns (the BOS comes from the tokenizer).
@@ -94,6 +87,7 @@ def ppl(
     numerics: str = typer.Option("exact", "--numerics",
                                  help="Numerics preset: exact, nonlinear-only, pwl, taylor, mugi-l, mugi, "
                                       "mugi-exact, mugi-asym."),
+    override: list[str] = typer.Option([], "--override", help=OVERRIDE_HELP),
     context: int = typer.Option(512, help="Window length in tokens (non-overlapping windows)."),
     max_tokens: int = typer.Option(4096, help="Evaluate the first N tokens of the corpus."),
     batch_size: int = typer.Option(4, help="Windows per forward pass."),
@@ -113,7 +107,7 @@ def ppl(
     check_int("--context", context, 2)
     check_int("--max-tokens", max_tokens, 2)
     check_int("--batch-size", batch_size, 1, MAX_BATCH)
-    policy = _policy(numerics)
+    policy = numerics_policy(numerics, override)
     _check_weights_dir(weights)
     check_data_dir()
     try:  # the corpus first: a damaged cache fails before the model is loaded
@@ -122,6 +116,7 @@ def ppl(
         raise CliError(str(err)) from None
     enable_compilation_cache()
     m, tok, cfg = _load(model)
+    check_policy(policy, m)
     if context + bos > cfg.max_seq_len:
         raise CliError(f"--context {context}{' (+1 for --bos)' if bos else ''}: exceeds {model}'s "
                        f"context of {cfg.max_seq_len} tokens")
@@ -154,6 +149,7 @@ def generate(
                                                    "checkpoint (.gguf file or Hugging Face "
                                                    "directory)."),
     numerics: str = typer.Option("exact", "--numerics", help="Numerics preset."),
+    override: list[str] = typer.Option([], "--override", help=OVERRIDE_HELP),
     max_new_tokens: int = typer.Option(64, help="Tokens to generate."),
     temperature: float = typer.Option(0.0, help="0 = greedy."),
     top_k: Optional[int] = typer.Option(None, help="Sample from the k most likely tokens."),
@@ -173,11 +169,12 @@ def generate(
     for i, p in enumerate(prompt):
         if not p:
             raise CliError(f"--prompt number {i + 1} is empty; every prompt needs some text")
-    policy = _policy(numerics)
+    policy = numerics_policy(numerics, override)
     _check_weights_dir(weights)
     check_data_dir()
     enable_compilation_cache()
     m, tok, cfg = _load(model)
+    check_policy(policy, m)
     m, _ = _with_weights(m, tok, model, policy, weights)
     if top_k is not None:
         check_int("--top-k", top_k, 1, cfg.vocab_size)
@@ -257,3 +254,31 @@ def quantize(
     else:
         typer.echo(f"{model}: {len(qw.kernels)} projections quantized ({method}, {scheme}, "
                    f"g{group}; {info['calibration']}) -> {out_dir}")
+
+
+@app.command("numerics")
+def describe(
+    model: str = typer.Option("smollm2-135m", help="Model name."),
+    numerics: str = typer.Option("exact", "--numerics", help="Numerics preset."),
+    override: list[str] = typer.Option([], "--override", help=OVERRIDE_HELP),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """List every numerics op of a model (path and kind) and the implementation it resolves to
+    under a numerics preset with overrides."""
+    from mugi_jax import data, models
+
+    if model not in models.MODELS:
+        raise CliError(f"--model: unknown model {model!r}; valid: {', '.join(models.MODELS)}")
+    policy = numerics_policy(numerics, override)
+    check_data_dir()
+    try:
+        m, _, _ = models.load(model)
+    except (data.DataError, models.CheckpointError) as err:
+        raise CliError(str(err)) from None
+    rows = check_policy(policy, m).describe(m)
+    if json_out:
+        print_json({"model": model, "numerics": policy.name, "ops": rows})
+    else:
+        width = max(len(p) for p in rows)
+        for path, impl in rows.items():
+            typer.echo(f"{path:<{width}}  {impl}")

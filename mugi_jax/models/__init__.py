@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mugi_jax.models.bert import Bert
-from mugi_jax.models.capture import Recorder, capture_activations
+from mugi_jax.models.capture import Capture, Recorder, capture_activations
 from mugi_jax.models.config import (GEMMA3_270M, MINILM_L6, SMOLLM2_135M, BertConfig,
                                     DecoderConfig, LlamaConfig)
 from mugi_jax.models.embed import embed
@@ -28,7 +28,7 @@ from mugi_jax.models.tokenizer import Tokenizer
 __all__ = [
     "LlamaConfig", "SMOLLM2_135M", "Llama", "Cache", "forward", "prepare", "Sampler", "generate",
     "Tokenizer", "load", "load_gguf", "load_safetensors", "CheckpointError", "MODELS",
-    "capture_activations", "Recorder", "BertConfig", "MINILM_L6", "Bert", "embed", "ENCODERS",
+    "capture_activations", "Recorder", "Capture", "BertConfig", "MINILM_L6", "Bert", "embed", "ENCODERS",
     "DecoderConfig", "GEMMA3_270M", "Decoder",
 ]
 

@@ -23,24 +23,18 @@ from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
 from mugi_jax import numerics
-from mugi_jax.models import capture
 from mugi_jax.models.config import BertConfig
 
-__all__ = ["Bert", "LayerNorm", "Dense", "encode", "pool", "prepare", "OP_PATHS"]
+__all__ = ["Bert", "LayerNorm", "Dense", "encode", "pool", "prepare", "OP_PATHS", "OP_KINDS"]
 
 #: The numerics-dependent ops of one encoder layer, relative to ``layers.{i}.``.
 OP_PATHS = ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.kv_cache", "attn.scores",
             "attn.softmax", "attn.context", "attn.o_proj", "mlp.up_proj", "mlp.act",
             "mlp.down_proj")
-
-
-def _numerics_at(policy: numerics.Policy, path: str) -> numerics.LayerNumerics:
-    """The numerics of the op at ``path`` (``layers.{i}.…``): the one place the encoder maps an
-    op path onto the policy."""
-    parts = path.split(".")
-    if parts[0] == "layers":
-        return policy.layer(int(parts[1]))
-    return policy.lm_head()
+#: The kind (:data:`mugi_jax.numerics.KINDS`) of each op of :data:`OP_PATHS`.
+OP_KINDS = dict(zip(OP_PATHS, (numerics.LINEAR,) * 3 + (
+    numerics.KV_CACHE, numerics.SCORES, numerics.SOFTMAX, numerics.CONTEXT, numerics.LINEAR,
+    numerics.LINEAR, numerics.ACTIVATION, numerics.LINEAR)))
 
 
 class LayerNorm(nnx.Module):
@@ -70,8 +64,7 @@ class Dense(nnx.Module):
 
     def __call__(self, x: Float[Array, "... din"], policy: numerics.Policy) -> Float[Array, "... dout"]:
         w = self.kernel.get_value()
-        capture.record(self.path, "gemm", x, w)
-        return _numerics_at(policy, self.path).linear(x, w) + self.bias[...]
+        return policy.op(self.path, numerics.LINEAR).matmul(x, w) + self.bias[...]
 
 
 class SelfAttention(nnx.Module):
@@ -93,6 +86,9 @@ class SelfAttention(nnx.Module):
         def heads(y: Array) -> Array:  # (B, T, H*D) -> (B, H, T, D)
             return y.reshape(b, t, h, hd).transpose(0, 2, 1, 3)
 
+        qk = policy.op(p + "scores", numerics.SCORES)
+        pv = policy.op(p + "context", numerics.CONTEXT)
+        kv = policy.op(p + "kv_cache", numerics.KV_CACHE)
         q = heads(self.q_proj(x, policy))
         k = heads(self.k_proj(x, policy))
         # padding keys take the row's last valid key: a cache format that quantizes keys in
@@ -100,18 +96,15 @@ class SelfAttention(nnx.Module):
         last = jnp.maximum(jnp.sum(valid, axis=1) - 1, 0)
         edge = jnp.take_along_axis(k, last[:, None, None, None], axis=2)
         k = jnp.where(valid[:, None, :, None], k, edge)
-        k = _numerics_at(policy, p + "kv_cache").kv_store(k)
-        v = _numerics_at(policy, p + "kv_cache").kv_store(heads(self.v_proj(x, policy)))
-        capture.record(p + "scores", "gemm", q)
-        scores = _numerics_at(policy, p + "scores").scores(q, k) * jnp.float32(hd ** -0.5)
+        k = kv.store(k, qk)
+        v = kv.store(heads(self.v_proj(x, policy)), pv)
+        scores = qk.scores(q, k, kv) * jnp.float32(hd ** -0.5)
         # a query sees every valid key; a padding query sees itself too, so no row is empty
         eye = jnp.arange(t)[:, None] == jnp.arange(t)[None, :]
         mask = valid[:, None, None, :] | eye[None, None]
         scores = jnp.where(mask, scores, -jnp.inf)
-        capture.record(p + "softmax", "nonlinear", scores)
-        probs = _numerics_at(policy, p + "softmax").softmax(scores, axis=-1)
-        capture.record(p + "context", "gemm", probs)
-        ctx = _numerics_at(policy, p + "context").context(probs, v)  # B H T D
+        probs = policy.op(p + "softmax", numerics.SOFTMAX).softmax(scores, axis=-1)
+        ctx = pv.context(probs, v, kv)  # B H T D
         return self.o_proj(ctx.transpose(0, 2, 1, 3).reshape(b, t, h * hd), policy)
 
 
@@ -126,8 +119,8 @@ class FeedForward(nnx.Module):
 
     def __call__(self, x: Float[Array, "B T d"], policy: numerics.Policy) -> Float[Array, "B T d"]:
         u = self.up_proj(x, policy)
-        capture.record(self.prefix + "act", "nonlinear", u)
-        return self.down_proj(_numerics_at(policy, self.prefix + "act").gelu(u), policy)
+        act = policy.op(self.prefix + "act", numerics.ACTIVATION).activation(u, "gelu")
+        return self.down_proj(act, policy)
 
 
 class EncoderLayer(nnx.Module):
@@ -185,6 +178,11 @@ class Bert(nnx.Module):
             x = layer(x, valid, policy)
         return x
 
+    def numerics_ops(self) -> tuple[tuple[str, str], ...]:
+        """``(path, kind)`` of every numerics-dependent op, in execution order."""
+        return tuple((f"layers.{i}.{op}", OP_KINDS[op]) for i in range(self.config.n_layers)
+                     for op in OP_PATHS)
+
     def dense_layers(self) -> list[Dense]:
         """Every projection of the encoder (what :func:`prepare` converts)."""
         return [lin for blk in self.layers
@@ -208,9 +206,10 @@ def prepare(model: Bert, policy: numerics.Policy) -> Bert:
     """A copy of ``model`` whose projection kernels are converted once to what ``policy``'s
     GEMMs consume (e.g. INT4); running it under ``policy`` gives the same result, only faster."""
     policy = numerics.preset(policy)
+    policy.check(model)
     new = nnx.clone(model)
     for lin in new.dense_layers():
-        lin.kernel = nnx.Param(_numerics_at(policy, lin.path).prepare_weight(lin.kernel[...]))
+        lin.kernel = nnx.Param(policy.op(lin.path, numerics.LINEAR).prepare_weight(lin.kernel[...]))
     return new
 
 

@@ -5,13 +5,13 @@ activation (SwiGLU or GeGLU-tanh), Q/K/V biases, QK-norm, post-attention/post-FF
 embedding scale, the query scale, sliding-window layers with their own RoPE base, and the RoPE
 pair layout.
 
-Every numerics-dependent op is requested from the policy (passed in at call time) by its path,
-the same as its parameters' module path (see :data:`OP_PATHS` and :func:`numerics_at`):
+Every numerics-dependent op is requested from the policy (passed in at call time) by its path
+and kind, ``policy.op(path, kind)`` (see :data:`OP_PATHS` and :meth:`Llama.numerics_ops`):
 ``layers.{i}.attn.{q,k,v,o}_proj``, ``layers.{i}.attn.kv_cache`` (the format K and V are held
 in), ``layers.{i}.attn.scores`` (Q K^T), ``layers.{i}.attn.softmax``, ``layers.{i}.attn.context``
 (P V), ``layers.{i}.mlp.{gate,up,down}_proj``, ``layers.{i}.mlp.act`` (SiLU or tanh-GELU) and
-``lm_head``.  The model never branches on numerics.  (Activation capture keeps its own, shorter
-names: ``layers.{i}.q_proj``, ``layers.{i}.softmax``, ``layers.{i}.silu``, ...)
+``lm_head``.  The model never branches on numerics; activation capture is a rule too
+(:class:`~mugi_jax.models.capture.Capture`, records keyed by these paths).
 
 Sequences are laid out in *slots*.  Without a cache, slot ``j`` is position ``j`` of the input;
 with a :class:`Cache`, the input occupies slots ``cache.index .. cache.index + T - 1``.  A slot may
@@ -31,11 +31,10 @@ from flax import nnx, struct
 from jaxtyping import Array, Bool, Float, Int
 
 from mugi_jax import numerics
-from mugi_jax.models import capture
 from mugi_jax.models.config import DecoderConfig
 
 __all__ = ["Llama", "Decoder", "Cache", "RMSNorm", "Linear", "rope", "rope_frequencies", "forward",
-           "prepare", "numerics_at", "OP_PATHS"]
+           "prepare", "numerics_at", "OP_PATHS", "OP_KINDS"]
 
 #: The numerics-dependent ops of one decoder layer, relative to ``layers.{i}.`` (plus
 #: ``lm_head``).
@@ -44,9 +43,16 @@ OP_PATHS = ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.kv_cache", "attn.
             "mlp.act", "mlp.down_proj")
 
 
+#: The kind (:data:`mugi_jax.numerics.KINDS`) of each op of :data:`OP_PATHS`.
+OP_KINDS = {p: (numerics.LINEAR if p.endswith("_proj") else
+                {"attn.kv_cache": numerics.KV_CACHE, "attn.scores": numerics.SCORES,
+                 "attn.softmax": numerics.SOFTMAX, "attn.context": numerics.CONTEXT,
+                 "mlp.act": numerics.ACTIVATION}[p]) for p in OP_PATHS}
+
+
 def numerics_at(policy: numerics.Policy, path: str) -> numerics.LayerNumerics:
-    """The numerics of the op at ``path`` (``layers.{i}.…`` or ``lm_head``): the one place the
-    decoder maps an op path onto the policy."""
+    """The previous per-layer view (``policy.layer(i)`` / ``policy.lm_head()``) of the layer
+    holding ``path``; the model itself asks ``policy.op(path, kind)``."""
     parts = path.split(".")
     if parts[0] == "layers":
         return policy.layer(int(parts[1]))
@@ -140,14 +146,12 @@ class Linear(nnx.Module):
         self.kernel = nnx.Param(kernel)
         self.bias = nnx.Param(jax.random.normal(rngs.params(), (dout,), jnp.float32) * 0.02) \
             if bias else nnx.data(None)
-        self.name = name  # the capture name
-        self.path = name if path is None else path  # the numerics path
+        self.name = name  # parameter name (checkpoint loaders)
+        self.path = name if path is None else path  # the numerics op path
 
     def __call__(self, x: Float[Array, "... din"],
                  policy: numerics.Policy) -> Float[Array, "... dout"]:
-        w = self.kernel.get_value()
-        capture.record(self.name, "gemm", x, w)
-        y = numerics_at(policy, self.path).linear(x, w)
+        y = policy.op(self.path, numerics.LINEAR).matmul(x, self.kernel.get_value())
         return y if self.bias is None else y + self.bias[...]
 
 
@@ -188,9 +192,11 @@ class Attention(nnx.Module):
         rot = functools.partial(rope, positions=positions, theta=self.rope_theta,
                                 layout=cfg.rope_layout, scaling=self.rope_scaling)
         q = rot(q)
-        kv_nx = numerics_at(policy, a + "kv_cache")
-        k = kv_nx.kv_store(rot(k).transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)
-        v = kv_nx.kv_store(v.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)
+        qk = policy.op(a + "scores", numerics.SCORES)
+        pv = policy.op(a + "context", numerics.CONTEXT)
+        cache_fmt = policy.op(a + "kv_cache", numerics.KV_CACHE)
+        k = cache_fmt.store(rot(k).transpose(0, 2, 1, 3), qk).transpose(0, 2, 1, 3)
+        v = cache_fmt.store(v.transpose(0, 2, 1, 3), pv).transpose(0, 2, 1, 3)
         if kv is None:  # keys are this call's tokens, slots 0..T-1
             keys, values, key_valid = k, v, valid
             new_kv = None
@@ -211,17 +217,13 @@ class Attention(nnx.Module):
         kh, g, hd = cfg.n_kv_heads, cfg.group, cfg.head_dim
         # head-major: (B, KV heads, group x T, D); the query heads of a GQA group share K and V
         qg = q.reshape(b, t, kh, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, kh, g * t, hd)
-        capture.record(self.prefix + "qk", "gemm", qg)
         row_slots = jnp.tile(q_slots, g)  # the slot of each of the g x T query rows
-        scores = numerics_at(policy, a + "scores").scores(qg, keys.transpose(0, 2, 1, 3), row_slots)
+        scores = qk.scores(qg, keys.transpose(0, 2, 1, 3), cache_fmt, row_slots)
         scores = scores * jnp.float32(cfg.attn_scale)
         scores = scores.reshape(b, kh, g, t, -1)
         scores = jnp.where(mask[:, None, None], scores, -jnp.inf).reshape(b, kh, g * t, -1)
-        capture.record(self.prefix + "softmax", "nonlinear", scores)
-        probs = numerics_at(policy, a + "softmax").softmax(scores, axis=-1)
-        capture.record(self.prefix + "pv", "gemm", probs)
-        out = numerics_at(policy, a + "context").context(probs, values.transpose(0, 2, 1, 3),
-                                                         row_slots)  # B kh (g t) D
+        probs = policy.op(a + "softmax", numerics.SOFTMAX).softmax(scores, axis=-1)
+        out = pv.context(probs, values.transpose(0, 2, 1, 3), cache_fmt, row_slots)  # B kh (g t) D
         out = out.reshape(b, kh, g, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, cfg.n_heads * hd)
         return self.o_proj(out, policy), new_kv
 
@@ -241,9 +243,8 @@ class MLP(nnx.Module):
 
     def __call__(self, x: Float[Array, "B T d"], policy: numerics.Policy) -> Float[Array, "B T d"]:
         g = self.gate_proj(x, policy)
-        capture.record(self.prefix + self.activation, "nonlinear", g)
-        nx = numerics_at(policy, self.prefix + "mlp.act")
-        act = nx.silu(g) if self.activation == "silu" else nx.gelu(g, approximate=True)
+        fn = "silu" if self.activation == "silu" else "gelu_tanh"  # a registry name
+        act = policy.op(self.prefix + "mlp.act", numerics.ACTIVATION).activation(g, fn)
         return self.down_proj(act * self.up_proj(x, policy), policy)
 
 
@@ -296,6 +297,11 @@ class Llama(nnx.Module):
         self.lm_head = nnx.data(None if config.tie_embeddings
                                 else Linear(config.dim, config.vocab_size, "lm_head", rngs=rngs))
 
+    def numerics_ops(self) -> tuple[tuple[str, str], ...]:
+        """``(path, kind)`` of every numerics-dependent op, in execution order."""
+        return tuple((f"layers.{i}.{op}", OP_KINDS[op]) for i in range(self.config.n_layers)
+                     for op in OP_PATHS) + (("lm_head", numerics.LINEAR),)
+
     def __call__(self, tokens: Int[Array, "B T"], policy: numerics.Policy = numerics.EXACT, *,
                  cache: Cache | None = None, valid: Bool[Array, "B T"] | None = None,
                  positions: Int[Array, "B T"] | None = None) -> tuple[Float[Array, "B T V"], Cache | None]:
@@ -324,9 +330,7 @@ class Llama(nnx.Module):
         if self.lm_head is not None:
             logits = self.lm_head(x, policy)
         else:
-            w = self.embed[...].T
-            capture.record("lm_head", "gemm", x)
-            logits = numerics_at(policy, "lm_head").linear(x, w)
+            logits = policy.op("lm_head", numerics.LINEAR).matmul(x, self.embed[...].T)
         new_cache = None
         if cache is not None:
             new_cache = Cache(k=jnp.stack(new_k), v=jnp.stack(new_v), valid=cvalid,
@@ -344,12 +348,14 @@ def prepare(model: Llama, policy: numerics.Policy) -> Llama:
     Running the returned model under ``policy`` gives the same result as running ``model``
     (which would quantize on every call), only faster."""
     policy = numerics.preset(policy)
+    policy.check(model)
     new = nnx.clone(model)
     for block in new.layers:
         for lin in (block.attn.q_proj, block.attn.k_proj, block.attn.v_proj, block.attn.o_proj,
                     block.mlp.gate_proj, block.mlp.up_proj, block.mlp.down_proj):
-            lin.kernel = nnx.Param(numerics_at(policy, lin.path).prepare_weight(lin.kernel.get_value()))
-    head = numerics_at(policy, "lm_head")
+            impl = policy.op(lin.path, numerics.LINEAR)
+            lin.kernel = nnx.Param(impl.prepare_weight(lin.kernel.get_value()))
+    head = policy.op("lm_head", numerics.LINEAR)
     if new.lm_head is None:
         cfg = new.config
         new.lm_head = Linear(cfg.dim, cfg.vocab_size, "lm_head",
@@ -371,5 +377,6 @@ def forward(model: Llama, tokens: Int[Array, "B T"], policy: numerics.Policy | s
             valid: Bool[Array, "B T"] | None = None) -> tuple[Float[Array, "B T V"], Cache | None]:
     """Jit-compiled ``model(tokens, policy, cache=cache, valid=valid)``."""
     policy = numerics.preset(policy)
+    policy.check(model)
     graphdef, state = nnx.split(model)
     return _forward(graphdef, state, jnp.asarray(tokens, jnp.int32), policy, cache, valid)

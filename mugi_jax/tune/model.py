@@ -2,17 +2,18 @@ r"""The model side of tuning: per-layer VLP parameters in a Llama forward pass.
 
 * :class:`UnitParams` - per-layer, per-function parameters, arrays of shape ``(layers, 2)``
   (column 0: the softmax exponential, column 1: SiLU).
-* :func:`relaxed_policy` - an adapter with the :class:`~mugi_jax.numerics.Policy` interface the
-  model calls (``layer(i)``, ``lm_head()``) whose softmax/SiLU are the relaxed units of
-  :mod:`mugi_jax.tune.relax` with traced parameters; everything else is delegated to the base
-  policy's :class:`~mugi_jax.numerics.LayerNumerics`.  (``Policy`` itself must be hashable and
-  static, so traced parameters cannot live in it.)  At temperature 0 and integer parameters a
-  forward pass under it equals the forward pass under :func:`exact_policy` bit for bit (tested).
-* :func:`exact_policy` - the discrete per-layer config as an ordinary ``numerics.Policy``
-  (per-layer overrides, exact kernels), used for the held-out verification.
-* :func:`capture` - one forward + backward pass of the exact model on the calibration windows:
-  the inputs of every softmax and SiLU and the gradient of the summed next-token cross-entropy
-  w.r.t. their outputs (the data of the Fisher proxy, :mod:`mugi_jax.tune.tuner`).
+* :class:`RelaxedVLP` - the relaxed VLP unit of :mod:`mugi_jax.tune.relax` as a numerics
+  implementation (an equinox module: parameters as array leaves, configuration static).
+* :func:`relaxed_policy` - an ordinary :class:`~mugi_jax.numerics.Policy` whose rules give the
+  softmax/SiLU of layer ``i`` a :class:`RelaxedVLP` with traced parameters, in front of the base
+  policy's rules.  At temperature 0 and integer parameters a forward pass under it equals the
+  forward pass under :func:`exact_policy` bit for bit (tested).
+* :func:`exact_policy` - the discrete per-layer config as per-layer rules with the exact kernels,
+  used for the held-out verification.
+* :func:`capture` - one forward + backward pass of the exact model on the calibration windows
+  with a capture rule on the tuned units: the inputs of every softmax and SiLU and the gradient
+  of the summed next-token cross-entropy w.r.t. their outputs (the data of the Fisher proxy,
+  :mod:`mugi_jax.tune.tuner`).
 * :func:`window_nll` - jitted calibration NLL for a stack of parameters (one compilation serves
   every config of a grid search).
 """
@@ -21,7 +22,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, NamedTuple
+import re
+from typing import Any, ClassVar, NamedTuple
+
+import equinox as eqx
 
 import jax
 import jax.numpy as jnp
@@ -30,10 +34,11 @@ from flax import nnx
 from jaxtyping import Array, Float, Int
 
 from mugi_jax import numerics
+from mugi_jax.models.capture import Recorder, capturing
 from mugi_jax.nonlinear.config import VLPConfig
 from mugi_jax.tune.relax import VLPParams, relaxed_softmax, relaxed_vlp
 
-__all__ = ["FUNCS", "UnitParams", "relaxed_policy", "exact_policy", "capture", "Calibration",
+__all__ = ["FUNCS", "UnitParams", "RelaxedVLP", "relaxed_policy", "exact_policy", "capture", "Calibration",
            "window_nll", "make_windows", "configs_from_params", "params_from_configs"]
 
 #: The tuned functions of a Llama layer, in column order.
@@ -66,69 +71,69 @@ def configs_from_params(p: UnitParams, base: VLPConfig) -> list[tuple[VLPConfig,
             for i in range(e.shape[0])]
 
 
-class _RelaxedLayer:
-    """LayerNumerics-like: relaxed softmax/SiLU, the rest from ``base``."""
+class RelaxedVLP(eqx.Module):
+    """A relaxed VLP unit (:mod:`mugi_jax.tune.relax`) as a numerics implementation: the unit's
+    parameters (and the temperature, and the noise key) are array leaves, the base configuration
+    and the rounding mode static.  Implements softmax (VLP exponential) and activations; outputs
+    are float32 holding BF16 values (at temperature 0), cast to the input dtype."""
 
-    def __init__(self, base: numerics.LayerNumerics, softmax_fn: Any, silu_fn: Any) -> None:
-        self._base, self._softmax, self._silu = base, softmax_fn, silu_fn
+    params: VLPParams
+    temperature: Any = 0.0
+    key: Array | None = None
+    base: VLPConfig = eqx.field(default=VLPConfig(), static=True)
+    rounding: str = eqx.field(default="ste", static=True)
+    exact_values: bool = eqx.field(default=True, static=True)
+    kinds: ClassVar[tuple[str, ...]] = (numerics.SOFTMAX, numerics.ACTIVATION)
+    label: ClassVar[str] = "relaxed VLP"
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._base, name)
+    def _kw(self) -> dict[str, Any]:
+        return dict(temperature=self.temperature, rounding=self.rounding, key=self.key,
+                    exact_values=self.exact_values)
 
     def softmax(self, x: Array, axis: int = -1) -> Array:
-        return self._softmax(x, axis)
+        return relaxed_softmax(x, self.params, self.base, axis=axis, **self._kw()).astype(x.dtype)
+
+    def activation(self, x: Array, fn: str) -> Array:
+        return relaxed_vlp(x, fn, self.params, self.base, **self._kw()).astype(x.dtype)
 
     def silu(self, x: Array) -> Array:
-        return self._silu(x)
+        return self.activation(x, "silu")
 
 
-class _AdapterPolicy:
-    """The part of the ``Policy`` interface the model uses."""
-
-    def __init__(self, layers: list[Any], head: numerics.LayerNumerics, name: str) -> None:
-        self._layers, self._head, self.name = layers, head, name
-
-    def layer(self, i: int) -> Any:
-        return self._layers[i]
-
-    def lm_head(self) -> numerics.LayerNumerics:
-        return self._head
+#: The op paths (patterns) of the tuned units of layer ``i``, in :data:`FUNCS` order.
+def _unit_paths(i: int) -> tuple[str, str]:
+    return f"layers.{i}.attn.softmax", f"layers.{i}.mlp.act"
 
 
 def relaxed_policy(params: UnitParams, n_layers: int, base_cfg: VLPConfig = VLPConfig(),
                    base: numerics.Policy | str = "exact", *, temperature: float | Array = 0.0,
                    rounding: str = "ste", key: Array | None = None,
-                   exact_values: bool = True) -> _AdapterPolicy:
-    """A policy adapter whose softmax/SiLU in layer ``i`` are the relaxed VLP units with
-    ``params.unit(i, .)``; inputs are rounded to BF16 at the unit's entry (as the ``mugi``
-    presets do) and outputs are float32 holding BF16 values.  ``key`` (noise rounding) is split per
-    unit."""
+                   exact_values: bool = True) -> numerics.Policy:
+    """``base`` with the softmax/SiLU of layer ``i`` given to :class:`RelaxedVLP` units with
+    ``params.unit(i, .)`` (rules in front of ``base``'s).  Inputs are rounded to BF16 inside
+    the relaxed units (as the ``mugi`` presets do at the unit's entry).  ``key`` (noise
+    rounding) is split per unit.  A pytree with the parameters as leaves: build it inside the
+    traced function, or pass it to ``jax.jit`` as an argument."""
     base = numerics.preset(base)
     keys = [None] * (2 * n_layers) if key is None else list(jax.random.split(key, 2 * n_layers))
-    kw = dict(temperature=temperature, rounding=rounding, exact_values=exact_values)
-    layers = []
+    kw = dict(temperature=temperature, base=base_cfg, rounding=rounding, exact_values=exact_values)
+    rules = []
     for i in range(n_layers):
-        sp, ap = params.unit(i, 0), params.unit(i, 1)
-        ks, ka = keys[2 * i], keys[2 * i + 1]
-        sm = (lambda x, axis, sp=sp, ks=ks:
-              relaxed_softmax(x, sp, base_cfg, key=ks, axis=axis, **kw).astype(x.dtype))
-        si = (lambda x, ap=ap, ka=ka:
-              relaxed_vlp(x, "silu", ap, base_cfg, key=ka, **kw).astype(x.dtype))
-        layers.append(_RelaxedLayer(base.layer(i), sm, si))
-    return _AdapterPolicy(layers, base.lm_head(), "relaxed")
+        for col, path in enumerate(_unit_paths(i)):
+            unit = RelaxedVLP(params.unit(i, col), key=keys[2 * i + col], **kw)
+            rules.append(numerics.Rule(re.escape(path), unit, required=False))
+    return base.prepend(*rules, name="relaxed")
 
 
 def exact_policy(configs: list[tuple[VLPConfig, VLPConfig]], base: numerics.Policy | str = "exact",
                  name: str = "tuned") -> numerics.Policy:
-    """A ``numerics.Policy`` with per-layer VLP softmax/SiLU configs (BF16 unit inputs) on top of
-    ``base`` (its GEMM/KV choices are kept)."""
+    """A ``numerics.Policy`` with per-layer VLP softmax/SiLU configs (BF16 unit inputs) in front
+    of ``base``'s rules (its GEMM/KV choices are kept)."""
     base = numerics.preset(base)
-    layers = tuple(
-        (i, dataclasses.replace(base.layer(i),
-                                softmax_fn=numerics.Nonlinear(sm, bf16_input=True),
-                                silu_fn=numerics.Nonlinear(si, bf16_input=True)))
-        for i, (sm, si) in enumerate(configs))
-    return numerics.Policy(name, base.default, layers, base.head)
+    rules = [numerics.Rule(re.escape(path), numerics.Nonlinear(cfg, bf16_input=True),
+                           required=False)
+             for i, row in enumerate(configs) for path, cfg in zip(_unit_paths(i), row)]
+    return base.prepend(*rules, name=name)
 
 
 def make_windows(tokens: Any, context: int) -> tuple[Int[Array, "B T"], Array]:
@@ -219,38 +224,26 @@ def capture(model: Any, tokens: Any, context: int = 128, base: numerics.Policy |
             ) -> Calibration:
     """One forward + backward pass of the ``base`` model on ``tokens`` cut into windows of
     ``context``: records the softmax and SiLU inputs of every layer and the gradient of the
-    summed NLL w.r.t. their outputs."""
+    summed NLL w.r.t. their outputs (a :class:`~mugi_jax.models.capture.Capture` rule on the
+    tuned units; the gradient is taken w.r.t. zero offsets added to their outputs)."""
     base = numerics.preset(base)
     win, val = make_windows(tokens, context)
     graphdef, state = nnx.split(model)
     n_layers = model.config.n_layers
+    paths = [_unit_paths(i) for i in range(n_layers)]
+    pattern = "|".join(re.escape(p) for row in paths for p in row)
 
-    def run(state: Any, eps: dict[str, list[Array]] | None) -> tuple[Array, dict]:
+    def run(state: Any, eps: dict[str, Array] | None) -> tuple[Array, tuple[Array, dict]]:
         m = nnx.merge(graphdef, state)
-        taps: dict[str, list[Array]] = {"softmax": [], "silu": []}
-
-        def sm(i: int, bl: numerics.LayerNumerics) -> Any:
-            def f(x: Array, axis: int = -1) -> Array:
-                taps["softmax"].append(x)
-                out = bl.softmax(x, axis)
-                return out if eps is None else out + eps["softmax"][i]
-            return f
-
-        def si(i: int, bl: numerics.LayerNumerics) -> Any:
-            def f(x: Array) -> Array:
-                taps["silu"].append(x)
-                out = bl.silu(x)
-                return out if eps is None else out + eps["silu"][i]
-            return f
-
-        layers = [_RelaxedLayer(base.layer(i), sm(i, base.layer(i)), si(i, base.layer(i)))
-                  for i in range(n_layers)]
-        logits, _ = m(win, _AdapterPolicy(layers, base.lm_head(), "capture"), valid=val)
+        rec = Recorder("full")
+        if eps is not None:
+            rec.output_offsets = eps
+        logits, _ = m(win, capturing(base, rec, pattern), valid=val)
         s, c = _nll(logits, win, val)
-        return s, (c, taps)
+        return s, (c, rec.records)
 
     shapes = jax.eval_shape(lambda st: run(st, None)[1][1], state)
-    eps0 = {k: [jnp.zeros(v.shape, jnp.float32) for v in vs] for k, vs in shapes.items()}
+    eps0 = {k: jnp.zeros(v.shape, jnp.float32) for k, v in shapes.items()}
 
     @jax.jit
     def fwd_bwd(state: Any, eps: dict) -> tuple[Array, Array, dict, dict]:
@@ -258,8 +251,10 @@ def capture(model: Any, tokens: Any, context: int = 128, base: numerics.Policy |
         return s, c, taps, g
 
     s, c, taps, g = fwd_bwd(state, eps0)
-    sx, sg = jnp.stack(taps["softmax"]), jnp.stack(g["softmax"])
-    ax, ag = jnp.stack(taps["silu"]), jnp.stack(g["silu"])
+    sx = jnp.stack([taps[p[0]] for p in paths])
+    sg = jnp.stack([g[p[0]] for p in paths])
+    ax = jnp.stack([taps[p[1]] for p in paths])
+    ag = jnp.stack([g[p[1]] for p in paths])
     n_sm = np.asarray(jnp.sum(jnp.isfinite(sx[0])))
     elements = np.stack([np.full(n_layers, n_sm), np.full(n_layers, ax[0].size)], axis=1)
     return Calibration(sx, sg, ax, ag, elements.astype(np.float64), win, val,

@@ -36,6 +36,23 @@ def test_ppl_json_and_generate():
     assert r.exit_code == 0, r.output
     g = json.loads(r.output)
     assert len(g["completions"]) == 1 and len(g["tokens"][0]) == 4
+    # every op overridden back to exact: the same perplexity as --numerics exact
+    r = _run(["ppl", "--corpus", "sotu", "--numerics", "nonlinear-only", "--override", ".*=exact",
+              "--context", "128", "--max-tokens", "512", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["ppl"] == out["ppl"]
+
+
+@pytest.mark.slow
+def test_numerics_describe_with_overrides():
+    r = _run(["numerics", "--numerics", "mugi", "--override", "lm_head=exact",
+              "--override", r"layers\.0\..*=nonlinear-only", "--json"])
+    assert r.exit_code == 0, r.output
+    ops = json.loads(r.output)["ops"]
+    assert len(ops) == 30 * 12 + 1
+    assert ops["lm_head"] == "linear: fp32" and ops["layers.0.attn.q_proj"] == "linear: fp32"
+    assert ops["layers.1.attn.q_proj"] == "linear: Mugi/SignMagnitudeInt4/fast"
+    assert ops["layers.0.mlp.act"] == "activation: VLPConfig"
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -44,6 +61,10 @@ def test_ppl_json_and_generate():
     (["ppl", "--model", "gpt2"], "valid: smollm2-135m"),
     (["generate", "--prompt", "x", "--model", "gpt2"], "valid: smollm2-135m"),
     (["data", "fetch", "imagenet"], "valid: smollm2, minilm, gemma3, sotu, brown, austen"),
+    (["ppl", "--override", "lm_head"], "--override: must be PATTERN=PRESET, got 'lm_head'"),
+    (["ppl", "--override", "lm_head=fp8"], "--override: unknown numerics preset 'fp8'"),
+    (["generate", "--prompt", "x", "--override", "(=exact"], "--override: pattern '('"),
+    (["numerics", "--override", "layer0=exact"], "--override: numerics rule pattern(s) 'layer0'"),
 ])
 def test_bad_names_list_valid_ones(monkeypatch, capsys, args, needle):
     code, cap = _main(monkeypatch, capsys, args)
