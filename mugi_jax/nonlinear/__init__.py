@@ -1,5 +1,9 @@
 """Nonlinear units: VLP table approximation (Mugi), Mugi-L, PWL, Taylor and exact baselines.
 
+Every function is one :class:`Function` record of the registry (:mod:`.functions`; shipped:
+exp, silu, gelu (erf), gelu_tanh, sigmoid, tanh); ``nl.register(nl.Function(...))`` adds one,
+and every unit, the simulator, the relaxation and the tuner's cost accept it.
+
 Usage::
 
     from mugi_jax import nonlinear as nl
@@ -15,13 +19,16 @@ from mugi_jax.nonlinear.baselines import (PWL_RANGES, TAYLOR_DEFAULTS, exact, pw
                                           pwl_coefficients, taylor, taylor_coefficients)
 from mugi_jax.nonlinear.config import (BUILDS, FUNCTIONS, PWL, TAILS, Exact, MugiL, Taylor,
                                        VLPConfig)
+from mugi_jax.nonlinear.cycles import subscription_cycles
+from mugi_jax.nonlinear.functions import Function, get, names, register
 from mugi_jax.nonlinear.softmax import activation, gelu, pairwise_sum, silu, softmax
 from mugi_jax.nonlinear.tables import reference_f64, vlp_table
-from mugi_jax.nonlinear.vlp import as_bf16, round_to_bf16, subscription_cycles, vlp
+from mugi_jax.nonlinear.vlp import as_bf16, round_to_bf16, vlp
 
 __all__ = [
     "VLPConfig", "MugiL", "PWL", "Taylor", "Exact", "FUNCTIONS", "BUILDS", "TAILS",
     "vlp", "softmax", "silu", "gelu", "activation", "subscription_cycles",
     "exact", "pwl", "taylor", "pwl_coefficients", "taylor_coefficients", "PWL_RANGES",
-    "TAYLOR_DEFAULTS", "pairwise_sum", "vlp_table", "reference_f64",
+    "TAYLOR_DEFAULTS", "pairwise_sum", "vlp_table", "reference_f64", "Function", "register",
+    "get", "names",
 ]

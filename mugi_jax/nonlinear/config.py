@@ -10,7 +10,8 @@ import dataclasses
 
 __all__ = ["VLPConfig", "MugiL", "PWL", "Taylor", "Exact", "Approx", "FUNCTIONS", "BUILDS", "TAILS"]
 
-#: Functions a VLP table can hold.  ``gelu`` is the erf form, ``gelu_tanh`` the tanh form.
+#: The functions shipped before the registry (``gelu`` is the erf form, ``gelu_tanh`` the tanh
+#: form).  Every registered function works everywhere: see ``nonlinear.names()``.
 FUNCTIONS = ("exp", "silu", "gelu", "gelu_tanh")
 BUILDS = ("max", "min")
 TAILS = ("clamp", "linear")

@@ -28,9 +28,9 @@ from jaxtyping import Array, ArrayLike, BFloat16, Float
 from mugi_jax import formats
 from mugi_jax.nonlinear.baselines import exact, pwl, taylor
 from mugi_jax.nonlinear.config import PWL, Exact, MugiL, Taylor, VLPConfig
-from mugi_jax.nonlinear.vlp import (_groups, _grouped, as_bf16, bf16_to_f32, bottom_from_extreme,
-                                    flush_f32, group_offsets, output_table, round_to_bf16,
-                                    table_lookup, vlp)
+from mugi_jax.formats import round_to_bf16
+from mugi_jax.nonlinear._common import as_bf16, bf16_to_f32, flush_f32, grouped, groups
+from mugi_jax.nonlinear.vlp import bottom_from_extreme, group_offsets, output_table, table_lookup, vlp
 
 _TINY32 = np.float32(2.0 ** -126)
 
@@ -164,16 +164,16 @@ def _vlp_exp_codes(z: Array, cfg: VLPConfig) -> Array:
     """Step 3 on the codes (``(..., rows, cols)``, groups along rows): FTZ(e) as uint16."""
     u16 = jnp.uint16
     z2, rows_axis = rows_last(z)
-    g = _groups(z2.shape[rows_axis], rows_axis, cfg.window_group)
+    g = groups(z2.shape[rows_axis], rows_axis, cfg.window_group)
     if g.size == 1:
         return table_lookup(_softmax_exp_table(cfg, True), z).reshape(z.shape)
     # Codes are below every negative normal pattern: a plain max finds the largest magnitude.
     if cfg.build == "max":
-        top = jnp.max(_grouped(z2, g, 0), axis=g.axis + 1, keepdims=True)
+        top = jnp.max(grouped(z2, g, 0), axis=g.axis + 1, keepdims=True)
         extreme = jnp.where(top >= u16(0x8080), top & u16(0x7FFF), u16(0))
     else:
         key = jnp.where(z2 >= u16(0x8080), z2, u16(0xFFFF))
-        low = jnp.min(_grouped(key, g, 0xFFFF), axis=g.axis + 1, keepdims=True)
+        low = jnp.min(grouped(key, g, 0xFFFF), axis=g.axis + 1, keepdims=True)
         extreme = jnp.where(low == u16(0xFFFF), low, low & u16(0x7FFF))
     bottom = bottom_from_extreme(extreme.astype(jnp.int32), cfg)
     e = table_lookup(_softmax_exp_table(cfg, False), z2, group_offsets(bottom, cfg, g, z2.shape))
@@ -256,7 +256,8 @@ def _exact_softmax(x: Array, axis: int) -> Array:
 
 
 def activation(x: ArrayLike, fn: str, approx: object = VLPConfig(), axis: int = -1) -> Array:
-    """``fn`` (exp, silu, gelu, gelu_tanh) computed by ``approx``; VLP groups run along ``axis``."""
+    """``fn`` (a registered function: exp, silu, gelu, gelu_tanh, sigmoid, tanh, ...) computed by
+    ``approx``; VLP groups run along ``axis``."""
     _check_approx(approx)
     if isinstance(approx, Exact):
         return exact(x, fn)

@@ -1,19 +1,25 @@
 """Cycle-level reference simulator of the Mugi H x W array in nonlinear (VLP) mode.
 
-A deliberately literal, slow NumPy/Python model - the oracle for :mod:`mugi_jax.nonlinear`,
-which it never imports.  Per tile (``window_group`` elements, one per array row):
+A deliberately literal, slow NumPy/Python model - the oracle for the kernels of
+:mod:`mugi_jax.nonlinear`, which it never imports: it reads only the function's record from the
+registry (:mod:`mugi_jax.nonlinear.functions`: ``reference``, ``above``, ``below``, ``signs``,
+``f'(0)``) and implements the unit's rules itself.  Per tile (``window_group`` elements, one per
+array row):
 
 1. every row decodes its BF16 input and rounds the mantissa to M bits (half to even, carry);
 2. the controller picks the window (``build="max"``: top = min(max e, e_top),
    bottom = max(top - W + 1, e_top - L + 1); ``"min"``: bottom = max(min e, e_top - L + 1),
    top = min(bottom + W - 1, e_top)) over the tile's nonzero finite rows;
-3. every row either bypasses the table (NaN, zero/subnormal, inf, exponent above e_top, SiLU/GELU
-   below the stored range, ``tail="linear"``) or loads a (pass sign, column, code) register;
+3. every row either bypasses the table (NaN, zero/subnormal -> f(0), inf or exponent above e_top
+   -> ``above(x)``, below the stored range -> ``below(x)`` unless the record's ``below`` is None
+   (exp: clamp to the window's first entry), ``tail="linear"`` -> f(0) + f'(0) x) or loads a
+   (pass sign, column, code) register;
 4. per sign pass, the counter sweeps t = 0, 1, ...; column c broadcasts the table entry
    (sign, bottom + c, t); each row compares its code with t and, on equality, latches the value
    on its column.  A sweep is 2^M cycles, or with early termination it stops once every
-   subscriber of the pass has latched (0 cycles when there is none).  exp runs the negative
-   pass, plus a positive pass only when a row needs it; SiLU/GELU run both passes.
+   subscriber of the pass has latched (0 cycles when there is none).  The passes of the
+   record's ``signs`` always run, another sign's pass only when a row needs it (exp: the
+   negative pass, plus a positive pass only when a row needs it; SiLU/GELU: both passes).
 
 Events counted: ``counter_steps`` (cycles), ``comparisons`` (rows x cycles), ``latches``,
 ``table_reads`` (streaming columns x cycles), ``bypasses`` (rows that did not use the table).
@@ -32,6 +38,7 @@ import ml_dtypes
 import numpy as np
 
 from mugi_jax import formats
+from mugi_jax.nonlinear import functions
 
 __all__ = ["SimResult", "simulate_vlp", "simulate_softmax", "sim_table", "sim_f64"]
 
@@ -55,7 +62,9 @@ def _params(cfg: Any) -> tuple[int, int, int, int, int, str, str]:
 
 
 def sim_f64(fn: str, v: float) -> float:
-    """f(v) in float64, evaluated with the ``math`` module (independent of the kernels)."""
+    """f(v) in float64 for the shipped functions exp, silu, gelu and gelu_tanh, evaluated with the
+    ``math`` module (an independent check of the registry's references; the simulator itself
+    reads the record)."""
     def sigmoid(u: float) -> float:
         if u >= 0:
             return 1.0 / (1.0 + math.exp(-u))
@@ -89,8 +98,9 @@ def sim_table(fn: str, m_bits: int, lut: int, e_top: int) -> dict[tuple[int, int
             for j in range(codes):
                 v = math.ldexp(1.0 + j / codes, e) * (-1.0 if sign else 1.0)
                 keys.append((sign, e, j))
-                vals.append(sim_f64(fn, v))
-    rounded = formats.round_float64(np.array(vals, dtype=np.float64), formats.BF16)
+                vals.append(v)
+    rounded = formats.round_float64(functions.get(fn).f64(np.array(vals, dtype=np.float64)),
+                                    formats.BF16)
     return dict(zip(keys, rounded))
 
 
@@ -125,7 +135,8 @@ def _tile(bits: np.ndarray, fn: str, params: tuple, early: bool, table: dict,
     else:
         bottom = max(min(exps), e_lo) if exps else e_top - w + 1
         top = min(bottom + w - 1, e_top)
-    bf = lambda v: np.array(v, dtype=np.float64).astype(_BF16)  # exact for the constants used
+    rec = functions.get(fn)
+    bf = lambda v: formats.round_float64(np.array([v], dtype=np.float64), formats.BF16)[0]  # noqa: E731
     out: list = [None] * len(rows)
     regs: list = [None] * len(rows)  # (pass sign, column, code) of table subscribers
     for r, (cls, s, e, j) in enumerate(rows):
@@ -133,26 +144,22 @@ def _tile(bits: np.ndarray, fn: str, params: tuple, early: bool, table: dict,
         if cls == "nan":
             out[r] = xval
         elif cls == "zero":
-            out[r] = bf(1.0 if fn == "exp" else 0.0)
+            out[r] = bf(rec.at_zero())
         elif cls == "inf" or e > e_top:
-            if fn == "exp":
-                out[r] = bf(0.0 if s else math.inf)
-            else:
-                out[r] = bf(0.0) if s else xval
-        elif e < e_lo and tail == "linear":
-            xf = np.float32(xval)
-            if fn == "exp":
-                out[r] = np.float32(np.float32(1.0) + xf).astype(_BF16)
-            else:
-                half = np.float32(xf * np.float32(0.5))
-                if abs(half) < np.float32(2.0 ** -126):  # FTZ
-                    half = np.copysign(np.float32(0.0), half)
-                out[r] = np.float32(half).astype(_BF16)
+            out[r] = bf(rec.above_f64(np.array([float(xval)]))[0])
+        elif e < e_lo and tail == "linear":  # f(0) + f'(0) x in FP32, FTZ after each operation
+            t = np.float32(xval)
+            slope, f0 = np.float32(rec.slope()), np.float32(rec.at_zero())
+            if slope != 1:
+                t = _ftz(np.float32(t * slope))
+            if f0 != 0:
+                t = _ftz(np.float32(f0 + t))
+            out[r] = np.float32(t).astype(_BF16)
         elif e < e_lo:
-            if fn == "exp":
+            if rec.below is None:
                 regs[r] = (s, 0, 0)  # clamp to (bottom, j = 0)
             else:
-                out[r] = bf(0.0)
+                out[r] = bf(rec.below_f64(np.array([float(xval)]))[0])
         elif e < bottom:
             regs[r] = (s, 0, 0)
         elif e > top:
@@ -160,7 +167,9 @@ def _tile(bits: np.ndarray, fn: str, params: tuple, early: bool, table: dict,
         else:
             regs[r] = (s, e - bottom, j)
     events["bypasses"] += sum(reg is None for reg in regs)
-    passes = [1, 0] if fn != "exp" else [1] + ([0] if any(g and g[0] == 0 for g in regs) else [])
+    # negative pass first; a pass of a sign outside the record's signs only when a row needs it
+    passes = [p for p in (1, 0) if (-1 if p else 1) in rec.signs
+              or any(g and g[0] == p for g in regs)]
     streaming = [c for c in range(w) if bottom + c <= e_top]
     cycles = 0
     for pass_sign in passes:
@@ -184,6 +193,10 @@ def _tile(bits: np.ndarray, fn: str, params: tuple, early: bool, table: dict,
     return out, cycles
 
 
+def _ftz(v: np.float32) -> np.float32:
+    return np.copysign(np.float32(0.0), v) if abs(v) < np.float32(2.0 ** -126) else v
+
+
 def _as_bf16_numpy(x: Any) -> np.ndarray:
     if hasattr(x, "dtype") and not isinstance(x, np.ndarray):
         x = formats.to_numpy(x)  # exact copy of a JAX array
@@ -201,8 +214,7 @@ def simulate_vlp(x: Any, fn: str, cfg: Any, axis: int = -1, early_termination: b
     """Simulate the VLP unit on ``x`` (tiles: ``window_group`` consecutive elements along
     ``axis``).  ``cycles`` has ``x``'s shape with ``axis`` replaced by the tile count."""
     params = _params(cfg)
-    if fn not in ("exp", "silu", "gelu", "gelu_tanh"):
-        raise ValueError(f"fn: unknown {fn!r}")
+    functions.get(fn)  # ValueError naming the registered functions
     xb = _as_bf16_numpy(x)
     scalar = xb.ndim == 0
     xb = xb.reshape(1) if scalar else xb

@@ -31,15 +31,33 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Iterator, Mapping
 
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
-__all__ = ["ComponentEnergies", "component_energies", "PASSES", "unit_cost", "model_cost",
-           "COST_METRICS"]
+from mugi_jax.nonlinear import functions
 
-#: Sign passes per function: exp (softmax inputs are <= 0) one, SiLU/GELU two.
-PASSES = {"exp": 1, "softmax": 1, "silu": 2, "gelu": 2, "gelu_tanh": 2}
+__all__ = ["ComponentEnergies", "component_energies", "PASSES", "unit_cost", "model_cost",
+           "function_cost", "COST_METRICS"]
+
+
+class _Passes(Mapping[str, int]):
+    """Sign passes per registered function (``len(record.signs)``; ``"softmax"``: exp's, the
+    softmax inputs are <= 0): exp one, SiLU/GELU two."""
+
+    def __getitem__(self, fn: str) -> int:
+        return len(functions.get("exp" if fn == "softmax" else fn).signs)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(("softmax",) + functions.names())
+
+    def __len__(self) -> int:
+        return len(functions.names()) + 1
+
+
+#: Sign passes per function, read from the function registry.
+PASSES: Mapping[str, int] = _Passes()
 #: Names of the cost metrics (also the budget keys that constrain them).
 COST_METRICS = ("table_entries", "cycles", "energy_pj")
 
@@ -92,3 +110,9 @@ def model_cost(mantissa_bits: Float[ArrayLike, "*u"], window: Float[ArrayLike, "
     wts = jnp.asarray(elements, jnp.float32)
     wts = jnp.broadcast_to(wts / jnp.sum(wts), per["cycles"].shape)
     return {k: jnp.sum(wts * v) for k, v in per.items()}
+
+
+def function_cost(fn: str, mantissa_bits: Float[ArrayLike, "*u"], window: Float[ArrayLike, "*u"],
+                  group: int = 256) -> dict[str, Float[Array, "*u"]]:
+    """:func:`unit_cost` of a unit computing the registered function ``fn`` (or ``"softmax"``)."""
+    return unit_cost(mantissa_bits, window, PASSES[fn], group)

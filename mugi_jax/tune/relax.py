@@ -49,9 +49,13 @@ values (:func:`bf16_function_table`; its gradient is the analytic :math:`f'(v)`)
    y_{win} &= p_{lo} F(\pm r_{lo}) + (1 - p_{lo})\big(p_{hi} F(\pm r_{hi}) + (1 - p_{hi}) F(\pm r)\big)\\
    y &= p_{in}\big(p_g\, y_{win} + (1 - p_g)\, y_{tail}\big) + (1 - p_{in})\, y_{big}
 
-with the published special values: exp: :math:`y_{tail} = F(-r_{lo})` (clamp), :math:`y_{big} = 0`;
-SiLU/GELU: :math:`y_{tail} = 0`, :math:`y_{big} = x` for :math:`x > 0` else 0.  Zero/subnormal
-inputs give :math:`f(0)`, NaN passes through.  Every weight is a product of sigmoids, so
+with the special values of the function's record (:mod:`mugi_jax.nonlinear.functions`):
+:math:`y_{tail}` = ``below(x)``, or :math:`F(-r_{lo})` (clamp) when ``below`` is None;
+:math:`y_{big}` = ``above(x)`` (non-finite values, exp's :math:`+\infty`, are applied where
+:math:`p_{in} = 0` only); exp: :math:`y_{tail} = F(-r_{lo})`, :math:`y_{big} = 0`; SiLU/GELU:
+:math:`y_{tail} = 0`, :math:`y_{big} = x` for :math:`x > 0` else 0.  ``above``/``below`` are read
+from tables over all BF16 patterns with central-difference slopes.  Zero/subnormal inputs give
+:math:`\mathrm{bf16}(f(0))`, NaN passes through.  Every weight is a product of sigmoids, so
 :math:`\partial y/\partial\theta` is the chain rule through them; the gradients w.r.t. ``e_top``,
 ``window`` and ``mantissa_bits`` are exact derivatives of this smooth surrogate (tested against
 central finite differences) and vanish as :math:`\tau \to 0` except through the clamp values.
@@ -72,9 +76,10 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from mugi_jax import formats
+from mugi_jax.nonlinear import functions
 from mugi_jax.nonlinear.config import VLPConfig
 from mugi_jax.nonlinear.softmax import exact_divide, pairwise_sum
-from mugi_jax.nonlinear.tables import reference_f64
+from mugi_jax.nonlinear.tables import bf16_patterns
 
 __all__ = ["VLPParams", "ROUNDINGS", "RELAXED_FUNCTIONS", "bf16_function_table", "table_function",
            "exp2_exact", "round_mantissa", "soft_step", "relaxed_vlp", "relaxed_softmax",
@@ -110,13 +115,47 @@ def params_from_config(cfg: VLPConfig) -> VLPParams:
 
 
 def _f32_reference(fn: str, v: Array) -> Array:
-    if fn == "exp":
-        return jnp.exp(v)
-    if fn == "silu":
-        return jax.nn.silu(v)
-    if fn == "gelu":
-        return jax.nn.gelu(v, approximate=False)
-    return jax.nn.gelu(v, approximate=True)
+    return functions.get(fn).jax_f32(v)
+
+
+def _check_fn(fn: str) -> functions.Function:
+    if not isinstance(fn, str) or fn not in functions.REGISTRY:
+        raise ValueError(f"fn: must be one of {functions.names()}, got {fn!r}")
+    return functions.get(fn)
+
+
+@functools.lru_cache(maxsize=64)
+def _rule_tables(rec: functions.Function, which: str) -> tuple[np.ndarray, np.ndarray]:
+    """``above`` or ``below`` of the record at every BF16 pattern (float32; non-finite values
+    kept) and its central-difference slope (float32; 0 where not finite).  The relative step
+    makes the slope of a linear piece exact (x +- x 2^-20 is exact for BF16 x)."""
+    v = bf16_patterns()
+    f = rec.above_f64 if which == "above" else rec.below_f64
+    with np.errstate(invalid="ignore", over="ignore"):
+        h = np.ldexp(np.where((v != 0) & np.isfinite(v), np.abs(v), 1.0), -20)
+        d = (f(v + h) - f(v - h)) / (2 * h)
+    val = f(v).astype(np.float32)
+    d = np.where(np.isfinite(d), d, 0.0).astype(np.float32)
+    val.setflags(write=False)
+    d.setflags(write=False)
+    return val, d
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def _rule(fn: str, which: str, x: Array) -> Array:
+    """The record's ``above``/``below`` at the BF16 values ``x`` (float32)."""
+    val, _ = _rule_tables(functions.get(fn), which)
+    idx = jax.lax.bitcast_convert_type(jax.lax.stop_gradient(x), jnp.uint32) >> 16
+    return jnp.asarray(val)[idx.astype(jnp.int32)]
+
+
+@_rule.defjvp
+def _rule_jvp(fn: str, which: str, primals: tuple[Array], tangents: tuple[Array]
+              ) -> tuple[Array, Array]:
+    (x,), (dx,) = primals, tangents
+    _, slope = _rule_tables(functions.get(fn), which)
+    idx = jax.lax.bitcast_convert_type(x, jnp.uint32) >> 16
+    return _rule(fn, which, x), jnp.asarray(slope)[idx.astype(jnp.int32)] * dx
 
 
 @functools.lru_cache(maxsize=8)
@@ -125,14 +164,13 @@ def bf16_function_table(fn: str) -> np.ndarray:
     float64 and rounded once - the same rounding as :func:`mugi_jax.nonlinear.vlp_table`, so every
     entry of every VLP table appears here.  Non-finite results (and NaN inputs) are stored as 0
     (the relaxed unit handles those cases separately)."""
-    if fn not in RELAXED_FUNCTIONS:
-        raise ValueError(f"fn: must be one of {RELAXED_FUNCTIONS}, got {fn!r}")
+    rec = _check_fn(fn)
     bits = np.arange(1 << 16, dtype=np.uint32)
     v32 = (bits << 16).view(np.float32)
     ok = np.isfinite(v32)
     v = np.where(ok, v32, 0).astype(np.float64)
     out = np.zeros(v.shape, np.float64)
-    vals = formats.round_float64(reference_f64(fn, v[ok]), formats.BF16)
+    vals = formats.round_float64(rec.f64(v[ok]), formats.BF16)
     out[ok] = np.asarray(vals, np.float64)
     out[~np.isfinite(out)] = 0.0
     return out.astype(np.float32)
@@ -223,8 +261,7 @@ def _group_max(v: Array, axis: int, group: int) -> Array:
 
 
 def _check(fn: str, base: VLPConfig, rounding: str, temperature: float) -> None:
-    if fn not in RELAXED_FUNCTIONS:
-        raise ValueError(f"fn: must be one of {RELAXED_FUNCTIONS}, got {fn!r}")
+    _check_fn(fn)
     if not isinstance(base, VLPConfig):
         raise ValueError(f"base: must be a VLPConfig, got {type(base).__name__}")
     if base.build != "max":
@@ -292,18 +329,17 @@ def _relaxed_core(x: Array, fn: str, p: VLPParams, lut: int, group: int, tempera
     else:
         f_lo, f_hi, f_in = (_f32_reference(fn, sign * v) for v in (r_lo, r_hi, r))
     y_win = p_lo * f_lo + (1.0 - p_lo) * (p_hi * f_hi + (1.0 - p_hi) * f_in)
-    if fn == "exp":
-        y_tail = f_lo
-        y_big = jnp.zeros_like(x)
-    else:
-        y_tail = jnp.zeros_like(x)
-        y_big = jnp.where(xs > 0, x_safe, 0.0)
+    rec = functions.get(fn)
+    y_tail = f_lo if rec.below is None else _rule(fn, "below", x)
+    big_raw = _rule(fn, "above", x)
+    big_inf = jax.lax.stop_gradient(~jnp.isfinite(big_raw))
+    y_big = jnp.where(big_inf, 0.0, big_raw)
     y = p_in * (p_g * y_win + (1.0 - p_g) * y_tail) + (1.0 - p_in) * y_big
-    y = jnp.where(is_zero, jnp.float32(1.0 if fn == "exp" else 0.0), y)
-    if fn == "exp":  # beyond e_top for positive inputs: +inf (not differentiable there)
-        y = jnp.where((xs > 0) & jax.lax.stop_gradient(p_in == 0), jnp.inf, y)
-    inf_value = jnp.where(xs > 0, jnp.inf, 0.0)  # exp(+-inf), silu/gelu(+-inf)
-    y = jnp.where(is_inf, inf_value, y)
+    f0 = float(formats.round_float64(np.array([rec.at_zero()]), formats.BF16).astype(np.float32)[0])
+    y = jnp.where(is_zero, jnp.float32(f0), y)
+    # beyond e_top with a non-finite rule value (exp: +inf for x > 0): not differentiable there
+    y = jnp.where(big_inf & jax.lax.stop_gradient(p_in == 0), big_raw, y)
+    y = jnp.where(is_inf, jax.lax.stop_gradient(big_raw), y)  # f(+-inf) = above(+-inf)
     return jnp.where(is_nan, xs, y)
 
 
