@@ -149,9 +149,16 @@ class Function:
         if not np.all(np.isfinite(fz)):
             raise ValueError(f"{self.name}: Taylor coefficients need `series` or a reference "
                              "that is analytic (and accepts complex input) near the centre")
-        k = np.arange(degree + 1)
-        return (np.mean(fz[None, :] * np.exp(-1j * k[:, None] * t[None, :]), axis=1)
-                / r ** k).real
+        k = np.arange(max(degree, 1) + 1)
+        a = (np.mean(fz[None, :] * np.exp(-1j * k[:, None] * t[None, :]), axis=1) / r ** k).real
+        # a reference that is not analytic for complex input (np.abs, np.where on v) gives
+        # wrong coefficients silently: check the first two against real evaluations
+        f0, d0 = self.f64(np.array([centre]))[0], self.derivative_f64(np.array([centre]))[0]
+        if not (abs(a[0] - f0) <= 1e-9 * max(1.0, abs(f0))
+                and abs(a[1] - d0) <= 1e-5 * max(1.0, abs(d0))):
+            raise ValueError(f"{self.name}: the Cauchy-integral Taylor coefficients disagree with "
+                             "the reference (is it analytic for complex input?); give `series`")
+        return a[:degree + 1]
 
 
 def _host_f32(rec: Function, x: Any) -> Any:

@@ -126,15 +126,16 @@ def _check_fn(fn: str) -> functions.Function:
 
 @functools.lru_cache(maxsize=64)
 def _rule_tables(rec: functions.Function, which: str) -> tuple[np.ndarray, np.ndarray]:
-    """``above`` or ``below`` of the record at every BF16 pattern (float32; non-finite values
-    kept) and its central-difference slope (float32; 0 where not finite).  The relative step
+    """``above`` or ``below`` of the record at every BF16 pattern (rounded to BF16 as the unit
+    does, stored as float32; non-finite values kept) and its central-difference slope (float32; 0 where not finite).  The relative step
     makes the slope of a linear piece exact (x +- x 2^-20 is exact for BF16 x)."""
     v = bf16_patterns()
     f = rec.above_f64 if which == "above" else rec.below_f64
     with np.errstate(invalid="ignore", over="ignore"):
         h = np.ldexp(np.where((v != 0) & np.isfinite(v), np.abs(v), 1.0), -20)
         d = (f(v + h) - f(v - h)) / (2 * h)
-    val = f(v).astype(np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        val = np.asarray(formats.round_float64(f(v), formats.BF16), np.float32)  # as the unit
     d = np.where(np.isfinite(d), d, 0.0).astype(np.float32)
     val.setflags(write=False)
     d.setflags(write=False)

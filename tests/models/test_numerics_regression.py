@@ -1,8 +1,9 @@
 """Behaviour preservation: SmolLM2-135M logits on one short SOTU window under every numerics preset.
 
 The fingerprints below were recorded before the numerics API was rewritten as rules over named ops
-(issue 14); every preset must still give bit-identical logits (the SHA-256 of the float32 logits
-bytes, plus a few values so a failure says how far off it is).
+(issue 14; the mugi presets on main at 07b09d8, after issue 15 moved them to GPTQ-ready g32
+weights, a KIVI cache and a BF16 head); every preset must still give bit-identical logits (the
+SHA-256 of the float32 logits bytes, plus a few values so a failure says how far off it is).
 """
 
 from __future__ import annotations
@@ -35,11 +36,14 @@ FINGERPRINTS = {
         "845dc519cb5999afe9357c8ce111259c2e5391c09711c67a471e063b7891bf10",
         [3.399765968322754, -2.1366443634033203, 2.7616822719573975, -2.2838070392608643], -1880045.5075415266),
     "mugi": (
-        "ad60c1e9599d9dcb86f61bdd27916f568e84376515190e2608175a4c644050e4",
-        [4.1554670333862305, -3.9572064876556396, 2.192418336868286, -4.050743103027344], 2757228.920082491),
+        "61ee22ce09ed7c623603a884d5d29dd4aeb7dcf519e775970ca097d49ef16008",
+        [3.427853584289551, -1.3317325115203857, 3.3751602172851562, -0.6448194980621338], 1639166.287301181),
     "mugi-exact": (
-        "ad60c1e9599d9dcb86f61bdd27916f568e84376515190e2608175a4c644050e4",
-        [4.1554670333862305, -3.9572064876556396, 2.192418336868286, -4.050743103027344], 2757228.920082491),
+        "61ee22ce09ed7c623603a884d5d29dd4aeb7dcf519e775970ca097d49ef16008",
+        [3.427853584289551, -1.3317325115203857, 3.3751602172851562, -0.6448194980621338], 1639166.287301181),
+    "mugi-asym": (
+        "57419166888ddd85bad676a910b85638249d35d1851d612f9145e9f30c98d247",
+        [2.8053131103515625, -2.8242573738098145, 2.0078067779541016, -3.0011470317840576], -2160486.790008381),
 }
 
 
