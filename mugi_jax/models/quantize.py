@@ -155,8 +155,8 @@ def collect_statistics(model: Any, ids: list[int], context: int = 512) -> list[d
     @jax.jit
     def stats_of(state: Any, window: jax.Array) -> dict[str, quant.Calibration]:
         m = nnx.merge(graphdef, state)
-        with capture.Recorder("full", include=tuple(_STAT_OF_CAPTURE)) as rec:
-            m(window[None], numerics.EXACT)
+        rec = capture.Recorder("full", include=tuple(_STAT_OF_CAPTURE))
+        m(window[None], capture.capturing(numerics.EXACT, rec))  # a capture rule on every op
         out = {}
         for name, x in rec.records.items():
             layer = re.search(r"layers\.(\d+)\.", name)
