@@ -378,13 +378,15 @@ def _ship() -> None:
                       slope_at_zero=0.5, series=_gelu_coeffs, jax_fn=_jax_gelu))
     register(Function("gelu_tanh", _gelu_tanh, pwl_range=(-4.0, 4.0), taylor=(0.0, -2.0, 2.0),
                       slope_at_zero=0.5, series=_gelu_tanh_coeffs, jax_fn=_jax_gelu_tanh))
-    # sigmoid: 0 / 1 above the stored range, 1/2 below it (sigma(x) = 1/2 + x/4 + ...).
+    # sigmoid: 0 / 1 above the stored range, 1/2 below it (sigma(x) = 1/2 + x/4 + ...).  The
+    # Maclaurin series of sigmoid / tanh converge for |x| < pi / pi/2: the Taylor baseline
+    # switches to the saturated values at +-2.5 / +-1.3 (max error ~0.1, a weak baseline).
     register(Function("sigmoid", _expit, above=_step, below=_half, pwl_range=(-8.0, 8.0),
-                      taylor=(0.0, -3.0, 3.0), slope_at_zero=0.25, series=_sigmoid_coeffs,
+                      taylor=(0.0, -2.5, 2.5), slope_at_zero=0.25, series=_sigmoid_coeffs,
                       jax_fn=_jax_sigmoid))
     # tanh: sign(x) above the stored range, x below it (tanh(x) = x - x^3/3 + ...).
     register(Function("tanh", np.tanh, above=_sign, below=lambda x: x, pwl_range=(-4.0, 4.0),
-                      taylor=(0.0, -1.5, 1.5), slope_at_zero=1.0, series=_tanh_coeffs,
+                      taylor=(0.0, -1.3, 1.3), slope_at_zero=1.0, series=_tanh_coeffs,
                       jax_fn=_jax_tanh))
 
 
