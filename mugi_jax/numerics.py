@@ -184,6 +184,8 @@ class Gemm(eqx.Module):
         if self.datapath is None:
             if not isinstance(w, jax.Array):  # a QuantizedTensor on the FP32 path: dequantize
                 w = w.dequantize(jnp.float32)
+            elif self.bf16_weights:  # an unprepared kernel: what prepare_weight would store
+                w = self.prepare_weight(w)
             return jnp.matmul(x.astype(jnp.float32), w, precision=jax.lax.Precision.HIGHEST)
         if isinstance(w, jax.Array):  # an unprepared FP32 kernel: quantize here (every call)
             w = self.prepare_weight(w)
