@@ -28,7 +28,7 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, Int
 
-from mugi_jax import numerics
+from mugi_jax import mesh as meshlib, numerics
 
 __all__ = ["perplexity", "corpus_tokens", "window_nll", "knn_predict", "knn_accuracy",
            "brown_genre_task", "embedding_eval", "genre_eval"]
@@ -65,16 +65,25 @@ def window_nll(graphdef: Any, state: Any, tokens: Int[Array, "B T"], valid: Arra
 
 def perplexity(model: Any, tokens: list[int] | np.ndarray, policy: numerics.Policy | str = "exact",
                context: int = 512, max_tokens: int | None = 4096, batch_size: int = 4,
-               progress: bool = False, bos_id: int | None = None) -> dict[str, Any]:
+               progress: bool = False, bos_id: int | None = None, mesh: Any = None,
+               mesh_fallback: bool = False) -> dict[str, Any]:
     """Perplexity of ``model`` on ``tokens`` (see the module docstring); ``bos_id``: put this
     token in front of every window (default: none, the ids are evaluated as given).
+
+    With a ``mesh`` (:func:`mugi_jax.models.sharding.make_mesh`) the prepared weights are sharded
+    by the parameter rules and each batch of windows along ``data``; ``batch_size`` is rounded
+    up to a multiple of the ``data`` axis (the padding windows predict nothing).  Without
+    ``mesh``, the mesh of an enclosing :func:`mugi_jax.mesh.using` is used.
 
     Returns a dict with ``ppl``, ``nll`` (mean), ``predicted_tokens``, ``windows``, ``context``,
     ``tokens_used``, ``bos_id``, ``numerics`` and ``seconds``.
     """
+    from mugi_jax.models import sharding
     from mugi_jax.models.llama import prepare
 
     policy = numerics.preset(policy)
+    if mesh is None:
+        mesh, mesh_fallback = meshlib.current()
     if context < 2:
         raise ValueError(f"context: must be >= 2, got {context}")
     if context + (bos_id is not None) > model.config.max_seq_len:
@@ -101,11 +110,19 @@ def perplexity(model: Any, tokens: list[int] | np.ndarray, policy: numerics.Poli
     if batch_size < 1:
         raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
     batch_size = min(batch_size, n_windows)  # fewer windows than a batch: one smaller batch
+    if mesh is not None:
+        batch_size = -(-batch_size // mesh.shape["data"]) * mesh.shape["data"]
     pad = (-n_windows) % batch_size
     if pad:
         win = np.concatenate([win, np.zeros((pad, win.shape[1]), np.int32)])
         val = np.concatenate([val, np.zeros((pad, win.shape[1]), bool)])
-    graphdef, state = nnx.split(prepare(model, policy))
+    if mesh is None:
+        graphdef, state = nnx.split(prepare(model, policy))
+        place = jnp.asarray
+    else:
+        graphdef, state = nnx.split(sharding.shard_prepared(model, policy, mesh, mesh_fallback))
+        rows = sharding.batch_sharding(mesh, 2)
+        place = lambda x: sharding.put(x, rows)  # noqa: E731
     total, count = 0.0, 0
     t0 = time.perf_counter()
     batches = range(0, len(win), batch_size)
@@ -114,10 +131,10 @@ def perplexity(model: Any, tokens: list[int] | np.ndarray, policy: numerics.Poli
 
         batches = tqdm(batches, desc=f"ppl[{policy.name}]", unit="batch")
     for i in batches:
-        nll, cnt = window_nll(graphdef, state, jnp.asarray(win[i:i + batch_size]),
-                              jnp.asarray(val[i:i + batch_size]), policy)
-        total += float(np.sum(np.asarray(nll, np.float64)))
-        count += int(np.sum(np.asarray(cnt)))
+        nll, cnt = window_nll(graphdef, state, place(win[i:i + batch_size]),
+                              place(val[i:i + batch_size]), policy)
+        total += float(np.sum(sharding.to_host(nll).astype(np.float64)))
+        count += int(np.sum(sharding.to_host(cnt)))
     mean = total / count
     return {"ppl": math.exp(mean), "nll": mean, "predicted_tokens": count, "windows": n_windows,
             "context": context, "tokens_used": int(len(toks)), "bos_id": bos_id,

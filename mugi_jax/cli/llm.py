@@ -9,6 +9,7 @@ r"""``mugi-jax ppl``, ``generate``, ``quantize`` and ``numerics``: the LLM under
     mugi-jax numerics --numerics mugi --override 'lm_head=exact'     # what each op resolves to
     mugi-jax quantize --model smollm2-135m --method gptq --scheme signmag --group 32 \
         --calib-corpus brown --calib-tokens 4096 --out DIR   (then: ppl/generate --weights DIR)
+    mugi-jax ppl --mesh data=2,model=4 ...   # over 8 devices (docs/scaling.md)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Optional
 
 import typer
 
+from mugi_jax.cli import _mesh
 from mugi_jax.cli._common import (OVERRIDE_HELP, CliError, app, check_data_dir, check_float,
                                   check_int, check_policy, enable_compilation_cache, numerics_policy,
                                   print_json, status)
@@ -33,6 +35,8 @@ _GEMMA_CHAT = "<start_of_turn>user\n{}<end_of_turn>\n<start_of_turn>model\n"
 
 
 def _check_model(model: str) -> None:
+    from pathlib import Path
+
     from mugi_jax import models
 
     if model not in models.MODELS and not Path(model).exists():
@@ -43,12 +47,25 @@ def _check_model(model: str) -> None:
                        f"`mugi-jax embed-eval --model {model}`")
 
 
-def _load(model: str):  # noqa: ANN202
+def _load(model: str, mesh=None, fallback: bool = False):  # noqa: ANN001,ANN202
+    """A registry name, or a Hugging Face Llama directory (with ``mesh``: read onto the mesh
+    slice by slice)."""
+    from pathlib import Path
+
     from mugi_jax import data, models
 
     _check_model(model)
+    if mesh is not None and Path(model).is_dir():
+        try:
+            with status(f"loading {model}", enabled=_mesh.is_writer()):
+                m, tok, cfg = models.load(path=model, mesh=mesh, mesh_fallback=fallback)
+        except (ValueError, FileNotFoundError) as err:
+            raise CliError(f"--model {model}: {err}") from None
+        if tok is None:
+            raise CliError(f"--model {model}: the directory has no tokenizer.json")
+        return m, tok, cfg
     try:
-        with status(f"loading {model}"):
+        with status(f"loading {model}", enabled=_mesh.is_writer()):
             return models.load(model)
     except (data.DataError, models.CheckpointError, FileNotFoundError) as err:
         raise CliError(str(err)) from None
@@ -90,12 +107,16 @@ def ppl(
     override: list[str] = typer.Option([], "--override", help=OVERRIDE_HELP),
     context: int = typer.Option(512, help="Window length in tokens (non-overlapping windows)."),
     max_tokens: int = typer.Option(4096, help="Evaluate the first N tokens of the corpus."),
-    batch_size: int = typer.Option(4, help="Windows per forward pass."),
+    batch_size: int = typer.Option(4, help="Windows per forward pass (with --mesh: rounded up "
+                                           "to a multiple of the data axis)."),
     weights: Optional[str] = typer.Option(None, "--weights",
                                           help="Quantized-weights directory (mugi-jax quantize)."),
     bos: bool = typer.Option(False, "--bos", help="Put the model's BOS token in front of every "
                                                   "window (default: the text's tokens only)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    mesh: Optional[str] = _mesh.MESH_OPTION,
+    mesh_fallback: bool = _mesh.FALLBACK_OPTION,
+    distributed: bool = _mesh.DISTRIBUTED_OPTION,
 ) -> None:
     """Perplexity of a model on a corpus under a numerics policy (ppl = exp(mean NLL); no BOS
     unless --bos)."""
@@ -109,13 +130,15 @@ def ppl(
     check_int("--batch-size", batch_size, 1, MAX_BATCH)
     policy = numerics_policy(numerics, override)
     _check_weights_dir(weights)
+    device_mesh = _mesh.setup(mesh, distributed)
     check_data_dir()
     try:  # the corpus first: a damaged cache fails before the model is loaded
         text = data.corpus_text(corpus)
     except data.DataError as err:
         raise CliError(str(err)) from None
     enable_compilation_cache()
-    m, tok, cfg = _load(model)
+    m, tok, cfg = _load(model, device_mesh, mesh_fallback)
+    _mesh.check_model(cfg, device_mesh, mesh_fallback)
     check_policy(policy, m)
     if context + bos > cfg.max_seq_len:
         raise CliError(f"--context {context}{' (+1 for --bos)' if bos else ''}: exceeds {model}'s "
@@ -128,13 +151,20 @@ def ppl(
         raise CliError(f"--corpus {corpus}: the corpus text has {len(ids)} token(s); need >= 2")
     try:
         # Without --json a progress bar counts the batches; with it, a spinner (terminal only).
-        with status(f"perplexity [{numerics}] (the first batch compiles)", enabled=json_out):
+        writer = _mesh.is_writer()
+        with status(f"perplexity [{numerics}] (the first batch compiles)",
+                    enabled=json_out and writer):
             res = ev.perplexity(m, ids, policy, context=context, max_tokens=max_tokens,
-                                batch_size=batch_size, progress=not json_out,
-                                bos_id=tok.bos_id if bos else None)
+                                batch_size=batch_size, progress=not json_out and writer,
+                                bos_id=tok.bos_id if bos else None,
+                                mesh=device_mesh, mesh_fallback=mesh_fallback)
     except ValueError as err:
         raise CliError(str(err)) from err
     res = {"model": model, "corpus": corpus, **res, "weights": wspec}
+    if device_mesh is not None:
+        res["mesh"] = dict(device_mesh.shape)
+    if not writer:
+        return
     if json_out:
         print_json(res)
     else:
@@ -158,6 +188,9 @@ def generate(
     weights: Optional[str] = typer.Option(None, "--weights",
                                           help="Quantized-weights directory (mugi-jax quantize)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    mesh: Optional[str] = _mesh.MESH_OPTION,
+    mesh_fallback: bool = _mesh.FALLBACK_OPTION,
+    distributed: bool = _mesh.DISTRIBUTED_OPTION,
 ) -> None:
     """Generate a continuation of each prompt (a batch; greedy unless --temperature > 0)."""
     _check_model(model)
@@ -171,9 +204,11 @@ def generate(
             raise CliError(f"--prompt number {i + 1} is empty; every prompt needs some text")
     policy = numerics_policy(numerics, override)
     _check_weights_dir(weights)
+    device_mesh = _mesh.setup(mesh, distributed)
     check_data_dir()
     enable_compilation_cache()
-    m, tok, cfg = _load(model)
+    m, tok, cfg = _load(model, device_mesh, mesh_fallback)
+    _mesh.check_model(cfg, device_mesh, mesh_fallback)
     check_policy(policy, m)
     m, _ = _with_weights(m, tok, model, policy, weights)
     if top_k is not None:
@@ -190,11 +225,15 @@ def generate(
     from mugi_jax.models import Sampler
 
     try:
-        with status(f"generating {max_new_tokens} tokens [{numerics}] (the first run compiles)"):
-            out = Sampler(m, tok, policy)(prompts, max_new_tokens, temperature=temperature,
-                                           top_k=top_k, key=jax.random.key(seed), stop_at_eos=True)
+        with status(f"generating {max_new_tokens} tokens [{numerics}] (the first run compiles)",
+                    enabled=_mesh.is_writer()):
+            out = Sampler(m, tok, policy, mesh=device_mesh, mesh_fallback=mesh_fallback)(
+                prompts, max_new_tokens, temperature=temperature, top_k=top_k,
+                key=jax.random.key(seed), stop_at_eos=True)
     except ValueError as err:  # the prompt plus new tokens exceed the context
         raise CliError(str(err).replace("max_new_tokens", "--max-new-tokens")) from None
+    if not _mesh.is_writer():
+        return
     if json_out:
         print_json({"model": model, "numerics": numerics, "prompts": list(prompt),
                     "completions": out.text, "tokens": out.tokens})

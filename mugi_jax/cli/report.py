@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Optional
 
 import typer
 
+from mugi_jax.cli import _mesh
 from mugi_jax.cli._common import (CliError, app, check_int, check_names, check_out_dir,
                                   enable_compilation_cache, print_json, status)
 
@@ -27,6 +29,9 @@ def report(
     only: str = typer.Option("", "--only", help="Comma list of experiments to run (default: all)."),
     seed: int = typer.Option(0, "--seed", help="Seed passed to every experiment."),
     json_out: bool = typer.Option(False, "--json", help="Print the outcome of each experiment as JSON."),
+    mesh: Optional[str] = _mesh.MESH_OPTION,
+    mesh_fallback: bool = _mesh.FALLBACK_OPTION,
+    distributed: bool = _mesh.DISTRIBUTED_OPTION,
 ) -> None:
     """Run the reproduction suite and write report.md (tables, figures, computed readings)."""
     from mugi_jax.report import BY_NAME, run_suite
@@ -36,14 +41,18 @@ def report(
     names = check_names("--only", only, list(BY_NAME))
     check_int("--seed", seed, 0, 2**32 - 1)
     check_out_dir("--out", out)
+    device_mesh = _mesh.setup(mesh, distributed)
     enable_compilation_cache()
     t0 = time.perf_counter()
     try:
-        outcomes = run_suite(out, quick=quick, force=force, seed=seed, names=names,
-                             progress=not json_out, full=full)
+        with _mesh.using(device_mesh, mesh_fallback):
+            outcomes = run_suite(out, quick=quick, force=force, seed=seed, names=names,
+                                 progress=not json_out and _mesh.is_writer(), full=full)
     except ValueError as err:
         raise CliError(str(err)) from None
     wall = time.perf_counter() - t0
+    if not _mesh.is_writer():
+        return
     failed = [o.name for o in outcomes if o.status == "failed"]
     if json_out:
         print_json({"report": str(Path(out) / "report.md"), "seconds": wall, "experiments": [
@@ -67,6 +76,9 @@ def experiment(
     out: Path = typer.Option(Path("results"), "--out", help="Results root (writes OUT/NAME/)."),
     seed: int = typer.Option(0, "--seed", help="Seed."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary (readings, headline) as JSON."),
+    mesh: Optional[str] = _mesh.MESH_OPTION,
+    mesh_fallback: bool = _mesh.FALLBACK_OPTION,
+    distributed: bool = _mesh.DISTRIBUTED_OPTION,
 ) -> None:
     """Run one experiment of the suite into OUT/NAME (CSV, PNG, provenance.json)."""
     from mugi_jax.report import BY_NAME, run_experiment
@@ -77,10 +89,14 @@ def experiment(
         raise CliError("--quick and --full are exclusive: choose one")
     check_int("--seed", seed, 0, 2**32 - 1)
     check_out_dir("--out", out)
+    device_mesh = _mesh.setup(mesh, distributed)
     enable_compilation_cache()
     mode = " (quick)" if quick else " (full)" if full else ""
-    with status(f"running {name}{mode}", enabled=not json_out):
+    with status(f"running {name}{mode}", enabled=not json_out and _mesh.is_writer()), \
+            _mesh.using(device_mesh, mesh_fallback):
         oc = run_experiment(name, out, quick=quick, force=force, seed=seed, full=full)
+    if not _mesh.is_writer():
+        return
     s = oc.summary or {}
     if json_out:
         print_json({"name": name, "status": oc.status, "seconds": oc.seconds, "message": oc.message,

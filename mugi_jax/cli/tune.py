@@ -8,9 +8,11 @@
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import typer
 
+from mugi_jax.cli import _mesh
 from mugi_jax.cli._common import (CliError, app, check_choice, check_data_dir, check_int,
                                   enable_compilation_cache, print_json, status)
 
@@ -37,6 +39,9 @@ def tune_cmd(
     grid: bool = typer.Option(True, help="Also run the uniform grid-search baseline."),
     seed: int = typer.Option(0, help="Random seed."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    mesh: Optional[str] = _mesh.MESH_OPTION,
+    mesh_fallback: bool = _mesh.FALLBACK_OPTION,
+    distributed: bool = _mesh.DISTRIBUTED_OPTION,
 ) -> None:
     """Tune the per-layer VLP parameters by gradient descent and verify on held-out text.
 
@@ -69,13 +74,17 @@ def tune_cmd(
     for key, value in limits.items():
         if not math.isfinite(value):
             raise CliError(f"--budget {budget!r}: {key} must be a finite number, got {value:g}")
+    device_mesh = _mesh.setup(mesh, distributed)
+    if device_mesh is not None:
+        _mesh.check_model(models.SMOLLM2_135M, device_mesh, mesh_fallback)
     check_data_dir()
     enable_compilation_cache()
     # Without --json the pipeline logs each stage on stderr; with it, a spinner says it is working.
-    log = None if json_out else (lambda s: typer.echo(s, err=True))
+    writer = _mesh.is_writer()
+    log = None if json_out or not writer else (lambda s: typer.echo(s, err=True))
     try:
         with status(f"tuning {model} on {corpus} ({steps} steps; compiles first)",
-                    enabled=json_out):
+                    enabled=json_out and writer), _mesh.using(device_mesh, mesh_fallback):
             out = pipeline.run(model, corpus, budget, steps=steps, calib_tokens=calib_tokens,
                                heldout_tokens=heldout_tokens, heldout_start=heldout_start,
                                context=context, objective=objective, rounding=rounding, seed=seed,
@@ -86,6 +95,8 @@ def tune_cmd(
         raise CliError(str(err).replace("heldout_start", "--heldout-start")
                        .replace("heldout_tokens", "--heldout-tokens")
                        .replace("calib_tokens", "--calib-tokens")) from None
+    if not writer:
+        return
     if json_out:
         print_json(out)
         return

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mugi_jax import mesh as meshlib
 from mugi_jax.cost.events import paper_charges
 from mugi_jax.cost.model import (
     ArchParams, arch_params, gemm_row_counts, nonlinear_row_counts, prefix_family_totals, stack_params,
@@ -50,6 +51,22 @@ def _chunk_totals(ps: ArchParams, fam: dict) -> dict:
     return jax.vmap(per_group, in_axes=(0,) + (None,) * 7)(
         ps, fam["fixed_gemm"], fam["gemm_reps"], fam["gemm"], fam["fixed_nl"], fam["nl_reps"],
         fam["nl"], fam["prefix"])
+
+
+def _host(x: jax.Array) -> np.ndarray:
+    return meshlib.to_host(x).astype(np.float64)
+
+
+def _design_placement(mesh: jax.sharding.Mesh | None):
+    """Designs per vmapped call and how a chunk of stacked design parameters is placed: one
+    device, or the design axis split over every device of ``mesh`` (default: the mesh of an
+    enclosing :func:`mugi_jax.mesh.using`)."""
+    if mesh is None:
+        mesh = meshlib.current()[0]
+    if mesh is None:
+        return ARCH_CHUNK, jnp.asarray
+    designs = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(tuple(mesh.axis_names)))
+    return ARCH_CHUNK * mesh.size, lambda x: meshlib.put(np.asarray(x), designs)
 
 
 def _ceil_to(x: int, q: int) -> int:
@@ -91,17 +108,24 @@ def _group_workloads(workloads: Sequence[Workload]):
 
 
 def sweep(
-    archs: Sequence[Arch], workloads: Sequence[Workload], preset: str | Preset = "paper"
+    archs: Sequence[Arch], workloads: Sequence[Workload], preset: str | Preset = "paper",
+    mesh: jax.sharding.Mesh | None = None,
 ) -> Report:
     """Every design x every workload: a :class:`Report` with leading axes [len(archs), len(workloads)].
 
     ``preset`` is a name of :data:`PRESETS` or a cost-model object (``PaperModel()``,
-    ``RealisticModel(memory=...)``): its ``sweep`` runs."""
+    ``RealisticModel(memory=...)``): its ``sweep`` runs.  With a device ``mesh`` (default: the
+    mesh of an enclosing :func:`mugi_jax.mesh.using`) the paper model's vmapped design axis is
+    split over all of its devices (chunks of ``ARCH_CHUNK`` designs per device); each design's
+    sums stay on one device, so the results are bit-identical."""
     pr = get_preset(preset)
     _check_preset(pr)
     if not archs or not workloads:
         raise ValueError("sweep needs at least one arch and one workload")
-    return pr.sweep(archs, workloads)
+    if mesh is None:
+        return pr.sweep(archs, workloads)
+    with meshlib.using(mesh, meshlib.current()[1]):
+        return pr.sweep(archs, workloads)
 
 
 def _sweep_paper(archs: Sequence[Arch], workloads: Sequence[Workload], pr: Preset) -> Report:
@@ -157,15 +181,16 @@ def _sweep_paper(archs: Sequence[Arch], workloads: Sequence[Workload], pr: Prese
         for g in range(0, n_groups, GROUP_BUCKET)
     ]
     params = [arch_params(a, pr.missing_attribute) for a in archs]
-    n_arch = _ceil_to(len(params), ARCH_CHUNK)
+    chunk, place = _design_placement(None)
+    n_arch = _ceil_to(len(params), chunk)
     params += [params[0]] * (n_arch - len(params))
     rows_out = []
-    for i in range(0, n_arch, ARCH_CHUNK):
-        ps = jax.tree_util.tree_map(jnp.asarray, stack_params(params[i:i + ARCH_CHUNK]))
+    for i in range(0, n_arch, chunk):
+        ps = jax.tree_util.tree_map(place, stack_params(params[i:i + chunk]))
         rows_out.append([_chunk_totals(ps, fam) for fam in fams_dev])
     # post-processing in NumPy float64 (no per-shape compilation, exact enough for the sums)
     totals = {
-        k: np.concatenate([np.concatenate([np.asarray(c[k], np.float64) for c in row], axis=1)
+        k: np.concatenate([np.concatenate([_host(c[k]) for c in row], axis=1)
                            for row in rows_out])[: len(archs)]
         for k in rows_out[0][0]
     }

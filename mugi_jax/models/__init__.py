@@ -23,6 +23,7 @@ from mugi_jax.models.embed import embed
 from mugi_jax.models.generate import Sampler, generate
 from mugi_jax.models.llama import Cache, Decoder, Llama, forward, prepare
 from mugi_jax.models.loaders import CheckpointError, load_gguf, load_safetensors
+from mugi_jax.models.sharding import make_mesh, parse_mesh, shard
 from mugi_jax.models.tokenizer import Tokenizer
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "Tokenizer", "load", "load_gguf", "load_safetensors", "CheckpointError", "MODELS",
     "capture_activations", "Recorder", "Capture", "BertConfig", "MINILM_L6", "Bert", "embed", "ENCODERS",
     "DecoderConfig", "GEMMA3_270M", "Decoder",
+    "shard", "make_mesh", "parse_mesh",
 ]
 
 MODELS = {"smollm2-135m": "SmolLM2-135M-Instruct (GGUF Q4_1, dequantized to float32)",
@@ -69,16 +71,36 @@ def _load_bert_dir(path: Path) -> tuple[Bert, Tokenizer, BertConfig]:
     return model, encoder_from_file(path / "tokenizer.json"), config
 
 
-def load(name: str = "smollm2-135m", path: str | Path | None = None) -> tuple[Any, Tokenizer, Any]:
+def load(name: str = "smollm2-135m", path: str | Path | None = None, *, mesh: Any = None,
+         mesh_fallback: bool = False) -> tuple[Any, Tokenizer, Any]:
     """Load a model by registry name, or a checkpoint path (given as ``path`` or as ``name``): a
     ``.gguf`` file or a Hugging Face directory with ``config.json``, ``*.safetensors`` and
     optionally ``tokenizer.json`` (decoders: Llama 3, Qwen2/2.5/3, Gemma 3; BERT encoders).
     Returns ``(model, tokenizer, config)``; ``tokenizer`` is None for a directory without one.
 
+    With a device ``mesh``, a Hugging Face Llama directory is read straight onto the mesh, each
+    process reading only the slices its devices hold
+    (:func:`mugi_jax.models.sharding.load_safetensors_sharded`); other models are loaded, then
+    sharded (:func:`shard`).
+
     Raises ``ValueError`` listing the valid names for an unknown name.
     """
     if path is None and name not in MODELS and Path(name).exists():
         path = name
+    if mesh is not None:
+        from mugi_jax.models import sharding
+
+        p = None if path is None else Path(path)
+        if p is not None and p.is_dir() and sharding.reads_sharded(p):
+            model, config = sharding.load_safetensors_sharded(p, mesh, mesh_fallback)
+            tok = None
+            if (p / "tokenizer.json").exists():
+                from mugi_jax.models.tokenizer import from_file
+
+                tok = from_file(p / "tokenizer.json", config.bos_id, config.eos_id)
+            return model, tok, config
+        model, tok, config = load(name, path)
+        return shard(model, mesh, mesh_fallback), tok, config
     if path is not None:
         p = Path(path)
         if p.suffix == ".gguf":

@@ -18,9 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from mugi_jax import numerics
+from mugi_jax import mesh as meshlib, numerics
+from mugi_jax.models import sharding
 from mugi_jax.models.llama import Cache, Llama, prepare
 
 __all__ = ["Sampler", "Generation", "generate", "sample_token"]
@@ -93,14 +95,37 @@ class Sampler:
       model: the model (its weights are prepared once for ``policy``; the model is not changed).
       tokenizer: optional; needed for string prompts and for decoded text.
       policy: a preset name or a :class:`~mugi_jax.numerics.Policy`.
+      mesh: optional device mesh (:func:`mugi_jax.models.sharding.make_mesh`): the prepared
+        weights are sharded by the parameter rules, the KV cache by rows (``data``) and KV heads
+        (``model``), and the prompts along ``data`` when the ``data`` axis divides the batch
+        (otherwise every ``data`` group decodes the whole batch: same tokens).  Default: the
+        mesh of an enclosing :func:`mugi_jax.mesh.using`, else one device.
+      mesh_fallback: replicate model dimensions the ``model`` axis does not divide (instead of
+        raising ``ValueError`` naming them).
     """
 
     def __init__(self, model: Llama, tokenizer: Any = None,
-                 policy: numerics.Policy | str = "exact") -> None:
+                 policy: numerics.Policy | str = "exact", mesh: Any = None,
+                 mesh_fallback: bool = False) -> None:
         self.policy = numerics.preset(policy)
         self.config = model.config
         self.tokenizer = tokenizer
-        self.graphdef, self.state = nnx.split(prepare(model, self.policy))
+        if mesh is None:
+            mesh, mesh_fallback = meshlib.current()
+        self.mesh, self.mesh_fallback = mesh, mesh_fallback
+        if mesh is None:
+            prepared = prepare(model, self.policy)
+        else:
+            prepared = sharding.shard_prepared(model, self.policy, mesh, mesh_fallback)
+        self.graphdef, self.state = nnx.split(prepared)
+
+    def _place(self, x: np.ndarray) -> Array:
+        """Host rows onto the mesh (along ``data`` when it divides them)."""
+        if self.mesh is None:
+            return jnp.asarray(x)
+        if x.shape[0] % self.mesh.shape["data"]:
+            return sharding.put(x, NamedSharding(self.mesh, P()))
+        return sharding.put(x, sharding.batch_sharding(self.mesh, x.ndim))
 
     def _encode(self, prompts: Sequence[str] | Sequence[Sequence[int]]) -> list[list[int]]:
         out = []
@@ -153,10 +178,17 @@ class Sampler:
         eos = self.config.eos_id if stop_at_eos else None
         if use_cache:
             cache = Cache.init(self.config, b, total)
-            last, cache = _prefill(self.graphdef, self.state, jnp.asarray(tokens), jnp.asarray(valid),
-                                   cache, self.policy)
-            out = np.asarray(_decode(self.graphdef, self.state, last, cache, key, self.policy,
-                                     max_new_tokens, float(temperature), top_k, eos))
+            if self.mesh is not None:
+                shardings = sharding.cache_sharding(self.mesh, self.config, self.mesh_fallback)
+                if b % self.mesh.shape["data"]:
+                    shardings = jax.tree_util.tree_map(
+                        lambda s: NamedSharding(self.mesh, P(*(None if a == "data" else a
+                                                               for a in s.spec))), shardings)
+                cache = jax.tree_util.tree_map(sharding.put, cache, shardings)
+            last, cache = _prefill(self.graphdef, self.state, self._place(tokens),
+                                   self._place(valid), cache, self.policy)
+            out = sharding.to_host(_decode(self.graphdef, self.state, last, cache, key, self.policy,
+                                           max_new_tokens, float(temperature), top_k, eos))
         else:
             out = self._uncached(tokens, valid, max_new_tokens, key, float(temperature), top_k, eos)
         text = None
@@ -176,9 +208,9 @@ class Sampler:
         out = np.zeros((b, steps), np.int32)
         for s in range(steps):
             slot = length + s - 1
-            logits = _full_logits_at(self.graphdef, self.state, jnp.asarray(buf), jnp.asarray(vbuf),
-                                     jnp.asarray(slot, jnp.int32), self.policy)
-            tok = np.asarray(sample_token(logits, keys[s], temperature, top_k))
+            logits = _full_logits_at(self.graphdef, self.state, self._place(buf),
+                                     self._place(vbuf), jnp.asarray(slot, jnp.int32), self.policy)
+            tok = sharding.to_host(sample_token(logits, keys[s], temperature, top_k))
             if eos is not None:
                 tok = np.where(done, eos, tok)
                 done = done | (tok == eos)
@@ -189,6 +221,8 @@ class Sampler:
 
 
 def generate(model: Llama, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int = 32,
-             policy: numerics.Policy | str = "exact", **kwargs: Any) -> Generation:
-    """One-shot convenience: ``Sampler(model, tokenizer, policy)(prompts, max_new_tokens, ...)``."""
-    return Sampler(model, tokenizer, policy)(prompts, max_new_tokens, **kwargs)
+             policy: numerics.Policy | str = "exact", mesh: Any = None,
+             **kwargs: Any) -> Generation:
+    """One-shot convenience: ``Sampler(model, tokenizer, policy, mesh)(prompts, max_new_tokens,
+    ...)``."""
+    return Sampler(model, tokenizer, policy, mesh)(prompts, max_new_tokens, **kwargs)

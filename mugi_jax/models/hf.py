@@ -62,6 +62,16 @@ class SafetensorsDir:
         """Tensor ``key`` as float32 (one tensor in memory at a time)."""
         return np.asarray(self._where[key].get_tensor(key)).astype(np.float32, copy=False)
 
+    def read(self, key: str, index: tuple[slice, ...] | None = None) -> np.ndarray:
+        """The part ``index`` (a tuple of slices; ``None``: all) of tensor ``key`` as float32.
+        Only those bytes are read from the memory-mapped file, so a host of a multi-process run
+        loads just the shards its own devices hold (:mod:`mugi_jax.models.sharding`)."""
+        import ml_dtypes  # noqa: F401  (registers bfloat16 with NumPy: BF16 checkpoints)
+
+        part = self._where[key].get_slice(key)
+        x = part[tuple(index)] if index else part[:]
+        return np.asarray(x).astype(np.float32, copy=False)
+
     def items(self) -> Iterator[tuple[str, np.ndarray]]:
         for key in self._where:
             yield key, self.get(key)
