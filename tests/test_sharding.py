@@ -3,10 +3,9 @@
 The equivalence tests run ``tests/sharding_worker.py`` once, in a subprocess with 8 simulated
 CPU devices (``--xla_force_host_platform_device_count=8`` must be set before JAX starts, and
 this pytest worker's JAX has already started with one), and assert on its JSON.  Tolerances
-(docs/scaling.md): results that keep every reduction on one device are bit-identical (Mugi
-logits: the datapath kernels fix their summation order; generated tokens; cost sweeps);
-perplexity (its log-softmax and window sums, reduced by XLA per device shape) agrees to
-1e-6 relative.
+(docs/scaling.md): generated tokens and cost sweeps are identical on every mesh, Mugi logits on
+the data-only mesh; perplexity and Mugi logits with weights split over ``model`` (reductions XLA
+lays out by the shape each device sees) agree to 1e-6 relative.
 """
 
 from __future__ import annotations
@@ -50,11 +49,14 @@ def test_sharded_programs_on_8_simulated_devices(tmp_path):
 
 def _check_results(equivalence, spec):
     e = equivalence["meshes"][spec]
-    for key in ("logits/mugi", "generate/mugi", "generate/exact-sampled", "sweep/report",
-                "ppl-count/exact"):
+    for key in ("generate/mugi", "generate/exact-sampled", "sweep/report", "ppl-count/exact"):
         assert e[key]["identical"], (spec, key, e[key])
-    key = "ppl/exact"  # [mean NLL, ppl]; measured: about 1e-7 relative
-    assert e[key]["max_abs"] <= 1e-6 * e[key]["max_ref"], (spec, key, e[key])
+    # [mean NLL, ppl]: measured about 1e-7 relative.  Mugi logits: bit-identical with the
+    # weights whole on every device (data axis only); split over model, the fast kernels'
+    # per-group XLA dots see other shapes (measured: 1 float32 ulp, 1.2e-7 of 0.73)
+    tolerance = {"ppl/exact": 1e-6, "logits/mugi": 0.0 if spec == "data=8,model=1" else 1e-6}
+    for key, rel in tolerance.items():
+        assert e[key]["max_abs"] <= rel * e[key]["max_ref"], (spec, key, e[key])
 
 
 def _check_weights(equivalence, spec):

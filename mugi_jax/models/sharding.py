@@ -21,9 +21,9 @@ Llama-2-7B ``down_proj``: 86 groups of 128 over ``model=8``) is split along ``ou
 
 Nothing about the numerics changes: the same jitted programs run with sharded inputs and XLA's
 SPMD partitioner inserts the collectives.  Results equal the single-device ones bit for bit
-where the partitioner keeps each reduction on one device (``data`` sharding, column-parallel
-layers); row-parallel layers (O, down) and the vocabulary-sharded log-softmax split a
-reduction across devices and add partial sums in a different order (see docs/scaling.md).
+with whole weights on every device (``data`` only); with weights split over ``model``, the
+row-parallel layers (O, down), the vocabulary-split log-softmax and XLA's dots on other shapes
+add float32 partial sums in another order (about one ulp; see docs/scaling.md).
 """
 
 from __future__ import annotations
