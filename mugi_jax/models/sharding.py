@@ -53,6 +53,8 @@ PARAM_RULES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
     (r"lm_head\.kernel", ("embed", "vocab")),
     (r"layers\.\d+\.attn\.q_proj\.kernel", ("embed", "q_heads")),
     (r"layers\.\d+\.attn\.[kv]_proj\.kernel", ("embed", "kv_heads")),
+    (r"layers\.\d+\.attn\.q_proj\.bias", ("q_heads",)),  # Qwen2
+    (r"layers\.\d+\.attn\.[kv]_proj\.bias", ("kv_heads",)),
     (r"layers\.\d+\.attn\.o_proj\.kernel", ("q_heads", "embed")),
     (r"layers\.\d+\.mlp\.(gate|up)_proj\.kernel", ("embed", "mlp")),
     (r"layers\.\d+\.mlp\.down_proj\.kernel", ("mlp", "embed")),
