@@ -44,6 +44,7 @@ def hf_checkpoint(directory: Path) -> dict:
         ml_dtypes.bfloat16)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps({
+        "model_type": "llama", "architectures": ["LlamaForCausalLM"],
         "hidden_size": c.dim, "intermediate_size": c.ffn_dim, "num_attention_heads": c.n_heads,
         "num_hidden_layers": c.n_layers, "num_key_value_heads": c.n_kv_heads, "head_dim": hd,
         "rms_norm_eps": c.norm_eps, "rope_theta": c.rope_theta, "vocab_size": c.vocab_size,
