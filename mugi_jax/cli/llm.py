@@ -118,8 +118,9 @@ def ppl(
     mesh_fallback: bool = _mesh.FALLBACK_OPTION,
     distributed: bool = _mesh.DISTRIBUTED_OPTION,
 ) -> None:
-    """Perplexity of a model on a corpus under a numerics policy (ppl = exp(mean NLL); no BOS
-    unless --bos)."""
+    """Perplexity of a model on a corpus under a numerics policy (no BOS unless --bos).
+
+    ppl = exp(mean NLL) over the evaluated tokens."""
     from mugi_jax import data, eval as ev
 
     _check_model(model)
@@ -302,8 +303,9 @@ def describe(
     override: list[str] = typer.Option([], "--override", help=OVERRIDE_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """List every numerics op of a model (path and kind) and the implementation it resolves to
-    under a numerics preset with overrides."""
+    """List every numerics op of a model and the implementation it resolves to.
+
+    One row per op (path and kind), under a numerics preset with its overrides."""
     from mugi_jax import data, models
 
     if model not in models.MODELS:

@@ -133,7 +133,9 @@ def _accuracy_headline(acc: dict) -> list[str]:
     """What the Mugi numerics cost a real model: perplexity and greedy text (from ``accuracy``)."""
     lines = ["", "## Accuracy cost of the Mugi numerics (SmolLM2-135M)", ""]
     head = acc.get("headline", {}) if acc.get("status") == "ok" else {}
-    corpora = [k.split("/")[0] for k in head if k.endswith("/exact") and not k.startswith("greedy/")]
+    model = "smollm2-135m"  # headline keys are MODEL/CORPUS/NUMERICS and greedy/MODEL/NUMERICS
+    corpora = [k.split("/")[1] for k in head
+               if k.startswith(f"{model}/") and k.endswith("/exact")]
     if not corpora:
         return lines + ["_Not available: the `accuracy` experiment has no result here._"]
     cfg = acc.get("config", {})
@@ -143,14 +145,15 @@ def _accuracy_headline(acc: dict) -> list[str]:
               "weights (re-quantized from the GGUF's Q4_1) and an INT4 KV cache.", "",
               "| corpus | exact | vlp (nonlinear only) | mugi (preset) |", "|---|---|---|---|"]
     for c in corpora:
-        ex = head[f"{c}/exact"]
+        ex = head[f"{model}/{c}/exact"]
         cells = []
         for n in ("vlp", "mugi (preset)"):
-            v = head.get(f"{c}/{n}")
+            v = head.get(f"{model}/{c}/{n}")
             cells.append("not run (full report only)" if v is None
                          else f"{v:.4g} ({100 * (v / ex - 1):+.1f}%)")
         lines.append(f"| {c} | {ex:.4g} | " + " | ".join(cells) + " |")
-    greedy = {k.removeprefix("greedy/"): v for k, v in head.items() if k.startswith("greedy/")}
+    greedy = {k.removeprefix(f"greedy/{model}/"): v for k, v in head.items()
+              if k.startswith(f"greedy/{model}/")}
     if greedy:
         lines += ["", "Greedy continuation of \"The capital of France is\":", ""]
         lines += [f"- {n}: `{json.dumps(t)}`" for n, t in greedy.items()]  # JSON: newlines show as escapes

@@ -34,7 +34,7 @@ def test_invalid_config_names_field(kwargs, field):
 
 def test_other_bad_input():
     with pytest.raises(ValueError, match="fn"):
-        nl.vlp(jnp.zeros(3), "tanh")
+        nl.vlp(jnp.zeros(3), "relu")
     with pytest.raises(ValueError, match="fn"):
         nl.subscription_cycles(jnp.zeros(3), "relu")
     with pytest.raises(TypeError):

@@ -182,7 +182,7 @@ def test_gradient_wrt_input_is_finite_with_masks() -> None:
 def test_bad_input() -> None:
     p = R.params_from_config(nl.VLPConfig())
     with pytest.raises(ValueError, match="fn"):
-        R.relaxed_vlp(jnp.ones(3), "tanh", p)
+        R.relaxed_vlp(jnp.ones(3), "relu", p)
     with pytest.raises(ValueError, match="rounding"):
         R.relaxed_vlp(jnp.ones(3), "silu", p, rounding="floor")
     with pytest.raises(ValueError, match="temperature"):
