@@ -401,7 +401,7 @@ def _fast_dot_groups(a32: Array, kn: KN, product: str, terms: Array | None) -> A
 
 
 def _fast_folded(a32: Array, kn: KN, product: str) -> Array:
-    """Small groups (the scale changes every few ``k``, e.g. a per-token V cache in ``P V``):
+    r"""Small groups (the scale changes every few ``k``, e.g. a per-token V cache in ``P V``):
     the scales folded into the weight terms and one FP32 ``dot`` per term,
 
     .. math::
