@@ -53,3 +53,24 @@ def hf_checkpoint(directory: Path) -> dict:
     save_file({k: hf[k] for k in keys[:6]}, str(directory / "model-1.safetensors"))
     save_file({k: hf[k] for k in keys[6:]}, str(directory / "model-2.safetensors"))
     return hf
+
+
+def load_counting_reads(directory, mesh):
+    """``sharding.load_safetensors_sharded(directory, mesh)`` and the number of checkpoint
+    elements it read (each process should read only its own slices)."""
+    from mugi_jax.models import hf as hf_mod, sharding
+
+    read = {"elements": 0}
+    original = hf_mod.SafetensorsDir.read
+
+    def counting(self, key, index=None):
+        x = original(self, key, index)
+        read["elements"] += x.size
+        return x
+
+    hf_mod.SafetensorsDir.read = counting
+    try:
+        model, _ = sharding.load_safetensors_sharded(directory, mesh)
+    finally:
+        hf_mod.SafetensorsDir.read = original
+    return model, read["elements"]

@@ -28,10 +28,10 @@ from flax import nnx  # noqa: E402
 
 from mugi_jax import eval as ev, mesh as meshlib  # noqa: E402
 from mugi_jax.io import write_json  # noqa: E402
-from mugi_jax.models import Llama, Sampler, hf as hf_mod, sharding  # noqa: E402
+from mugi_jax.models import Llama, Sampler, sharding  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sharding_common import BATCH, CONFIG, CONTEXT  # noqa: E402
+from sharding_common import BATCH, CONFIG, CONTEXT, load_counting_reads  # noqa: E402
 
 
 def main(mesh_text: str, hf_dir: str, out_dir: str) -> None:
@@ -42,22 +42,12 @@ def main(mesh_text: str, hf_dir: str, out_dir: str) -> None:
     r = ev.perplexity(model, corpus.astype(np.int32), "exact", context=CONTEXT, max_tokens=None,
                       batch_size=BATCH, mesh=mesh)
     gen = Sampler(model, None, "mugi", mesh=mesh)([[5, 6, 7], [8, 9], [10, 11, 12, 13], [3]], 4)
-    read = {"elements": 0}
-    original = hf_mod.SafetensorsDir.read
-
-    def counting(self, key, index=None):
-        x = original(self, key, index)
-        read["elements"] += x.size
-        return x
-
-    hf_mod.SafetensorsDir.read = counting
-    loaded, _ = sharding.load_safetensors_sharded(hf_dir, mesh)
-    hf_mod.SafetensorsDir.read = original
+    loaded, elements_read = load_counting_reads(hf_dir, mesh)
     leaves = jax.tree_util.tree_leaves(nnx.split(loaded)[1])
     local = [np.asarray(s.data) for x in leaves for s in x.addressable_shards]
     write_json(Path(out_dir) / "result.json", {"process_id": info["process_id"]})
     print(json.dumps({**info, "nll": r["nll"], "ppl": r["ppl"], "tokens": gen.tokens.tolist(),
-                      "elements_read": read["elements"],
+                      "elements_read": elements_read,
                       "checkpoint_elements": sum(int(np.prod(x.shape)) for x in leaves),
                       "local_checksum": float(sum(np.sum(a, dtype=np.float64) for a in local))}))
 

@@ -30,7 +30,7 @@ from mugi_jax.models import Llama, Sampler, forward, prepare, sharding  # noqa: 
 from mugi_jax.workloads import Workload, get_model  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sharding_common import BATCH, CONFIG, CONTEXT, hf_checkpoint  # noqa: E402
+from sharding_common import BATCH, CONFIG, CONTEXT, hf_checkpoint, load_counting_reads  # noqa: E402
 
 MESHES = ("data=8,model=1", "data=2,model=4", "data=1,model=8")
 
@@ -55,27 +55,15 @@ def _logits(model: Llama, tokens: np.ndarray, policy: str, mesh=None) -> np.ndar
 def _sharded_load(directory: Path, mesh) -> dict:
     """Load onto ``mesh`` counting the elements read from the files; compare with the
     single-device loader."""
-    from mugi_jax.models import hf as hf_mod, loaders
+    from mugi_jax.models import loaders
 
-    read = {"elements": 0}
-    original = hf_mod.SafetensorsDir.read
-
-    def counting(self, key, index=None):
-        x = original(self, key, index)
-        read["elements"] += x.size
-        return x
-
-    hf_mod.SafetensorsDir.read = counting
-    try:
-        model, _ = sharding.load_safetensors_sharded(directory, mesh)
-    finally:
-        hf_mod.SafetensorsDir.read = original
+    model, elements_read = load_counting_reads(directory, mesh)
     ref, _ = loaders.load_safetensors(directory)
     ours = jax.tree_util.tree_leaves(nnx.split(model)[1])
     theirs = jax.tree_util.tree_leaves(nnx.split(ref)[1])
     return {"identical": all(np.array_equal(np.asarray(a), np.asarray(b))
                              for a, b in zip(ours, theirs)) and len(ours) == len(theirs),
-            "elements_read": read["elements"],
+            "elements_read": elements_read,
             "checkpoint_elements": sum(int(np.prod(x.shape)) for x in theirs),
             "all_sharded_by_rules": [str(x.sharding.spec) for x in ours]}
 
