@@ -17,10 +17,16 @@ already-quantized layers: one forward pass per window).
 
 AWQ folds (:func:`quantize_model`): the q/k/v scales ``s`` (searched jointly on the concatenated
 kernels) divide the attention RMSNorm weight; gate/up likewise the MLP RMSNorm weight; the
-down_proj scales divide the up_proj output channels (exact: ``silu(g) * (u / s) = h / s``).  The
-o_proj input is the attention output of 9 query heads that share 3 KV heads (GQA): a v_proj fold
-would need scales tied across the heads of a group, so o_proj gets the clipping search only
-(documented, no activation scaling at run time).
+down_proj scales divide the up_proj output channels (exact for any gated FFN, SwiGLU or GeGLU:
+``act(g) * (u / s) = h / s``).  A fold goes only into the norm that directly feeds the quantized
+kernels: for Gemma 3 that is the *pre*-attention and *pre*-FFN norm (``attn_norm``,
+``mlp_norm``; their GGUF/HF weights already hold Gemma's ``1 + w``, and the fold divides that
+whole multiplier); the post-attention/post-FFN norms act on the sublayer *outputs* and the
+QK-norm on the q/k *outputs*, so they are left alone.  The o_proj input is the attention output
+of the query heads that share the KV heads (GQA: 9 on 3 for SmolLM2, 4 on 1 for Gemma 3): a
+v_proj fold would need o_proj scales tied across the heads of a group, and it would change the
+values the INT4 KV cache quantizes; o_proj gets the clipping search only (no activation scaling
+at run time).  The scales are kept in :attr:`QuantizedWeights.scales` (not saved).
 """
 
 from __future__ import annotations
@@ -110,6 +116,9 @@ class QuantizedWeights:
     kernels: dict[str, quant.QuantizedTensor]
     params: dict[str, Any]
     provenance: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: AWQ: op path of each quantized kernel -> the per-input-channel scales ``s`` its input is
+    #: divided by (through the folds); only in memory (tests check the folds against them).
+    scales: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,6 +207,7 @@ def quantize_model(model: Any, stats: list[dict[str, Any]] | None, spec: QuantSp
     :func:`collect_statistics`; unused for ``rtn``)."""
     kernels: dict[str, quant.QuantizedTensor] = {}
     params: dict[str, Any] = {}
+    scales: dict[str, Any] = {}
     layers = list(model.layers)
     if progress:
         from tqdm import tqdm
@@ -217,6 +227,7 @@ def quantize_model(model: Any, stats: list[dict[str, Any]] | None, spec: QuantSp
         s_attn, _ = quant.awq_scales(jnp.concatenate([w[p] for p in qkv], 1), st["attn"], sch)
         for p in qkv:
             kernels[f"layers.{i}.{p}"], _ = quant.awq(w[p], st["attn"], sch, scales=s_attn)
+            scales[f"layers.{i}.{p}"] = s_attn
         params[f"layers.{i}.attn_norm.scale"] = block.attn_norm.scale.get_value() / s_attn
         kernels[f"layers.{i}.attn.o_proj"] = quant.clip(
             w["attn.o_proj"], spec.scheme_for(w["attn.o_proj"].shape[0]), st["o"])
@@ -231,7 +242,9 @@ def quantize_model(model: Any, stats: list[dict[str, Any]] | None, spec: QuantSp
                                                             scales=s_mlp)
         kernels[f"layers.{i}.mlp.up_proj"], _ = quant.awq(up, st["mlp"], sch_m, scales=s_mlp)
         params[f"layers.{i}.mlp_norm.scale"] = block.mlp_norm.scale.get_value() / s_mlp
-    return QuantizedWeights(spec, kernels, params)
+        scales.update({f"layers.{i}.mlp.gate_proj": s_mlp, f"layers.{i}.mlp.up_proj": s_mlp,
+                       f"layers.{i}.mlp.down_proj": s_down})
+    return QuantizedWeights(spec, kernels, params, scales=scales)
 
 
 def apply_weights(model: Any, weights: QuantizedWeights) -> Any:

@@ -295,3 +295,54 @@ def test_gemma3_generation_cached_equals_uncached_across_the_window(tmp_path):
     wide = models.Llama(dataclasses.replace(cfg, layer_types=()))
     nnx.update(wide, nnx.state(model))
     assert not np.array_equal(models.Sampler(wide)(prompts, max_new_tokens=12).tokens, a.tokens)
+
+
+def test_gemma3_awq_folds_equal_the_unfolded_scaled_model(tmp_path):
+    """AWQ on a tiny random Gemma 3 (QK-norm, pre- and post-norms with the ``1 + w`` weights,
+    GeGLU, GQA 4 on 1): the folded model (q/k/v scales in the pre-attention norm, gate/up scales
+    in the pre-FFN norm, down_proj scales in up_proj's output channels) equals the independent
+    reference run on the *unfolded* model - original norms, every quantized kernel with its
+    activation scale applied explicitly (``(x / s) @ W^``; down_proj's input ``h / s``)."""
+    import jax.numpy as jnp
+
+    from mugi_jax.models import quantize as mq
+
+    c = _config("gemma3", hidden_size=64, intermediate_size=128, num_key_value_heads=1,
+                head_dim=32, query_pre_attn_scalar=32, tie_word_embeddings=False)
+    hf = _checkpoint(c, seed=3)
+    for i in range(LAYERS):  # outlier input channels, as real models have: AWQ scales them
+        for n in ("input_layernorm", "pre_feedforward_layernorm"):
+            hf[f"model.layers.{i}.{n}.weight"][:4] = 6.0
+    model, _, cfg = models.load(str(_write(tmp_path, c, hf)))
+    ids = np.random.default_rng(0).integers(0, VOCAB, 96).tolist()
+    stats = mq.collect_statistics(model, ids, context=32)
+    qw = mq.quantize_model(model, stats, mq.QuantSpec("tiny", "awq", "signmag", 32, "sotu", 128))
+    assert set(qw.params) == {f"layers.{i}.{n}.scale" for i in range(LAYERS)
+                              for n in ("attn_norm", "mlp_norm")}  # pre-norms only
+    folded = np.asarray(models.forward(mq.apply_weights(model, qw), IDS[None], "exact")[0][0])
+
+    def unfolded(with_scales):
+        out = dict(hf)
+        hf_name = {"attn.q_proj": "self_attn.q_proj", "attn.k_proj": "self_attn.k_proj",
+                   "attn.v_proj": "self_attn.v_proj", "attn.o_proj": "self_attn.o_proj",
+                   "mlp.gate_proj": "mlp.gate_proj", "mlp.up_proj": "mlp.up_proj",
+                   "mlp.down_proj": "mlp.down_proj"}
+        for i in range(LAYERS):
+            for p, name in hf_name.items():
+                w = np.asarray(qw.kernels[f"layers.{i}.{p}"].dequantize(jnp.float32), np.float64)
+                s = np.asarray(qw.scales.get(f"layers.{i}.{p}", np.ones(w.shape[0])), np.float64)
+                if with_scales:
+                    w = w / s[:, None]  # (x / s) @ W^
+                    if p == "mlp.up_proj":  # u / s_down = up's output; h = act(g) * u
+                        w = w * np.asarray(qw.scales[f"layers.{i}.mlp.down_proj"])[None, :]
+                out[f"model.layers.{i}.{name}.weight"] = w.T.astype(np.float32)
+        return _reference(c, out, IDS)
+
+    for key in ("attn.q_proj", "mlp.gate_proj", "mlp.down_proj"):  # the scales did something
+        assert np.ptp(np.asarray(qw.scales[f"layers.0.{key}"])) > 0.1
+    np.testing.assert_allclose(folded, unfolded(True), atol=2e-3, rtol=1e-4)
+    # without the activation scales the quantized kernels compute something else
+    assert np.max(np.abs(folded - unfolded(False))) > 0.1
+    # the whole mugi preset (Mugi datapath, BF16 activations, KIVI cache) runs on these weights
+    mugi = np.asarray(models.forward(mq.apply_weights(model, qw), IDS[None], "mugi")[0][0])
+    assert np.all(np.isfinite(mugi)) and np.corrcoef(mugi.ravel(), folded.ravel())[0, 1] > 0.9
