@@ -20,6 +20,22 @@ Workload (:func:`realistic_op_table`), with B batch, P prompt, S max length, T =
   ``group_size`` along k (weights), one per KV token scale (attention), on the vector unit,
   overlapped with the array as its own stream.
 
+INT4 formats (:class:`RealisticConfig` ``weight_scheme`` / ``kv_scheme`` / ``kv_layout``; the
+defaults, sign-magnitude weights and a per-token KV cache, add nothing below):
+
+- asymmetric codes by offset decomposition (``asym``, docs/numerics.md): the Mugi sweep runs
+  t = 0..8, 9 cycles per k-step instead of 8 (with early termination: the measured cycles of
+  ``cycles_per_kstep``, else the full 9), and every per-k-step array event that fires once per
+  cycle fires 9/8 as often; the dequantization unit adds the activation group sums (one add per
+  activation element and group) and ``offset x group_sum`` (one multiply-add per output and
+  group); every group carries a 16-bit offset next to its scale (DRAM traffic);
+- two's complement (``int4``) needs the 4-bit-magnitude array: a 16-cycle full sweep;
+- a KIVI cache (``kv_layout="kivi"``): keys quantized per channel in groups of ``kv_key_group``
+  tokens (one scale per channel and group: folded into the query, one multiply-add per query
+  element and key group), values per token; the newest ``kv_residual`` tokens stay BF16 (16-bit
+  DRAM reads, their products on the vector unit, one multiply-add each) and every token is
+  written twice (BF16 into the residual window, INT4 when it leaves it).
+
 Cycles of one execution of a GEMM row, streams run concurrently and overlap at tile level:
 
 - compute: Mugi/Carat ``b ceil(m/W) ceil(n/H) (k c_step + H_b + W)`` with c_step the data-driven
@@ -80,6 +96,11 @@ RMSNORM_OPS, ROPE_OPS, RESIDUAL_OPS, GATE_OPS, KVQ_OPS, DEQUANT_OPS = 4.0, 3.0, 
 SCALE_BITS = 16.0  # BF16 quantization scales
 ACT_BITS = 16.0
 KV_BITS = 4.0
+WEIGHT_SCHEMES = ("signmag", "int4", "asym")
+KV_LAYOUTS = ("per_token", "kivi")
+#: Mugi counter values per k-step (full sweep) of each INT4 format on the array
+SWEEP_CYCLES = {"signmag": 8, "asym": 9, "int4": 16}
+KV_ROLES = ("qkt", "pv")
 
 
 @dataclass(frozen=True)
@@ -95,8 +116,30 @@ class RealisticConfig:
     group_size: int = 128
     causal: bool = True
     include_dram_energy: bool = True  # in energy_j / the paper metrics of the Report
+    # INT4 formats (module docstring): weights' and KV cache's codes, the KV layout
+    weight_scheme: str = "signmag"
+    kv_scheme: str = "signmag"
+    kv_layout: str = "per_token"
+    kv_key_group: int = 32
+    kv_residual: int = 32  # KIVI only
+    # measured Mugi cycles per k-step per GEMM role (e.g. ``gemm.subscription_cycles`` on the
+    # deployed codes); roles not given: the SmolLM2 table (sign-magnitude) or the full sweep
+    cycles_per_kstep: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
+        for name, allowed in (("weight_scheme", WEIGHT_SCHEMES), ("kv_scheme", WEIGHT_SCHEMES),
+                              ("kv_layout", KV_LAYOUTS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}: allowed values are {', '.join(allowed)}")
+        for name in ("kv_key_group", "kv_residual"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < (1 if name == "kv_key_group" else 0):
+                raise ValueError(f"{name}={v!r}: allowed values are "
+                                 f"{'positive' if name == 'kv_key_group' else 'non-negative'} integers")
+        for role, c in self.cycles_per_kstep:
+            if role not in ROLES or not (isinstance(c, (int, float)) and 1 <= c <= 16):
+                raise ValueError(f"cycles_per_kstep: ({role!r}, {c!r}): roles are {', '.join(ROLES)}, "
+                                 "cycles from 1 to 16")
         if self.adders_per_row not in (None, 1, 2, 4, 8):
             raise ValueError(f"adders_per_row={self.adders_per_row!r}: allowed values are None (the design's), 1, 2, 4, 8")
         check_dataflow(self.dataflow)
@@ -128,14 +171,30 @@ def causal_tile_fraction(p: int, tq: int, tk: int) -> tuple[float, float]:
     return qk, pv
 
 
-def realistic_op_table(workload: Workload, arch: Arch, causal: bool = True) -> dict[str, np.ndarray]:
+def kv_write_bits(tokens: int, kv_heads: int, dh: int, kv: "RealisticConfig | None" = None) -> float:
+    """DRAM bits written into the KV cache for ``tokens`` new tokens (keys and values): INT4 codes
+    plus 16-bit scales (per token and head; KIVI keys: per channel and ``kv_key_group`` tokens),
+    16-bit offsets too for asymmetric codes, and with KIVI the BF16 write into the residual window."""
+    kv = kv or RealisticConfig()
+    asym = 2.0 if kv.kv_scheme == "asym" else 1.0
+    elems = tokens * kv_heads * dh  # of K (and of V)
+    if kv.kv_layout == "kivi":
+        scales = tokens * kv_heads * (dh / kv.kv_key_group + 1.0)
+        resid = 2 * elems * ACT_BITS if kv.kv_residual > 0 else 0.0
+        return 2 * elems * KV_BITS + asym * SCALE_BITS * scales + resid
+    return 2 * elems * KV_BITS + asym * 2 * tokens * kv_heads * SCALE_BITS
+
+
+def realistic_op_table(workload: Workload, arch: Arch, causal: bool = True,
+                       kv: "RealisticConfig | None" = None) -> dict[str, np.ndarray]:
     """Rows of the corrected workload (module docstring) as float64 columns ``COLS``.
 
     The op list, shapes, activation and attention kind come from the model's config (the same
     :func:`mugi_jax.workloads.layer_gemms` / :func:`~mugi_jax.workloads.attention_shapes` the paper
     preset's table uses).  An encoder runs once over all S tokens with bidirectional attention (no
     causal saving, no KV cache, no LM head); sliding-window layers attend to min(c, window) keys.
-    ``arch`` only sets the causal tile granularity (array width / height).
+    ``arch`` only sets the causal tile granularity (array width / height); ``kv`` (a
+    :class:`RealisticConfig`) the KV cache's write traffic.
     """
     md, B, S, P = workload.model, workload.batch, workload.seq_len, workload.prefill_len
     d, h, g, dh, F, V, L = md.dim, md.heads, md.kv_heads, md.dh, md.ffn_hidden, md.vocab, md.layers
@@ -163,7 +222,7 @@ def realistic_op_table(workload: Workload, arch: Arch, causal: bool = True) -> d
         if not md.encoder:  # on-the-fly INT4 quantization of the new K, V into the cache
             kv_elems = 2 * tok * g * dh
             add(VECTOR, NONLINEAR, phase, None, 1, kv_elems, 1, 1, rep, ops=KVQ_OPS,
-                dram_w=kv_elems * KV_BITS + 2 * tok * g * SCALE_BITS)
+                dram_w=kv_write_bits(tok, g, dh, kv))
         # per token, not per layer: embedding read, final norm
         add(VECTOR, OUTPUT, phase, None, 1, tok * d, 1, 1, rep / L, ops=RMSNORM_OPS,
             dram_r=tok * d * ACT_BITS)
@@ -196,12 +255,13 @@ def realistic_op_table(workload: Workload, arch: Arch, causal: bool = True) -> d
     return {c: a[:, i] for i, c in enumerate(COLS)}
 
 
-def model_weight_bits(workload: Workload, group_size: int = 128) -> float:
-    """INT4 weights + BF16 group scales of all layers and the LM head (the config's op list)."""
+def model_weight_bits(workload: Workload, group_size: int = 128, asym: bool = False) -> float:
+    """INT4 weights + BF16 group scales (and offsets, ``asym``) of all layers and the LM head (the
+    config's op list)."""
     md = workload.model
     n = md.layers * sum(k * n_ for _, _, _, k, n_ in layer_gemms(md, 1))
     n += 0 if md.encoder else md.dim * md.vocab
-    return float(n * (KV_BITS + SCALE_BITS / group_size))
+    return float(n * (KV_BITS + (2.0 if asym else 1.0) * SCALE_BITS / group_size))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,6 +286,15 @@ class RealParams(NamedTuple):
     e_dram_r: Float[Array, ""]  # pJ / bit
     e_dram_w: Float[Array, ""]
     group: Float[Array, ""]
+    # INT4 formats (module docstring); all 0 for sign-magnitude weights and a per-token cache
+    e_mac_cycle: Float[Array, ""]  # pJ per MAC of one more sweep cycle per k-step (Mugi)
+    w_extra_cycles: Float[Array, ""]  # sweep cycles per k-step beyond the design's (weights)
+    kv_extra_cycles: Float[Array, ""]  # (KV cache)
+    w_asym: Float[Array, ""]
+    kv_asym: Float[Array, ""]
+    kivi: Float[Array, ""]
+    key_group: Float[Array, ""]
+    residual: Float[Array, ""]
 
 
 def vector_lanes(arch: Arch) -> int:
@@ -240,8 +309,20 @@ def realistic_params(arch: Arch, workload: Workload, cfg: RealisticConfig) -> tu
     W, H = arch.width, arch.height
     a = arch.adders_per_row if cfg.adders_per_row is None else cfg.adders_per_row
     leak_w, area = float(base.leakage_w), float(base.area_mm2)
+    mugi = arch.family == "mugi"  # the sweep length follows the INT4 format on Mugi only
+    sweep = {r: SWEEP_CYCLES[cfg.kv_scheme if r in KV_ROLES else cfg.weight_scheme] for r in ROLES}
+    measured = dict(cfg.cycles_per_kstep)
+
+    def role_cycles(r: str) -> float:
+        if r in measured:
+            return float(measured[r])
+        if not mugi or sweep[r] == arch.cycles_per_step:
+            return et.role_cycles_per_kstep(r, H, a, W, cfg.early_termination)
+        # no code statistics for this format: the full sweep (or the adder bound)
+        return float(max(sweep[r], et.adder_bound(W, a)))
+
     if arch.data_driven_cycles:
-        cps = [et.role_cycles_per_kstep(r, H, a, W, cfg.early_termination) for r in ROLES]
+        cps = [role_cycles(r) for r in ROLES]
         sm = et.nonlinear_cycles_per_tile("softmax", cfg.early_termination)
         si = et.nonlinear_cycles_per_tile("silu", cfg.early_termination)
         base = base._replace(sm_col_cycles=np.float32(sm), si_col_cycles=np.float32(si))
@@ -257,7 +338,8 @@ def realistic_params(arch: Arch, workload: Workload, cfg: RealisticConfig) -> tu
     addf = component_figures("adderbf16", missing="reference").energy_pj
     reg = component_figures("register", {"width": 16}, missing="reference").energy_pj
     si_, sw_, so_ = arch.srams
-    resident = model_weight_bits(workload, cfg.group_size) <= sw_.capacity_bits * arch.nodes
+    resident = (model_weight_bits(workload, cfg.group_size, cfg.weight_scheme == "asym")
+                <= sw_.capacity_bits * arch.nodes)
     mem = cfg.memory
     vals = dict(
         cycle_model=CYCLE_MODELS.index(arch.cycle_model), ws=1.0 if df == "ws" else 0.0,
@@ -267,10 +349,28 @@ def realistic_params(arch: Arch, workload: Workload, cfg: RealisticConfig) -> tu
         dram_bits_per_cycle=mem.bits_per_cycle(arch.frequency_mhz * 1e6),
         e_dram_r=mem.read_energy_pj_per_bit, e_dram_w=mem.write_energy_pj_per_bit,
         group=float(cfg.group_size),
+        e_mac_cycle=_mac_energy_per_cycle(arch) if mugi else 0.0,
+        w_extra_cycles=SWEEP_CYCLES[cfg.weight_scheme] - arch.cycles_per_step if mugi else 0.0,
+        kv_extra_cycles=SWEEP_CYCLES[cfg.kv_scheme] - arch.cycles_per_step if mugi else 0.0,
+        w_asym=float(cfg.weight_scheme == "asym"), kv_asym=float(cfg.kv_scheme == "asym"),
+        kivi=float(cfg.kv_layout == "kivi"), key_group=float(cfg.kv_key_group),
+        residual=float(cfg.kv_residual),
     )
     rp = RealParams(base=base, cps=np.asarray(cps, np.float32),
                     **{k: np.float32(v) for k, v in vals.items()})
     return rp, leak_w, area
+
+
+def _mac_energy_per_cycle(arch: Arch) -> float:
+    """pJ per MAC that one more counter cycle per k-step costs on ``arch`` (the design's charges
+    are linear in its cycles per k-step: the difference of one cycle)."""
+    from dataclasses import replace as dc_replace
+
+    from mugi_jax.cost.model import basis_energies_pj
+
+    plus = dc_replace(arch, cycles_per_step=arch.cycles_per_step + 1)
+    return (basis_energies_pj(plus, "reference")["mac"]
+            - basis_energies_pj(arch, "reference")["mac"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,7 +420,30 @@ def gemm_costs(rp: RealParams, t: dict[str, Float[Array, " R"]]) -> dict[str, Ar
     # dequantization on the vector unit
     outputs = b * m * n
     qkt = t["role"] == ROLES.index("qkt")
-    dq_ops = jnp.where(is_kv > 0, jnp.where(qkt, outputs, b * m * k), outputs * _cdiv(k, rp.group)) * DEQUANT_OPS
+    # KV rows: the tokens read quantized (KIVI: older than the residual window; keys in whole
+    # key groups) and the BF16 residual ones
+    kv_tokens = jnp.where(qkt, n, k)
+    q_tok = jnp.where(rp.kivi > 0, jnp.maximum(kv_tokens - rp.residual, 0.0), kv_tokens)
+    q_tok = jnp.where((rp.kivi > 0) & qkt, jnp.floor(q_tok / rp.key_group) * rp.key_group, q_tok)
+    r_tok = kv_tokens - q_tok
+    key_groups = q_tok / rp.key_group
+    # per-token keys: one scale per score; KIVI keys: the per-channel scales folded into the
+    # query once per key group; per-token values: folded into the probabilities
+    kv_scale = jnp.where((rp.kivi > 0) & qkt, b * m * k * key_groups, b * m * q_tok)
+    # offsets (asymmetric; an add counts half a multiply-add): keys per token: offset x query
+    # sum per score + the query sums; KIVI keys: one multiply-add per query element and key
+    # group + an add per score; values: one multiply-add per probability (sum_s p_s o_s) + an
+    # add per output
+    kv_off = jnp.where(qkt, jnp.where(rp.kivi > 0, b * m * k * key_groups + b * m * q_tok / 2,
+                                      b * m * q_tok + b * m * k / 2),
+                       b * m * q_tok + outputs / 2)
+    resid = b * m * jnp.where(qkt, k, n) * r_tok * rp.kivi  # BF16 products of the residual window
+    w_groups = outputs * _cdiv(k, rp.group)
+    # weights: scale x partial per output and group; asymmetric: offset x group sum and the group
+    # sums (one add per activation element, counted as half a multiply-add)
+    w_ops = w_groups + rp.w_asym * (w_groups + b * m * k / 2)
+    kv_ops = kv_scale + rp.kv_asym * kv_off + resid
+    dq_ops = jnp.where(is_kv > 0, kv_ops, w_ops) * DEQUANT_OPS
     dq_ops = dq_ops * t["mac_frac"]
     dq_cycles = dq_ops / rp.vec_lanes
     # DRAM traffic
@@ -328,9 +451,11 @@ def gemm_costs(rp: RealParams, t: dict[str, Float[Array, " R"]]) -> dict[str, Ar
     tn = jnp.minimum(p.H, n)
     tn_off = jnp.minimum(n, jnp.maximum(tn, jnp.exp2(jnp.floor(jnp.log2(jnp.maximum(p.e_o_elems / tm, 1.0))))))
     tm_off = jnp.minimum(m, jnp.maximum(tm, jnp.exp2(jnp.floor(jnp.log2(jnp.maximum(p.e_o_elems / tn_off, 1.0))))))
-    w_bits = k * n * p.wbits + SCALE_BITS * n * _cdiv(k, rp.group)
-    kv_tokens = jnp.where(qkt, n, k)
-    kv_bits = b * (k * n * KV_BITS + SCALE_BITS * kv_tokens) * t["mac_frac"]
+    w_bits = k * n * p.wbits + (1.0 + rp.w_asym) * SCALE_BITS * n * _cdiv(k, rp.group)
+    head = k * n / kv_tokens  # head_dim
+    kv_scales = jnp.where((rp.kivi > 0) & qkt, head * key_groups, q_tok)
+    kv_bits = b * (head * (q_tok * KV_BITS + r_tok * ACT_BITS)
+                   + (1.0 + rp.kv_asym) * SCALE_BITS * kv_scales) * t["mac_frac"]
     operand = jnp.where(is_kv > 0, kv_bits, w_bits * _cdiv(m, tm_off) * (1.0 - rp.resident))
     in_bits = b * m * k * ACT_BITS
     in_dram = jnp.where(in_bits <= rp.isram_bits / 2, 0.0, in_bits * _cdiv(n, tn_off))
@@ -342,9 +467,12 @@ def gemm_costs(rp: RealParams, t: dict[str, Float[Array, " R"]]) -> dict[str, Ar
     tiles = _cdiv(jnp.where(is_kv > 0, kv_bits, w_bits), rp.wsram_bits / 2)
     onchip = jnp.maximum(jnp.maximum(compute, sram), dq_cycles)  # interleaved cycle by cycle
     cycles = _overlap(onchip, dram, tiles)
+    # the longer sweep of asymmetric / two's-complement codes: more per-cycle array events
+    extra = jnp.where(is_kv > 0, rp.kv_extra_cycles, rp.w_extra_cycles)
+    e_sweep = b * m * k * n * extra * rp.e_mac_cycle
     return {
         "cycles": cycles, "compute": compute, "dram_cycles": dram,
-        "energy_pj": e_chip * t["mac_frac"] + dq_ops * rp.e_vec_op,
+        "energy_pj": e_chip * t["mac_frac"] + dq_ops * rp.e_vec_op + e_sweep * t["mac_frac"],
         "dram_r": dram_r, "dram_w": dram_w, "flops": flops * t["mac_frac"],
     }
 
@@ -423,7 +551,7 @@ def evaluate_realistic(arch: Arch, workload: Workload, cfg: RealisticConfig | No
 
     cfg = cfg or RealisticConfig()
     preset = preset or REALISTIC
-    table = realistic_op_table(workload, arch, cfg.causal)
+    table = realistic_op_table(workload, arch, cfg.causal, cfg)
     rp, leak_w, area = realistic_params(arch, workload, cfg)
     t = _pad(table)
     r = {k: np.asarray(v, np.float64)[: len(table["kind"])]
