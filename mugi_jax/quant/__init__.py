@@ -7,12 +7,12 @@ from mugi_jax.quant.calibrated import (AWQ_GRID, CLIP_GRID, Calibration, awq, aw
                                        gptq, output_error)
 from mugi_jax.quant.core import (SCALE_DTYPES, AsymUInt4, Int4, QuantizedTensor, Scheme,
                                  SignMagnitudeInt4, assemble, check_weights, decode, dequantize,
-                                 encode, group_params, grouped, pack_int4, quantize, quantize_kv,
+                                 encode, from_q4_1, group_params, grouped, pack_int4, quantize, quantize_kv,
                                  ungrouped, unpack_int4)
 
 __all__ = [
     "Scheme", "SignMagnitudeInt4", "Int4", "AsymUInt4", "QuantizedTensor", "quantize",
     "dequantize", "quantize_kv", "pack_int4", "unpack_int4", "SCALE_DTYPES", "check_weights",
-    "group_params", "encode", "decode", "assemble", "grouped", "ungrouped",
+    "group_params", "encode", "decode", "assemble", "grouped", "ungrouped", "from_q4_1",
     "clip", "gptq", "awq", "awq_scales", "output_error", "Calibration", "CLIP_GRID", "AWQ_GRID",
 ]

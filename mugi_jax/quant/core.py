@@ -44,7 +44,7 @@ from mugi_jax.formats import flush_subnormals
 __all__ = [
     "Scheme", "SignMagnitudeInt4", "Int4", "AsymUInt4", "QuantizedTensor", "quantize",
     "dequantize", "quantize_kv", "pack_int4", "unpack_int4", "SCALE_DTYPES", "check_weights",
-    "group_params", "encode", "decode", "assemble", "grouped", "ungrouped",
+    "group_params", "encode", "decode", "assemble", "grouped", "ungrouped", "from_q4_1",
 ]
 
 SCALE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -363,3 +363,33 @@ def unpack_int4(packed: Int[ArrayLike, "..."], signed: bool, axis: int = -1) -> 
     if signed:
         pair = jnp.where(pair >= 8, pair - 16, pair)
     return jnp.moveaxis(pair.astype(jnp.int8), -1, axis)
+
+
+Q4_1_BLOCK = 32  # weights per GGUF Q4_1 block
+Q4_1_BLOCK_BYTES = 20  # fp16 d, fp16 m, 16 bytes of nibbles
+
+
+def from_q4_1(raw: Int[ArrayLike, "out nbytes"], n_in: int) -> QuantizedTensor:
+    """A GGUF ``Q4_1`` tensor as stored, as an ``(in, out)`` :class:`QuantizedTensor` of
+    ``AsymUInt4(group_size=32, axis=0, scale_dtype="float16")`` (min form): no re-quantization.
+
+    ``raw``: the tensor's bytes, one row per output channel (``n_in / 32`` blocks of 20 bytes:
+    ``d`` and ``m`` as float16, then 16 bytes whose low nibbles are weights 0..15 of the block
+    and high nibbles weights 16..31), as ``gguf.GGUFReader`` gives them.  Weight ``j`` of a
+    block is ``d * q_j + m``, exactly the scheme's ``s q + m``."""
+    raw = np.asarray(raw)
+    if raw.dtype != np.uint8 or raw.ndim != 2:
+        raise ValueError(f"raw: expected a 2-D uint8 array (rows of Q4_1 blocks), got "
+                         f"{raw.dtype} {raw.shape}")
+    if n_in % Q4_1_BLOCK or raw.shape[1] != n_in // Q4_1_BLOCK * Q4_1_BLOCK_BYTES:
+        raise ValueError(f"n_in: {n_in} inputs need {n_in // Q4_1_BLOCK} blocks of "
+                         f"{Q4_1_BLOCK_BYTES} bytes per row (and a multiple of {Q4_1_BLOCK}); "
+                         f"rows have {raw.shape[1]} bytes")
+    blocks = raw.reshape(raw.shape[0], n_in // Q4_1_BLOCK, Q4_1_BLOCK_BYTES)
+    d = np.ascontiguousarray(blocks[..., 0:2]).view(np.float16)[..., 0]
+    m = np.ascontiguousarray(blocks[..., 2:4]).view(np.float16)[..., 0]
+    qs = blocks[..., 4:]
+    codes = np.concatenate([qs & 0xF, qs >> 4], axis=-1).reshape(raw.shape[0], n_in)
+    return QuantizedTensor(codes=jnp.asarray(codes.T, jnp.int8), scales=jnp.asarray(d.T),
+                           zeros=jnp.asarray(m.T),
+                           scheme=AsymUInt4(group_size=Q4_1_BLOCK, axis=0, scale_dtype="float16"))
