@@ -44,9 +44,10 @@ def policy(name: str):  # noqa: ANN201
     from mugi_jax import numerics
 
     mugi = numerics.preset("mugi").default
-    if name == "int4 weights only":  # mugi's weight format, dequantized into an FP32 GEMM
+    if name == "int4 weights only":  # mugi's (AWQ) INT4 weights, dequantized into an FP32 GEMM
         return numerics.Policy(name, numerics.LayerNumerics(
-            proj=numerics.Gemm(weight_scheme=mugi.proj.weight_scheme)))
+            proj=numerics.Gemm(weight_scheme=mugi.proj.weight_scheme)),
+            weights=numerics.preset("mugi").weights)
     if name == "int4 kv only":  # mugi's K/V cache format
         return numerics.Policy(name, numerics.LayerNumerics(kv=mugi.kv))
     return numerics.preset(name)
@@ -114,8 +115,9 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, full: bool = False) -
         w, kv = by["int4 weights only"], by["int4 kv only"]
         mugi = policy("mugi")
         readings.append(f"The `mugi` preset (cosine mean {by['mugi (preset)']['cosine_mean']:.4f}) adds INT4 "
-                        f"weights ({mugi.default.proj.label}; round to nearest from the FP32 checkpoint: the "
-                        "calibrated-weight recipe of the decoders is not applied to the encoder), BF16 activations "
+                        f"weights ({mugi.default.proj.label}; {mugi.weights.method.upper()} g{mugi.weights.group} "
+                        "calibrated on Brown file tails, scales on the activations where the post-LayerNorm block "
+                        "cannot fold them), BF16 activations "
                         f"and the INT4 K/V cache format ({mugi.default.kv.label}) to the VLP nonlinears; alone, the INT4 "
                         f"weights give cosine {w['cosine_mean']:.4f} and the INT4 K/V {kv['cosine_mean']:.4f}: the "
                         "loss is the GEMM/KV quantization"

@@ -60,10 +60,16 @@ class Dense(nnx.Module):
         self.kernel = nnx.Param(
             jax.random.normal(rngs.params(), (din, dout), jnp.float32) * (1.0 / din ** 0.5))
         self.bias = nnx.Param(jnp.zeros((dout,), jnp.float32))
+        # AWQ scales that cannot be folded into a preceding op (post-LayerNorm: the LN output is
+        # also the residual; erf-GELU before down_proj): the input is multiplied by 1/s in FP32
+        # before the GEMM (models.quantize.quantize_encoder).  None: no scaling.
+        self.input_scale = nnx.data(None)
         self.path = path
 
     def __call__(self, x: Float[Array, "... din"], policy: numerics.Policy) -> Float[Array, "... dout"]:
         w = self.kernel.get_value()
+        if self.input_scale is not None:
+            x = x.astype(jnp.float32) * self.input_scale[...]
         return policy.op(self.path, numerics.LINEAR).matmul(x, w) + self.bias[...]
 
 
@@ -209,7 +215,7 @@ def prepare(model: Bert, policy: numerics.Policy) -> Bert:
     policy.check(model)
     new = nnx.clone(model)
     for lin in new.dense_layers():
-        lin.kernel = nnx.Param(policy.op(lin.path, numerics.LINEAR).prepare_weight(lin.kernel[...]))
+        lin.kernel = nnx.Param(policy.op(lin.path, numerics.LINEAR).prepare_weight(lin.kernel.get_value()))
     return new
 
 

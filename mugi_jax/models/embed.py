@@ -26,13 +26,14 @@ __all__ = ["embed", "tokenize", "PAD_MULTIPLE", "weights_note"]
 
 
 def weights_note(policy: numerics.Policy) -> str | None:
-    """What the encoder does instead of ``policy``'s calibrated-weights recipe (None: nothing
-    differs)."""
+    """How the encoder's INT4 weights are made under ``policy`` (None: no calibrated recipe)."""
     recipe = getattr(policy, "weights", None)
     if recipe is None or getattr(recipe, "method", "rtn") == "rtn":
         return None
-    return (f"numerics {policy.name!r} asks for {recipe.method} weights (g{recipe.group}); the "
-            "encoder quantizes its FP32 weights by round to nearest in the policy's scheme")
+    return (f"encoder weights: {recipe.method} g{recipe.group} {recipe.scheme}, calibrated on "
+            f"{recipe.calib_tokens} tokens of {recipe.calib_corpus} (document tails); q/k/v, up "
+            "and down scales applied to the activation (post-LayerNorm), o_proj's folded into "
+            "v_proj")
 
 #: Batches are padded to a multiple of this many tokens (bounds the number of compiled shapes).
 PAD_MULTIPLE = 32
@@ -61,10 +62,11 @@ def embed(model: Bert, tokenizer: EncoderTokenizer, texts: Sequence[str],
     (L2-normalised when ``model.config.normalize``; see the module docstring).  ``max_tokens``
     (special tokens included) lowers the truncation length below ``config.max_seq_len``.
 
-    INT4 projection weights are made by round to nearest from the FP32 checkpoint (a policy's
-    ``weights`` recipe - calibrated AWQ/GPTQ weights - is built for decoders only; see
-    :func:`weights_note`)."""
+    INT4 projection weights follow the policy's ``weights`` recipe (the ``mugi`` presets: AWQ,
+    :func:`mugi_jax.models.quantize.encoder_weights_for`; no recipe: round to nearest on the
+    fly); see :func:`weights_note`."""
     from mugi_jax import numerics as nx
+    from mugi_jax.models.quantize import encoder_weights_for
 
     if isinstance(texts, str):
         raise TypeError("texts: expected a sequence of strings, got one string (wrap it in a list)")
@@ -80,7 +82,7 @@ def embed(model: Bert, tokenizer: EncoderTokenizer, texts: Sequence[str],
     out = np.zeros((len(ids), cfg.dim), np.float32)
     if not ids:
         return out
-    ready = prepare(model, policy)
+    ready = prepare(encoder_weights_for(model, tokenizer, policy), policy)
     rows_per_batch = min(batch_size, len(ids))
     order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
     for start in range(0, len(order), rows_per_batch):

@@ -48,7 +48,9 @@ from mugi_jax.models import capture
 
 __all__ = ["METHODS", "SCHEMES", "GROUPS", "QuantSpec", "QuantizedWeights", "WeightsError",
            "calibration_ids", "collect_statistics", "quantize_model", "apply_weights", "save",
-           "load", "EVAL_RESERVED_TOKENS", "MIN_CALIB_TOKENS", "PROJECTIONS"]
+           "load", "EVAL_RESERVED_TOKENS", "MIN_CALIB_TOKENS", "PROJECTIONS",
+           "ENCODER_PROJECTIONS", "ENCODER_INPUTS", "encoder_calibration_ids", "quantize_encoder",
+           "apply_encoder_weights", "encoder_weights_for"]
 
 METHODS = ("rtn", "clip", "gptq", "awq")
 SCHEMES = ("signmag", "int4", "asym")
@@ -148,10 +150,13 @@ def calibration_ids(tokenizer: Any, text: str, n_tokens: int, context: int = 512
     return ids
 
 
-def collect_statistics(model: Any, ids: list[int], context: int = 512) -> list[dict[str, Any]]:
+def collect_statistics(model: Any, ids: list[int], context: int = 512,
+                       inputs: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Per layer, the :class:`~mugi_jax.quant.Calibration` of each distinct projection input
     (keys ``attn``, ``o``, ``mlp``, ``down``), accumulated over windows of ``context`` tokens of
-    the full-precision model."""
+    the full-precision model.  ``inputs``: projection name -> statistics key (default: the
+    decoder's; :data:`ENCODER_INPUTS` for a BERT encoder)."""
+    inputs = _STAT_OF_CAPTURE if inputs is None else inputs
     from mugi_jax import numerics
 
     n_layers = model.config.n_layers
@@ -164,12 +169,12 @@ def collect_statistics(model: Any, ids: list[int], context: int = 512) -> list[d
     @jax.jit
     def stats_of(state: Any, window: jax.Array) -> dict[str, quant.Calibration]:
         m = nnx.merge(graphdef, state)
-        rec = capture.Recorder("full", include=tuple(_STAT_OF_CAPTURE))
+        rec = capture.Recorder("full", include=tuple(inputs))
         m(window[None], capture.capturing(numerics.EXACT, rec))  # a capture rule on every op
         out = {}
         for name, x in rec.records.items():
             layer = re.search(r"layers\.(\d+)\.", name)
-            key = next((v for k, v in _STAT_OF_CAPTURE.items() if name.endswith(k)), None)
+            key = next((v for k, v in inputs.items() if name.endswith(k)), None)
             if layer is not None and key is not None:
                 out[f"{layer.group(1)}.{key}"] = quant.Calibration.of(x)
         return out
@@ -201,6 +206,18 @@ def _one(w: jax.Array, stats: quant.Calibration, scheme: quant.Scheme, method: s
     raise AssertionError(method)
 
 
+def _kernels_of(block: Any, projections: tuple[tuple[str, str], ...]) -> dict[str, jax.Array]:
+    return {p: jnp.asarray(_get(block, p).kernel.get_value(), jnp.float32) for p, _ in projections}
+
+
+def _quantize_each(i: int, w: dict[str, jax.Array], st: dict[str, Any] | None, spec: QuantSpec,
+                   projections: tuple[tuple[str, str], ...]) -> dict[str, quant.QuantizedTensor]:
+    """Every kernel of layer ``i`` on its own (rtn, clip, gptq)."""
+    return {f"layers.{i}.{p}": _one(w[p], None if st is None else st[key],
+                                    spec.scheme_for(w[p].shape[0]), spec.method)
+            for p, key in projections}
+
+
 def quantize_model(model: Any, stats: list[dict[str, Any]] | None, spec: QuantSpec,
                    progress: bool = False) -> QuantizedWeights:
     """Quantize every projection of ``model`` per ``spec`` (``stats`` from
@@ -214,12 +231,10 @@ def quantize_model(model: Any, stats: list[dict[str, Any]] | None, spec: QuantSp
 
         layers = tqdm(layers, desc=f"quantize[{spec.method}]", unit="layer")
     for i, block in enumerate(layers):
-        w = {p: jnp.asarray(_get(block, p).kernel.get_value(), jnp.float32) for p, _ in PROJECTIONS}
+        w = _kernels_of(block, PROJECTIONS)
         st = None if stats is None else stats[i]
         if spec.method != "awq":
-            for p, key in PROJECTIONS:
-                kernels[f"layers.{i}.{p}"] = _one(w[p], None if st is None else st[key],
-                                                  spec.scheme_for(w[p].shape[0]), spec.method)
+            kernels.update(_quantize_each(i, w, st, spec, PROJECTIONS))
             continue
         # AWQ: joint scales for kernels sharing an input, folded into the preceding op
         sch = spec.scheme_for(w["attn.q_proj"].shape[0])
@@ -264,6 +279,134 @@ def apply_weights(model: Any, weights: QuantizedWeights) -> Any:
             if v is not None:
                 getattr(block, norm).scale = nnx.Param(jnp.asarray(v, jnp.float32))
     return new
+
+
+# ---------------------------------------------------------------------------------------------
+# BERT encoders (post-LayerNorm)
+
+#: The encoder's projections (module attribute path inside a layer, statistics key).
+ENCODER_PROJECTIONS = (("attn.q_proj", "attn"), ("attn.k_proj", "attn"), ("attn.v_proj", "attn"),
+                       ("attn.o_proj", "o"), ("mlp.up_proj", "mlp"), ("mlp.down_proj", "down"))
+#: Captured projection input -> statistics key, for :func:`collect_statistics` on an encoder.
+ENCODER_INPUTS = {"q_proj": "attn", "o_proj": "o", "up_proj": "mlp", "down_proj": "down"}
+#: Encoder calibration windows start this many tokens into a document: an evaluation passage
+#: (``eval.brown_genre_task``) is a document's first <= ``max_seq_len`` (256) tokens.
+ENCODER_SKIP_TOKENS = 512
+ENCODER_WINDOW = 128
+
+
+def encoder_calibration_ids(tokenizer: Any, documents: list[str], n_tokens: int,
+                            window: int = ENCODER_WINDOW,
+                            skip_tokens: int = ENCODER_SKIP_TOKENS) -> list[int]:
+    """``n_tokens`` (rounded up to whole windows) calibration tokens for an encoder: windows of
+    ``window`` tokens, ``[CLS]`` + text + ``[SEP]``, cut from the documents' *tails* (each
+    document's first ``skip_tokens`` tokens are never used), last document first.  Returned
+    flat (window after window)."""
+    if not isinstance(n_tokens, int) or n_tokens < MIN_CALIB_TOKENS:
+        raise ValueError(f"calib_tokens: need at least {MIN_CALIB_TOKENS} calibration tokens, "
+                         f"got {n_tokens!r}")
+    body = window - 2
+    out: list[int] = []
+    for text in reversed(documents):
+        ids = tokenizer.encode(text, special=False)[skip_tokens:]
+        for start in range(0, len(ids) - body + 1, body):
+            out += [tokenizer.bos_id] + ids[start:start + body] + [tokenizer.eos_id]
+            if len(out) >= n_tokens:
+                return out
+    raise ValueError(f"calib_tokens: the documents hold fewer than {n_tokens} tokens beyond their "
+                     f"first {skip_tokens}")
+
+
+def quantize_encoder(model: Any, stats: list[dict[str, Any]] | None,
+                     spec: QuantSpec) -> QuantizedWeights:
+    """Quantize every projection of a post-LayerNorm BERT encoder per ``spec``.
+
+    AWQ on a post-LN block: the LayerNorm output feeding q/k/v (and up_proj) is also the
+    residual, so a scale cannot be folded into it; erf-GELU sits between up_proj and down_proj,
+    so down_proj's scale cannot be folded into up_proj.  Those scales are applied to the
+    activation (``Dense.input_scale = 1/s``, an elementwise multiply in FP32 before the GEMM).
+    What folds: o_proj's scales into v_proj's output channels and bias (multi-head attention,
+    each value channel feeds exactly one o_proj input; exact in FP32; the values the INT4 KV
+    cache quantizes are then ``v / s``).
+    """
+    kernels: dict[str, quant.QuantizedTensor] = {}
+    params: dict[str, Any] = {}
+    scales: dict[str, Any] = {}
+    for i, blk in enumerate(model.layers):
+        w = _kernels_of(blk, ENCODER_PROJECTIONS)
+        st = None if stats is None else stats[i]
+        if spec.method != "awq":
+            kernels.update(_quantize_each(i, w, st, spec, ENCODER_PROJECTIONS))
+            continue
+        pre = f"layers.{i}."
+        sch_o = spec.scheme_for(w["attn.o_proj"].shape[0])
+        s_o, _ = quant.awq_scales(w["attn.o_proj"], st["o"], sch_o)
+        kernels[pre + "attn.o_proj"], _ = quant.awq(w["attn.o_proj"], st["o"], sch_o, scales=s_o)
+        w["attn.v_proj"] = w["attn.v_proj"] / s_o[None, :]  # v_proj's output carries 1/s_o
+        params[pre + "attn.v_proj.bias"] = blk.attn.v_proj.bias.get_value() / s_o
+        qkv = ("attn.q_proj", "attn.k_proj", "attn.v_proj")
+        sch = spec.scheme_for(w["attn.q_proj"].shape[0])
+        s_attn, _ = quant.awq_scales(jnp.concatenate([w[p] for p in qkv], 1), st["attn"], sch)
+        for p in qkv:
+            kernels[pre + p], _ = quant.awq(w[p], st["attn"], sch, scales=s_attn)
+            params[pre + p + ".input_scale"] = 1.0 / s_attn
+            scales[pre + p] = s_attn
+        scales[pre + "attn.o_proj"] = s_o
+        for p, key in (("mlp.up_proj", "mlp"), ("mlp.down_proj", "down")):
+            sch_p = spec.scheme_for(w[p].shape[0])
+            kernels[pre + p], s_p = quant.awq(w[p], st[key], sch_p)
+            params[pre + p + ".input_scale"] = 1.0 / s_p
+            scales[pre + p] = s_p
+    return QuantizedWeights(spec, kernels, params, scales=scales)
+
+
+def apply_encoder_weights(model: Any, weights: QuantizedWeights) -> Any:
+    """A copy of the encoder with the quantized kernels, the activation scales
+    (``input_scale``) and the folded v_proj biases of ``weights``."""
+    new = nnx.clone(model)
+    for i, blk in enumerate(new.layers):
+        for p, _ in ENCODER_PROJECTIONS:
+            lin, name = _get(blk, p), f"layers.{i}.{p}"
+            q = weights.kernels.get(name)
+            if q is None or tuple(q.shape) != tuple(lin.kernel.get_value().shape):
+                raise WeightsError(f"--weights: tensor {name} is missing or has the wrong shape")
+            lin.kernel = nnx.Param(q)
+            if name + ".input_scale" in weights.params:
+                lin.input_scale = nnx.Param(jnp.asarray(weights.params[name + ".input_scale"],
+                                                        jnp.float32))
+            if name + ".bias" in weights.params:
+                lin.bias = nnx.Param(jnp.asarray(weights.params[name + ".bias"], jnp.float32))
+    return new
+
+
+_ENCODER_BUILT: dict[tuple[int, Any], tuple[Any, Any]] = {}
+
+
+def encoder_weights_for(model: Any, tokenizer: Any, policy: Any) -> Any:
+    """The encoder with the INT4 weights ``policy``'s :class:`~mugi_jax.numerics.WeightRecipe`
+    asks for (method, scheme, group; ``calib_tokens`` tokens of ``calib_corpus``, Brown: the
+    tails of its files, see :func:`encoder_calibration_ids`), or ``model`` unchanged (no
+    recipe, or round to nearest: quantized on the fly).  Built in memory (seconds for
+    MiniLM) and kept for the process's last two (model, recipe) pairs."""
+    from mugi_jax import data
+
+    recipe = getattr(policy, "weights", None)
+    if recipe is None or recipe.method == "rtn":
+        return model
+    key = (id(model), recipe)
+    if key in _ENCODER_BUILT:
+        return _ENCODER_BUILT[key][1]
+    docs = ([t for _, t in data.brown_documents()] if recipe.calib_corpus == "brown"
+            else [data.corpus_text(recipe.calib_corpus)])
+    ids = encoder_calibration_ids(tokenizer, docs, recipe.calib_tokens)
+    stats = collect_statistics(model, ids, ENCODER_WINDOW, ENCODER_INPUTS)
+    spec = QuantSpec("encoder", recipe.method, recipe.scheme, recipe.group, recipe.calib_corpus,
+                     recipe.calib_tokens)
+    built = apply_encoder_weights(model, quantize_encoder(model, stats, spec))
+    while len(_ENCODER_BUILT) >= 2:
+        _ENCODER_BUILT.pop(next(iter(_ENCODER_BUILT)))
+    _ENCODER_BUILT[key] = (model, built)  # the model is held so that its id stays unique
+    return built
 
 
 # ---------------------------------------------------------------------------------------------

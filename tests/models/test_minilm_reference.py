@@ -342,3 +342,73 @@ def test_minilm_tokenizer_matches_reference_wordpiece_on_corpora():
             assert tok.encode(line) == reference_wordpiece(line, vocab), line
     for s in SENTENCES:
         assert tok.encode(s) == reference_wordpiece(s, vocab), s
+
+
+def test_tiny_encoder_awq_equals_the_unfolded_scaled_reference(tmp_path):
+    """AWQ on a post-LayerNorm encoder (a tiny random BERT with outlier LayerNorm channels): the
+    quantized model (q/k/v, up and down scales applied to the activation through
+    ``Dense.input_scale``, o_proj's folded into v_proj's output channels and bias) equals the
+    independent NumPy encoder run on the unfolded weights - each dequantized kernel with its
+    activation scale moved back into it (``(x / s) @ W^``), original biases."""
+    import jax.numpy as jnp
+    from safetensors.numpy import save_file
+
+    from mugi_jax.models import bert
+    from mugi_jax.models import quantize as mq
+    from mugi_jax.models.hf import load_bert
+
+    w = _tiny_weights(TINY_HF, seed=4)
+    w["embeddings.LayerNorm.weight"][:3] = 8.0  # outlier channels: AWQ scales them
+    for i in range(TINY_HF["num_hidden_layers"]):
+        w[f"encoder.layer.{i}.attention.output.LayerNorm.weight"][:3] = 8.0
+    (tmp_path / "config.json").write_text(json.dumps(TINY_HF))
+    save_file(w, str(tmp_path / "model.safetensors"))
+    model, _ = load_bert(tmp_path)
+    rng = np.random.default_rng(0)
+    stats = mq.collect_statistics(model, rng.integers(3, 50, 64).tolist(), 16, mq.ENCODER_INPUTS)
+    qw = mq.quantize_encoder(model, stats, mq.QuantSpec("tiny", "awq", "signmag", 32, "sotu", 128))
+    qm = mq.apply_encoder_weights(model, qw)
+    seqs = [[1, 5, 9, 2, 17, 33, 8], [1, 7, 7, 30, 31, 12, 44, 2]]
+    ours = np.asarray(bert.encode(qm, jnp.asarray(seqs[1:]), None, "exact"))
+    names = {"attn.q_proj": "attention.self.query", "attn.k_proj": "attention.self.key",
+             "attn.v_proj": "attention.self.value", "attn.o_proj": "attention.output.dense",
+             "mlp.up_proj": "intermediate.dense", "mlp.down_proj": "output.dense"}
+
+    def unfolded(with_scales):
+        out = dict(w)
+        for i in range(TINY_HF["num_hidden_layers"]):
+            for p, hf_name in names.items():
+                k = np.asarray(qw.kernels[f"layers.{i}.{p}"].dequantize(jnp.float32), np.float64)
+                if with_scales:
+                    k = k / np.asarray(qw.scales[f"layers.{i}.{p}"])[:, None]
+                    if p == "attn.v_proj":  # v_proj's output carries 1/s_o (the fold)
+                        k = k * np.asarray(qw.scales[f"layers.{i}.attn.o_proj"])[None, :]
+                out[f"encoder.layer.{i}.{hf_name}.weight"] = k.T.astype(np.float32)
+        return reference_embeddings(TINY_HF, out, seqs[1:])
+
+    for key in ("attn.q_proj", "attn.o_proj", "mlp.up_proj", "mlp.down_proj"):
+        assert np.ptp(np.asarray(qw.scales[f"layers.0.{key}"])) > 0.1, key  # AWQ did something
+    np.testing.assert_allclose(ours, unfolded(True), atol=2e-5)
+    assert np.max(np.abs(ours - unfolded(False))) > 1e-3
+    # the mugi preset runs on these weights (datapath GEMMs, KIVI K/V)
+    got = np.asarray(bert.encode(bert.prepare(qm, "mugi"), jnp.asarray(seqs[1:]), None, "mugi"))
+    assert np.all(np.isfinite(got)) and float(np.sum(got * ours)) > 0.9
+
+
+def test_encoder_calibration_skips_each_documents_head():
+    from mugi_jax.models import quantize as mq
+
+    class Tok:
+        bos_id, eos_id = 101, 102
+
+        def encode(self, text, special=True):
+            return [int(c) for c in text.split()]
+
+    docs = [" ".join(str(1000 * d + j) for j in range(700)) for d in range(3)]
+    ids = mq.encoder_calibration_ids(Tok(), docs, 256, window=128, skip_tokens=512)
+    assert len(ids) == 256 and ids[0] == 101 and ids[127] == 102
+    body = [t for t in ids if t not in (101, 102)]
+    assert all(t % 1000 >= 512 for t in body)  # never a document's first 512 tokens
+    assert body[0] == 2512  # the last document first
+    with pytest.raises(ValueError, match="calib_tokens"):
+        mq.encoder_calibration_ids(Tok(), docs, 4096, window=128, skip_tokens=512)
