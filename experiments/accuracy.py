@@ -49,7 +49,12 @@ PROMPT = "The capital of France is"
 GREEDY_TOKENS = 12
 
 
-def greedy_texts(model, tok, name: str, presets) -> list[dict]:  # noqa: ANN001
+def _weights_dir(name: str, method: str, weights: str | None) -> str | None:
+    """``--weights DIR`` (SmolLM2-135M) replaces the ``mugi`` preset's own recipe."""
+    return weights if method == "mugi (preset)" and name == "smollm2-135m" else None
+
+
+def greedy_texts(model, tok, name: str, presets, weights: str | None = None) -> list[dict]:  # noqa: ANN001
     """Greedy continuations of :data:`PROMPT` under the exact and the ``mugi`` numerics (the
     prompt gets a BOS where the tokenizer asks for one, as for Gemma)."""
     import jax
@@ -62,7 +67,7 @@ def greedy_texts(model, tok, name: str, presets) -> list[dict]:  # noqa: ANN001
     for method in ("exact", "mugi (preset)"):
         if method in presets:
             pol = numerics.preset(_PRESET[method])
-            qmodel, _ = weights_for(model, tok, name, pol)  # the preset's INT4 weights
+            qmodel, _ = weights_for(model, tok, name, pol, _weights_dir(name, method, weights))
             gen = Sampler(qmodel, tok, pol)(
                 [PROMPT], GREEDY_TOKENS, key=jax.random.key(0), stop_at_eos=True)
             out.append({"model": name, "numerics": method, "prompt": PROMPT,
@@ -125,7 +130,8 @@ def readings_from_rows(rows: list[dict], missing: list[str], quick: bool, s: dic
     return readings
 
 
-def run(out_dir: Path, quick: bool = False, seed: int = 0, full: bool = False) -> dict:
+def run(out_dir: Path, quick: bool = False, seed: int = 0, full: bool = False,
+        weights: str | None = None) -> dict:
     from mugi_jax import eval as ev
     from mugi_jax import numerics
     from mugi_jax.models.quantize import weights_for
@@ -152,7 +158,8 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, full: bool = False) -
                     continue
                 t0 = time.perf_counter()
                 pol = numerics.preset(_PRESET[method])
-                qmodel, _ = weights_for(model, tok, name, pol)  # the preset's INT4 weights
+                # the preset's INT4 weights (its recipe, or --weights DIR)
+                qmodel, _ = weights_for(model, tok, name, pol, _weights_dir(name, method, weights))
                 r = ev.perplexity(qmodel, toks, pol, context=s["context"],
                                   max_tokens=s["max_tokens"], batch_size=s["batch"])
                 rows.append({"model": name, "function": fn, "corpus": c, "numerics": method,
@@ -162,7 +169,7 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, full: bool = False) -
                              "seconds": time.perf_counter() - t0})
         if not quick:  # what a user sees: greedy text under exact (and mugi) numerics
             greedy += greedy_texts(model, tok, name, [m for m in s["methods"] if m != "mugi (preset)"
-                                                      or name in s["preset_models"]])
+                                                      or name in s["preset_models"]], weights)
         del model, tok, loaded
     if not rows:
         from mugi_jax.report.registry import Unavailable
@@ -206,7 +213,8 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, full: bool = False) -
             "headline": headline,
             "config": {"corpora": list(s["corpora"]), "missing": missing, "max_tokens": s["max_tokens"],
                        "context": s["context"], "batch_size": s["batch"], "numerics": list(s["methods"]),
-                       "models": [f[0] for f in s["families"]], "full": full}}
+                       "models": [f[0] for f in s["families"]], "full": full,
+                       "weights": weights}}
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ __all__ = [
     "Nonlinear", "Gemm", "KVCache", "Rule", "Policy", "PRESETS", "preset", "EXACT", "KINDS",
     "LINEAR", "SCORES", "CONTEXT", "SOFTMAX", "ACTIVATION", "KV_CACHE", "parse_override",
     "with_overrides", "LayerNumerics", "from_layers", "fit_group", "WeightRecipe",
-    "check_weights_scheme", "scheme_name", "KEY_LAYOUTS",
+    "check_weights_scheme", "scheme_name", "KEY_LAYOUTS", "mugi_policy",
 ]
 
 #: Op kinds.  An implementation lists the kinds it implements in its ``kinds`` class attribute.
@@ -663,29 +663,49 @@ KIVI_KEY_GROUP = 32
 KIVI_RESIDUAL = 32
 
 
-def _mugi(name: str, mode: str, scheme: str = "signmag", method: str = MUGI_METHOD,
-          group: int = MUGI_GROUP) -> Policy:
-    """Mugi's numerics: VLP nonlinear ops, BF16 x INT4 projections on the Mugi array, a KIVI INT4
-    KV cache (keys per channel in groups of 32 tokens, values per token, the newest 32 tokens in
-    full precision), and the LM head (the tied embedding) in BF16 with BF16 activations."""
+MUGI_SCHEMES = ("signmag", "int4", "asym")
+MUGI_KV_LAYOUTS = ("kivi", "per_token")
+
+
+def mugi_policy(scheme: str = "signmag", group: int = MUGI_GROUP, method: str = MUGI_METHOD,
+                kv_layout: str = "kivi", mode: str = "fast", name: str | None = None) -> Policy:
+    """Mugi's numerics for one INT4 format: VLP nonlinear ops, BF16 x INT4 projections on the
+    Mugi array (``scheme``: ``signmag`` on the 3-bit array, ``asym`` by offset decomposition on
+    it, ``int4`` two's complement on the 4-bit-magnitude array) in groups of ``group`` with
+    ``method``-calibrated weights, an INT4 KV cache in the same format (``kivi``: keys per
+    channel in groups of 32 tokens, values per token, the newest 32 tokens in full precision;
+    ``per_token``: keys and values per token), and the LM head (the tied embedding) in BF16 with
+    BF16 activations.  The ``mugi`` presets are ``kivi`` with AWQ g32."""
+    if scheme not in MUGI_SCHEMES:
+        raise ValueError(f"scheme: must be one of {', '.join(MUGI_SCHEMES)}, got {scheme!r}")
+    if kv_layout not in MUGI_KV_LAYOUTS:
+        raise ValueError(f"kv_layout: must be one of {', '.join(MUGI_KV_LAYOUTS)}, got {kv_layout!r}")
     weight = {"signmag": quant.SignMagnitudeInt4(group_size=group, axis=0),
+              "int4": quant.Int4(group_size=group, axis=0, calibration="minmax"),
               "asym": quant.AsymUInt4(group_size=group, axis=0)}[scheme]
-    proj = Gemm(datapath=gemm.Mugi(), weight_scheme=weight, mode=mode, bf16_activations=True)
+    datapath = gemm.Mugi(magnitude_bits=4 if scheme == "int4" else 3)
+    proj = Gemm(datapath=datapath, weight_scheme=weight, mode=mode, bf16_activations=True)
     kv_scheme = {"signmag": quant.SignMagnitudeInt4(group_size=None, axis=-1),
+                 "int4": quant.Int4(group_size=None, axis=-1, calibration="minmax"),
                  "asym": quant.AsymUInt4(group_size=None, axis=-1)}[scheme]
-    kv = KVCache(scheme=kv_scheme, key_layout="per_channel", key_group=KIVI_KEY_GROUP,
-                 residual=KIVI_RESIDUAL)
+    kv = (KVCache(scheme=kv_scheme, key_layout="per_channel", key_group=KIVI_KEY_GROUP,
+                  residual=KIVI_RESIDUAL) if kv_layout == "kivi" else KVCache(scheme=kv_scheme))
     # QK^T and PV on the Mugi datapath too: BF16 queries / probabilities x the INT4 K/V cache
     # (KIVI layout: per-channel key groups, per-token values), BF16 product rounding, per-group
     # dequantization; the residual full-precision tokens are BF16 x BF16 products in FP32.
-    attn = Gemm(datapath=gemm.Mugi(), mode=mode, bf16_activations=True)
+    attn = Gemm(datapath=datapath, mode=mode, bf16_activations=True)
     head = Gemm(bf16_activations=True, bf16_weights=True)
+    name = name or f"mugi[{scheme},g{group},{method},{kv_layout}]"
     base = _nonlinear_only(name, nl.VLPConfig())
     return Policy(name, (Rule("lm_head", head, required=False),
                          Rule(r".*_proj", proj, required=False),
                          Rule(r".*\.attn\.(scores|context)", attn, required=False),
                          Rule(r".*\.attn\.kv_cache", kv, required=False)) + base.rules,
                   weights=WeightRecipe(method, scheme, group))
+
+
+def _mugi(name: str, mode: str, scheme: str = "signmag") -> Policy:
+    return mugi_policy(scheme, mode=mode, name=name)
 
 
 PRESETS: dict[str, Callable[[], Policy]] = {

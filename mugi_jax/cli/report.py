@@ -29,6 +29,10 @@ def report(
     only: str = typer.Option("", "--only", help="Comma list of experiments to run (default: all)."),
     seed: int = typer.Option(0, "--seed", help="Seed passed to every experiment."),
     json_out: bool = typer.Option(False, "--json", help="Print the outcome of each experiment as JSON."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Quantized SmolLM2-135M weights "
+                                           "(`mugi-jax quantize --out DIR`, scheme signmag) for the "
+                                           "decoder experiments: the `mugi` rows of accuracy, one "
+                                           "more row of quant_pareto."),
     mesh: Optional[str] = _mesh.MESH_OPTION,
     mesh_fallback: bool = _mesh.FALLBACK_OPTION,
     distributed: bool = _mesh.DISTRIBUTED_OPTION,
@@ -39,6 +43,8 @@ def report(
     if quick and full:
         raise CliError("--quick and --full are exclusive: choose one")
     names = check_names("--only", only, list(BY_NAME))
+    if weights is not None:
+        _check_report_weights(weights, names)
     check_int("--seed", seed, 0, 2**32 - 1)
     check_out_dir("--out", out)
     device_mesh = _mesh.setup(mesh, distributed)
@@ -47,7 +53,8 @@ def report(
     try:
         with _mesh.using(device_mesh, mesh_fallback):
             outcomes = run_suite(out, quick=quick, force=force, seed=seed, names=names,
-                                 progress=not json_out and _mesh.is_writer(), full=full)
+                                 progress=not json_out and _mesh.is_writer(), full=full,
+                                 weights=weights)
     except ValueError as err:
         raise CliError(str(err)) from None
     wall = time.perf_counter() - t0
@@ -65,6 +72,21 @@ def report(
                    f"{len(failed)} failed)")
     if failed:
         raise CliError(f"{len(failed)} experiment(s) failed: {', '.join(failed)} (see report.md)")
+
+
+def _check_report_weights(weights: Path, names: list[str] | None) -> None:
+    """The report's decoder experiments run SmolLM2-135M, and accuracy's `mugi` rows run
+    sign-magnitude weights: refuse another model's or scheme's directory before any work."""
+    from mugi_jax.models.quantize import WeightsError, load
+
+    try:
+        spec = load(weights, model="smollm2-135m").spec
+    except WeightsError as err:
+        raise CliError(str(err)) from None
+    if (names is None or "accuracy" in names) and spec.scheme != "signmag":
+        raise CliError(f"--weights: {weights} holds {spec.scheme} weights, but the report's `mugi` "
+                       "preset (experiment accuracy) runs signmag; quantize with --scheme signmag, "
+                       "or leave accuracy out with --only")
 
 
 @app.command()

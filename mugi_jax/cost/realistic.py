@@ -25,8 +25,8 @@ defaults, sign-magnitude weights and a per-token KV cache, add nothing below):
 
 - asymmetric codes by offset decomposition (``asym``, docs/numerics.md): the Mugi sweep runs
   t = 0..8, 9 cycles per k-step instead of 8 (with early termination: the measured cycles of
-  ``cycles_per_kstep``, else the full 9), and every per-k-step array event that fires once per
-  cycle fires 9/8 as often; the dequantization unit adds the activation group sums (one add per
+  ``cycles_per_kstep``, else the full 9), and every array event that fires once per cycle fires
+  for each cycle beyond 8 as well; the dequantization unit adds the activation group sums (one add per
   activation element and group) and ``offset x group_sum`` (one multiply-add per output and
   group); every group carries a 16-bit offset next to its scale (DRAM traffic);
 - two's complement (``int4``) needs the 4-bit-magnitude array: a 16-cycle full sweep;
@@ -288,8 +288,8 @@ class RealParams(NamedTuple):
     group: Float[Array, ""]
     # INT4 formats (module docstring); all 0 for sign-magnitude weights and a per-token cache
     e_mac_cycle: Float[Array, ""]  # pJ per MAC of one more sweep cycle per k-step (Mugi)
-    w_extra_cycles: Float[Array, ""]  # sweep cycles per k-step beyond the design's (weights)
-    kv_extra_cycles: Float[Array, ""]  # (KV cache)
+    w_long: Float[Array, ""]  # 1: the weights' format sweeps longer than the design's 8 cycles
+    kv_long: Float[Array, ""]  # (KV cache)
     w_asym: Float[Array, ""]
     kv_asym: Float[Array, ""]
     kivi: Float[Array, ""]
@@ -350,8 +350,8 @@ def realistic_params(arch: Arch, workload: Workload, cfg: RealisticConfig) -> tu
         e_dram_r=mem.read_energy_pj_per_bit, e_dram_w=mem.write_energy_pj_per_bit,
         group=float(cfg.group_size),
         e_mac_cycle=_mac_energy_per_cycle(arch) if mugi else 0.0,
-        w_extra_cycles=SWEEP_CYCLES[cfg.weight_scheme] - arch.cycles_per_step if mugi else 0.0,
-        kv_extra_cycles=SWEEP_CYCLES[cfg.kv_scheme] - arch.cycles_per_step if mugi else 0.0,
+        w_long=float(mugi and SWEEP_CYCLES[cfg.weight_scheme] > arch.cycles_per_step),
+        kv_long=float(mugi and SWEEP_CYCLES[cfg.kv_scheme] > arch.cycles_per_step),
         w_asym=float(cfg.weight_scheme == "asym"), kv_asym=float(cfg.kv_scheme == "asym"),
         kivi=float(cfg.kv_layout == "kivi"), key_group=float(cfg.kv_key_group),
         residual=float(cfg.kv_residual),
@@ -467,8 +467,11 @@ def gemm_costs(rp: RealParams, t: dict[str, Float[Array, " R"]]) -> dict[str, Ar
     tiles = _cdiv(jnp.where(is_kv > 0, kv_bits, w_bits), rp.wsram_bits / 2)
     onchip = jnp.maximum(jnp.maximum(compute, sram), dq_cycles)  # interleaved cycle by cycle
     cycles = _overlap(onchip, dram, tiles)
-    # the longer sweep of asymmetric / two's-complement codes: more per-cycle array events
-    extra = jnp.where(is_kv > 0, rp.kv_extra_cycles, rp.w_extra_cycles)
+    # the longer sweep of asymmetric / two's-complement codes: the per-cycle array events fire
+    # for every counter cycle the k-step runs beyond the design's 8 (the row's cycles per k-step:
+    # measured, or the full sweep); sign-magnitude keeps the paper's 8-cycle charge
+    cps = rp.cps[t["role"].astype(jnp.int32)]
+    extra = jnp.maximum(cps - p.cyc, 0.0) * jnp.where(is_kv > 0, rp.kv_long, rp.w_long)
     e_sweep = b * m * k * n * extra * rp.e_mac_cycle
     return {
         "cycles": cycles, "compute": compute, "dram_cycles": dram,

@@ -541,6 +541,9 @@ def weights_for(model: Any, tokenizer: Any, model_name: str, policy: Any,
             qw = load(where, model=model_name)
         except WeightsError:
             wfile.unlink(missing_ok=True)
+        if qw is not None and qw.spec != spec:  # never reuse weights made for another recipe
+            qw = None
+            wfile.unlink(missing_ok=True)
     if qw is None:
         text = data.corpus_text(spec.calib_corpus)
         t0 = time.perf_counter()

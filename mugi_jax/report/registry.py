@@ -134,23 +134,42 @@ class Outcome:
     message: str = ""
 
 
+def takes_weights(mod: ModuleType) -> bool:
+    """Whether the experiment's ``run`` takes a quantized-weights directory (``weights``: the
+    decoder experiments; ``mugi-jax report --weights DIR``)."""
+    import inspect
+
+    return "weights" in inspect.signature(mod.run).parameters
+
+
 def run_experiment(name: str, out_root: str | Path = "results", quick: bool = False,
-                   force: bool = False, seed: int = 0, full: bool = False) -> Outcome:
+                   force: bool = False, seed: int = 0, full: bool = False,
+                   weights: str | Path | None = None) -> Outcome:
     """Run one experiment into ``out_root/NAME`` (skipped when complete unless ``force``).
     ``full``: the experiment's large version (experiments without one run their default, which
-    is then their full result)."""
+    is then their full result).  ``weights``: a quantized-weights directory, passed to the
+    experiments that take one (a result made with other weights is not reused)."""
     if quick and full:
         raise ValueError("quick and full are exclusive: choose one")
     out_dir = Path(out_root) / name
     check_output_dir(out_root, "out")  # a bad results directory fails now, not after the work
-    if not force and is_complete(out_dir, quick, full):
+    wanted = None
+    if weights is not None:
+        try:
+            wanted = str(weights) if takes_weights(load(name)) else None
+        except Unavailable:
+            pass
+    if not force and is_complete(out_dir, quick, full) \
+            and (read_summary(out_dir) or {}).get("weights") == wanted:
         return Outcome(name, "skipped", 0.0, read_summary(out_dir), "already present")
     t0 = time.perf_counter()
     try:
         mod = load(name)
         big = has_full(mod)
-        summary = (mod.run(out_dir, quick=quick, seed=seed, full=full) if big
-                   else mod.run(out_dir, quick=quick, seed=seed)) or {}
+        kw = {"full": full} if big else {}
+        if wanted is not None:
+            kw["weights"] = wanted
+        summary = mod.run(out_dir, quick=quick, seed=seed, **kw) or {}
     except Unavailable as err:
         dt = time.perf_counter() - t0
         s = {"status": "unavailable", "message": str(err), "quick": quick, "name": name}
@@ -169,7 +188,7 @@ def run_experiment(name: str, out_root: str | Path = "results", quick: bool = Fa
     config = dict(summary.get("config", {}), experiment=name, quick=quick, full=is_full)
     write_json(out_dir / "provenance.json", provenance(config, seed, dt))
     summary = dict(summary, status="ok", quick=quick, full=is_full, seed=seed, name=name,
-                   wall_time_s=dt)
+                   wall_time_s=dt, weights=wanted)
     write_json(out_dir / "reading.json", summary)
     return Outcome(name, "ok", dt, summary)
 

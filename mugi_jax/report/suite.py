@@ -19,8 +19,9 @@ MAX_TABLE_ROWS = 30
 
 def run_suite(out: str | Path = "results", quick: bool = False, force: bool = False, seed: int = 0,
               names: Sequence[str] | None = None, progress: bool = True,
-              full: bool = False) -> list[Outcome]:
+              full: bool = False, weights: str | Path | None = None) -> list[Outcome]:
     """Run every (or the named) experiment into ``out/NAME`` and write ``out/report.md``.
+    ``weights``: a quantized-weights directory for the experiments that take one.
 
     In ``quick`` mode, experiments not marked ``in_quick`` are only reported if a result is
     already present.
@@ -41,7 +42,8 @@ def run_suite(out: str | Path = "results", quick: bool = False, force: bool = Fa
             return Outcome(e.name, "not-run", 0.0, None,
                            f"not part of --quick (about {e.est_s / 60:.0f} min); run "
                            f"`mugi-jax experiment {e.name}` or `mugi-jax report`")
-        return run_experiment(e.name, out, quick=quick, force=force, seed=seed, full=full)
+        return run_experiment(e.name, out, quick=quick, force=force, seed=seed, full=full,
+                              weights=weights)
 
     if progress:
         from rich.console import Console

@@ -61,6 +61,13 @@ def test_asymmetric_weights_sweep_group_sums_offsets_and_traffic():
                     cycles_per_kstep=(("proj_q", 7.25),))
     assert measured["compute_cycles"] == pytest.approx(
         math.ceil(m / W) * math.ceil(n / H) * (k * 7.25 + BH + W), rel=1e-6)
+    # measured below the design's 8 cycles: no extra array energy; above: per cycle beyond 8
+    assert (measured["dynamic_energy_j"] - base["dynamic_energy_j"]) * 1e12 == pytest.approx(
+        extra_ops * e_vec_op(), rel=2e-4)
+    longer = cost("proj_q", m, k, n, group_size=g, weight_scheme="asym",
+                  cycles_per_kstep=(("proj_q", 8.5),))
+    assert (longer["dynamic_energy_j"] - base["dynamic_energy_j"]) * 1e12 == pytest.approx(
+        extra_ops * e_vec_op() + m * k * n * 0.5 * e_mac_per_sweep_cycle(), rel=2e-4)
 
 
 def test_twos_complement_runs_the_16_cycle_sweep():
