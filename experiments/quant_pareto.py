@@ -9,8 +9,9 @@ the KV cache uses the same format), group (32, 64, 128 along the reduction; Smol
 inputs use g64 where g128 is asked, docs/models.md), method (``rtn``, ``clip``, ``gptq``,
 ``awq``; calibrated on the last 4096 tokens of brown, :mod:`mugi_jax.models.quantize`) and KV
 layout (``kivi``: keys per channel in groups of 32 tokens, values per token, the newest 32 tokens
-in BF16; ``per_token``).  Every configuration is :func:`mugi_jax.numerics.mugi_policy` (VLP
-nonlinear units, BF16 LM head).
+in BF16; ``per_token``), plus the LM head (``bf16``, as the presets, or ``int4`` like the
+projections, round to nearest).  Every configuration is :func:`mugi_jax.numerics.mugi_policy`
+(VLP nonlinear units).
 
 Perplexity: :func:`mugi_jax.eval.perplexity`, the first ``max_tokens`` tokens of each corpus,
 context 512.  Cost: the ``realistic`` cost model (:mod:`mugi_jax.cost.realistic`, its INT4-format
@@ -18,13 +19,14 @@ terms in docs/cost_model.md 9.2b) on Mugi-256x8, SmolLM2-135M, batch 8, prompt 6
 per sequence, with the cycles per k-step of every projection role *measured* on the
 configuration's own INT4 codes (:func:`mugi_jax.gemm.subscription_cycles`, early termination);
 the KV roles use the SmolLM2 table (sign-magnitude) or the full sweep (9 asym, 16 int4: no code
-statistics of the cache); the LM head is costed as an INT4 GEMM in every row (the BF16 head of
-the numerics is not modelled by the cost model).
+statistics of the cache); a BF16 LM head runs on the vector unit (16-bit weights from DRAM), an
+INT4 one on the array.
 
-Default (fits ``make demo``): 6 configurations on the first 512 tokens of sotu (see
+Default (fits ``make demo``): 7 configurations on the first 512 tokens of sotu (see
 :data:`DEFAULT_CONFIGS`); the calibrated weights are the `mugi` preset's AWQ g32 ones (built by
-the ``accuracy`` experiment and cached).  ``--full``: all 72 configurations on 16384 tokens of
-each corpus (hours: every calibrated recipe is built once, minutes each, then cached under
+the ``accuracy`` experiment and cached).  ``--full``: all 72 format x group x method x KV
+configurations (BF16 head) and the INT4 head per format (AWQ g32 KIVI) on 16384 tokens of each
+corpus (hours: every calibrated recipe is built once, minutes each, then cached under
 ``$MUGI_JAX_DATA/cache/quantized/``).  ``--quick``: 2 configurations, 128 tokens, context 128.
 """
 
@@ -45,18 +47,20 @@ METHODS = ("rtn", "clip", "gptq", "awq")
 KV_LAYOUTS = ("kivi", "per_token")
 DESIGN = "mugi-256x8"
 COST_BATCH, COST_SEQ, COST_PROMPT = 8, 2048, 64
-#: (format, group, method, kv layout) of the default report: the formats and a group at RTN,
-#: the calibrated preset weights, and the KV layout at the preset
-DEFAULT_CONFIGS = (("signmag", 32, "rtn", "kivi"), ("int4", 32, "rtn", "kivi"),
-                   ("asym", 32, "rtn", "kivi"), ("signmag", 128, "rtn", "kivi"),
-                   ("signmag", 32, "awq", "kivi"), ("signmag", 32, "awq", "per_token"))
-QUICK_CONFIGS = (("signmag", 32, "rtn", "kivi"), ("asym", 32, "rtn", "kivi"))
+#: (format, group, method, kv layout, LM head) of the default report: the formats and a group at
+#: RTN, the calibrated preset weights, and the KV layout and the LM head at the preset
+DEFAULT_CONFIGS = (("signmag", 32, "rtn", "kivi", "bf16"), ("int4", 32, "rtn", "kivi", "bf16"),
+                   ("asym", 32, "rtn", "kivi", "bf16"), ("signmag", 128, "rtn", "kivi", "bf16"),
+                   ("signmag", 32, "awq", "kivi", "bf16"), ("signmag", 32, "awq", "per_token", "bf16"),
+                   ("signmag", 32, "awq", "kivi", "int4"))
+QUICK_CONFIGS = (("signmag", 32, "rtn", "kivi", "bf16"), ("asym", 32, "rtn", "kivi", "bf16"))
 #: projection attribute -> cost-model GEMM role
 ROLE_OF_PROJ = {"attn.q_proj": "proj_q", "attn.k_proj": "proj_k", "attn.v_proj": "proj_v",
                 "attn.o_proj": "proj_o", "mlp.gate_proj": "gate", "mlp.up_proj": "up",
                 "mlp.down_proj": "down"}
-AXES = ("format", "group", "method", "kv")
-BASELINE = {"format": "signmag", "group": 32, "method": "rtn", "kv": "per_token"}
+HEADS = ("bf16", "int4")
+AXES = ("format", "group", "method", "kv", "head")
+BASELINE = {"format": "signmag", "group": 32, "method": "rtn", "kv": "per_token", "head": "bf16"}
 
 
 def settings(quick: bool, full: bool) -> dict:
@@ -64,14 +68,16 @@ def settings(quick: bool, full: bool) -> dict:
         return {"configs": QUICK_CONFIGS, "corpora": ("sotu",), "max_tokens": 128, "context": 128,
                 "batch": 1}
     if full:
-        return {"configs": tuple(itertools.product(FORMATS, GROUPS, METHODS, KV_LAYOUTS)),
+        grid = tuple(itertools.product(FORMATS, GROUPS, METHODS, KV_LAYOUTS, ("bf16",)))
+        heads = tuple((f, 32, "awq", "kivi", "int4") for f in FORMATS)
+        return {"configs": grid + heads,
                 "corpora": CORPORA, "max_tokens": 16384, "context": 512, "batch": 4}
     return {"configs": DEFAULT_CONFIGS, "corpora": ("sotu",), "max_tokens": 512, "context": 512,
             "batch": 1}
 
 
-def label(fmt: str, group: int, method: str, kv: str) -> str:
-    return f"{fmt} g{group} {method} {kv}"
+def label(fmt: str, group: int, method: str, kv: str, head: str) -> str:
+    return f"{fmt} g{group} {method} {kv}" + ("" if head == "bf16" else " int4-head")
 
 
 def measured_cycles_per_kstep(qmodel: Any, policy: Any) -> dict[str, float]:
@@ -105,7 +111,7 @@ def measured_cycles_per_kstep(qmodel: Any, policy: Any) -> dict[str, float]:
     return {r: float(np.mean(v)) for r, v in per_role.items()}
 
 
-def cost_of(fmt: str, group: int, kv: str, cps: dict[str, float]) -> dict[str, float]:
+def cost_of(fmt: str, group: int, kv: str, cps: dict[str, float], head: str = "bf16") -> dict[str, float]:
     """Mugi-256x8 cycles and energy per generated token (realistic cost model)."""
     from mugi_jax.cost.realistic import RealisticConfig, evaluate_realistic
     from mugi_jax.hw import get_arch
@@ -114,7 +120,7 @@ def cost_of(fmt: str, group: int, kv: str, cps: dict[str, float]) -> dict[str, f
     arch = get_arch(DESIGN)
     wl = Workload(get_model(MODEL), batch=COST_BATCH, seq_len=COST_SEQ, prefill_len=COST_PROMPT)
     cfg = RealisticConfig(group_size=group, weight_scheme=fmt, kv_scheme=fmt, kv_layout=kv,
-                          cycles_per_kstep=tuple(sorted(cps.items())))
+                          cycles_per_kstep=tuple(sorted(cps.items())), lm_head=head)
     _, ex = evaluate_realistic(arch, wl, cfg)
     f = arch.frequency_mhz * 1e6
     return {"cycles_per_token": ex.tpot_s * f / COST_BATCH, "mj_per_token": ex.j_per_token * 1e3,
@@ -181,14 +187,14 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, full: bool = False,
     configs: list[tuple[tuple, str | None]] = [(c, None) for c in s["configs"]]
     if weights is not None:  # the user's directory, on the KIVI cache
         spec = quantize.load(weights, model=MODEL).spec
-        configs.append(((spec.scheme, spec.group, spec.method, "kivi"), str(weights)))
+        configs.append(((spec.scheme, spec.group, spec.method, "kivi", "bf16"), str(weights)))
     rows: list[dict] = []
-    for (fmt, group, method, kv), wdir in configs:
+    for (fmt, group, method, kv, head), wdir in configs:
         t0 = time.perf_counter()
-        policy = numerics.mugi_policy(fmt, group, method, kv)
+        policy = numerics.mugi_policy(fmt, group, method, kv, lm_head=head)
         qmodel, spec = quantize.weights_for(model, tok, MODEL, policy, weights_dir=wdir)
-        row: dict[str, Any] = {"config": label(fmt, group, method, kv) + (" (--weights)" if wdir else ""),
-                               "format": fmt, "group": group, "method": method, "kv": kv}
+        row: dict[str, Any] = {"config": label(fmt, group, method, kv, head) + (" (--weights)" if wdir else ""),
+                               "format": fmt, "group": group, "method": method, "kv": kv, "head": head}
         for c in corpora:
             row[f"ppl_{c}"] = ppl(qmodel, policy, c)
             row[f"ppl_{c}_vs_exact_pct"] = 100 * (row[f"ppl_{c}"] / exact[c] - 1)
@@ -196,7 +202,7 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, full: bool = False,
         row["ppl_vs_exact_pct"] = sum(row[f"ppl_{c}_vs_exact_pct"] for c in corpora) / len(corpora)
         cps = measured_cycles_per_kstep(qmodel, policy)
         row["proj_cycles_per_kstep"] = sum(cps.values()) / len(cps)
-        row.update(cost_of(fmt, group, kv, cps))
+        row.update(cost_of(fmt, group, kv, cps, head))
         row["weights"] = (spec or {}).get("dir", "round to nearest (on the fly)")
         row["seconds"] = time.perf_counter() - t0
         rows.append(row)
@@ -207,21 +213,23 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, full: bool = False,
     for i, r in enumerate(rows):
         r["pareto"] = i in front
     what = (f"first {s['max_tokens']} tokens of {', '.join(corpora)}, context {s['context']}")
-    subset = ("all 72 configurations" if full else
+    subset = ("all 72 configurations and the INT4 LM head per format" if full else
               f"{len(s['configs'])} configurations (the report's default subset; `--full` runs all 72 "
-              "on 16384 tokens of each corpus)")
+              "and the INT4 LM head per format on 16384 tokens of each corpus)")
     tables = [table(out_dir, "quant_pareto.csv", rows,
                     f"Perplexity ({what}; change vs exact FP32, mean over corpora) and Mugi-256x8 cost "
                     f"per generated token (realistic model, SmolLM2-135M, batch {COST_BATCH}, "
-                    f"{COST_SEQ} tokens per sequence) per format, group, method and KV layout; "
+                    f"{COST_SEQ} tokens per sequence) per format, group, method, KV layout and LM head; "
                     f"{subset}"),
               table(out_dir, "choice_costs.csv", costs,
                     "What each choice costs: mean change against the configuration that differs only "
-                    "in that choice (baseline: sign-magnitude, g32, round to nearest, per-token KV)")]
+                    "in that choice (baseline: sign-magnitude, g32, round to nearest, per-token KV, "
+                    "BF16 LM head)")]
     caption = (f"Perplexity change vs exact FP32 ({what}) against Mugi-256x8 energy and cycles per "
                "generated token (realistic cost model, DDR4, weights' cycles per k-step measured on "
                "each configuration's codes). Marker: weight/KV format; colour: calibration method; "
-               "filled: KIVI cache, hollow: per-token cache; label: group size. The line joins the "
+               "filled: KIVI cache, hollow: per-token cache; label: group size (+ 'h4': INT4 LM head). "
+               "The line joins the "
                "configurations no other beats in both perplexity and energy. " + subset + ".")
     _plot(out_dir / "quant_pareto.png", rows, front)
     readings = _readings(rows, costs, exact, corpora, missing)
@@ -250,7 +258,8 @@ def _plot(path: Path, rows: list[dict], front: list[int]) -> None:
                 c = colours[r["method"]]
                 ax.scatter(r[key], r["ppl_vs_exact_pct"], marker=markers[r["format"]], s=55,
                            facecolors=c if r["kv"] == "kivi" else "none", edgecolors=c, linewidths=1.4)
-                ax.annotate(f"g{r['group']}", (r[key], r["ppl_vs_exact_pct"]), fontsize=7,
+                ax.annotate(f"g{r['group']}" + (" h4" if r["head"] == "int4" else ""),
+                            (r[key], r["ppl_vs_exact_pct"]), fontsize=7,
                             xytext=(4, 3), textcoords="offset points")
             if key == "mj_per_token" and len(front) > 1:
                 pts = sorted((rows[i][key], rows[i]["ppl_vs_exact_pct"]) for i in front)

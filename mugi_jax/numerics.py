@@ -668,14 +668,18 @@ MUGI_KV_LAYOUTS = ("kivi", "per_token")
 
 
 def mugi_policy(scheme: str = "signmag", group: int = MUGI_GROUP, method: str = MUGI_METHOD,
-                kv_layout: str = "kivi", mode: str = "fast", name: str | None = None) -> Policy:
+                kv_layout: str = "kivi", mode: str = "fast", name: str | None = None,
+                lm_head: str = "bf16") -> Policy:
     """Mugi's numerics for one INT4 format: VLP nonlinear ops, BF16 x INT4 projections on the
     Mugi array (``scheme``: ``signmag`` on the 3-bit array, ``asym`` by offset decomposition on
     it, ``int4`` two's complement on the 4-bit-magnitude array) in groups of ``group`` with
     ``method``-calibrated weights, an INT4 KV cache in the same format (``kivi``: keys per
     channel in groups of 32 tokens, values per token, the newest 32 tokens in full precision;
     ``per_token``: keys and values per token), and the LM head (the tied embedding) in BF16 with
-    BF16 activations.  The ``mugi`` presets are ``kivi`` with AWQ g32."""
+    BF16 activations (``lm_head="int4"``: like the projections, round to nearest).  The ``mugi``
+    presets are ``kivi`` with AWQ g32 and a BF16 head."""
+    if lm_head not in ("bf16", "int4"):
+        raise ValueError(f"lm_head: must be bf16 or int4, got {lm_head!r}")
     if scheme not in MUGI_SCHEMES:
         raise ValueError(f"scheme: must be one of {', '.join(MUGI_SCHEMES)}, got {scheme!r}")
     if kv_layout not in MUGI_KV_LAYOUTS:
@@ -694,8 +698,8 @@ def mugi_policy(scheme: str = "signmag", group: int = MUGI_GROUP, method: str = 
     # (KIVI layout: per-channel key groups, per-token values), BF16 product rounding, per-group
     # dequantization; the residual full-precision tokens are BF16 x BF16 products in FP32.
     attn = Gemm(datapath=datapath, mode=mode, bf16_activations=True)
-    head = Gemm(bf16_activations=True, bf16_weights=True)
-    name = name or f"mugi[{scheme},g{group},{method},{kv_layout}]"
+    head = Gemm(bf16_activations=True, bf16_weights=True) if lm_head == "bf16" else proj
+    name = name or f"mugi[{scheme},g{group},{method},{kv_layout},head-{lm_head}]"
     base = _nonlinear_only(name, nl.VLPConfig())
     return Policy(name, (Rule("lm_head", head, required=False),
                          Rule(r".*_proj", proj, required=False),

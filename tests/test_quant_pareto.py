@@ -16,7 +16,7 @@ MUGI = [sys.executable, "-c", "from mugi_jax.cli import main; main()"]
 
 
 def _row(fmt, group, method, kv, ppl, mj, cyc):
-    return {"format": fmt, "group": group, "method": method, "kv": kv, "ppl_mean": ppl,
+    return {"format": fmt, "group": group, "method": method, "kv": kv, "head": "bf16", "ppl_mean": ppl,
             "mj_per_token": mj, "cycles_per_token": cyc}
 
 
@@ -49,13 +49,15 @@ def test_cost_orders_the_formats():
     int4 = qp.cost_of("int4", 32, "per_token", {})
     assert sm["cycles_per_token"] < asym["cycles_per_token"] < int4["cycles_per_token"]
     assert sm["mj_per_token"] < asym["mj_per_token"] < int4["mj_per_token"]
+    # a BF16 LM head on the vector unit costs more than the INT4 one on the array
+    assert qp.cost_of("signmag", 32, "per_token", {}, "int4")["mj_per_token"] < sm["mj_per_token"]
     kivi = qp.cost_of("signmag", 32, "kivi", {})
     assert kivi["dram_kb_per_token"] > sm["dram_kb_per_token"]
     assert qp.cost_of("signmag", 128, "per_token", {})["dram_kb_per_token"] < sm["dram_kb_per_token"]
 
 
 def test_default_subset_and_full_grid():
-    assert len(qp.settings(False, True)["configs"]) == 72
+    assert len(qp.settings(False, True)["configs"]) == 72 + 3
     d = qp.settings(False, False)
     assert d["configs"] == qp.DEFAULT_CONFIGS and d["max_tokens"] <= 1024
 

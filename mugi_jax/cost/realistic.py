@@ -34,7 +34,10 @@ defaults, sign-magnitude weights and a per-token KV cache, add nothing below):
   tokens (one scale per channel and group: folded into the query, one multiply-add per query
   element and key group), values per token; the newest ``kv_residual`` tokens stay BF16 (16-bit
   DRAM reads, their products on the vector unit, one multiply-add each) and every token is
-  written twice (BF16 into the residual window, INT4 when it leaves it).
+  written twice (BF16 into the residual window, INT4 when it leaves it);
+- a BF16 LM head (``lm_head="bf16"``, the numerics presets' choice): its MACs run on the vector
+  unit (a multiply-add each; the INT4 array has no BF16 weight path) and its weights stream
+  from DRAM at 16 bits.
 
 Cycles of one execution of a GEMM row, streams run concurrently and overlap at tile level:
 
@@ -122,13 +125,16 @@ class RealisticConfig:
     kv_layout: str = "per_token"
     kv_key_group: int = 32
     kv_residual: int = 32  # KIVI only
+    # the LM head: ``int4`` on the array like the projections, or ``bf16`` weights (as the
+    # numerics presets keep it): BF16 x BF16 MACs on the vector unit, 16-bit weights from DRAM
+    lm_head: str = "int4"
     # measured Mugi cycles per k-step per GEMM role (e.g. ``gemm.subscription_cycles`` on the
     # deployed codes); roles not given: the SmolLM2 table (sign-magnitude) or the full sweep
     cycles_per_kstep: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         for name, allowed in (("weight_scheme", WEIGHT_SCHEMES), ("kv_scheme", WEIGHT_SCHEMES),
-                              ("kv_layout", KV_LAYOUTS)):
+                              ("kv_layout", KV_LAYOUTS), ("lm_head", ("int4", "bf16"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r}: allowed values are {', '.join(allowed)}")
         for name in ("kv_key_group", "kv_residual"):
@@ -255,13 +261,17 @@ def realistic_op_table(workload: Workload, arch: Arch, causal: bool = True,
     return {c: a[:, i] for i, c in enumerate(COLS)}
 
 
-def model_weight_bits(workload: Workload, group_size: int = 128, asym: bool = False) -> float:
+def model_weight_bits(workload: Workload, group_size: int = 128, asym: bool = False,
+                      bf16_head: bool = False) -> float:
     """INT4 weights + BF16 group scales (and offsets, ``asym``) of all layers and the LM head (the
-    config's op list)."""
+    config's op list; ``bf16_head``: the LM head in BF16)."""
     md = workload.model
+    per_weight = KV_BITS + (2.0 if asym else 1.0) * SCALE_BITS / group_size
     n = md.layers * sum(k * n_ for _, _, _, k, n_ in layer_gemms(md, 1))
-    n += 0 if md.encoder else md.dim * md.vocab
-    return float(n * (KV_BITS + (2.0 if asym else 1.0) * SCALE_BITS / group_size))
+    head = 0 if md.encoder else md.dim * md.vocab
+    if bf16_head:
+        return float(n * per_weight + head * ACT_BITS)
+    return float((n + head) * per_weight)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,6 +303,7 @@ class RealParams(NamedTuple):
     w_asym: Float[Array, ""]
     kv_asym: Float[Array, ""]
     kivi: Float[Array, ""]
+    lm_bf16: Float[Array, ""]  # 1: the LM head is BF16 on the vector unit
     key_group: Float[Array, ""]
     residual: Float[Array, ""]
 
@@ -338,8 +349,8 @@ def realistic_params(arch: Arch, workload: Workload, cfg: RealisticConfig) -> tu
     addf = component_figures("adderbf16", missing="reference").energy_pj
     reg = component_figures("register", {"width": 16}, missing="reference").energy_pj
     si_, sw_, so_ = arch.srams
-    resident = (model_weight_bits(workload, cfg.group_size, cfg.weight_scheme == "asym")
-                <= sw_.capacity_bits * arch.nodes)
+    resident = (model_weight_bits(workload, cfg.group_size, cfg.weight_scheme == "asym",
+                                  cfg.lm_head == "bf16") <= sw_.capacity_bits * arch.nodes)
     mem = cfg.memory
     vals = dict(
         cycle_model=CYCLE_MODELS.index(arch.cycle_model), ws=1.0 if df == "ws" else 0.0,
@@ -354,6 +365,7 @@ def realistic_params(arch: Arch, workload: Workload, cfg: RealisticConfig) -> tu
         kv_long=float(mugi and SWEEP_CYCLES[cfg.kv_scheme] > arch.cycles_per_step),
         w_asym=float(cfg.weight_scheme == "asym"), kv_asym=float(cfg.kv_scheme == "asym"),
         kivi=float(cfg.kv_layout == "kivi"), key_group=float(cfg.kv_key_group),
+        lm_bf16=float(cfg.lm_head == "bf16"),
         residual=float(cfg.kv_residual),
     )
     rp = RealParams(base=base, cps=np.asarray(cps, np.float32),
@@ -414,7 +426,9 @@ def gemm_costs(rp: RealParams, t: dict[str, Float[Array, " R"]]) -> dict[str, Ar
     p = rp.base
     b, m, k, n = t["b"], t["m"], t["k"], t["n"]
     is_kv = t["is_kv"]
-    compute = compute_cycles(rp, t) * t["tile_frac"] / p.nodes
+    # a BF16 LM head runs on the vector unit (a multiply-add per MAC), not on the array
+    head = (t["role"] == ROLES.index("lm_head")) & (rp.lm_bf16 > 0)
+    compute = jnp.where(head, 0.0, compute_cycles(rp, t) * t["tile_frac"] / p.nodes)
     sram = gemm_row_costs(p._replace(cyc=jnp.float32(0.0)), t)[0] * t["tile_frac"]
     _, e_chip, flops = gemm_row_costs(p, t)
     # dequantization on the vector unit
@@ -443,7 +457,7 @@ def gemm_costs(rp: RealParams, t: dict[str, Float[Array, " R"]]) -> dict[str, Ar
     # sums (one add per activation element, counted as half a multiply-add)
     w_ops = w_groups + rp.w_asym * (w_groups + b * m * k / 2)
     kv_ops = kv_scale + rp.kv_asym * kv_off + resid
-    dq_ops = jnp.where(is_kv > 0, kv_ops, w_ops) * DEQUANT_OPS
+    dq_ops = jnp.where(is_kv > 0, kv_ops, jnp.where(head, b * m * k * n, w_ops)) * DEQUANT_OPS
     dq_ops = dq_ops * t["mac_frac"]
     dq_cycles = dq_ops / rp.vec_lanes
     # DRAM traffic
@@ -451,10 +465,11 @@ def gemm_costs(rp: RealParams, t: dict[str, Float[Array, " R"]]) -> dict[str, Ar
     tn = jnp.minimum(p.H, n)
     tn_off = jnp.minimum(n, jnp.maximum(tn, jnp.exp2(jnp.floor(jnp.log2(jnp.maximum(p.e_o_elems / tm, 1.0))))))
     tm_off = jnp.minimum(m, jnp.maximum(tm, jnp.exp2(jnp.floor(jnp.log2(jnp.maximum(p.e_o_elems / tn_off, 1.0))))))
-    w_bits = k * n * p.wbits + (1.0 + rp.w_asym) * SCALE_BITS * n * _cdiv(k, rp.group)
-    head = k * n / kv_tokens  # head_dim
-    kv_scales = jnp.where((rp.kivi > 0) & qkt, head * key_groups, q_tok)
-    kv_bits = b * (head * (q_tok * KV_BITS + r_tok * ACT_BITS)
+    w_bits = jnp.where(head, k * n * ACT_BITS,
+                       k * n * p.wbits + (1.0 + rp.w_asym) * SCALE_BITS * n * _cdiv(k, rp.group))
+    dh = k * n / kv_tokens  # head_dim
+    kv_scales = jnp.where((rp.kivi > 0) & qkt, dh * key_groups, q_tok)
+    kv_bits = b * (dh * (q_tok * KV_BITS + r_tok * ACT_BITS)
                    + (1.0 + rp.kv_asym) * SCALE_BITS * kv_scales) * t["mac_frac"]
     operand = jnp.where(is_kv > 0, kv_bits, w_bits * _cdiv(m, tm_off) * (1.0 - rp.resident))
     in_bits = b * m * k * ACT_BITS
@@ -471,11 +486,12 @@ def gemm_costs(rp: RealParams, t: dict[str, Float[Array, " R"]]) -> dict[str, Ar
     # for every counter cycle the k-step runs beyond the design's 8 (the row's cycles per k-step:
     # measured, or the full sweep); sign-magnitude keeps the paper's 8-cycle charge
     cps = rp.cps[t["role"].astype(jnp.int32)]
-    extra = jnp.maximum(cps - p.cyc, 0.0) * jnp.where(is_kv > 0, rp.kv_long, rp.w_long)
+    extra = jnp.maximum(cps - p.cyc, 0.0) * jnp.where(is_kv > 0, rp.kv_long, rp.w_long) * (1.0 - head)
     e_sweep = b * m * k * n * extra * rp.e_mac_cycle
     return {
         "cycles": cycles, "compute": compute, "dram_cycles": dram,
-        "energy_pj": e_chip * t["mac_frac"] + dq_ops * rp.e_vec_op + e_sweep * t["mac_frac"],
+        "energy_pj": (jnp.where(head, 0.0, e_chip) * t["mac_frac"] + dq_ops * rp.e_vec_op
+                      + e_sweep * t["mac_frac"]),
         "dram_r": dram_r, "dram_w": dram_w, "flops": flops * t["mac_frac"],
     }
 

@@ -132,3 +132,19 @@ def test_kv_write_traffic_per_token():
 def test_bad_config_names_the_field(kw, flag):
     with pytest.raises(ValueError, match=flag):
         RealisticConfig(**kw)
+
+
+def test_bf16_lm_head_runs_on_the_vector_unit():
+    from mugi_jax.cost.realistic import vector_lanes
+
+    m, k, n = 8, 576, 49152
+    r = cost("lm_head", m, k, n, lm_head="bf16")
+    macs = m * k * n
+    assert r["compute_cycles"] == 0.0  # not on the INT4 array
+    assert r["cycles"] >= 2 * macs / vector_lanes(ARCH) - 1  # a multiply-add per MAC
+    assert r["dynamic_energy_j"] * 1e12 == pytest.approx(2 * macs * e_vec_op(), rel=2e-4)
+    int4 = cost("lm_head", m, k, n)
+    # BF16 weights, no scales, instead of INT4 codes + a 16-bit scale per 128 (the output
+    # write-back, larger than the output SRAM here, is the same for both)
+    assert (r["dram_bytes"] - int4["dram_bytes"]) * 8 == pytest.approx(
+        k * n * 16 - (k * n * 4 + 16 * n * math.ceil(k / 128)), rel=1e-6)
