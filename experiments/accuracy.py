@@ -66,7 +66,7 @@ def greedy_texts(model, tok, name: str, presets, weights: str | None = None) -> 
     out = []
     for method in ("exact", "mugi (preset)"):
         if method in presets:
-            pol = numerics.preset(_PRESET[method])
+            pol = numerics.preset(_PRESET[method], numerics.family_of(model))
             qmodel, _ = weights_for(model, tok, name, pol, _weights_dir(name, method, weights))
             gen = Sampler(qmodel, tok, pol)(
                 [PROMPT], GREEDY_TOKENS, key=jax.random.key(0), stop_at_eos=True)
@@ -157,7 +157,7 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, full: bool = False,
                                                   or name not in s["preset_models"]):
                     continue
                 t0 = time.perf_counter()
-                pol = numerics.preset(_PRESET[method])
+                pol = numerics.preset(_PRESET[method], numerics.family_of(model))
                 # the preset's INT4 weights (its recipe, or --weights DIR)
                 qmodel, _ = weights_for(model, tok, name, pol, _weights_dir(name, method, weights))
                 r = ev.perplexity(qmodel, toks, pol, context=s["context"],

@@ -50,7 +50,7 @@ def policy(name: str):  # noqa: ANN201
             weights=numerics.preset("mugi").weights)
     if name == "int4 kv only":  # mugi's K/V cache format
         return numerics.Policy(name, numerics.LayerNumerics(kv=mugi.kv))
-    return numerics.preset(name)
+    return name  # a preset name: models.embed resolves it with the model's family (VLP windows)
 
 
 def run(out_dir: Path, quick: bool = False, seed: int = 0, full: bool = False) -> dict:
@@ -113,7 +113,9 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, full: bool = False) -
         readings.append("Mugi-L gives exactly the VLP embeddings' figures (same numerics, different hardware cost).")
     if "mugi (preset)" in by and all(a in by for a in ABLATIONS):
         w, kv = by["int4 weights only"], by["int4 kv only"]
-        mugi = policy("mugi")
+        from mugi_jax import numerics
+
+        mugi = numerics.preset("mugi")
         readings.append(f"The `mugi` preset (cosine mean {by['mugi (preset)']['cosine_mean']:.4f}) adds INT4 "
                         f"weights ({mugi.default.proj.label}; {mugi.weights.method.upper()} g{mugi.weights.group} "
                         "calibrated on Brown file tails, scales on the activations where the post-LayerNorm block "

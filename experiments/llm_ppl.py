@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for name in args.presets.split(","):
             if (name, corpus, args.context, args.max_tokens) in done:
                 continue
-            policy = numerics.preset(name)
+            policy = numerics.preset(name, numerics.family_of(model))
             # the INT4 weights the preset's recipe asks for (calibrated once, cached)
             qmodel, _ = quantize.weights_for(model, tok, "smollm2-135m", policy)
             r = ev.perplexity(qmodel, ids, policy, context=args.context,

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         valid = jnp.ones_like(tokens, bool)
         prefill, decode = {}, {}
         for name in names:
-            pol = numerics.preset(name)
+            pol = numerics.preset(name, numerics.family_of(model))
             sampler = models.Sampler(model, None, pol)  # weights prepared once, untimed
             gd, st = sampler.graphdef, sampler.state
             cache0 = models.Cache.init(cfg, b, args.prefill + args.decode)

@@ -81,7 +81,7 @@ def perplexity(model: Any, tokens: list[int] | np.ndarray, policy: numerics.Poli
     from mugi_jax.models import sharding
     from mugi_jax.models.llama import prepare
 
-    policy = numerics.preset(policy)
+    policy = numerics.preset(policy, numerics.family_of(model))
     if mesh is None:
         mesh, mesh_fallback = meshlib.current()
     if context < 2:
@@ -205,7 +205,7 @@ def embedding_eval(model: Any, tokenizer: Any, texts: list[str], labels: Any,
     """
     from mugi_jax.models.embed import embed
 
-    policy = numerics.preset(policy)
+    policy = numerics.preset(policy, numerics.family_of(model))
     t0 = time.perf_counter()
     emb = embed(model, tokenizer, texts, policy, batch_size=batch_size, max_tokens=max_tokens)
     seconds = time.perf_counter() - t0

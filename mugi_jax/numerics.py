@@ -35,8 +35,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import re
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import equinox as eqx
@@ -51,7 +53,8 @@ __all__ = [
     "Nonlinear", "Gemm", "KVCache", "Rule", "Policy", "PRESETS", "preset", "EXACT", "KINDS",
     "LINEAR", "SCORES", "CONTEXT", "SOFTMAX", "ACTIVATION", "KV_CACHE", "parse_override",
     "with_overrides", "LayerNumerics", "from_layers", "fit_group", "WeightRecipe",
-    "check_weights_scheme", "scheme_name", "KEY_LAYOUTS", "mugi_policy",
+    "check_weights_scheme", "scheme_name", "KEY_LAYOUTS", "mugi_policy", "vlp_windows",
+    "family_of", "VLP_WINDOWS_FILE",
 ]
 
 #: Op kinds.  An implementation lists the kinds it implements in its ``kinds`` class attribute.
@@ -650,10 +653,41 @@ def from_layers(name: str, default: LayerNumerics,
 EXACT = Policy("exact")
 
 
-def _nonlinear_only(name: str, approx: Any) -> Policy:
+#: Per-family VLP windows (``e_top`` of the softmax exponential and of the FFN activation), one
+#: record per family; produced by ``python -m mugi_jax.tune.windows --model NAME --write``.
+VLP_WINDOWS_FILE = Path(__file__).resolve().parent / "data" / "vlp_windows.json"
+
+
+@functools.lru_cache(maxsize=1)
+def _window_records(path: str) -> dict[str, dict[str, Any]]:
+    p = Path(path)
+    if not p.is_file():
+        return {}
+    return {r["family"]: r for r in json.loads(p.read_text(encoding="utf-8"))["records"]}
+
+
+def family_of(model: Any) -> str | None:
+    """The family key of a model (or its config): ``config.family`` (``llama``, ``gemma3``,
+    ``bert``, ...); ``None`` when it has none."""
+    return getattr(getattr(model, "config", model), "family", None)
+
+
+def vlp_windows(family: str | None) -> tuple[nl.VLPConfig, nl.VLPConfig]:
+    """The ``(softmax, activation)`` VLP configurations the presets use for ``family``: the
+    calibrated ``e_top`` of its record in :data:`VLP_WINDOWS_FILE`, else ``VLPConfig()``."""
+    base = nl.VLPConfig()
+    rec = None if family is None else _window_records(str(VLP_WINDOWS_FILE)).get(family)
+    if rec is None:
+        return base, base
+    return (dataclasses.replace(base, e_top=int(rec["softmax"]["e_top"])),
+            dataclasses.replace(base, e_top=int(rec[rec["activation"]]["e_top"])))
+
+
+def _nonlinear_only(name: str, approx: Any, act_approx: Any = None) -> Policy:
     unit = Nonlinear(approx, bf16_input=True)
+    act = unit if act_approx is None else Nonlinear(act_approx, bf16_input=True)
     return Policy(name, (Rule(r".*\.attn\.softmax", unit, required=False),
-                         Rule(r".*\.mlp\.act", unit, required=False)))
+                         Rule(r".*\.mlp\.act", act, required=False)))
 
 
 # Picked by the calibrated-weights study of docs/models.md (AWQ beat GPTQ, clip and RTN).
@@ -669,7 +703,7 @@ MUGI_KV_LAYOUTS = ("kivi", "per_token")
 
 def mugi_policy(scheme: str = "signmag", group: int = MUGI_GROUP, method: str = MUGI_METHOD,
                 kv_layout: str = "kivi", mode: str = "fast", name: str | None = None,
-                lm_head: str = "bf16") -> Policy:
+                lm_head: str = "bf16", family: str | None = None) -> Policy:
     """Mugi's numerics for one INT4 format: VLP nonlinear ops, BF16 x INT4 projections on the
     Mugi array (``scheme``: ``signmag`` on the 3-bit array, ``asym`` by offset decomposition on
     it, ``int4`` two's complement on the 4-bit-magnitude array) in groups of ``group`` with
@@ -677,7 +711,8 @@ def mugi_policy(scheme: str = "signmag", group: int = MUGI_GROUP, method: str = 
     channel in groups of 32 tokens, values per token, the newest 32 tokens in full precision;
     ``per_token``: keys and values per token), and the LM head (the tied embedding) in BF16 with
     BF16 activations (``lm_head="int4"``: like the projections, round to nearest).  The ``mugi``
-    presets are ``kivi`` with AWQ g32 and a BF16 head."""
+    presets are ``kivi`` with AWQ g32 and a BF16 head.  ``family``: the VLP units take the
+    family's calibrated windows (:func:`vlp_windows`)."""
     if lm_head not in ("bf16", "int4"):
         raise ValueError(f"lm_head: must be bf16 or int4, got {lm_head!r}")
     if scheme not in MUGI_SCHEMES:
@@ -700,7 +735,7 @@ def mugi_policy(scheme: str = "signmag", group: int = MUGI_GROUP, method: str = 
     attn = Gemm(datapath=datapath, mode=mode, bf16_activations=True)
     head = Gemm(bf16_activations=True, bf16_weights=True) if lm_head == "bf16" else proj
     name = name or f"mugi[{scheme},g{group},{method},{kv_layout},head-{lm_head}]"
-    base = _nonlinear_only(name, nl.VLPConfig())
+    base = _nonlinear_only(name, *vlp_windows(family))
     return Policy(name, (Rule("lm_head", head, required=False),
                          Rule(r".*_proj", proj, required=False),
                          Rule(r".*\.attn\.(scores|context)", attn, required=False),
@@ -708,20 +743,23 @@ def mugi_policy(scheme: str = "signmag", group: int = MUGI_GROUP, method: str = 
                   weights=WeightRecipe(method, scheme, group))
 
 
-def _mugi(name: str, mode: str, scheme: str = "signmag") -> Policy:
-    return mugi_policy(scheme, mode=mode, name=name)
+def _mugi(name: str, mode: str, scheme: str = "signmag", family: str | None = None) -> Policy:
+    return mugi_policy(scheme, mode=mode, name=name, family=family)
 
 
-PRESETS: dict[str, Callable[[], Policy]] = {
-    "exact": lambda: EXACT,
-    "nonlinear-only": lambda: _nonlinear_only("nonlinear-only", nl.VLPConfig()),
-    "pwl": lambda: _nonlinear_only("pwl", nl.PWL()),
-    "taylor": lambda: _nonlinear_only("taylor", nl.Taylor()),
+#: Preset name -> ``f(family=None)`` building it (the VLP units take the family's windows,
+#: :func:`vlp_windows`).
+PRESETS: dict[str, Callable[..., Policy]] = {
+    "exact": lambda family=None: EXACT,
+    "nonlinear-only": lambda family=None: _nonlinear_only("nonlinear-only", *vlp_windows(family)),
+    "pwl": lambda family=None: _nonlinear_only("pwl", nl.PWL()),
+    "taylor": lambda family=None: _nonlinear_only("taylor", nl.Taylor()),
     # the same numerics as VLP (a physical table instead of streaming: only the cost differs)
-    "mugi-l": lambda: _nonlinear_only("mugi-l", nl.MugiL()),
-    "mugi": lambda: _mugi("mugi", "fast"),
-    "mugi-exact": lambda: _mugi("mugi-exact", "exact"),
-    "mugi-asym": lambda: _mugi("mugi-asym", "fast", scheme="asym"),
+    "mugi-l": lambda family=None: _nonlinear_only(
+        "mugi-l", *(nl.MugiL(c) for c in vlp_windows(family))),
+    "mugi": lambda family=None: _mugi("mugi", "fast", family=family),
+    "mugi-exact": lambda family=None: _mugi("mugi-exact", "exact", family=family),
+    "mugi-asym": lambda family=None: _mugi("mugi-asym", "fast", scheme="asym", family=family),
 }
 
 
@@ -744,8 +782,9 @@ def check_weights_scheme(policy: Policy, spec: Any) -> None:
                          f"--scheme {want} or pick a policy for {spec.scheme}")
 
 
-def preset(name: str | Policy) -> Policy:
-    """The named preset (a :class:`Policy` is returned unchanged).
+def preset(name: str | Policy, family: str | None = None) -> Policy:
+    """The named preset (a :class:`Policy` is returned unchanged); ``family`` (a model's
+    :func:`family_of`) gives its VLP units the family's calibrated windows (:func:`vlp_windows`).
 
     Raises ``ValueError`` listing the valid names for an unknown name.
     """
@@ -753,7 +792,7 @@ def preset(name: str | Policy) -> Policy:
         return name
     if name not in PRESETS:
         raise ValueError(f"unknown numerics preset {name!r}; valid: {', '.join(PRESETS)}")
-    return PRESETS[name]()
+    return PRESETS[name](family)
 
 
 def parse_override(text: str) -> tuple[str, str]:
@@ -770,17 +809,18 @@ def parse_override(text: str) -> tuple[str, str]:
     return pattern, name
 
 
-def with_overrides(policy: str | Policy, overrides: Sequence[str | tuple[str, str | Policy]]
-                   ) -> Policy:
+def with_overrides(policy: str | Policy, overrides: Sequence[str | tuple[str, str | Policy]],
+                   family: str | None = None) -> Policy:
     """``policy`` with the ops matched by each override's pattern taking their implementation
     from its preset (``"PATTERN=PRESET"`` strings or ``(pattern, preset)`` pairs).  Overrides
-    come before the policy's rules, in the order given (the first matching one wins)."""
-    base = preset(policy)
+    come before the policy's rules, in the order given (the first matching one wins).
+    ``family``: as in :func:`preset`, for every preset named."""
+    base = preset(policy, family)
     if not overrides:
         return base
     rules, names = [], []
     for ov in overrides:
         pattern, name = parse_override(ov) if isinstance(ov, str) else ov
-        rules.append(Rule(pattern, preset(name)))
+        rules.append(Rule(pattern, preset(name, family)))
         names.append(f"{pattern}={name if isinstance(name, str) else name.name}")
     return base.prepend(*rules, name=f"{base.name}[{', '.join(names)}]")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 
 import jax
@@ -150,3 +151,58 @@ def test_mugi_gemms_close_to_dequantized_reference():
     o = ln.context(p, kv)
     o_ref = jnp.einsum("bhms,bhsd->bhmd", p.astype(jnp.bfloat16).astype(jnp.float32), kd)
     np.testing.assert_allclose(o, o_ref, atol=0.05, rtol=0.02)
+
+
+# ---- per-family VLP windows (mugi_jax/data/vlp_windows.json, python -m mugi_jax.tune.windows)
+
+
+@pytest.fixture
+def records_file(tmp_path, monkeypatch):
+    path = tmp_path / "vlp_windows.json"
+    path.write_text(json.dumps({"records": [
+        {"family": "gemma3", "activation": "gelu_tanh", "softmax": {"e_top": 1},
+         "gelu_tanh": {"e_top": 4}}]}))
+    monkeypatch.setattr(numerics, "VLP_WINDOWS_FILE", path)
+    numerics._window_records.cache_clear()
+    yield path
+    numerics._window_records.cache_clear()
+
+
+def test_presets_take_the_familys_windows(records_file):
+    sm, act = numerics.vlp_windows("gemma3")
+    assert (sm.e_top, act.e_top) == (1, 4)
+    assert sm == dataclasses.replace(nl.VLPConfig(), e_top=1)  # only e_top differs
+    assert numerics.vlp_windows("llama") == (nl.VLPConfig(), nl.VLPConfig())  # no record
+    assert numerics.vlp_windows(None) == (nl.VLPConfig(), nl.VLPConfig())
+    for name in ("nonlinear-only", "mugi-l", "mugi", "mugi-asym"):
+        pol = numerics.preset(name, "gemma3")
+        got = [pol.op("layers.0.attn.softmax", numerics.SOFTMAX).approx,
+               pol.op("layers.5.mlp.act", numerics.ACTIVATION).approx]
+        got = [getattr(a, "config", a).e_top for a in got]  # MugiL wraps a VLPConfig
+        assert got == [1, 4], name
+        assert numerics.preset(name).op("layers.0.mlp.act", numerics.ACTIVATION) \
+            .approx in (nl.VLPConfig(), nl.MugiL())  # without a family: the defaults
+    assert numerics.preset("pwl", "gemma3") == numerics.preset("pwl")  # not a VLP preset
+    # overrides resolve their presets with the family too
+    pol = numerics.with_overrides("exact", ["layers\\.0\\..*=nonlinear-only"], "gemma3")
+    assert pol.op("layers.0.mlp.act", numerics.ACTIVATION).approx.e_top == 4
+
+
+def test_model_entry_points_resolve_names_with_the_models_family(records_file, tiny_model):
+    """A preset *name* given with a model (forward, perplexity, Sampler) uses the model's
+    family; the tiny Llama has no record, a Gemma-family config has one."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from mugi_jax.models import Llama, forward
+    from mugi_jax.models.config import LlamaConfig
+
+    ids = jnp.arange(1, 17)[None]
+    base = forward(tiny_model, ids, "nonlinear-only")[0]
+    gemma_cfg = dataclasses.replace(tiny_model.config, family="gemma3")
+    gm = Llama(gemma_cfg, rngs=nnx.Rngs(0))  # same weights, another family key
+    assert isinstance(gemma_cfg, LlamaConfig)
+    got = forward(gm, ids, "nonlinear-only")[0]
+    want = forward(gm, ids, numerics.preset("nonlinear-only", "gemma3"))[0]
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    assert not np.array_equal(np.asarray(got), np.asarray(base))

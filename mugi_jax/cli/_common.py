@@ -186,12 +186,14 @@ OVERRIDE_HELP = ("PATTERN=PRESET (repeatable): the ops whose path PATTERN matche
                  "`mugi-jax numerics`.")
 
 
-def numerics_policy(name: str, overrides: list[str] | None = None) -> Any:
-    """The ``--numerics`` preset with the ``--override PATTERN=PRESET`` rules in front."""
+def numerics_policy(name: str, overrides: list[str] | None = None,
+                    family: str | None = None) -> Any:
+    """The ``--numerics`` preset with the ``--override PATTERN=PRESET`` rules in front
+    (``family``: a model family's calibrated VLP windows, :func:`mugi_jax.numerics.preset`)."""
     from mugi_jax import numerics
 
     try:
-        policy = numerics.preset(name)
+        policy = numerics.preset(name, family)
     except ValueError as err:
         raise CliError(f"--numerics: {err}") from None
     for text in overrides or []:
@@ -199,7 +201,14 @@ def numerics_policy(name: str, overrides: list[str] | None = None) -> Any:
             numerics.parse_override(text)
         except ValueError as err:
             raise CliError(f"--override: {err}") from None
-    return numerics.with_overrides(policy, list(overrides or []))
+    return numerics.with_overrides(policy, list(overrides or []), family)
+
+
+def model_policy(name: str, overrides: list[str] | None, model: Any) -> Any:
+    """:func:`numerics_policy` for ``model``'s family, checked against ``model``."""
+    from mugi_jax import numerics
+
+    return check_policy(numerics_policy(name, overrides, numerics.family_of(model)), model)
 
 
 def check_policy(policy: Any, model: Any) -> Any:

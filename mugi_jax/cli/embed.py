@@ -14,7 +14,7 @@ from typing import Optional
 import typer
 
 from mugi_jax.cli._common import (OVERRIDE_HELP, CliError, app, check_choice, check_data_dir,
-                                   check_int, check_names, check_policy, enable_compilation_cache,
+                                   check_int, check_names, enable_compilation_cache, model_policy,
                                    numerics_policy, print_json, status)
 
 ALL_PRESETS = "exact,nonlinear-only,pwl,taylor,mugi-l,mugi"
@@ -46,7 +46,8 @@ def embed_eval(
         raise CliError(f"--model: {model!r} is not an encoder; valid: {', '.join(models.ENCODERS)}")
     check_choice("--task", task, TASKS)
     names = check_names("--numerics", numerics, tuple(nx.PRESETS)) or list(nx.PRESETS)
-    policies = [numerics_policy(n, override) if override else n for n in names]
+    for n in names if override else ():  # bad --override fails before loading
+        numerics_policy(n, override)
     check_int("--passages", passages, 2, 500)
     check_int("--k", k, 1, passages - 1)
     check_int("--batch-size", batch_size, 1, 1024)
@@ -59,9 +60,8 @@ def embed_eval(
         raise CliError(str(err)) from None
     if max_tokens is not None:
         check_int("--max-tokens", max_tokens, 2, cfg.max_seq_len)
-    for p in policies:
-        if not isinstance(p, str):
-            check_policy(p, m)
+    # preset names resolve with the model's family (its VLP windows) in models.embed
+    policies = [model_policy(n, override, m) if override else n for n in names]
     try:
         rows = ev.genre_eval(m, tok, policies, passages=passages, max_tokens=max_tokens, k=k,
                              batch_size=batch_size, progress=not json_out)

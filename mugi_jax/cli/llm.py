@@ -21,7 +21,7 @@ import typer
 
 from mugi_jax.cli import _mesh
 from mugi_jax.cli._common import (OVERRIDE_HELP, CliError, app, check_data_dir, check_float,
-                                  check_int, check_policy, enable_compilation_cache, numerics_policy,
+                                  check_int, enable_compilation_cache, model_policy, numerics_policy,
                                   print_json, status)
 
 #: Upper bounds that keep a request within what fits in memory on one host.
@@ -140,7 +140,7 @@ def ppl(
     enable_compilation_cache()
     m, tok, cfg = _load(model, device_mesh, mesh_fallback)
     _mesh.check_model(cfg, device_mesh, mesh_fallback)
-    check_policy(policy, m)
+    policy = model_policy(numerics, override, m)  # the family's VLP windows
     if context + bos > cfg.max_seq_len:
         raise CliError(f"--context {context}{' (+1 for --bos)' if bos else ''}: exceeds {model}'s "
                        f"context of {cfg.max_seq_len} tokens")
@@ -210,7 +210,7 @@ def generate(
     enable_compilation_cache()
     m, tok, cfg = _load(model, device_mesh, mesh_fallback)
     _mesh.check_model(cfg, device_mesh, mesh_fallback)
-    check_policy(policy, m)
+    policy = model_policy(numerics, override, m)  # the family's VLP windows
     m, _ = _with_weights(m, tok, model, policy, weights)
     if top_k is not None:
         check_int("--top-k", top_k, 1, cfg.vocab_size)
@@ -310,13 +310,13 @@ def describe(
 
     if model not in models.MODELS:
         raise CliError(f"--model: unknown model {model!r}; valid: {', '.join(models.MODELS)}")
-    policy = numerics_policy(numerics, override)
+    numerics_policy(numerics, override)  # bad --numerics/--override fail before loading
     check_data_dir()
     try:
         m, _, _ = models.load(model)
     except (data.DataError, models.CheckpointError) as err:
         raise CliError(str(err)) from None
-    rows = check_policy(policy, m).describe(m)
+    rows = model_policy(numerics, override, m).describe(m)
     if json_out:
         print_json({"model": model, "numerics": policy.name, "ops": rows})
     else:

@@ -211,7 +211,7 @@ def pool(hidden: Float[Array, "B T d"], valid: Bool[Array, "B T"],
 def prepare(model: Bert, policy: numerics.Policy) -> Bert:
     """A copy of ``model`` whose projection kernels are converted once to what ``policy``'s
     GEMMs consume (e.g. INT4); running it under ``policy`` gives the same result, only faster."""
-    policy = numerics.preset(policy)
+    policy = numerics.preset(policy, numerics.family_of(model))
     policy.check(model)
     new = nnx.clone(model)
     for lin in new.dense_layers():
@@ -230,7 +230,7 @@ def encode(model: Bert, tokens: Int[Array, "B T"], valid: Bool[Array, "B T"] | N
            policy: numerics.Policy | str = "exact") -> Float[Array, "B d"]:
     """Jit-compiled sentence embeddings ``pool(model(tokens, policy, valid=valid), valid)`` of a
     right-padded batch (the model's ``normalize`` setting decides the L2 normalisation)."""
-    policy = numerics.preset(policy)
+    policy = numerics.preset(policy, numerics.family_of(model))
     tokens = jnp.asarray(tokens, jnp.int32)
     valid = jnp.ones(tokens.shape, bool) if valid is None else jnp.asarray(valid, bool)
     graphdef, state = nnx.split(model)

@@ -167,7 +167,7 @@ def capture_activations(model: Any, tokens: Int[Array, "batch seq"], policy: Any
     """
     from flax import nnx
 
-    policy = numerics.preset(policy if policy is not None else "exact")
+    policy = numerics.preset(policy if policy is not None else "exact", numerics.family_of(model))
     policy.check(model)
     graphdef, state = nnx.split(model)
     kinds: dict[str, str] = {}

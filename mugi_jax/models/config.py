@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 __all__ = ["DecoderConfig", "LlamaConfig", "SMOLLM2_135M", "GEMMA3_270M", "ACTIVATIONS",
            "ROPE_LAYOUTS", "FAMILIES", "BertConfig", "MINILM_L6", "LLAMA2_7B", "LLAMA2_13B",
@@ -34,8 +34,9 @@ class DecoderConfig:
       tie_embeddings: LM head = embedding.
       max_seq_len: the longest sequence (prompt + generated tokens) the model accepts.
       bos_id, eos_id: special token ids (``None`` when absent).
-      family: the checkpoint family (one of :data:`FAMILIES`), for naming and loaders only:
-        the forward pass reads the fields below, never the family.
+      family: the checkpoint family (one of :data:`FAMILIES`), for naming, loaders and the
+        numerics presets' per-family data (calibrated VLP windows,
+        :func:`mugi_jax.numerics.vlp_windows`): the forward pass never reads it.
       activation: the gated FFN's function (:data:`ACTIVATIONS`).
       rope_layout: pair layout of RoPE (:data:`ROPE_LAYOUTS`).
       rope_scaling: RoPE frequency scaling as sorted ``(key, value)`` pairs of the Hugging Face
@@ -219,6 +220,8 @@ class BertConfig:
     max_seq_len: int = 256
     pad_id: int = 0
     normalize: bool = True
+    #: the family key of the numerics presets' per-family data (e.g. VLP windows)
+    family: ClassVar[str] = "bert"
 
     def __post_init__(self) -> None:
         for f in ("vocab_size", "dim", "n_layers", "n_heads", "head_dim", "ffn_dim",

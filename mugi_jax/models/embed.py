@@ -76,7 +76,7 @@ def embed(model: Bert, tokenizer: EncoderTokenizer, texts: Sequence[str],
     if max_tokens is not None and not 2 <= max_tokens <= cfg.max_seq_len:
         raise ValueError(f"max_tokens: must be in [2, {cfg.max_seq_len}] (the model's "
                          f"max_seq_len), got {max_tokens}")
-    policy = nx.preset(numerics)
+    policy = nx.preset(numerics, nx.family_of(model))
     ids = tokenize(tokenizer, texts, cfg.max_seq_len if max_tokens is None else max_tokens,
                    truncate)
     out = np.zeros((len(ids), cfg.dim), np.float32)

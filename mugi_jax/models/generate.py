@@ -107,7 +107,7 @@ class Sampler:
     def __init__(self, model: Llama, tokenizer: Any = None,
                  policy: numerics.Policy | str = "exact", mesh: Any = None,
                  mesh_fallback: bool = False) -> None:
-        self.policy = numerics.preset(policy)
+        self.policy = numerics.preset(policy, numerics.family_of(model))
         self.config = model.config
         self.tokenizer = tokenizer
         if mesh is None:

@@ -347,7 +347,7 @@ def prepare(model: Llama, policy: numerics.Policy) -> Llama:
     consume (e.g. INT4 ``QuantizedTensor``); a tied LM head gets its own prepared kernel.
     Running the returned model under ``policy`` gives the same result as running ``model``
     (which would quantize on every call), only faster."""
-    policy = numerics.preset(policy)
+    policy = numerics.preset(policy, numerics.family_of(model))
     policy.check(model)
     new = nnx.clone(model)
     for block in new.layers:
@@ -376,7 +376,7 @@ def forward(model: Llama, tokens: Int[Array, "B T"], policy: numerics.Policy | s
             cache: Cache | None = None,
             valid: Bool[Array, "B T"] | None = None) -> tuple[Float[Array, "B T V"], Cache | None]:
     """Jit-compiled ``model(tokens, policy, cache=cache, valid=valid)``."""
-    policy = numerics.preset(policy)
+    policy = numerics.preset(policy, numerics.family_of(model))
     policy.check(model)
     graphdef, state = nnx.split(model)
     return _forward(graphdef, state, jnp.asarray(tokens, jnp.int32), policy, cache, valid)

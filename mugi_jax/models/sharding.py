@@ -204,7 +204,7 @@ def shard_prepared(model: nnx.Module, policy: Any, mesh: Mesh, fallback: bool = 
     from mugi_jax import numerics
     from mugi_jax.models.llama import prepare
 
-    policy = numerics.preset(policy)
+    policy = numerics.preset(policy, numerics.family_of(model))
     model = shard(model, mesh, fallback)
     graphdef, state = nnx.split(model)
 
