@@ -8,7 +8,8 @@ KV cache), on each available corpus.
 Default (fits ``make demo``): the first 1024 tokens of each fetched corpus (Gemma: SOTU only),
 context 512, every method; the ``mugi`` preset (with its calibrated INT4 weights) for SmolLM2 on
 SOTU only.
-``--full``: 4096 tokens of each corpus, the ``mugi`` preset for both models on each.  ``--quick``: SmolLM2 only, SOTU, 256 tokens, context 128, methods
+``--full``: 4096 tokens of each corpus, the ``mugi`` and ``mugi-asym`` presets for both models
+on each.  ``--quick``: SmolLM2 only, SOTU, 256 tokens, context 128, methods
 exact/VLP/PWL/Taylor.
 Token ids are evaluated exactly as the corpus tokenizes (no BOS, :func:`mugi_jax.eval.perplexity`).
 Missing corpora or models are listed, never fetched (``mugi-jax data fetch NAME``).  See also
@@ -26,8 +27,11 @@ CORPORA = ("sotu", "brown", "austen")
 #: (registry name, data artifact, the FFN's nonlinear function)
 FAMILIES = (("smollm2-135m", "smollm2", "silu"), ("gemma3-270m", "gemma3", "gelu_tanh"))
 METHODS = ("exact", "vlp", "mugi-l", "pwl", "taylor", "mugi (preset)")
+#: whole presets (INT4 GEMMs and KV cache too), run only where ``preset_models/corpora`` say
+PRESET_METHODS = ("mugi (preset)", "mugi-asym (preset)")
+ALL_METHODS = METHODS + ("mugi-asym (preset)",)  # --full
 _PRESET = {"exact": "exact", "vlp": "nonlinear-only", "mugi-l": "mugi-l", "pwl": "pwl",
-           "taylor": "taylor", "mugi (preset)": "mugi"}
+           "taylor": "taylor", "mugi (preset)": "mugi", "mugi-asym (preset)": "mugi-asym"}
 
 
 def settings(quick: bool, full: bool) -> dict:
@@ -37,7 +41,8 @@ def settings(quick: bool, full: bool) -> dict:
                 "families": FAMILIES[:1], "preset_models": ()}
     if full:
         return {"corpora": CORPORA, "max_tokens": 4096, "context": 512, "batch": 4,
-                "methods": METHODS, "preset_corpora": CORPORA, "families": FAMILIES,
+                "methods": ALL_METHODS, "preset_corpora": CORPORA,
+                "families": FAMILIES,
                 "preset_models": tuple(f[0] for f in FAMILIES)}
     # Gemma (262k-token LM head) costs about twice SmolLM2 per token: SOTU only by default
     return {"corpora": CORPORA, "max_tokens": 1024, "context": 512, "batch": 2,
@@ -95,7 +100,7 @@ def readings_from_rows(rows: list[dict], missing: list[str], quick: bool, s: dic
             if "exact" not in sel:
                 continue
             parts = [f"{n} {sel[n]['ppl']:.4g} ({sel[n]['ppl_vs_exact_pct']:+.2f}%)"
-                     for n in METHODS if n in sel and n != "exact"]
+                     for n in ALL_METHODS if n in sel and n != "exact"]
             readings.append(f"{model} ({fn}) on {c}: exact {sel['exact']['ppl']:.4g}; "
                             + ", ".join(parts) + ".")
             if "mugi-l" in sel and sel["mugi-l"]["ppl"] == sel["vlp"]["ppl"]:
@@ -130,6 +135,23 @@ def readings_from_rows(rows: list[dict], missing: list[str], quick: bool, s: dic
     return readings
 
 
+def family_table(out_dir: Path, rows: list[dict], model: str, s: dict) -> dict:
+    """One model's (family's) table: a row per method, a column per corpus, cells
+    ``ppl (change vs exact)``."""
+    mine = [r for r in rows if r["model"] == model]
+    corpora = [c for c in s["corpora"] if any(r["corpus"] == c for r in mine)]
+    out = []
+    for n in ALL_METHODS:
+        cells = {r["corpus"]: f"{r['ppl']:.2f} ({r['ppl_vs_exact_pct']:+.1f}%)"
+                 for r in mine if r["numerics"] == n}
+        if cells:
+            out.append({"method": n, **{c: cells.get(c, "not run") for c in corpora}})
+    fn = mine[0]["function"]
+    return table(out_dir, f"accuracy_{model}.csv", out,
+                 f"{model} ({fn}): perplexity per method and corpus, change vs exact "
+                 f"({s['max_tokens']} tokens, context {s['context']})", ["method", *corpora])
+
+
 def run(out_dir: Path, quick: bool = False, seed: int = 0, full: bool = False,
         weights: str | None = None) -> dict:
     from mugi_jax import eval as ev
@@ -153,8 +175,8 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, full: bool = False,
                 continue
             toks = ev.corpus_tokens(tok, text, s["max_tokens"])
             for method in s["methods"]:
-                if method == "mugi (preset)" and (c not in s["preset_corpora"]
-                                                  or name not in s["preset_models"]):
+                if method in PRESET_METHODS and (c not in s["preset_corpora"]
+                                                 or name not in s["preset_models"]):
                     continue
                 t0 = time.perf_counter()
                 pol = numerics.preset(_PRESET[method], numerics.family_of(model))
@@ -163,12 +185,12 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, full: bool = False,
                 r = ev.perplexity(qmodel, toks, pol, context=s["context"],
                                   max_tokens=s["max_tokens"], batch_size=s["batch"])
                 rows.append({"model": name, "function": fn, "corpus": c, "numerics": method,
-                             "kind": "preset" if method == "mugi (preset)" else "method",
+                             "kind": "preset" if method in PRESET_METHODS else "method",
                              "ppl": float(r["ppl"]), "nll": float(r["nll"]),
                              "predicted_tokens": int(r["predicted_tokens"]), "context": s["context"],
                              "seconds": time.perf_counter() - t0})
         if not quick:  # what a user sees: greedy text under exact (and mugi) numerics
-            greedy += greedy_texts(model, tok, name, [m for m in s["methods"] if m != "mugi (preset)"
+            greedy += greedy_texts(model, tok, name, [m for m in s["methods"] if m not in PRESET_METHODS
                                                       or name in s["preset_models"]], weights)
         del model, tok, loaded
     if not rows:
@@ -179,15 +201,17 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, full: bool = False,
         ex = [x for x in rows if x["model"] == r["model"] and x["corpus"] == r["corpus"]
               and x["numerics"] == "exact"][0]
         r["ppl_vs_exact_pct"] = 100 * (r["ppl"] / ex["ppl"] - 1)
-    tables = [table(out_dir, "accuracy.csv", rows,
-                    f"Perplexity per model, function and numerics ({s['max_tokens']} tokens, context {s['context']})")]
     models_done = sorted({r["model"] for r in rows})
+    tables = [family_table(out_dir, rows, m, s) for m in models_done]
+    tables.append(table(out_dir, "accuracy.csv", rows,
+                        f"Perplexity per model, function and numerics ({s['max_tokens']} tokens, "
+                        f"context {s['context']}), one row per run"))
     with figure(out_dir / "accuracy.png", 1, len(models_done), figsize=(5 * len(models_done), 4)) as (fig, axes):
         import numpy as np
 
         axes = np.atleast_1d(axes)
         for ax, model in zip(axes, models_done):
-            names = [n for n in METHODS if any(r["model"] == model and r["numerics"] == n for r in rows)]
+            names = [n for n in ALL_METHODS if any(r["model"] == model and r["numerics"] == n for r in rows)]
             got = [c for c in s["corpora"] if any(r["model"] == model and r["corpus"] == c for r in rows)]
             x = np.arange(len(names))
             for j, c in enumerate(got):
