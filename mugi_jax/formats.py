@@ -38,7 +38,7 @@ __all__ = [
     "BF16", "FP16", "FP32", "FP8_E4M3", "FP8_E5M2", "FORMATS", "FloatFormat", "Kind", "Fields",
     "RoundedMantissa", "ROUNDING_MODES", "format_of", "to_bits", "from_bits", "decompose",
     "decompose_bits", "compose", "classify", "round_mantissa", "convert", "to_numpy", "from_numpy",
-    "flush_subnormals", "round_float64", "round_to_bf16",
+    "flush_subnormals", "flush_subnormals_numpy", "round_float64", "round_to_bf16",
 ]
 
 
@@ -340,8 +340,21 @@ def flush_subnormals(x: Float[Array, "..."]) -> Float[Array, "..."]:
     return from_bits(jnp.where((bits & exp_mask) == 0, bits & sign_mask, bits), fmt)
 
 
-def round_to_bf16(v: Float[Array, "..."]) -> Array:
-    """Round a float16/float32/float64 array to BF16 once (nearest, ties to even).
+def flush_subnormals_numpy(x: ArrayLike) -> np.ndarray:
+    """NumPy twin of :func:`flush_subnormals` for the reference simulators (which must not run
+    JAX): values below the smallest normal of FP32 (of FP64 for float64 input; BF16 shares
+    FP32's range) become zero of the same sign; the dtype is kept."""
+    x = np.asarray(x)
+    tiny = np.finfo(np.float64).tiny if x.dtype == np.float64 else 2.0 ** -126
+    with np.errstate(invalid="ignore"):
+        small = np.abs(x.astype(np.float64)) < tiny
+    return np.where(small, np.copysign(np.zeros((), x.dtype), x), x).astype(x.dtype)
+
+
+def round_to_bf16(v: Float[Array, "..."], *, keep_float32: bool = False) -> Array:
+    """Round a float16/float32/float64 array to BF16 once (nearest, ties to even); with
+    ``keep_float32`` the rounded values are returned as FP32 (the datapaths' form: a BF16
+    product or sum held in an FP32 register).
 
     FP32 (and exactly widened FP16) values are rounded with integer operations on their bit
     patterns - ``(b + 0x7FFF + ((b >> 16) & 1)) >> 16``, NaN -> ``sign | 0x7FC0`` as in XLA and
@@ -351,15 +364,17 @@ def round_to_bf16(v: Float[Array, "..."]) -> Array:
     ``astype(float32)`` may cancel the round trip, silently keeping FP32 precision.
     """
     v = jnp.asarray(v)
-    if v.dtype == jnp.bfloat16:
-        return v
-    if v.dtype == jnp.float64:
-        return jax.lax.reduce_precision(v, exponent_bits=8, mantissa_bits=7).astype(jnp.bfloat16)
+    if v.dtype == jnp.bfloat16 or v.dtype == jnp.float64:
+        out = v if v.dtype == jnp.bfloat16 else jax.lax.reduce_precision(
+            v, exponent_bits=8, mantissa_bits=7).astype(jnp.bfloat16)
+        return out.astype(jnp.float32) if keep_float32 else out
     u32 = jnp.uint32
     b = jax.lax.bitcast_convert_type(v.astype(jnp.float32), u32)  # float16 -> float32 is exact
     rounded = (b + u32(0x7FFF) + ((b >> 16) & u32(1))) >> 16
     is_nan = (b & u32(0x7FFFFFFF)) > u32(0x7F800000)
     bits = jnp.where(is_nan, ((b >> 16) & u32(0x8000)) | u32(0x7FC0), rounded)
+    if keep_float32:
+        return jax.lax.bitcast_convert_type(bits << 16, jnp.float32)
     return jax.lax.bitcast_convert_type(bits.astype(jnp.uint16), jnp.bfloat16)
 
 

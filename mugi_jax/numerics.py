@@ -216,13 +216,7 @@ class Gemm(eqx.Module):
             raise ValueError("attention GEMMs on a datapath need an INT4 KV-cache scheme "
                              "(a rule giving the attn.kv_cache op a KVCache(scheme=...))")
         kq = quant.quantize_kv(k.astype(jnp.float32), kv_scheme, granularity="per_token")
-        return self.on_cache(q, _transposed(kq))
-
-    def on_cache(self, a: Float[Array, "B H M K"], w: Any) -> Float[Array, "B H M N"]:
-        """``a @ w`` on the datapath per batch row and KV head; ``w`` a ``QuantizedTensor``
-        ``(B, H, K, N)`` whose groups run along ``K`` or ``N`` (any per-group layout)."""
-        mm = lambda x, t: gemm.matmul(x, t, self.datapath, mode=self.mode)  # noqa: E731
-        return jax.vmap(jax.vmap(mm))(a, w).astype(jnp.float32)
+        return gemm.cache_scores(q, kq, self.datapath, self.mode)
 
     def context(self, p: Float[Array, "B H M S"], v: Float[Array, "B H S D"],
                 kv: Any = None, q_slots: Array | None = None) -> Float[Array, "B H M D"]:
@@ -242,24 +236,7 @@ class Gemm(eqx.Module):
             raise ValueError("attention GEMMs on a datapath need an INT4 KV-cache scheme "
                              "(a rule giving the attn.kv_cache op a KVCache(scheme=...))")
         vq = quant.quantize_kv(v.astype(jnp.float32), kv_scheme, granularity="per_token")
-        return self.on_cache(p, _per_head(vq))
-
-
-def _per_head(t: Any) -> Any:
-    """A ``(B, H, K, N)`` cache ``QuantizedTensor`` with its scheme axis counted within one head
-    (``(K, N)``: 0 or 1), as :meth:`Gemm.on_cache` maps over the leading axes."""
-    axis = t.axis - (t.codes.ndim - 2)
-    return quant.QuantizedTensor(codes=t.codes, scales=t.scales, zeros=t.zeros,
-                                 scheme=dataclasses.replace(t.scheme, axis=axis))
-
-
-def _transposed(t: Any) -> Any:
-    """A ``(B, H, S, D)`` cache ``QuantizedTensor`` as the ``(B, H, D, S)`` weight operand of
-    ``Q K^T`` (groups follow their axis), per head."""
-    sw = (lambda x: None if x is None else jnp.swapaxes(x, -1, -2))  # noqa: E731
-    axis = {t.codes.ndim - 1: 0, t.codes.ndim - 2: 1}[t.axis]
-    return quant.QuantizedTensor(codes=sw(t.codes), scales=sw(t.scales), zeros=sw(t.zeros),
-                                 scheme=dataclasses.replace(t.scheme, axis=axis))
+        return gemm.cache_context(p, vq, self.datapath, self.mode)
 
 
 KEY_LAYOUTS = ("per_token", "per_channel")
@@ -363,7 +340,7 @@ class KVCache(eqx.Module):
         s = k.shape[-2]
         on_datapath = attn is not None and attn.datapath is not None
         if on_datapath:  # quantized keys on the datapath
-            s_q = attn.on_cache(q, _transposed(self._quantized_keys(k)))[..., :s]
+            s_q = gemm.cache_scores(q, self._quantized_keys(k), attn.datapath, attn.mode)[..., :s]
         mm = functools.partial(jnp.einsum, "bhmd,bhsd->bhms",
                                precision=jax.lax.Precision.HIGHEST)
         if not on_datapath:
@@ -389,7 +366,7 @@ class KVCache(eqx.Module):
         mm = functools.partial(jnp.einsum, "bhms,bhsd->bhmd",
                                precision=jax.lax.Precision.HIGHEST)
         if attn is not None and attn.datapath is not None:  # quantized values on the datapath
-            c_q = attn.on_cache(jnp.where(mask, p, 0.0), _per_head(vq))
+            c_q = gemm.cache_context(jnp.where(mask, p, 0.0), vq, attn.datapath, attn.mode)
         else:
             c_q = mm(jnp.where(mask, p, 0.0), quant.dequantize(vq))
         return c_q + mm(jnp.where(mask, 0.0, p), v.astype(jnp.float32))

@@ -2,10 +2,11 @@
 caches, and the array's data-driven cycle counts.  Numerics: docs/numerics.md sections 4-8;
 reference simulator: :mod:`mugi_jax.sim.gemm`; guide: docs/gemm.md."""
 
-from mugi_jax.gemm.attention import attention, exact_softmax
+from mugi_jax.gemm.attention import attention, cache_context, cache_scores, exact_softmax
 from mugi_jax.gemm.cycles import subscription_cycles, total_cycles
-from mugi_jax.gemm.datapaths import DATAPATHS, FIGNA, Carat, Datapath, MixPE, Mugi, SystolicMAC
+from mugi_jax.gemm.datapaths import (DATAPATHS, FIGNA, AlignedGroups, Carat, CodeProducts, Datapath,
+                                     DequantizedWeights, MixPE, Mugi, SystolicMAC)
 from mugi_jax.gemm.kernels import MODES, PreparedWeight, matmul, prepare_weight
 
 __all__ = ["Mugi", "Carat", "MixPE", "SystolicMAC", "FIGNA", "Datapath", "DATAPATHS", "MODES",
-           "matmul", "prepare_weight", "PreparedWeight", "attention", "exact_softmax", "subscription_cycles", "total_cycles"]
+           "CodeProducts", "DequantizedWeights", "AlignedGroups", "matmul", "prepare_weight", "PreparedWeight", "attention", "cache_scores", "cache_context", "exact_softmax", "subscription_cycles", "total_cycles"]

@@ -1,4 +1,10 @@
-"""Grouped-query attention with INT4 K and V caches, both GEMMs on a VLP datapath."""
+"""Grouped-query attention with INT4 K and V caches, both GEMMs on a VLP datapath.
+
+The one implementation of the attention GEMMs on a cache: :func:`cache_scores` (``Q K^T``) and
+:func:`cache_context` (``P V``) run one GEMM per leading index (batch row x KV head) with the
+cache as the weight operand; :func:`attention` groups the query heads and composes them with the
+scale, mask and softmax, and the models' numerics (``numerics.Gemm.scores`` / ``context``, the
+KIVI cache) call the same two functions."""
 
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ from mugi_jax.gemm._weights import KN, as_kn
 from mugi_jax.gemm.kernels import (MODES, _matmul_2d, activations_bf16, check_datapath,
                                   check_scheme)
 
-__all__ = ["attention", "exact_softmax"]
+__all__ = ["attention", "exact_softmax", "cache_scores", "cache_context"]
 
 
 def exact_softmax(x: Float[Array, "..."], axis: int = -1) -> Float[Array, "..."]:
@@ -22,10 +28,10 @@ def exact_softmax(x: Float[Array, "..."], axis: int = -1) -> Float[Array, "..."]
     return jax.nn.softmax(x.astype(jnp.float32), axis=axis)
 
 
-def _check_cache(c: object, name: str) -> quant.QuantizedTensor:
+def _check_cache(c: object, name: str, min_ndim: int = 3) -> quant.QuantizedTensor:
     if not isinstance(c, quant.QuantizedTensor):
         raise TypeError(f"{name}: expected a QuantizedTensor from quant.quantize_kv, got {type(c)}")
-    if c.codes.ndim < 3:
+    if c.codes.ndim < min_ndim:
         raise ValueError(f"{name}: expected (..., kv_heads, tokens, head_dim), got {c.shape}")
     if c.axis < c.codes.ndim - 2:
         raise ValueError(f"{name}: groups must run along tokens or head_dim "
@@ -33,9 +39,49 @@ def _check_cache(c: object, name: str) -> quant.QuantizedTensor:
     return c
 
 
-def _batched_matmul(a: Array, kn: KN, datapath: object, mode: str) -> Array:
-    """``a`` (B, m, k) x ``kn`` (B, k, n) -> (B, m, n), one GEMM per leading index."""
-    return jax.vmap(lambda x, w: _matmul_2d(x, w, datapath, mode))(a, kn)
+def _cache_gemm(a: Array, cache: quant.QuantizedTensor, transpose: bool, datapath: object,
+                mode: str) -> Array:
+    """``a`` ``(..., m, k)`` x the cache ``(..., tokens, d)`` as the weight operand (``K^T``
+    ``(d, tokens)`` with ``transpose``, else ``V`` ``(tokens, d)``): one GEMM per leading index,
+    ``(..., m, n)`` FP32."""
+    kn = as_kn(cache, transpose=transpose)
+    lead = kn.codes.shape[:-2]
+    if a.shape[:-2] != lead or a.shape[-1] != kn.codes.shape[-2]:
+        raise ValueError(f"activations {a.shape} do not match the cache {cache.shape}"
+                         + (" (transposed)" if transpose else ""))
+    nb = math.prod(lead)
+    flat = (lambda x: None if x is None else x.reshape(nb, *x.shape[-2:]))  # noqa: E731
+    kn = KN(flat(kn.codes), flat(kn.scales), flat(kn.zeros), kn.group, kn.zero_point)
+    out = jax.vmap(lambda x, w: _matmul_2d(x, w, datapath, mode))(flat(a), kn)
+    return out.reshape(*lead, *out.shape[-2:])
+
+
+def _check_gemm_args(datapath: object, mode: str, cache: quant.QuantizedTensor,
+                     name: str) -> None:
+    check_datapath(datapath)
+    if mode not in MODES:
+        raise ValueError(f"mode: must be one of {MODES}, got {mode!r}")
+    _check_cache(cache, name, min_ndim=2)
+    check_scheme(datapath, cache.scheme, name)
+
+
+def cache_scores(q: Float[Array, "... m d"], k_cache: quant.QuantizedTensor, datapath: object,
+                 mode: str = "exact") -> Float[Array, "... m tokens"]:
+    """``Q K^T`` (unscaled) on ``datapath``: per leading index the keys ``(tokens, d)`` are the
+    weight operand ``(d, tokens)`` (per-token groups run along the reduction ``d``, per-channel
+    groups along ``tokens``: the scale then changes at every ``d``), ``q`` the activations
+    (rounded to BF16).  ``k_cache`` ``(..., tokens, d)`` with the leading axes of ``q``."""
+    _check_gemm_args(datapath, mode, k_cache, "k_cache")
+    return _cache_gemm(activations_bf16(q, "q"), k_cache, True, datapath, mode)
+
+
+def cache_context(p: Float[Array, "... m tokens"], v_cache: quant.QuantizedTensor,
+                  datapath: object, mode: str = "exact") -> Float[Array, "... m d"]:
+    """``P V`` on ``datapath``: per leading index the values ``(tokens, d)`` are the weight
+    operand (reduction over ``tokens``), ``p`` the activations (rounded to BF16 at the unit's
+    entry)."""
+    _check_gemm_args(datapath, mode, v_cache, "v_cache")
+    return _cache_gemm(activations_bf16(p, "p"), v_cache, False, datapath, mode)
 
 
 def attention(q: Float[Array, "... hq tq d"], k_cache: quant.QuantizedTensor,
@@ -90,15 +136,9 @@ def attention(q: Float[Array, "... hq tq d"], k_cache: quant.QuantizedTensor,
     if softmax is None:
         softmax = exact_softmax
     grp = hq // hkv
-    nb = math.prod(batch) * hkv
-
-    def flat_kn(c: quant.QuantizedTensor, transpose: bool) -> KN:
-        kn = as_kn(c, transpose=transpose)
-        f = (lambda x: None if x is None else x.reshape(nb, *x.shape[-2:]))
-        return KN(f(kn.codes), f(kn.scales), f(kn.zeros), kn.group, kn.zero_point)
-
-    a = q.reshape(nb, grp * tq, d)
-    s = _batched_matmul(a, flat_kn(k_cache, True), datapath, mode)  # (nb, grp*tq, tokens)
+    # the query heads of a KV head's group are its activations: (..., hkv, grp * tq, d)
+    a = q.reshape(*batch, hkv, grp * tq, d)
+    s = _cache_gemm(a, k_cache, True, datapath, mode)  # (..., hkv, grp * tq, tokens)
     s = s.reshape(*batch, hq, tq, tokens)
     s = s * jnp.float32(1.0 / math.sqrt(d) if scale is None else scale)
     if mask is not None:
@@ -111,5 +151,5 @@ def attention(q: Float[Array, "... hq tq d"], k_cache: quant.QuantizedTensor,
             raise ValueError(f"mask: shape {mask.shape} does not broadcast to {s.shape}") from err
         s = jnp.where(mask, s, -jnp.inf)
     p = activations_bf16(softmax(s, axis=-1), "softmax output")
-    out = _batched_matmul(p.reshape(nb, grp * tq, tokens), flat_kn(v_cache, False), datapath, mode)
+    out = _cache_gemm(p.reshape(*batch, hkv, grp * tq, tokens), v_cache, False, datapath, mode)
     return out.reshape(*batch, hq, tq, d)

@@ -1,8 +1,19 @@
 """Datapath configurations (frozen, hashable: usable as static ``jit`` arguments).
 
-Each class describes *what numerics* a GEMM unit implements (docs/numerics.md sections 4-8) and,
-for :class:`Mugi`, the array geometry the cycle model needs.  The kernels in
-:mod:`mugi_jax.gemm.matmul` dispatch on the class.
+Each class describes a GEMM unit (docs/numerics.md sections 4-8) and, for :class:`Mugi`, the array
+geometry the cycle model needs.  Each carries its own numerics as a record (``datapath.numerics``):
+one of three kinds of arithmetic, with the fields that change the numbers and nothing else:
+
+* :class:`CodeProducts` - the activations times the INT4 codes themselves (``product`` rounding),
+  sequential group sums, dequantization per group (Mugi, MixPE);
+* :class:`DequantizedWeights` - weights dequantized per element to BF16 or FP8, exact products,
+  FP32 accumulation sequential in ``k`` or by adder trees (systolic / SIMD / tensor MACs, Carat);
+* :class:`AlignedGroups` - activations pre-aligned to the group's largest exponent, exact integer
+  group sums (FIGNA).
+
+The kernels (:mod:`mugi_jax.gemm.kernels`) and the reference simulator (:mod:`mugi_jax.sim.gemm`)
+each keep one implementation per numerics kind, looked up by the record's type; a new datapath
+class returns one of these records (or a new kind plus its kernel and reference).
 """
 
 from __future__ import annotations
@@ -10,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 
 __all__ = ["Mugi", "Carat", "MixPE", "SystolicMAC", "FIGNA", "Datapath", "DATAPATHS",
-           "ACCUMULATORS"]
+           "ACCUMULATORS", "CodeProducts", "DequantizedWeights", "AlignedGroups", "Numerics"]
 
 ACCUMULATORS = ("fp32", "bf16")
 
@@ -23,6 +34,78 @@ def _check_pos_int(name: str, value: object) -> None:
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name}: must be one of {choices}, got {value!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# numerics records: what a datapath computes, without its geometry
+
+
+@dataclasses.dataclass(frozen=True)
+class CodeProducts:
+    """Products of the activations and the INT4 codes (``product``: ``"bf16"`` rounds each one
+    to BF16, ``"exact"`` keeps it), summed sequentially in ``k`` per group in ``accumulator``,
+    then dequantized per group.  ``magnitude_bits``: the swept code magnitude (3: asymmetric
+    codes run by offset decomposition, ``q - 8`` plus a per-group offset)."""
+
+    product: str
+    accumulator: str
+    magnitude_bits: int
+
+    def offset_decomposes(self, zero_point: str) -> bool:
+        """Whether weights with this zero-point kind (``"none"``, ``"min"``, ``"int"``) run by
+        offset decomposition (docs/numerics.md section 4.1)."""
+        return self.magnitude_bits == 3 and zero_point != "none"
+
+    def code_magnitude_bits(self) -> int | None:
+        """Widest code magnitude the datapath sweeps (None: every INT4 scheme)."""
+        return self.magnitude_bits
+
+    def for_kernel(self) -> CodeProducts:
+        """The fields the kernel reads once the weights are prepared: the sweep width only
+        decides the offset decomposition, done before (one compilation for both widths)."""
+        return dataclasses.replace(self, magnitude_bits=4)
+
+
+class _EveryScheme:
+    """A numerics kind that takes every INT4 scheme as it is (no sweep width, no offset
+    decomposition): the answers :class:`CodeProducts` computes."""
+
+    def offset_decomposes(self, zero_point: str) -> bool:
+        return False
+
+    def code_magnitude_bits(self) -> int | None:
+        return None
+
+    def for_kernel(self):
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
+class DequantizedWeights(_EveryScheme):
+    """Weights dequantized per element in FP32 and converted to ``weights`` (``"bf16"`` or
+    ``"e4m3"``), activations converted to ``activations`` (same choices), exact products,
+    FP32 accumulation sequential in ``k`` (``tree_width=None``) or by ``tree_width``-wide
+    pairwise adder trees whose chunk sums are added sequentially."""
+
+    weights: str
+    activations: str
+    tree_width: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class AlignedGroups(_EveryScheme):
+    """Per (row, group): activations aligned to the largest exponent as ``align_bits``-bit fixed
+    point (truncating), exact int32 group sums with the codes, one FP32 conversion per group,
+    then dequantization per group."""
+
+    align_bits: int
+
+
+Numerics = CodeProducts | DequantizedWeights | AlignedGroups
+
+
+# --------------------------------------------------------------------------------------------
+# datapaths
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +150,10 @@ class Mugi:
         """Cycles the row adder(s) need per k-step: ``ceil(cols / adders_per_row)``."""
         return -(-self.cols // self.adders_per_row)
 
+    @property
+    def numerics(self) -> CodeProducts:
+        return CodeProducts(self.product, self.accumulator, self.magnitude_bits)
+
 
 @dataclasses.dataclass(frozen=True)
 class Carat:
@@ -78,6 +165,10 @@ class Carat:
     def __post_init__(self) -> None:
         _check_choice("accumulator", self.accumulator, ("fp32",))
 
+    @property
+    def numerics(self) -> DequantizedWeights:
+        return DequantizedWeights(weights="e4m3", activations="e4m3")
+
 
 @dataclasses.dataclass(frozen=True)
 class MixPE:
@@ -88,6 +179,10 @@ class MixPE:
 
     def __post_init__(self) -> None:
         _check_choice("accumulator", self.accumulator, ACCUMULATORS)
+
+    @property
+    def numerics(self) -> CodeProducts:
+        return CodeProducts("exact", self.accumulator, 4)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +206,10 @@ class SystolicMAC:
             raise ValueError(f"tree_width: must be None or a power of two >= 2, "
                              f"got {self.tree_width!r}")
 
+    @property
+    def numerics(self) -> DequantizedWeights:
+        return DequantizedWeights(weights="bf16", activations="bf16", tree_width=self.tree_width)
+
 
 @dataclasses.dataclass(frozen=True)
 class FIGNA:
@@ -124,6 +223,10 @@ class FIGNA:
     def __post_init__(self) -> None:
         if not isinstance(self.align_bits, int) or not 8 <= self.align_bits <= 16:
             raise ValueError(f"align_bits: must be an integer in [8, 16], got {self.align_bits!r}")
+
+    @property
+    def numerics(self) -> AlignedGroups:
+        return AlignedGroups(self.align_bits)
 
 
 Datapath = Mugi | Carat | MixPE | SystolicMAC | FIGNA

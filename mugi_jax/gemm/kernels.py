@@ -46,7 +46,8 @@ from jaxtyping import Array, Float
 
 from mugi_jax import formats, quant
 from mugi_jax.gemm._weights import KN, as_kn
-from mugi_jax.gemm.datapaths import DATAPATHS, FIGNA, Carat, MixPE, Mugi, SystolicMAC
+from mugi_jax.gemm.datapaths import (DATAPATHS, AlignedGroups, CodeProducts, DequantizedWeights,
+                                     Numerics)
 
 __all__ = ["matmul", "prepare_weight", "PreparedWeight", "MODES", "check_datapath",
            "activations_bf16"]
@@ -66,7 +67,8 @@ _TINY = float(jnp.finfo(jnp.float32).tiny)
 
 
 def check_datapath(datapath: object) -> None:
-    if not isinstance(datapath, DATAPATHS):
+    """A datapath is any object whose ``numerics`` record is of a kind with a kernel."""
+    if type(getattr(datapath, "numerics", None)) not in _KERNELS:
         raise TypeError(f"datapath: expected one of {[d.__name__ for d in DATAPATHS]} "
                         f"(e.g. gemm.Mugi()), got {datapath!r}")
 
@@ -88,10 +90,13 @@ def activations_bf16(a: Array, name: str = "a") -> Array:
 def offset_decomposed(datapath: object, scheme_or_zero_point: quant.Scheme | str) -> bool:
     """Whether asymmetric weights run on ``datapath`` by offset decomposition: the Mugi array with
     3-bit magnitudes sweeps ``q - 8`` (magnitudes 0..8: 9 counter steps) and adds
-    ``offset * group_sum`` per group; ``Mugi(magnitude_bits=4)`` sweeps the unsigned code."""
+    ``offset * group_sum`` per group; ``Mugi(magnitude_bits=4)`` sweeps the unsigned code.
+    The datapath's numerics record decides."""
     zp = scheme_or_zero_point
-    asym = (zp in ("min", "int")) if isinstance(zp, str) else not zp.symmetric
-    return isinstance(datapath, Mugi) and datapath.magnitude_bits == 3 and asym
+    if not isinstance(zp, str):
+        zp = "none" if zp.symmetric else zp.zero_point
+    # "offset": already decomposed
+    return zp in ("min", "int") and datapath.numerics.offset_decomposes(zp)
 
 
 def check_scheme(datapath: object, scheme: quant.Scheme, name: str = "w") -> None:
@@ -101,14 +106,16 @@ def check_scheme(datapath: object, scheme: quant.Scheme, name: str = "w") -> Non
     if not isinstance(scheme, (quant.SignMagnitudeInt4, quant.Int4, quant.AsymUInt4)):
         raise TypeError(f"{name}: unsupported scheme {type(scheme).__name__}; supported: "
                         "SignMagnitudeInt4, Int4, AsymUInt4")
-    if isinstance(datapath, Mugi) and scheme.magnitude_bits > datapath.magnitude_bits \
+    swept = datapath.numerics.code_magnitude_bits()
+    if swept is not None and scheme.magnitude_bits > swept \
             and not offset_decomposed(datapath, scheme):
+        dp = type(datapath).__name__
         raise ValueError(
             f"{name}: scheme {type(scheme).__name__} has code magnitudes up to "
-            f"{max(abs(scheme.qmin), scheme.qmax)}, which needs Mugi(magnitude_bits="
-            f"{scheme.magnitude_bits}); Mugi(magnitude_bits={datapath.magnitude_bits}) supports "
+            f"{max(abs(scheme.qmin), scheme.qmax)}, which needs {dp}(magnitude_bits="
+            f"{scheme.magnitude_bits}); {dp}(magnitude_bits={swept}) supports "
             + ("SignMagnitudeInt4 and AsymUInt4 (offset decomposition) only"
-               if datapath.magnitude_bits == 3 else "every INT4 scheme"))
+               if swept == 3 else "every INT4 scheme"))
     if getattr(datapath, "accumulator", "fp32") == "fp64":
         raise ValueError("datapath: accumulator='fp64' exists only in the reference simulator "
                          "(mugi_jax.sim.gemm, the float64 oracle); use 'fp32' or 'bf16'")
@@ -119,16 +126,13 @@ def check_scheme(datapath: object, scheme: quant.Scheme, name: str = "w") -> Non
 
 
 def _round_bf16(x: Array) -> Array:
-    """FP32 -> nearest-even BF16, kept in FP32 (bit arithmetic; exact for every value a product
-    or an FP32 sum can take: NaNs here always carry their payload in the upper 16 bits)."""
-    b = lax.bitcast_convert_type(x, jnp.uint32)
-    b = (b + (jnp.uint32(0x7FFF) + ((b >> 16) & jnp.uint32(1)))) & jnp.uint32(0xFFFF0000)
-    return lax.bitcast_convert_type(b, jnp.float32)
+    """FP32 -> nearest-even BF16, kept in FP32."""
+    return formats.round_to_bf16(x, keep_float32=True)
 
 
 def _ftz(x: Array) -> Array:
     """Flush subnormals to zero of the same sign (XLA:CPU arithmetic already does this)."""
-    return jnp.where(jnp.abs(x) < _TINY, jnp.copysign(jnp.zeros_like(x), x), x)
+    return formats.flush_subnormals(x)
 
 
 def _explicit_ftz() -> bool:
@@ -140,12 +144,14 @@ def _maybe_ftz(x: Array) -> Array:
 
 
 def _fence(product: Array) -> Array:
-    """A rounded product that no following add can absorb.
+    """A rounded product that no following add can absorb, flushed to zero if subnormal.
 
-    XLA:CPU lets LLVM contract ``c + a * b`` into one FMA (single rounding); an explicit
-    flush-to-zero select between the multiply and the add prevents it (checked by the tests:
-    ``lax.optimization_barrier`` and bit casts do *not*), and it is the FTZ rule anyway."""
-    return _ftz(product)
+    XLA:CPU lets LLVM contract ``c + a * b`` into one FMA (single rounding); a flush-to-zero
+    written as a float compare-and-select between the multiply and the add prevents it
+    (checked by the tests: ``lax.optimization_barrier`` and bit casts do *not*), which is why
+    this is not :func:`formats.flush_subnormals` (bit operations)."""
+    return jnp.where(jnp.abs(product) < _TINY, jnp.copysign(jnp.zeros_like(product), product),
+                     product)
 
 
 def _a32(a_bf16: Array) -> Array:
@@ -156,6 +162,28 @@ def _a32(a_bf16: Array) -> Array:
 def _array_codes(kn: KN) -> Array:
     """The value the array multiplies by: the signed code (symmetric) or the unsigned code."""
     return kn.codes.astype(jnp.float32)
+
+
+def _dequantize_group(acc: Array, scale: Array, zero: Array | None, asum: Array | None,
+                      zero_point: str, fence: Callable = _fence,
+                      flush: Callable = _maybe_ftz) -> Array:
+    """The vector unit's dequantization of a group sum (docs/numerics.md section 4), the one
+    place it is written: ``y = f32(acc s)``, then ``+ f32(m A)`` (``"min"``, and the ``"offset"``
+    of an offset decomposition) or ``- f32(f32(s z) A)`` (``"int"``), ``A`` the FP32 sum of the
+    group's activations.  ``acc`` ``(m, n)``, ``scale``/``zero`` ``(n,)``, ``asum`` ``(m,)``.
+    ``fence`` follows each multiply and ``flush`` each add (fast mode passes the identity: XLA
+    may then fuse and reorder)."""
+    y = fence(acc * scale[None, :])
+    if zero_point in ("min", "offset"):
+        y = flush(y + fence(zero[None, :] * asum[:, None]))
+    elif zero_point == "int":
+        c = fence(scale * zero)
+        y = flush(y - fence(c[None, :] * asum[:, None]))
+    return y
+
+
+def _identity(x: Array) -> Array:
+    return x
 
 
 def _dequant_weights(kn: KN) -> Array:
@@ -255,12 +283,7 @@ def _exact_sequential(a32: Array, qf: Array, scales: Array | None, zeros: Array 
             (acc, asum), _ = lax.scan(step, init, (ag, qg), unroll=min(group, UNROLL))
             if not dequant:
                 return acc, None
-            y = _fence(acc * sg[None, :])
-            if zero_point in ("min", "offset"):
-                y = _maybe_ftz(y + _fence(zg[None, :] * asum[:, None]))
-            elif zero_point == "int":
-                c = _fence(sg * zg)
-                y = _maybe_ftz(y - _fence(c[None, :] * asum[:, None]))
+            y = _dequantize_group(acc, sg, zg, asum, zero_point)
             return _maybe_ftz(out + y), None
 
         xs = (a_g, qt.reshape(ng, group, tile), st, zt)
@@ -308,18 +331,15 @@ def _dequant_groups_sequential(acc: Array, a32_grouped: Array, kn: KN) -> Array:
     """Section 4 dequantization of group sums ``acc`` (m, ng, n), groups added in order."""
     m, ng, g = a32_grouped.shape
 
+    def add(c, x):
+        return _ftz(c + x), None
+
     def step(out, xs):
         acc_g, a_g, s_g, z_g = xs  # (m, n), (m, g), (n,), (n,)|None
-        y = _fence(acc_g * s_g[None, :])
+        asum = None
         if kn.zero_point != "none":
-            def add(c, x):
-                return _ftz(c + x), None
             asum, _ = lax.scan(add, jnp.zeros((m,), jnp.float32), a_g.T)
-            if kn.zero_point == "min":
-                y = _ftz(y + _fence(z_g[None, :] * asum[:, None]))
-            else:
-                c = _fence(s_g * z_g)
-                y = _ftz(y - _fence(c[None, :] * asum[:, None]))
+        y = _dequantize_group(acc_g, s_g, z_g, asum, kn.zero_point, flush=_ftz)
         return _ftz(out + y), None
 
     xs = (acc.transpose(1, 0, 2), a32_grouped.transpose(1, 0, 2), kn.scales, kn.zeros)
@@ -473,11 +493,9 @@ def _scan_groups(xa: Array, a_g: Array, codes_g: Array, scales: Array, zeros: Ar
 
     def step(out, xs):
         xg, ag, cg, sg, zg = xs
-        y = group_sum(xg, cg) * sg[None]
-        if kn.zero_point in ("min", "offset"):
-            y = y + zg[None] * jnp.sum(ag, axis=-1)[:, None]
-        elif kn.zero_point == "int":
-            y = y - (sg * zg)[None] * jnp.sum(ag, axis=-1)[:, None]
+        asum = None if kn.zero_point == "none" else jnp.sum(ag, axis=-1)
+        y = _dequantize_group(group_sum(xg, cg), sg, zg, asum, kn.zero_point, fence=_identity,
+                              flush=_identity)
         return out + y, None
 
     out, _ = lax.scan(step, jnp.zeros((m, n), jnp.float32), (xa, a_g, codes_g, scales, zeros))
@@ -497,62 +515,74 @@ def _fast_tile(rows: int, n: int) -> int:
 # dispatch
 
 
-def _numerics_only(datapath: object) -> object:
-    """The datapath with the fields that do not change the numbers normalised (array geometry,
-    adders): one compilation serves every Mugi geometry."""
-    if isinstance(datapath, Mugi):
-        return Mugi(product=datapath.product, accumulator=datapath.accumulator,
-                    magnitude_bits=4)
-    return datapath
-
-
 def _matmul_2d(a: Array, kn: KN, datapath: object, mode: str,
                terms: Array | None = None) -> Array:
+    numerics = datapath.numerics
     if offset_decomposed(datapath, kn.zero_point):
         kn = _offset_decompose(kn)
-    return _matmul_2d_jit(a, kn, _numerics_only(datapath), mode, terms)
+    return _matmul_2d_jit(a, kn, numerics.for_kernel(), mode, terms)
 
 
-def _product(datapath: object) -> str | None:
-    """The product rounding of a datapath that multiplies by the codes (None: it does not)."""
-    if isinstance(datapath, Mugi):
-        return datapath.product
-    return "exact" if isinstance(datapath, MixPE) else None
+def _product(numerics: Numerics) -> str | None:
+    """The product rounding of a datapath that multiplies by the codes (None: it does not; only
+    :class:`CodeProducts` records have one)."""
+    return getattr(numerics, "product", None)
 
 
-@functools.partial(jax.jit, static_argnames=("datapath", "mode"))
-def _matmul_2d_jit(a: Array, kn: KN, datapath: object, mode: str,
+@functools.partial(jax.jit, static_argnames=("numerics", "mode"))
+def _matmul_2d_jit(a: Array, kn: KN, numerics: Numerics, mode: str,
                    terms: Array | None = None) -> Array:
-    a32 = _a32(a)
     kn = KN(kn.codes, _ftz(kn.scales), None if kn.zeros is None else _ftz(kn.zeros), kn.group,
             kn.zero_point)
-    if isinstance(datapath, (Mugi, MixPE)):
-        product = _product(datapath)
-        if mode == "fast":
-            return _fast_grouped(a32, kn, product, terms)
-        return _exact_sequential(a32, kn.codes, kn.scales, kn.zeros, kn.group,
-                                 kn.zero_point, product, datapath.accumulator)
-    if isinstance(datapath, FIGNA):
-        if kn.group * (1 << datapath.align_bits) * 15 >= 1 << 31:
-            raise ValueError(f"w: group size {kn.group} overflows FIGNA's int32 group "
-                             f"accumulator at align_bits={datapath.align_bits}; use smaller "
-                             "groups or fewer align_bits")
-        return _figna(a, kn, datapath.align_bits)  # integer group sums: exact in either mode
-    if isinstance(datapath, SystolicMAC):
-        w = _dequant_weights(kn).astype(jnp.bfloat16)
-        a_in = a32
-    elif isinstance(datapath, Carat):
-        w = _dequant_weights(kn).astype(jnp.float8_e4m3fn)
-        a_in = a32.astype(jnp.float8_e4m3fn).astype(jnp.float32)
-    else:  # pragma: no cover - check_datapath ran before
-        raise TypeError(f"datapath: {datapath!r}")
+    return _KERNELS[type(numerics)](a, kn, numerics, mode, terms)
+
+
+def _code_products(a: Array, kn: KN, numerics: CodeProducts, mode: str,
+                   terms: Array | None) -> Array:
+    """Mugi / MixPE: products with the codes, group sums, dequantization per group."""
+    a32 = _a32(a)
+    if mode == "fast":
+        return _fast_grouped(a32, kn, numerics.product, terms)
+    return _exact_sequential(a32, kn.codes, kn.scales, kn.zeros, kn.group, kn.zero_point,
+                             numerics.product, numerics.accumulator)
+
+
+_FORMATS = {"bf16": jnp.bfloat16, "e4m3": jnp.float8_e4m3fn}
+
+
+def _dequantized_weights(a: Array, kn: KN, numerics: DequantizedWeights, mode: str,
+                         terms: Array | None) -> Array:
+    """Systolic / SIMD / tensor-core MACs and Carat: weights dequantized per element, then a
+    float GEMM (exact products, FP32 sums sequential in k or by adder trees)."""
+    a32 = _a32(a)
+    w = _dequant_weights(kn).astype(_FORMATS[numerics.weights])
+    a_in = a32 if numerics.activations == "bf16" else \
+        a32.astype(_FORMATS[numerics.activations]).astype(jnp.float32)
     if mode == "fast":
         return lax.dot(a_in.astype(jnp.bfloat16), w.astype(jnp.bfloat16),
                        preferred_element_type=jnp.float32)
-    tree = getattr(datapath, "tree_width", None)
-    if tree is not None:
-        return _exact_tree(a_in, w, tree)
+    if numerics.tree_width is not None:
+        return _exact_tree(a_in, w, numerics.tree_width)
     return _exact_sequential(a_in, w, None, None, 1, "none", "exact", "fp32")
+
+
+def _aligned_groups(a: Array, kn: KN, numerics: AlignedGroups, mode: str,
+                    terms: Array | None) -> Array:
+    """FIGNA: integer group sums of pre-aligned activations (exact in either mode)."""
+    if kn.group * (1 << numerics.align_bits) * 15 >= 1 << 31:
+        raise ValueError(f"w: group size {kn.group} overflows FIGNA's int32 group "
+                         f"accumulator at align_bits={numerics.align_bits}; use smaller "
+                         "groups or fewer align_bits")
+    return _figna(a, kn, numerics.align_bits)
+
+
+#: One kernel per kind of datapath numerics (the record's type): ``kernel(a, kn, numerics,
+#: mode, terms)``.
+_KERNELS: dict[type, Callable] = {
+    CodeProducts: _code_products,
+    DequantizedWeights: _dequantized_weights,
+    AlignedGroups: _aligned_groups,
+}
 
 
 def _exact_tree(a32: Array, w: Array, width: int) -> Array:
@@ -654,7 +684,7 @@ def prepare_weight(w: quant.QuantizedTensor, datapath: object,
             kn.zero_point)
     if offset_decomposed(datapath, kn.zero_point):
         kn = _offset_decompose(kn)
-    product = _product(datapath)
+    product = _product(datapath.numerics)
     terms = None
     if mode == "fast" and product is not None and kn.group >= _FAST_DOT_MIN_G:
         k, n = kn.codes.shape
@@ -664,7 +694,7 @@ def prepare_weight(w: quant.QuantizedTensor, datapath: object,
 
 
 def _made_for(datapath: object, scheme: quant.Scheme) -> tuple[object, bool]:
-    return _numerics_only(datapath), offset_decomposed(datapath, scheme)
+    return datapath.numerics.for_kernel(), offset_decomposed(datapath, scheme)
 
 
 def _check_weight(w: object) -> None:

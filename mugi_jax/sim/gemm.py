@@ -68,12 +68,7 @@ class GemmSimResult:
 # helpers
 
 
-def _ftz(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x)
-    tiny = np.finfo(np.float64).tiny if x.dtype == np.float64 else 2.0 ** -126
-    with np.errstate(invalid="ignore"):
-        small = np.abs(x.astype(np.float64)) < tiny
-    return np.where(small, np.copysign(np.zeros((), x.dtype), x), x).astype(x.dtype)
+_ftz = formats.flush_subnormals_numpy
 
 
 def _bf16(x: np.ndarray) -> np.ndarray:
@@ -320,32 +315,60 @@ def _figna(a32: np.ndarray, kn: _KN, align_bits: int) -> np.ndarray:
 
 def reference_matmul(a: Any, w: quant.QuantizedTensor, datapath: Any) -> np.ndarray:
     """Literal NumPy reference of ``gemm.matmul(a, w, datapath, mode="exact")`` for every
-    datapath (dispatch on the class name: Mugi, MixPE, Carat, SystolicMAC, FIGNA)."""
+    datapath: the one reference of the datapath's numerics kind (``datapath.numerics``, read by
+    attribute: products with the codes, dequantized weights, aligned integer groups)."""
     with np.errstate(all="ignore"):
         return _reference_matmul(a, w, datapath)
 
 
-def _reference_matmul(a: Any, w: quant.QuantizedTensor, datapath: Any) -> np.ndarray:
-    name = type(datapath).__name__
-    lead = np.shape(a)[:-2]
-    if name == "Mugi":
-        return simulate_gemm(a, w, datapath).out
+@dataclasses.dataclass(frozen=True)
+class _CodeArray:
+    """The array :func:`simulate_gemm` runs for a code-products datapath without a geometry of
+    its own (the output does not depend on the tiling)."""
+
+    rows: int
+    product: str
+    accumulator: str
+    magnitude_bits: int
+    cols: int = 8
+    adders_per_row: int = 8
+
+
+def _ref_code_products(a: Any, w: quant.QuantizedTensor, numerics: Any) -> np.ndarray:
+    array = _CodeArray(int(w.codes.shape[1]), numerics.product, numerics.accumulator,
+                       int(numerics.magnitude_bits))
+    return simulate_gemm(a, w, array).out
+
+
+def _ref_dequantized_weights(a: Any, w: quant.QuantizedTensor, numerics: Any) -> np.ndarray:
+    fmt = {"bf16": _BF16, "e4m3": _E4M3}
     a32 = _activations(a)
     kn = _weights(w)
-    if name == "MixPE":
-        shim = dataclasses.make_dataclass("_MixPEArray", ["rows", "cols", "magnitude_bits",
-                                                          "product", "accumulator",
-                                                          "adders_per_row"])
-        return simulate_gemm(a, w, shim(kn.codes.shape[1], 8, 4, "exact", datapath.accumulator,
-                                        8)).out
-    if name == "SystolicMAC":
-        w32 = _dequant_weights(kn).astype(_BF16).astype(np.float32)
-        out = _sequential(a32, w32, getattr(datapath, "tree_width", None))
-    elif name == "Carat":
-        w32 = _dequant_weights(kn).astype(_E4M3).astype(np.float32)
-        out = _sequential(a32.astype(_E4M3).astype(np.float32), w32)
-    elif name == "FIGNA":
-        out = _figna(a32, kn, int(datapath.align_bits))
-    else:
-        raise TypeError(f"datapath: unknown datapath {name}")
-    return out.reshape(*lead, -1, kn.codes.shape[1])
+    w32 = _dequant_weights(kn).astype(fmt[numerics.weights]).astype(np.float32)
+    a_in = a32.astype(fmt[numerics.activations]).astype(np.float32)
+    out = _sequential(a_in, w32, numerics.tree_width)
+    return out.reshape(*np.shape(a)[:-2], -1, kn.codes.shape[1])
+
+
+def _ref_aligned_groups(a: Any, w: quant.QuantizedTensor, numerics: Any) -> np.ndarray:
+    kn = _weights(w)
+    out = _figna(_activations(a), kn, int(numerics.align_bits))
+    return out.reshape(*np.shape(a)[:-2], -1, kn.codes.shape[1])
+
+
+#: One reference per numerics kind (the name of the record's type: this module imports no
+#: datapath class, so that it stays an independent oracle).
+_REFERENCES = {
+    "CodeProducts": _ref_code_products,
+    "DequantizedWeights": _ref_dequantized_weights,
+    "AlignedGroups": _ref_aligned_groups,
+}
+
+
+def _reference_matmul(a: Any, w: quant.QuantizedTensor, datapath: Any) -> np.ndarray:
+    numerics = getattr(datapath, "numerics", None)
+    kind = type(numerics).__name__
+    if kind not in _REFERENCES:
+        raise TypeError(f"datapath: no reference for {type(datapath).__name__} (numerics "
+                        f"{kind}); known kinds: {', '.join(_REFERENCES)}")
+    return _REFERENCES[kind](a, w, numerics)

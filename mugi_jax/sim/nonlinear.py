@@ -193,10 +193,6 @@ def _tile(bits: np.ndarray, fn: str, params: tuple, early: bool, table: dict,
     return out, cycles
 
 
-def _ftz(v: np.float32) -> np.float32:
-    return np.copysign(np.float32(0.0), v) if abs(v) < np.float32(2.0 ** -126) else v
-
-
 def _as_bf16_numpy(x: Any) -> np.ndarray:
     if hasattr(x, "dtype") and not isinstance(x, np.ndarray):
         x = formats.to_numpy(x)  # exact copy of a JAX array
@@ -238,12 +234,7 @@ def simulate_vlp(x: Any, fn: str, cfg: Any, axis: int = -1, early_termination: b
     return SimResult(out.reshape(()) if scalar else out, cycles, events)
 
 
-def _ftz(a: np.ndarray) -> np.ndarray:
-    """Flush subnormals to signed zero (the datapath's FTZ rule; NumPy does not flush)."""
-    tiny = np.finfo(np.float32).tiny
-    a32 = a.astype(np.float32)
-    flushed = np.where(np.abs(a32) < tiny, np.copysign(np.float32(0.0), a32), a32)
-    return flushed.astype(a.dtype)
+_ftz = formats.flush_subnormals_numpy  # the datapath's FTZ rule (NumPy does not flush)
 
 
 def simulate_softmax(x: Any, cfg: Any, axis: int = -1, early_termination: bool = True
