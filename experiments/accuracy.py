@@ -23,6 +23,12 @@ from pathlib import Path
 
 from mugi_jax.report.helpers import corpus_or_none, figure, table
 
+#: The report's entry for this script (mugi_jax.report.registry discovers it).
+EXPERIMENT = {
+    "title": "End-to-end accuracy: perplexity per method and preset",
+    "section": "Numerics", "needs": "model", "in_quick": True, "est_s": 300, "order": 30,
+}
+
 CORPORA = ("sotu", "brown", "austen")
 #: (registry name, data artifact, the FFN's nonlinear function)
 FAMILIES = (("smollm2-135m", "smollm2", "silu"), ("gemma3-270m", "gemma3", "gelu_tanh"))

@@ -13,6 +13,12 @@ from pathlib import Path
 from mugi_jax.io import write_csv
 from mugi_jax.report.helpers import table
 
+#: The report's entry for this script (mugi_jax.report.registry discovers it).
+EXPERIMENT = {
+    "title": "Approximation error per method and function",
+    "section": "Numerics", "needs": "", "in_quick": True, "est_s": 30, "order": 20,
+}
+
 SHOWN = ("vlp_g256", "mugi_l_g256", "vlp_m4_g256", "vlp", "mugi_l", "vlp_m4", "pwl", "taylor", "exact_fp32")
 
 

@@ -15,6 +15,12 @@ import numpy as np
 from experiments import _costlib as cl
 from mugi_jax.report.helpers import figure, table
 
+#: The report's entry for this script (mugi_jax.report.registry discovers it).
+EXPERIMENT = {
+    "title": "Area and power breakdowns",
+    "section": "Cost", "needs": "", "in_quick": True, "est_s": 10, "order": 110,
+}
+
 
 def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
     from mugi_jax.hw import ARCH_NAMES, area_breakdown_mm2, leakage_breakdown_mw

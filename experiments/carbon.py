@@ -18,6 +18,12 @@ from mugi_jax.cost.published import CARBON_WORKLOAD
 from mugi_jax.report import compare
 from mugi_jax.report.helpers import figure, table
 
+#: The report's entry for this script (mugi_jax.report.registry discovers it).
+EXPERIMENT = {
+    "title": "Operational and embodied carbon",
+    "section": "Cost", "needs": "", "in_quick": True, "est_s": 30, "order": 120,
+}
+
 
 def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
     from mugi_jax.hw import ARCH_NAMES

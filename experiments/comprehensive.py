@@ -20,6 +20,12 @@ from mugi_jax.cost.published import CARBON_WORKLOAD, COMPREHENSIVE_TABLE
 from mugi_jax.report import compare
 from mugi_jax.report.helpers import figure, table
 
+#: The report's entry for this script (mugi_jax.report.registry discovers it).
+EXPERIMENT = {
+    "title": "Comprehensive table under the paper and realistic presets",
+    "section": "Cost", "needs": "", "in_quick": True, "est_s": 40, "order": 80,
+}
+
 KEYS = {"throughput Mugi-256x8 / SA-16": "llm_throughput_x",
         "energy efficiency (paper metric) Mugi / SIMD-16": "llm_energy_eff_x",
         "operational carbon SA-16 / Mugi (Llama-2-7B)": "operational_carbon_x",

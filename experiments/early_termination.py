@@ -17,6 +17,12 @@ from pathlib import Path
 
 from mugi_jax.report.helpers import figure, table
 
+#: The report's entry for this script (mugi_jax.report.registry discovers it).
+EXPERIMENT = {
+    "title": "Data-driven early-termination statistics",
+    "section": "Cost", "needs": "", "in_quick": True, "est_s": 20, "order": 130,
+}
+
 FULL_CYCLES = 8.0  # paper preset: every k-step takes the full 8 cycles
 
 

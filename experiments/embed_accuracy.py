@@ -23,6 +23,12 @@ import numpy as np
 
 from mugi_jax.report.helpers import corpus_or_none, figure, load_minilm, table
 
+#: The report's entry for this script (mugi_jax.report.registry discovers it).
+EXPERIMENT = {
+    "title": "Encoder accuracy: all-MiniLM-L6-v2 (erf-GELU) embeddings per preset",
+    "section": "Numerics", "needs": "model", "in_quick": True, "est_s": 200, "order": 40,
+}
+
 KS = (1, 5, 10)
 #: preset -> the method name used in the report's per-function tables
 METHODS = {"exact": "exact", "nonlinear-only": "vlp", "mugi-l": "mugi-l", "pwl": "pwl",

@@ -16,6 +16,12 @@ from experiments import _costlib as cl
 from mugi_jax.report import compare
 from mugi_jax.report.helpers import figure, table
 
+#: The report's entry for this script (mugi_jax.report.registry discovers it).
+EXPERIMENT = {
+    "title": "GEMM breakdown per layer type, design and model",
+    "section": "Cost", "needs": "", "in_quick": True, "est_s": 10, "order": 60,
+}
+
 MODELS = ("llama2-7b", "llama2-13b", "llama2-70b", "llama2-70b-gqa")
 DESIGNS = ("mugi-256x8", "carat-256x8", "sa-16", "sa-figna-16", "simd-16", "tensor-8x16x16", "mixpe-16")
 GEMM_CLASSES = ("projection", "attention", "ffn", "output")

@@ -15,6 +15,12 @@ import numpy as np
 from experiments import _costlib as cl
 from mugi_jax.report.helpers import figure, table
 
+#: The report's entry for this script (mugi_jax.report.registry discovers it).
+EXPERIMENT = {
+    "title": "End-to-end latency breakdown",
+    "section": "Cost", "needs": "", "in_quick": True, "est_s": 20, "order": 70,
+}
+
 
 def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
     from mugi_jax.cost.realistic import evaluate_realistic

@@ -13,6 +13,12 @@ from pathlib import Path
 from experiments import _costlib as cl
 from mugi_jax.report.helpers import figure, table
 
+#: The report's entry for this script (mugi_jax.report.registry discovers it).
+EXPERIMENT = {
+    "title": "Multi-node scaling",
+    "section": "Cost", "needs": "", "in_quick": True, "est_s": 10, "order": 100,
+}
+
 BASES = ("mugi-256x8", "carat-256x8", "sa-16", "simd-16")
 
 

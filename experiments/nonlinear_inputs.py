@@ -17,6 +17,12 @@ import numpy as np
 
 from mugi_jax.report.helpers import corpus_or_none, figure, load_smollm2, table
 
+#: The report's entry for this script (mugi_jax.report.registry discovers it).
+EXPERIMENT = {
+    "title": "Nonlinear input distributions (SmolLM2 exponent histograms)",
+    "section": "Numerics", "needs": "model", "in_quick": True, "est_s": 40, "order": 10,
+}
+
 EXP_LO, EXP_HI = -30, 8  # unbiased exponent range shown
 OP_PATH = {"softmax": "attn.softmax", "silu": "mlp.act"}  # captured op of each function
 

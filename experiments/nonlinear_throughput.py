@@ -17,6 +17,12 @@ from experiments import _costlib as cl
 from mugi_jax.report import compare
 from mugi_jax.report.helpers import figure, table
 
+#: The report's entry for this script (mugi_jax.report.registry discovers it).
+EXPERIMENT = {
+    "title": "Nonlinear throughput and efficiency per design and sequence length",
+    "section": "Cost", "needs": "", "in_quick": True, "est_s": 10, "order": 50,
+}
+
 DESIGNS = ("mugi-32x8", "mugi-64x8", "mugi-128x8", "mugi-256x8", "mugi-256x8-lut", "carat-256x8",
            "sa-16", "sa-pwl-16", "sa-taylor-16", "simd-16", "simd-64", "tensor-8x16x16")
 BASE = "sa-16"

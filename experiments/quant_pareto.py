@@ -39,6 +39,12 @@ from typing import Any
 
 from mugi_jax.report.helpers import corpus_or_none, figure, load_smollm2, table
 
+#: The report's entry for this script (mugi_jax.report.registry discovers it).
+EXPERIMENT = {
+    "title": "INT4 formats: SmolLM2 perplexity vs Mugi cycles and energy per token (Pareto)",
+    "section": "Cost", "needs": "model", "in_quick": False, "est_s": 900, "order": 135,
+}
+
 MODEL = "smollm2-135m"
 CORPORA = ("sotu", "brown", "austen")
 FORMATS = ("signmag", "int4", "asym")

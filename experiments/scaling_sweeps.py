@@ -13,6 +13,12 @@ from pathlib import Path
 from experiments import _costlib as cl
 from mugi_jax.report.helpers import figure, table
 
+#: The report's entry for this script (mugi_jax.report.registry discovers it).
+EXPERIMENT = {
+    "title": "Batch-size, sequence-length and GQA-group sweeps",
+    "section": "Cost", "needs": "", "in_quick": True, "est_s": 30, "order": 90,
+}
+
 
 def _sweep_rows(preset):
     from mugi_jax.workloads import BATCH_SIZES, GQA_KV_HEADS, SEQ_LENS

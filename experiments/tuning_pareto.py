@@ -19,6 +19,12 @@ from pathlib import Path
 
 from mugi_jax.report.helpers import load_smollm2
 
+#: The report's entry for this script (mugi_jax.report.registry discovers it).
+EXPERIMENT = {
+    "title": "Tuning: held-out perplexity vs hardware cost (Pareto)",
+    "section": "Tuning", "needs": "model", "in_quick": False, "est_s": 600, "order": 140,
+}
+
 
 def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
     from experiments import tuning

@@ -148,3 +148,34 @@ def test_rendered_report_is_deterministic(tmp_path):
     a = suite.render_report(tmp_path, quick=True).read_bytes()
     b = suite.render_report(tmp_path, quick=True).read_bytes()
     assert a == b and b"### area_power" in a and b"_Not available" in a
+
+
+def test_registry_discovers_scripts_by_their_record(tmp_path):
+    from mugi_jax.report.registry import discover, spec_of
+
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "__init__.py").write_text("")
+    (tmp_path / "experiments" / "_helper.py").write_text('EXPERIMENT = {"title": "x", "section": "y"}\n')
+    (tmp_path / "experiments" / "bench_x.py").write_text("def run(out_dir):\n    pass\n")
+    (tmp_path / "experiments" / "b.py").write_text(
+        'import math\n\nEXPERIMENT = {"title": "B", "section": "Cost", "order": 5}\n')
+    (tmp_path / "experiments" / "a.py").write_text(
+        'EXPERIMENT = {"title": "A", "section": "Cost", "in_quick": False, "order": 7}\n')
+    found = discover(tmp_path)
+    assert [e.name for e in found] == ["b", "a"]  # by order; helpers and unrecorded scripts skipped
+    assert found[1].title == "A" and not found[1].in_quick and found[0].est_s == 10.0
+    bad = tmp_path / "experiments" / "bad.py"
+    for text in ('EXPERIMENT = {"title": "t"}\n', 'EXPERIMENT = {"title": "t", "section": "s", "colour": 1}\n',
+                 'EXPERIMENT = dict(title="t", section="s")\n'):
+        bad.write_text(text)
+        with pytest.raises(ValueError, match="EXPERIMENT"):
+            spec_of(bad)
+
+
+def test_registry_matches_the_scripts():
+    """The report's experiments are exactly the scripts that declare a record."""
+    root = repo_root()
+    declared = sorted(p.stem for p in (root / "experiments").glob("*.py")
+                      if not p.name.startswith("_") and "\nEXPERIMENT = {" in p.read_text())
+    assert sorted(e.name for e in EXPERIMENTS) == declared
+    assert len({e.order for e in EXPERIMENTS}) == len(EXPERIMENTS)  # a definite report order

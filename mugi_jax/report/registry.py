@@ -1,6 +1,12 @@
 """The experiment registry and runner.
 
-Every result of the reproduction is one module ``experiments/NAME.py`` exposing
+Every result of the reproduction is one module ``experiments/NAME.py`` declaring its report
+entry as a module-level literal (the registry discovers the scripts by it; no list to edit)::
+
+    EXPERIMENT = {"title": "...", "section": "Cost", "needs": "", "in_quick": True,
+                  "est_s": 20, "order": 130}
+
+and exposing
 
     run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict
 
@@ -25,6 +31,7 @@ script as well as from ``python -m``.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib
 import json
@@ -45,31 +52,18 @@ class Unavailable(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
+    """One report entry, read from the ``EXPERIMENT`` record of ``experiments/NAME.py``."""
+
     name: str
     title: str
-    section: str
+    section: str  # the report's section heading ("Numerics", "Cost", "Tuning", ...)
     needs: str = ""  # "", "model" (SmolLM2) - informational
     in_quick: bool = True  # part of `report --quick`
     est_s: float = 10.0  # rough full-run seconds on 2 cores (progress weights)
+    order: float = 1000.0  # place in the report (ascending; ties by name)
 
 
-EXPERIMENTS: tuple[Experiment, ...] = (
-    Experiment("nonlinear_inputs", "Nonlinear input distributions (SmolLM2 exponent histograms)", "Numerics", "model", True, 40),
-    Experiment("approx_error", "Approximation error per method and function", "Numerics", "", True, 30),
-    Experiment("accuracy", "End-to-end accuracy: perplexity per method and preset", "Numerics", "model", True, 300),
-    Experiment("embed_accuracy", "Encoder accuracy: all-MiniLM-L6-v2 (erf-GELU) embeddings per preset", "Numerics", "model", True, 200),
-    Experiment("nonlinear_throughput", "Nonlinear throughput and efficiency per design and sequence length", "Cost", "", True, 10),
-    Experiment("gemm_breakdown", "GEMM breakdown per layer type, design and model", "Cost", "", True, 10),
-    Experiment("latency_breakdown", "End-to-end latency breakdown", "Cost", "", True, 20),
-    Experiment("comprehensive", "Comprehensive table under the paper and realistic presets", "Cost", "", True, 40),
-    Experiment("scaling_sweeps", "Batch-size, sequence-length and GQA-group sweeps", "Cost", "", True, 30),
-    Experiment("multinode", "Multi-node scaling", "Cost", "", True, 10),
-    Experiment("area_power", "Area and power breakdowns", "Cost", "", True, 10),
-    Experiment("carbon", "Operational and embodied carbon", "Cost", "", True, 30),
-    Experiment("early_termination", "Data-driven early-termination statistics", "Cost", "", True, 20),
-    Experiment("tuning_pareto", "Tuning: held-out perplexity vs hardware cost (Pareto)", "Tuning", "model", False, 600),
-)
-BY_NAME = {e.name: e for e in EXPERIMENTS}
+_FIELDS = {f.name for f in dataclasses.fields(Experiment)} - {"name"}
 
 
 def repo_root() -> Path | None:
@@ -82,6 +76,42 @@ def repo_root() -> Path | None:
         if (c / "experiments" / "__init__.py").exists():
             return c.resolve()
     return None
+
+
+def spec_of(path: Path) -> Experiment | None:
+    """The :class:`Experiment` a script declares as a module-level literal
+    ``EXPERIMENT = {"title": ..., "section": ..., ...}`` (keys: the fields of
+    :class:`Experiment` but ``name``, which is the file's stem), or None without one.  Read with
+    :mod:`ast` (nothing is imported), so listing the experiments costs no imports."""
+    tree = ast.parse(path.read_text(), str(path))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "EXPERIMENT"
+                                                for t in node.targets):
+            try:
+                record = ast.literal_eval(node.value)
+            except ValueError as err:
+                raise ValueError(f"{path}: EXPERIMENT must be a literal dict ({err})") from err
+            if not isinstance(record, dict) or set(record) - _FIELDS \
+                    or not {"title", "section"} <= set(record):
+                raise ValueError(f"{path}: EXPERIMENT must be a dict with title, section and "
+                                 f"optionally {', '.join(sorted(_FIELDS - {'title', 'section'}))}")
+            return Experiment(name=path.stem, **record)
+    return None
+
+
+def discover(root: Path | None = None) -> tuple[Experiment, ...]:
+    """Every ``experiments/*.py`` that declares an ``EXPERIMENT`` record, in report order."""
+    root = repo_root() if root is None else root
+    if root is None:
+        return ()
+    found = [spec_of(p) for p in sorted((root / "experiments").glob("*.py"))
+             if not p.name.startswith("_")]
+    return tuple(sorted((e for e in found if e is not None), key=lambda e: (e.order, e.name)))
+
+
+#: The report's experiments, discovered from the scripts (empty without a checkout).
+EXPERIMENTS: tuple[Experiment, ...] = discover()
+BY_NAME = {e.name: e for e in EXPERIMENTS}
 
 
 def load(name: str) -> ModuleType:
