@@ -79,9 +79,10 @@ def tune_cmd(
         _mesh.check_model(models.SMOLLM2_135M, device_mesh, mesh_fallback)
     check_data_dir()
     enable_compilation_cache()
-    # Without --json the pipeline logs each stage on stderr; with it, a spinner says it is working.
+    # The pipeline logs each stage and tuning step on stderr, with --json too (piped or not: the
+    # JSON object alone goes to stdout); on a terminal a spinner also shows the elapsed time.
     writer = _mesh.is_writer()
-    log = None if json_out or not writer else (lambda s: typer.echo(s, err=True))
+    log = (lambda s: typer.echo(s, err=True)) if writer else None
     try:
         with status(f"tuning {model} on {corpus} ({steps} steps; compiles first)",
                     enabled=json_out and writer), _mesh.using(device_mesh, mesh_fallback):

@@ -120,13 +120,16 @@ def run(model_name: str = "smollm2-135m", corpus: str = "sotu",
 
     log = log or (lambda s: None)
     t0 = time.perf_counter()
+    log(f"loading {model_name}")
     model, tok, _ = models.load(model_name)
     b = parse_budget(budget)
     sp = splits(tok, corpus, calib_tokens, heldout_tokens, heldout_start)
     cal, cached = cached_calibration(model, sp.calib, model_name, context, seed=seed)
     log(f"calibration: {'cache' if cached else 'captured'}")
+    log(f"tuning {steps} steps (the first step compiles)")
     res = tune(model, sp.calib, b, steps=steps, objective=objective, rounding=rounding,
                seed=seed, calibration=cal, context=context, log=log)
+    log("held-out perplexity of the tuned config (compiles its kernels)")
     tuned_evals = res.model_evals + 1  # the capture (cached or not, it is one model pass)
     out: dict[str, Any] = {
         "model": model_name, "corpus": corpus, "budget": b.describe(),
@@ -138,6 +141,7 @@ def run(model_name: str = "smollm2-135m", corpus: str = "sotu",
     }
     log(f"tuned held-out ppl {out['heldout_ppl']:.4f}")
     if grid:
+        log("uniform grid baseline")
         g = grid_search(model, sp.calib, b, context=context, log=log)
         out["grid_best_ppl"] = heldout_ppl(model, sp.heldout, g.configs, context)
         out["grid_model_evals"] = g.evals
