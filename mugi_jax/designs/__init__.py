@@ -16,11 +16,13 @@ them; nothing else in the package branches on the family.
 - :func:`datapath`: the numerics datapath (:mod:`mugi_jax.gemm`) computing what the design computes
   (``gemm.Mugi(rows, cols, adders_per_row)`` for a Mugi design: one description of the hardware).
 
-Adding a family: one module exporting ``FAMILY`` plus one line in :data:`FAMILIES` (and its test).
+Adding a family: one module exporting ``FAMILY`` (and its test); :data:`FAMILIES` discovers it.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -30,15 +32,29 @@ from mugi_jax.designs import mixpe as _mixpe
 from mugi_jax.designs import mugi as _mugi
 from mugi_jax.designs import simd as _simd
 from mugi_jax.designs import systolic as _systolic
-from mugi_jax.designs import tensor as _tensor
 from mugi_jax.designs._base import BASES, Charges, DesignFamily, Param, square_srams
 from mugi_jax.hw.arch import MESHES, Arch, Mesh
 
-#: Family name -> family, in the order of :data:`ARCH_NAMES`.
-FAMILIES: dict[str, DesignFamily] = {
-    f.name: f for f in (_mugi.FAMILY, _carat.FAMILY, _systolic.FAMILY, _simd.FAMILY, _tensor.FAMILY,
-                        _mixpe.FAMILY)
-}
+
+
+def _discover() -> dict[str, DesignFamily]:
+    """Every module of this package that exports ``FAMILY`` (a :class:`DesignFamily`), by
+    ``order``: adding a family is adding its module (and its test), nothing else."""
+    found = []
+    for info in pkgutil.iter_modules(__path__):
+        if info.name.startswith("_"):
+            continue
+        fam = getattr(importlib.import_module(f"{__name__}.{info.name}"), "FAMILY", None)
+        if isinstance(fam, DesignFamily):
+            found.append(fam)
+    names = [f.name for f in found]
+    if len(set(names)) != len(names):
+        raise AssertionError(f"two design families share a name: {sorted(names)}")
+    return {f.name: f for f in sorted(found, key=lambda f: (f.order, f.name))}
+
+
+#: Family name -> family, in the order of :data:`ARCH_NAMES` (discovered from the modules).
+FAMILIES: dict[str, DesignFamily] = _discover()
 _BUILTIN: dict[str, tuple[DesignFamily, dict[str, Any]]] = {
     name: (fam, dict(params)) for fam in FAMILIES.values() for name, params in fam.builtins.items()
 }

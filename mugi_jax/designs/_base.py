@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mugi_jax.hw.arch import Arch, Module, NonlinearUnit, attrs
-from mugi_jax.hw.memory import Sram
+from mugi_jax.hw.memory import Sram, memory_table
 
 Charges = dict[str, dict[str, float]]
 
@@ -68,11 +68,14 @@ class DesignFamily:
     params: tuple[Param, ...]
     build: Callable[[Mapping[str, Any]], Arch]
     charges: Callable[[Arch], Charges]
+    order: float = 1000.0  # place of its built-in designs in ARCH_NAMES (ascending; ties by name)
     builtins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # name -> params
     # fields whose value may be "auto": derived from the other fields (e.g. the SRAMs of a height)
     derive: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
     # the numerics datapath (mugi_jax.gemm) that computes what this hardware computes
     datapath: Callable[[Arch], Any] | None = None
+    # bounds between fields (ValueError naming the field and its allowed range)
+    check: Callable[[Mapping[str, Any]], None] | None = None
 
     def param(self, name: str) -> Param:
         for p in self.params:
@@ -103,6 +106,10 @@ class DesignFamily:
                 raise ValueError(f"{self.name} design: field(s) {', '.join(bad)} cannot be \"auto\"")
             for k in autos:
                 checked[k] = self.param(k).check(derived[k])
+        if all(f"{s}_width" in checked for s in SRAM_NAMES):
+            check_srams(checked)
+        if self.check is not None:
+            self.check(checked)
         return self.build({p.name: checked[p.name] for p in self.params})
 
     def auto_fields(self, params: Mapping[str, Any]) -> set[str]:
@@ -117,14 +124,49 @@ class DesignFamily:
 # Shared pieces
 # ---------------------------------------------------------------------------------------------
 
+def sram_pairs() -> tuple[tuple[int, int], ...]:
+    """The (width, depth) SRAM macros of 4 banks the CACTI table holds (the only ones the cost
+    models can price: data/cost/memory_cacti_32nm.csv, scripts/gen_memory_table.py)."""
+    return tuple(sorted((w, d) for kind, w, d, banks in memory_table()
+                        if kind == "sram" and banks == 4))
+
+
 def sram_params(prefix_doc: str = "") -> tuple[Param, ...]:
-    """Width and depth of the three SRAM macros (4 banks each; CACTI must hold the pair)."""
+    """Width and depth of the three SRAM macros (4 banks each; the pair must be in the CACTI
+    table, :func:`check_srams`)."""
+    pairs = sram_pairs()
+    widths = tuple(sorted({w for w, _ in pairs}))
+    depths = tuple(sorted({d for _, d in pairs}))
     out = []
     for s in SRAM_NAMES:
-        out.append(Param(f"{s}_width", f"{prefix_doc}{s} word width, bits (one access)",
-                         (64, 128, 256, 512, 1024, 2048)))
-        out.append(Param(f"{s}_depth", f"{s} words per bank (4 banks)", low=16, high=1 << 16))
+        out.append(Param(f"{s}_width", f"{prefix_doc}{s} word width, bits (one access)", widths))
+        out.append(Param(f"{s}_depth", f"{s} words per bank (4 banks)", depths))
     return tuple(out)
+
+
+def check_srams(params: Mapping[str, Any]) -> None:
+    """Each SRAM's (width, depth) must be a macro of the CACTI table."""
+    pairs = sram_pairs()
+    for s in SRAM_NAMES:
+        pair = (params[f"{s}_width"], params[f"{s}_depth"])
+        if pair not in pairs:
+            raise ValueError(
+                f"{s}_width = {pair[0]}, {s}_depth = {pair[1]}: allowed (width, depth) pairs are "
+                + ", ".join(f"{w} x {d}" for w, d in pairs)
+                + " (the SRAM macros of the CACTI table; add one with scripts/gen_memory_table.py)")
+
+
+def check_broadcast(p: Mapping[str, Any]) -> None:
+    """Column broadcast pipeline of an H-row VLP array: at most one register per 8 rows."""
+    check_at_most("broadcast_stages", p["broadcast_stages"], p["rows"] // 8,
+                  f"one pipeline register per 8 rows at most: rows = {p['rows']}")
+
+
+def check_at_most(name: str, value: int, high: int, why: str) -> None:
+    """A bound that depends on another field: ``value <= high`` or a ValueError naming the
+    field, the allowed range and why."""
+    if value > high:
+        raise ValueError(f"{name} = {value}: allowed values here are at most {high} ({why})")
 
 
 def srams_of(params: Mapping[str, Any]) -> tuple[Sram, Sram, Sram]:

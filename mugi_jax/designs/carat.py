@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from mugi_jax.designs._base import (
-    VECTOR_COLUMN_CYCLES, Charges, DesignFamily, Param, empty_charges, params_tuple, sram_params,
-    srams_of, vector_charges, vector_unit,
+    VECTOR_COLUMN_CYCLES, Charges, DesignFamily, Param, check_broadcast, empty_charges,
+    params_tuple, sram_params, srams_of, vector_charges, vector_unit,
 )
 from mugi_jax.designs.mugi import BROADCAST_HEIGHT, HEIGHTS, SWEEP_CYCLES, default_srams
 from mugi_jax.hw.arch import Arch, Module, attrs
@@ -24,8 +24,8 @@ from mugi_jax.hw.arch import Arch, Module, attrs
 PARAMS: tuple[Param, ...] = (
     Param("rows", "array height H: weight rows", HEIGHTS),
     Param("cols", "array width W: activation columns", (4, 8, 16, 32)),
-    Param("broadcast_stages", "pipeline stages down a column (fill/drain of the realistic preset)",
-          low=0, high=16),
+    Param("broadcast_stages", "pipeline stages down a column (fill/drain of the realistic preset; "
+          "at most one per 8 rows)", low=1, high=max(HEIGHTS) // 8),
     *sram_params(),
 )
 
@@ -112,7 +112,8 @@ def datapath(arch: Arch):
 
 
 FAMILY = DesignFamily(
-    name="carat", doc=__doc__.splitlines()[0], params=PARAMS, build=build, charges=charges,
-    derive=derive, datapath=datapath,
+    name="carat", doc=__doc__.splitlines()[0], order=20, params=PARAMS, build=build,
+    charges=charges,
+    derive=derive, datapath=datapath, check=check_broadcast,
     builtins={f"carat-{h}x8": params_for(h) for h in HEIGHTS},
 )

@@ -67,7 +67,8 @@ def datapath(arch: Arch):
 
 
 FAMILY = DesignFamily(
-    name="mixpe", doc=__doc__.splitlines()[0], params=PARAMS, build=build, charges=charges,
+    name="mixpe", doc=__doc__.splitlines()[0], order=60, params=PARAMS, build=build,
+    charges=charges,
     derive=square_derive, datapath=datapath,
     builtins={"mixpe-16": {"size": 16, **square_srams(16)}},
 )

@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from mugi_jax.designs._base import (
-    Charges, DesignFamily, Param, empty_charges, params_tuple, sram_params, sram_values, srams_of,
+    Charges, DesignFamily, Param, check_at_most, check_broadcast, empty_charges, params_tuple,
+    sram_params, sram_values, srams_of,
 )
 from mugi_jax.hw.arch import Arch, Module, attrs
 from mugi_jax.hw.memory import Sram
@@ -47,8 +48,8 @@ PARAMS: tuple[Param, ...] = (
     Param("variant", "nonlinear table: vlp (streamed from isram) or lut (physical, every 8 rows)",
           ("vlp", "lut")),
     Param("adders_per_row", "BF16 row adders per row (the paper: 1)", (1, 2, 4, 8)),
-    Param("broadcast_stages", "pipeline registers broadcasting counter / products down a column",
-          low=0, high=16),
+    Param("broadcast_stages", "pipeline registers broadcasting counter / products down a column "
+          "(at most one per 8 rows)", low=1, high=max(HEIGHTS) // 8),
     *sram_params(),
 )
 
@@ -152,6 +153,14 @@ def derive(p: Mapping[str, Any]) -> dict[str, Any]:
     return {"broadcast_stages": BROADCAST_HEIGHT[p["rows"]], **default_srams(p["rows"])}
 
 
+def check(p: Mapping[str, Any]) -> None:
+    """Bounds between fields: the broadcast pipeline (one register per 8 rows at most) and the
+    row adders (no more than the ``cols`` products a row receives per k-step)."""
+    check_broadcast(p)
+    check_at_most("adders_per_row", p["adders_per_row"], p["cols"],
+                  f"no more adders than the products a row gets per k-step: cols = {p['cols']}")
+
+
 def datapath(arch: Arch):
     """The numerics datapath: ``gemm.Mugi`` with this array's rows, columns and row adders
     (3-bit magnitude sweep; the numerics' default accumulator)."""
@@ -161,7 +170,8 @@ def datapath(arch: Arch):
 
 
 FAMILY = DesignFamily(
-    name="mugi", doc=__doc__.splitlines()[0], params=PARAMS, build=build, charges=charges,
-    derive=derive, datapath=datapath,
+    name="mugi", doc=__doc__.splitlines()[0], order=10, params=PARAMS, build=build,
+    charges=charges,
+    derive=derive, datapath=datapath, check=check,
     builtins={f"mugi-{h}x8": params_for(h) for h in HEIGHTS},
 )

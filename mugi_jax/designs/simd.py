@@ -70,7 +70,8 @@ def datapath(arch: Arch):
 
 
 FAMILY = DesignFamily(
-    name="simd", doc=__doc__.splitlines()[0], params=PARAMS, build=build, charges=charges,
+    name="simd", doc=__doc__.splitlines()[0], order=40, params=PARAMS, build=build,
+    charges=charges,
     derive=square_derive, datapath=datapath,
     builtins={"simd-16": params_for(16), "simd-figna-16": params_for(16, "figna"),
               "simd-64": params_for(64)},

@@ -89,7 +89,8 @@ def datapath(arch: Arch):
 
 
 FAMILY = DesignFamily(
-    name="systolic", doc=__doc__.splitlines()[0], params=PARAMS, build=build, charges=charges,
+    name="systolic", doc=__doc__.splitlines()[0], order=30, params=PARAMS, build=build,
+    charges=charges,
     derive=square_derive, datapath=datapath,
     builtins={**{f"sa-{n}": params_for(n) for n in SIZES},
               **{f"sa-{v}-16": params_for(16, v) for v in ("figna", "pwl", "taylor")}},

@@ -66,7 +66,8 @@ def datapath(arch: Arch):
 
 
 FAMILY = DesignFamily(
-    name="tensor", doc=__doc__.splitlines()[0], params=PARAMS, build=build, charges=charges,
+    name="tensor", doc=__doc__.splitlines()[0], order=50, params=PARAMS, build=build,
+    charges=charges,
     datapath=datapath,
     builtins={"tensor-8x16x16": {"m": 8, "k": 16, "n": 16,
                                  **{f"{s}_{f}": v for s in ("isram", "wsram", "osram")

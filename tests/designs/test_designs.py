@@ -49,8 +49,11 @@ def test_changing_one_field_gives_the_built_in_with_that_parameter(tmp_path):
     ("rows", "100", r"rows = 100: allowed values are 32, 64, 128, 256"),
     ("cols", '"wide"', r"cols = 'wide': allowed values are 4, 8, 16, 32"),
     ("adders_per_row", "3", r"adders_per_row = 3: allowed values are 1, 2, 4, 8"),
-    ("broadcast_stages", "99", r"broadcast_stages = 99: allowed values are integers 0..16"),
-    ("osram_depth", "true", r"osram_depth = True: allowed values are integers 16..65536"),
+    ("broadcast_stages", "99", r"broadcast_stages = 99: allowed values are integers 1..32"),
+    ("osram_depth", "true", r"osram_depth = True: allowed values are 128, 256, 512, 1024"),
+    ("osram_depth", "1024", r"osram_width = 512, osram_depth = 1024: allowed \(width, depth\) "
+                            r"pairs are 128 x 1024, 256 x 512, 512 x 256, 1024 x 128, 2048 x 512"),
+    ("isram_width", "64", r"isram_width = 64: allowed values are 128, 256, 512, 1024, 2048"),
     ("rows", '"auto"', r"rows cannot be \"auto\""),
     ("nodes", '"3x3"', r"nodes = '3x3': allowed values are 1x1"),
     ("family", '"gpu"', r"family = 'gpu': allowed values are mugi, carat"),
@@ -59,6 +62,23 @@ def test_bad_fields_are_named_with_their_allowed_values(tmp_path, field, value, 
     text = _edit(design_file(get_arch("mugi-256x8")), field, value)
     with pytest.raises(ValueError, match=match):
         load_design(_write(tmp_path, text))
+
+
+def test_bounds_between_fields(tmp_path):
+    """Ranges that depend on another field name both: a 32-row column holds at most 4 broadcast
+    registers, a row no more adders than its cols products per k-step."""
+    small = design_file(get_arch("mugi-32x8"))
+    with pytest.raises(ValueError, match=r"broadcast_stages = 5: allowed values here are at most 4 "
+                                         r"\(.*rows = 32\)"):
+        load_design(_write(tmp_path, _edit(small, "broadcast_stages", "5")))
+    narrow = _edit(design_file(get_arch("mugi-256x8")), "cols", "4")
+    with pytest.raises(ValueError, match=r"adders_per_row = 8: allowed values here are at most 4 "
+                                         r"\(.*cols = 4\)"):
+        load_design(_write(tmp_path, _edit(narrow, "adders_per_row", "8")))
+    assert load_design(_write(tmp_path, _edit(narrow, "adders_per_row", "4"))).adders_per_row == 4
+    carat = design_file(get_arch("carat-64x8"))
+    with pytest.raises(ValueError, match=r"broadcast_stages = 9: allowed values here are at most 8"):
+        load_design(_write(tmp_path, _edit(carat, "broadcast_stages", "9")))
 
 
 def test_unknown_and_missing_fields(tmp_path):
@@ -125,3 +145,46 @@ def test_each_design_names_its_numerics_datapath(tmp_path):
     assert datapath(get_arch("tensor-8x16x16")) == gemm.SystolicMAC(tree_width=16)
     for name in ARCH_NAMES:
         assert isinstance(datapath(get_arch(name)), gemm.DATAPATHS), name
+
+
+TOY_FAMILY = '''
+"""Toy: a systolic array under another family name (test of family discovery)."""
+import dataclasses
+import importlib
+
+from mugi_jax.designs._base import DesignFamily, Param, square_derive, square_srams
+
+_s = importlib.import_module("mugi_jax.designs.systolic")  # the name systolic is its builder
+PARAMS = (Param("size", "array rows = columns n", (8, 16)),
+          *(p for p in _s.PARAMS if p.name.endswith(("_width", "_depth"))))
+
+
+def build(p):
+    arch = _s.build({**p, "variant": "mac"})
+    return dataclasses.replace(arch, name=f"toy-{p['size']}", family="toy", params=tuple(p.items()))
+
+
+FAMILY = DesignFamily(name="toy", doc="toy", order=35, params=PARAMS, build=build,
+                      charges=_s.charges, derive=square_derive,
+                      builtins={"toy-8": {"size": 8, **square_srams(8)}})
+'''
+
+
+def test_a_family_is_one_module(tmp_path, monkeypatch):
+    """A module exporting FAMILY is discovered (in its order), writes and reads its design file,
+    and the cost models evaluate it with nothing else edited: the same hardware as SA-8 costs the
+    same."""
+    from mugi_jax import designs
+    from mugi_jax.cost import evaluate
+    from mugi_jax.workloads import Workload, get_model
+
+    (tmp_path / "toy.py").write_text(TOY_FAMILY)
+    monkeypatch.setattr(designs, "__path__", [*designs.__path__, str(tmp_path)])
+    families = designs._discover()
+    assert list(families) == ["mugi", "carat", "systolic", "toy", "simd", "tensor", "mixpe"]
+    monkeypatch.setattr(designs, "FAMILIES", families)
+    toy = families["toy"].make(families["toy"].builtins["toy-8"])
+    assert load_design(_write(tmp_path, design_file(toy))) == toy
+    w = Workload(get_model("llama2-7b"), 8, 128)
+    a, b = evaluate(toy, w), evaluate(get_arch("sa-8"), w)
+    assert float(a.energy_j) == float(b.energy_j) and float(a.throughput_gflops) == float(b.throughput_gflops)
