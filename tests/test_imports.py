@@ -80,3 +80,13 @@ def test_no_lazy_import_cycle_in_the_numerics_stack():
 
 def test_numerics_has_no_importlib():
     assert "importlib" not in (PKG / "numerics.py").read_text(encoding="utf-8")
+
+
+def test_cost_models_import_without_a_cycle():
+    """presets -> realistic -> conventions, lazily too (realistic used to import presets back
+    inside a function for its default model)."""
+    graph = _without_parent_packages(_graph(lazy=True))
+    models = ("mugi_jax.cost.presets", "mugi_jax.cost.realistic", "mugi_jax.cost.conventions")
+    sub = {m: {e for e in es if e in models} for m, es in graph.items() if m in models}
+    assert "mugi_jax.cost.presets" not in sub["mugi_jax.cost.realistic"]
+    _check_acyclic(sub)

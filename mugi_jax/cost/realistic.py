@@ -80,15 +80,16 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from mugi_jax.cost import early_termination as et
-from mugi_jax.cost.memory import MemorySystem, get_memory
+from mugi_jax.cost.conventions import Preset
+from mugi_jax.cost.memory import MEMORY_SYSTEMS, MemorySystem, get_memory
 from mugi_jax.cost.model import ArchParams, arch_params, gemm_row_costs, nonlinear_row_costs
-from mugi_jax.cost.presets import Preset
 from mugi_jax.cost.report import Report, derive_report
 from mugi_jax.cost.systolic import check_dataflow
 from mugi_jax.hw.arch import CYCLE_MODELS, Arch
-from mugi_jax.hw.components import component_figures
+from mugi_jax.hw.components import MissingAttribute, component_figures
 from mugi_jax.workloads import (
-    ATTENTION, GEMM, NONLINEAR, OUTPUT, SOFTMAX, Workload, attention_shapes, layer_gemms,
+    ATTENTION, GEMM, NONLINEAR, OUTPUT, SOFTMAX, DecodeConvention, Workload, attention_shapes,
+    layer_gemms,
 )
 
 VECTOR = 10  # op kind local to this preset: elementwise work on the vector unit
@@ -566,8 +567,6 @@ def evaluate_realistic(arch: Arch, workload: Workload, cfg: RealisticConfig | No
                        preset: Preset | None = None) -> tuple[Report, RealisticExtras]:
     """Realistic-preset cost of ``workload`` on ``arch``: the :class:`Report` (paper metrics;
     energy includes DRAM when ``cfg.include_dram_energy``) and :class:`RealisticExtras`."""
-    from mugi_jax.cost.presets import REALISTIC
-
     cfg = cfg or RealisticConfig()
     preset = preset or REALISTIC
     table = realistic_op_table(workload, arch, cfg.causal, cfg)
@@ -656,3 +655,53 @@ def gemm_cost(arch: Arch, m: int, k: int, n: int, dataflow: str | None = None, b
         "dynamic_energy_j": dyn_j, "dram_energy_j": dram_j, "leakage_energy_j": leak_w * r["cycles"] / f,
         "energy_j": dyn_j + dram_j + leak_w * r["cycles"] / f, "flops": r["flops"],
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# the cost model object
+
+
+@dataclass(frozen=True)
+class RealisticModel(Preset):
+    """The corrected model (:mod:`mugi_jax.cost.realistic`) with its knobs: off-chip ``memory``,
+    Mugi ``adders_per_row`` (None: the design's), data-driven ``early_termination``, systolic
+    ``dataflow``, quantization ``group_size``, ``causal`` prefill attention, and whether the
+    report's energy (and every paper metric) ``include_dram_energy``."""
+
+    name: str = "realistic"
+    missing_attribute: MissingAttribute = "reference"
+    decode: DecodeConvention = DecodeConvention(linear_decode_steps=None, lm_head_decode_steps=None)
+    include_dram_energy: bool = True
+    memory: MemorySystem = MEMORY_SYSTEMS["ddr4"]
+    adders_per_row: int | None = None
+    early_termination: bool = True
+    dataflow: str = "os"
+    group_size: int = 128
+    causal: bool = True
+
+    @property
+    def config(self) -> RealisticConfig:
+        """The :class:`RealisticConfig` of these knobs."""
+        return RealisticConfig(memory=self.memory, early_termination=self.early_termination,
+                               adders_per_row=self.adders_per_row, dataflow=self.dataflow,
+                               group_size=self.group_size, causal=self.causal,
+                               include_dram_energy=self.include_dram_energy)
+
+    def evaluate(self, design, workload):
+        """The :class:`~mugi_jax.cost.report.Report` with ``extras`` (TTFT, TPOT, DRAM, ...)."""
+        return evaluate_realistic(design, workload, self.config, self)[0]
+
+    def sweep(self, designs, workloads):
+        from mugi_jax.cost import stack_reports
+        cfg = self.config
+        reps = [evaluate_realistic(a, w, cfg, self)[0] for a in designs for w in workloads]
+        return stack_reports(reps, (len(designs), len(workloads)))
+
+    def gemm(self, design, m: int, k: int, n: int, batch: int = 1, role: str = "proj_q") -> dict:
+        """One GEMM under the realistic model (:func:`mugi_jax.cost.realistic.gemm_cost`)."""
+        return gemm_cost(design, m, k, n, self.dataflow, batch, role, self.config)
+
+
+# Corrected conventions (issue 6): every op runs seq_len - prefill_len decode steps, the LM head
+# every step, DRAM energy included, components' missing attributes at their reference value.
+REALISTIC = RealisticModel()
