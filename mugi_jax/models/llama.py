@@ -34,7 +34,7 @@ from mugi_jax import numerics
 from mugi_jax.models.config import DecoderConfig
 
 __all__ = ["Llama", "Decoder", "Cache", "RMSNorm", "Linear", "rope", "rope_frequencies", "forward",
-           "prepare", "numerics_at", "OP_PATHS", "OP_KINDS"]
+           "prepare", "numerics_at", "OP_PATHS", "OP_KINDS", "LayerStack", "scan_layout"]
 
 #: The numerics-dependent ops of one decoder layer, relative to ``layers.{i}.`` (plus
 #: ``lm_head``).
@@ -57,6 +57,65 @@ def numerics_at(policy: numerics.Policy, path: str) -> numerics.LayerNumerics:
     if parts[0] == "layers":
         return policy.layer(int(parts[1]))
     return policy.lm_head()
+
+
+def _same_impl(a: Any, b: Any) -> bool:
+    """Whether two resolved implementations are the same one: the same pytree structure (static
+    configuration included) with the very same leaves (tunable arrays, or tracers of them)."""
+    leaves_a, tree_a = jax.tree_util.tree_flatten(a)
+    leaves_b, tree_b = jax.tree_util.tree_flatten(b)
+    return tree_a == tree_b and all(x is y for x, y in zip(leaves_a, leaves_b))
+
+
+def scan_layout(config: DecoderConfig, policy: numerics.Policy) -> tuple[int, int, int] | None:
+    """``(head, period, groups)`` when the decoder's layers can run as one ``lax.scan``: the
+    first ``head`` layers unrolled, then ``groups`` groups of ``period`` consecutive layers
+    scanned, then the rest unrolled; ``None``: every layer unrolled.
+
+    Scanned layers ``i`` and ``i + period`` must have the same static attention configuration
+    (sliding window, RoPE base and scaling: Gemma 3 repeats 5 sliding layers and 1 global one,
+    so ``period = 6``) and every op of every layer must resolve to the very same implementation
+    (a rule that targets one layer, or an activation capture, which records per op path, keeps
+    the unrolled loop).  At least two groups are needed.
+
+    With an embedding scale (Gemma), the first layer stays unrolled: XLA on CPU contracts the
+    scaling and that layer's residual add into one FMA when they are compiled together, which
+    a scan's carry (a buffer) would prevent, and the results would differ by an ulp."""
+    n = config.n_layers
+    head = 1 if config.embed_scale != 1.0 else 0
+    sig = [(config.window(i), config.layer_rope(i)) for i in range(head, n)]
+    period = next(p for p in range(1, len(sig) + 1)
+                  if all(sig[i] == sig[i % p] for i in range(len(sig))))
+    if len(sig) // period < 2:
+        return None
+    first = [policy.op(f"layers.0.{op}", OP_KINDS[op]) for op in OP_PATHS]
+    for i in range(1, n):
+        for op, impl in zip(OP_PATHS, first):
+            if not _same_impl(policy.op(f"layers.{i}.{op}", OP_KINDS[op]), impl):
+                return None
+    return head, period, len(sig) // period
+
+
+class LayerStack:
+    """The decoder layers as ``lax.scan`` runs them (:func:`scan_layout`): the ``head`` layers
+    unrolled, ``groups`` groups of ``period`` layers whose weights of position ``j`` are stacked
+    on a leading axis (``states[j]``, run with the graph of the group's first layer ``j``), and
+    the ``tail`` layers unrolled.
+
+    Built inside the jitted forward pass (:meth:`Llama.layer_stack`): the stacking copies the
+    layers' weights once per call, small next to a prefill or a perplexity batch."""
+
+    def __init__(self, layers: Any, head: int, period: int, groups: int) -> None:
+        self.period, self.groups = period, groups
+        self.head = tuple(layers[:head])
+        first = head  # index of the first scanned layer
+        self.first = first
+        self.graphdefs = tuple(nnx.graphdef(layers[first + j]) for j in range(period))
+        self.states = tuple(
+            jax.tree_util.tree_map(lambda *xs: jnp.stack(xs),
+                                   *[nnx.state(layers[first + g * period + j]) for g in range(groups)])
+            for j in range(period))
+        self.tail = tuple(layers[first + groups * period:])
 
 
 @struct.dataclass
@@ -285,6 +344,10 @@ class Llama(nnx.Module):
       valid: ``(batch, T)`` bool, False for padding (default: all valid).
       positions: ``(batch, T)`` RoPE positions (default: the count of valid tokens before each
         token in its row, including those already in the cache).
+      scan: run the layers as one ``lax.scan`` when :func:`scan_layout` allows and ``T > 1``
+        (prefill, perplexity windows: the compiled program holds one group of layers instead of
+        all of them, so it compiles several times faster, with the same results bit for bit);
+        ``False``: the unrolled loop.  One-token decode steps always run unrolled.
     """
 
     def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs | None = None) -> None:
@@ -302,9 +365,70 @@ class Llama(nnx.Module):
         return tuple((f"layers.{i}.{op}", OP_KINDS[op]) for i in range(self.config.n_layers)
                      for op in OP_PATHS) + (("lm_head", numerics.LINEAR),)
 
+    def layer_stack(self, policy: numerics.Policy) -> LayerStack | None:
+        """The layers stacked for ``lax.scan`` (:class:`LayerStack`), or ``None`` when they must
+        run unrolled (:func:`scan_layout`)."""
+        layout = scan_layout(self.config, policy)
+        if layout is None:
+            return None
+        head, period, groups = layout
+        structure = [jax.tree_util.tree_structure(nnx.state(b)) for b in self.layers]
+        if any(structure[i] != structure[head + (i - head) % period]
+               for i in range(head, head + groups * period)):
+            return None  # e.g. one layer's kernel prepared differently
+        return LayerStack(self.layers, head, period, groups)
+
+    def _scan_layers(self, stack: LayerStack, x: Array, positions: Array, q_slots: Array,
+                     policy: numerics.Policy, cache: Cache | None, cvalid: Array | None,
+                     valid: Array) -> tuple[Array, Array | None, Array | None]:
+        """Run the layers as :class:`LayerStack` says: the head unrolled, one ``lax.scan`` over
+        the groups (the traced program holds ``period`` layers, not ``n_layers``), the tail
+        unrolled.  Every layer computes exactly what the unrolled loop computes (same ops, same
+        order)."""
+        p, g, first = stack.period, stack.groups, stack.first
+        end = first + g * p
+        new_k: list[Array] = []
+        new_v: list[Array] = []
+
+        def unrolled(x: Array, blocks: tuple[Any, ...], start: int) -> Array:
+            for i, block in enumerate(blocks, start=start):
+                kv = None if cache is None else (cache.k[i], cache.v[i], cvalid)
+                x, nkv = block(x, positions, q_slots, policy, kv, valid)
+                if nkv is not None:
+                    new_k.append(nkv[0][None])
+                    new_v.append(nkv[1][None])
+            return x
+
+        def group(x: Array, xs: Any) -> tuple[Array, Any]:
+            states, kv = xs
+            out_k, out_v = [], []
+            for j in range(p):
+                block = nnx.merge(stack.graphdefs[j], states[j])
+                layer_kv = None if kv is None else (kv[0][j], kv[1][j], cvalid)
+                x, nkv = block(x, positions, q_slots, policy, layer_kv, valid)
+                if nkv is not None:
+                    out_k.append(nkv[0])
+                    out_v.append(nkv[1])
+            return x, (None if kv is None else (jnp.stack(out_k), jnp.stack(out_v)))
+
+        x = unrolled(x, stack.head, 0)
+        kv_xs = None
+        if cache is not None:
+            per_group = lambda a: a[first:end].reshape(g, p, *a.shape[1:])  # noqa: E731
+            kv_xs = (per_group(cache.k), per_group(cache.v))
+        x, scanned_kv = jax.lax.scan(group, x, (stack.states, kv_xs))
+        if cache is not None:
+            new_k.append(scanned_kv[0].reshape(g * p, *scanned_kv[0].shape[2:]))
+            new_v.append(scanned_kv[1].reshape(g * p, *scanned_kv[1].shape[2:]))
+        x = unrolled(x, stack.tail, end)
+        if cache is None:
+            return x, None, None
+        return x, jnp.concatenate(new_k), jnp.concatenate(new_v)
+
     def __call__(self, tokens: Int[Array, "B T"], policy: numerics.Policy = numerics.EXACT, *,
                  cache: Cache | None = None, valid: Bool[Array, "B T"] | None = None,
-                 positions: Int[Array, "B T"] | None = None) -> tuple[Float[Array, "B T V"], Cache | None]:
+                 positions: Int[Array, "B T"] | None = None,
+                 scan: bool = True) -> tuple[Float[Array, "B T V"], Cache | None]:
         cfg = self.config
         tokens = jnp.asarray(tokens, jnp.int32)
         b, t = tokens.shape
@@ -319,13 +443,22 @@ class Llama(nnx.Module):
         x = jnp.take(self.embed[...], tokens, axis=0)
         if cfg.embed_scale != 1.0:
             x = x * jnp.float32(cfg.embed_scale)
-        new_k, new_v = [], []
-        for i, block in enumerate(self.layers):
-            kv = None if cache is None else (cache.k[i], cache.v[i], cvalid)
-            x, nkv = block(x, positions, q_slots, policy, kv, valid)
-            if nkv is not None:
-                new_k.append(nkv[0])
-                new_v.append(nkv[1])
+        # one-token steps (decode) stay unrolled: a scan slices each layer's weights out of the
+        # stack, a copy that doubled the time of a memory-bound batch-1 step on CPU
+        stack = self.layer_stack(policy) if scan and t > 1 else None
+        if stack is None:
+            new_k, new_v = [], []
+            for i, block in enumerate(self.layers):
+                kv = None if cache is None else (cache.k[i], cache.v[i], cvalid)
+                x, nkv = block(x, positions, q_slots, policy, kv, valid)
+                if nkv is not None:
+                    new_k.append(nkv[0])
+                    new_v.append(nkv[1])
+            if cache is not None:
+                new_k, new_v = jnp.stack(new_k), jnp.stack(new_v)
+        else:
+            x, new_k, new_v = self._scan_layers(stack, x, positions, q_slots, policy, cache,
+                                                cvalid if cache is not None else None, valid)
         x = self.final_norm(x)
         if self.lm_head is not None:
             logits = self.lm_head(x, policy)
@@ -333,8 +466,7 @@ class Llama(nnx.Module):
             logits = policy.op("lm_head", numerics.LINEAR).matmul(x, self.embed[...].T)
         new_cache = None
         if cache is not None:
-            new_cache = Cache(k=jnp.stack(new_k), v=jnp.stack(new_v), valid=cvalid,
-                              index=cache.index + t)
+            new_cache = Cache(k=new_k, v=new_v, valid=cvalid, index=cache.index + t)
         return logits, new_cache
 
 
