@@ -321,14 +321,16 @@ def realistic_params(arch: Arch, workload: Workload, cfg: RealisticConfig) -> tu
     W, H = arch.width, arch.height
     a = arch.adders_per_row if cfg.adders_per_row is None else cfg.adders_per_row
     leak_w, area = float(base.leakage_w), float(base.area_mm2)
-    mugi = arch.family == "mugi"  # the sweep length follows the INT4 format on Mugi only
+    # the sweep length follows the INT4 format on an array that sweeps the weight codes (Mugi:
+    # the design record says so; nothing branches on the family name)
+    sweeps_codes = arch.data_driven_cycles
     sweep = {r: SWEEP_CYCLES[cfg.kv_scheme if r in KV_ROLES else cfg.weight_scheme] for r in ROLES}
     measured = dict(cfg.cycles_per_kstep)
 
     def role_cycles(r: str) -> float:
         if r in measured:
             return float(measured[r])
-        if not mugi or sweep[r] == arch.cycles_per_step:
+        if not sweeps_codes or sweep[r] == arch.cycles_per_step:
             return et.role_cycles_per_kstep(r, H, a, W, cfg.early_termination)
         # no code statistics for this format: the full sweep (or the adder bound)
         return float(max(sweep[r], et.adder_bound(W, a)))
@@ -361,9 +363,9 @@ def realistic_params(arch: Arch, workload: Workload, cfg: RealisticConfig) -> tu
         dram_bits_per_cycle=mem.bits_per_cycle(arch.frequency_mhz * 1e6),
         e_dram_r=mem.read_energy_pj_per_bit, e_dram_w=mem.write_energy_pj_per_bit,
         group=float(cfg.group_size),
-        e_mac_cycle=_mac_energy_per_cycle(arch) if mugi else 0.0,
-        w_long=float(mugi and SWEEP_CYCLES[cfg.weight_scheme] > arch.cycles_per_step),
-        kv_long=float(mugi and SWEEP_CYCLES[cfg.kv_scheme] > arch.cycles_per_step),
+        e_mac_cycle=_mac_energy_per_cycle(arch) if sweeps_codes else 0.0,
+        w_long=float(sweeps_codes and SWEEP_CYCLES[cfg.weight_scheme] > arch.cycles_per_step),
+        kv_long=float(sweeps_codes and SWEEP_CYCLES[cfg.kv_scheme] > arch.cycles_per_step),
         w_asym=float(cfg.weight_scheme == "asym"), kv_asym=float(cfg.kv_scheme == "asym"),
         kivi=float(cfg.kv_layout == "kivi"), key_group=float(cfg.kv_key_group),
         lm_bf16=float(cfg.lm_head == "bf16"),
