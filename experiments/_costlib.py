@@ -57,6 +57,19 @@ def scalar_rows(rep, names, wl_labels, preset: str, extra=None):
     return rows
 
 
+def paper_and_realistic(row_fn, quick: bool):
+    """Rows of the headline workload under both presets: every built-in design under the paper
+    preset, every one (quick: the headline designs) under the realistic one.  ``row_fn`` is
+    :func:`scalar_rows` or :func:`class_rows`.  Returns ``(rows, names, realistic_names)``."""
+    from mugi_jax.hw import ARCH_NAMES
+
+    names = list(ARCH_NAMES)
+    real_names = list(HEAD_DESIGNS) if quick else names
+    rows = row_fn(sweep(names, [workload()], "paper"), names, [HEAD_MODEL], "paper")
+    rows += row_fn(sweep(real_names, [workload()], "realistic"), real_names, [HEAD_MODEL], "realistic")
+    return rows, names, real_names
+
+
 def class_rows(rep, names, wl_labels, preset: str):
     """One row per (design, workload, op class) from the breakdown."""
     b = rep.breakdown

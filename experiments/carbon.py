@@ -26,13 +26,8 @@ EXPERIMENT = {
 
 
 def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
-    from mugi_jax.hw import ARCH_NAMES
-
     out_dir = Path(out_dir)
-    names = list(ARCH_NAMES)
-    real_names = list(cl.HEAD_DESIGNS) if quick else names
-    rows = cl.scalar_rows(cl.sweep(names, [cl.workload()], "paper"), names, [cl.HEAD_MODEL], "paper")
-    rows += cl.scalar_rows(cl.sweep(real_names, [cl.workload()], "realistic"), real_names, [cl.HEAD_MODEL], "realistic")
+    rows, names, real_names = cl.paper_and_realistic(cl.scalar_rows, quick)
     keep = ("design", "preset", "operational_carbon_g", "embodied_carbon_g", "energy_j", "execution_time_s", "area_mm2")
     rows = [{k: r[k] for k in keep} | {"total_carbon_g": r["operational_carbon_g"] + r["embodied_carbon_g"]} for r in rows]
     tables = [table(out_dir, "carbon.csv", rows, "Operational and embodied carbon (Llama-2-70B-GQA, b8, s4096)")]

@@ -24,13 +24,8 @@ EXPERIMENT = {
 
 def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
     from mugi_jax.cost.realistic import evaluate_realistic
-    from mugi_jax.hw import ARCH_NAMES
-
     out_dir = Path(out_dir)
-    names = list(ARCH_NAMES)
-    real_names = list(cl.HEAD_DESIGNS) if quick else names
-    rows = cl.class_rows(cl.sweep(names, [cl.workload()], "paper"), names, [cl.HEAD_MODEL], "paper")
-    rows += cl.class_rows(cl.sweep(real_names, [cl.workload()], "realistic"), real_names, [cl.HEAD_MODEL], "realistic")
+    rows, names, real_names = cl.paper_and_realistic(cl.class_rows, quick)
     ext = []
     for a, n in zip(cl.archs(real_names), real_names):
         _, x = evaluate_realistic(a, cl.workload())
