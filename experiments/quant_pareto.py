@@ -11,7 +11,7 @@ inputs use g64 where g128 is asked, docs/models.md), method (``rtn``, ``clip``, 
 layout (``kivi``: keys per channel in groups of 32 tokens, values per token, the newest 32 tokens
 in BF16; ``per_token``), plus the LM head (``bf16``, as the presets, or ``int4`` like the
 projections, round to nearest).  Every configuration is :func:`mugi_jax.numerics.mugi_policy`
-(VLP nonlinear units).
+(VLP nonlinear units with the model family's windows, as the presets).
 
 Perplexity: :func:`mugi_jax.eval.perplexity`, the first ``max_tokens`` tokens of each corpus,
 context 512.  Cost: the ``realistic`` cost model (:mod:`mugi_jax.cost.realistic`, its INT4-format
@@ -197,7 +197,8 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, full: bool = False,
     rows: list[dict] = []
     for (fmt, group, method, kv, head), wdir in configs:
         t0 = time.perf_counter()
-        policy = numerics.mugi_policy(fmt, group, method, kv, lm_head=head)
+        policy = numerics.mugi_policy(fmt, group, method, kv, lm_head=head,
+                                      family=numerics.family_of(model))
         qmodel, spec = quantize.weights_for(model, tok, MODEL, policy, weights_dir=wdir)
         row: dict[str, Any] = {"config": label(fmt, group, method, kv, head) + (" (--weights)" if wdir else ""),
                                "format": fmt, "group": group, "method": method, "kv": kv, "head": head}
