@@ -20,9 +20,20 @@ from typing import Optional
 import typer
 
 from mugi_jax.cli import _mesh
-from mugi_jax.cli._common import (OVERRIDE_HELP, CliError, app, check_data_dir, check_float,
+from mugi_jax.cli._common import (OVERRIDE_HELP, CliError, app, check_choice, check_data_dir,
+                                  check_float,
                                   check_int, enable_compilation_cache, model_policy, numerics_policy,
                                   print_json, status)
+
+#: ``--weight-residency`` values (mugi_jax.models.llama.RESIDENCIES, not imported: the CLI starts
+#: without JAX).
+RESIDENCIES = ("prepared", "bf16", "int4")
+
+
+def _has_int4_weights(policy: object) -> bool:
+    """Whether ``policy``'s decoder projections run on INT4 weights (``--weight-residency int4``)."""
+    return getattr(policy.op("layers.0.mlp.down_proj", "linear"), "weight_scheme", None) is not None
+
 
 #: Upper bounds that keep a request within what fits in memory on one host.
 MAX_BATCH = 1024
@@ -192,6 +203,11 @@ def generate(
     mesh: Optional[str] = _mesh.MESH_OPTION,
     mesh_fallback: bool = _mesh.FALLBACK_OPTION,
     distributed: bool = _mesh.DISTRIBUTED_OPTION,
+    weight_residency: str = typer.Option(
+        "prepared", "--weight-residency",
+        help="How the weights are held: prepared (what the GEMMs consume, derived once), bf16 "
+             "(FP weights in BF16: rounds exact's FP32 weights, identical for mugi's head) or "
+             "int4 (INT4 presets: codes and scales only, identical results); docs/models.md."),
 ) -> None:
     """Generate a continuation of each prompt (a batch; greedy unless --temperature > 0)."""
     _check_model(model)
@@ -204,6 +220,10 @@ def generate(
         if not p:
             raise CliError(f"--prompt number {i + 1} is empty; every prompt needs some text")
     policy = numerics_policy(numerics, override)
+    check_choice("--weight-residency", weight_residency, RESIDENCIES)
+    if weight_residency == "int4" and not _has_int4_weights(policy):
+        raise CliError(f"--weight-residency int4: numerics {numerics!r} keeps no INT4 projection "
+                       f"weights; use it with an INT4 preset (mugi, mugi-exact, mugi-asym)")
     _check_weights_dir(weights)
     device_mesh = _mesh.setup(mesh, distributed)
     check_data_dir()
@@ -228,7 +248,8 @@ def generate(
     try:
         with status(f"generating {max_new_tokens} tokens [{numerics}] (the first run compiles)",
                     enabled=_mesh.is_writer()):
-            out = Sampler(m, tok, policy, mesh=device_mesh, mesh_fallback=mesh_fallback)(
+            out = Sampler(m, tok, policy, mesh=device_mesh, mesh_fallback=mesh_fallback,
+                          residency=weight_residency)(
                 prompts, max_new_tokens, temperature=temperature, top_k=top_k,
                 key=jax.random.key(seed), stop_at_eos=True)
     except ValueError as err:  # the prompt plus new tokens exceed the context

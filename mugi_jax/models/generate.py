@@ -102,11 +102,13 @@ class Sampler:
         mesh of an enclosing :func:`mugi_jax.mesh.using`, else one device.
       mesh_fallback: replicate model dimensions the ``model`` axis does not divide (instead of
         raising ``ValueError`` naming them).
+      residency: how the prepared weights are held (:data:`mugi_jax.models.llama.RESIDENCIES`:
+        ``prepared``, ``bf16`` - a change of numerics for FP32 weights - or ``int4``).
     """
 
     def __init__(self, model: Llama, tokenizer: Any = None,
                  policy: numerics.Policy | str = "exact", mesh: Any = None,
-                 mesh_fallback: bool = False) -> None:
+                 mesh_fallback: bool = False, residency: str = "prepared") -> None:
         self.policy = numerics.preset(policy, numerics.family_of(model))
         self.config = model.config
         self.tokenizer = tokenizer
@@ -114,9 +116,9 @@ class Sampler:
             mesh, mesh_fallback = meshlib.current()
         self.mesh, self.mesh_fallback = mesh, mesh_fallback
         if mesh is None:
-            prepared = prepare(model, self.policy)
+            prepared = prepare(model, self.policy, residency)
         else:
-            prepared = sharding.shard_prepared(model, self.policy, mesh, mesh_fallback)
+            prepared = sharding.shard_prepared(model, self.policy, mesh, mesh_fallback, residency)
         self.graphdef, self.state = nnx.split(prepared)
 
     def _place(self, x: np.ndarray) -> Array:

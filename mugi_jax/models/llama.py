@@ -34,7 +34,8 @@ from mugi_jax import numerics
 from mugi_jax.models.config import DecoderConfig
 
 __all__ = ["Llama", "Decoder", "Cache", "RMSNorm", "Linear", "rope", "rope_frequencies", "forward",
-           "prepare", "numerics_at", "OP_PATHS", "OP_KINDS", "LayerStack", "scan_layout"]
+           "prepare", "numerics_at", "OP_PATHS", "OP_KINDS", "LayerStack", "scan_layout",
+           "RESIDENCIES", "resident_bytes"]
 
 #: The numerics-dependent ops of one decoder layer, relative to ``layers.{i}.`` (plus
 #: ``lm_head``).
@@ -474,26 +475,72 @@ Decoder = Llama
 """The decoder of every family (``Llama`` is the historical name)."""
 
 
-def prepare(model: Llama, policy: numerics.Policy) -> Llama:
+#: How :func:`prepare` holds the projection and LM-head weights in memory (``--weight-residency``):
+#:
+#: * ``prepared``: what the policy's GEMM consumes, derived once (FP32 kernels for ``exact``; INT4
+#:   codes and scales plus the datapath's derived BF16 weight terms for ``mugi``);
+#: * ``bf16``: the weights of FP GEMMs held in BF16 and widened to FP32 in the matmul.  Identical
+#:   results where the policy already rounds those weights to BF16 (the ``mugi`` LM head); for FP32
+#:   weights (``exact``) an opt-in change of numerics: every weight is rounded to BF16 once;
+#: * ``int4``: INT4-weight GEMMs hold only their codes and scales and derive the datapath's terms
+#:   at each use (identical results); BF16-valued FP weights (the ``mugi`` head) held in BF16.
+#:   Needs a policy with INT4 projection weights.
+RESIDENCIES = ("prepared", "bf16", "int4")
+
+
+def _resident(impl: Any, w: Any, residency: str) -> Any:
+    """The kernel ``w`` of a GEMM ``impl`` as ``residency`` holds it (see :data:`RESIDENCIES`)."""
+    prepared = impl.prepare_weight(w)
+    fp = getattr(impl, "datapath", None) is None and getattr(impl, "weight_scheme", None) is None
+    if residency == "prepared" or not isinstance(impl, numerics.Gemm):
+        return prepared
+    if fp and isinstance(prepared, jax.Array):
+        if residency == "bf16" or impl.bf16_weights:
+            return prepared.astype(jnp.bfloat16)
+        return prepared
+    if residency == "int4" and impl.weight_scheme is not None:
+        return getattr(prepared, "weight", prepared)  # a gemm.PreparedWeight's QuantizedTensor
+    return prepared
+
+
+def resident_bytes(model: Llama) -> int:
+    """Bytes of every array a (prepared) model holds, embedding and norms included."""
+    return sum(int(x.nbytes) for x in jax.tree_util.tree_leaves(nnx.state(model))
+               if hasattr(x, "nbytes"))
+
+
+def prepare(model: Llama, policy: numerics.Policy, residency: str = "prepared") -> Llama:
     """A copy of ``model`` whose projection kernels are converted once to what ``policy``'s GEMMs
     consume (e.g. INT4 ``QuantizedTensor``); a tied LM head gets its own prepared kernel.
     Running the returned model under ``policy`` gives the same result as running ``model``
-    (which would quantize on every call), only faster."""
+    (which would quantize on every call), only faster.  ``residency``: how the weights are held
+    (:data:`RESIDENCIES`; ``bf16`` on FP32 weights changes the numerics, the others do not).
+
+    Raises ``ValueError`` for an unknown ``residency``, or ``int4`` under a policy whose
+    projections have no INT4 weights."""
     policy = numerics.preset(policy, numerics.family_of(model))
     policy.check(model)
+    if residency not in RESIDENCIES:
+        raise ValueError(f"weight residency: must be one of {', '.join(RESIDENCIES)}, "
+                         f"got {residency!r}")
+    if residency == "int4" and not any(
+            getattr(policy.op(path, kind), "weight_scheme", None) is not None
+            for path, kind in model.numerics_ops() if kind == numerics.LINEAR):
+        raise ValueError(f"weight residency 'int4': numerics {policy.name!r} keeps no INT4 "
+                         f"projection weights (use an INT4 preset such as mugi, or bf16)")
     new = nnx.clone(model)
     for block in new.layers:
         for lin in (block.attn.q_proj, block.attn.k_proj, block.attn.v_proj, block.attn.o_proj,
                     block.mlp.gate_proj, block.mlp.up_proj, block.mlp.down_proj):
             impl = policy.op(lin.path, numerics.LINEAR)
-            lin.kernel = nnx.Param(impl.prepare_weight(lin.kernel.get_value()))
+            lin.kernel = nnx.Param(_resident(impl, lin.kernel.get_value(), residency))
     head = policy.op("lm_head", numerics.LINEAR)
     if new.lm_head is None:
         cfg = new.config
         new.lm_head = Linear(cfg.dim, cfg.vocab_size, "lm_head",
-                             kernel=head.prepare_weight(new.embed[...].T))
+                             kernel=_resident(head, new.embed[...].T, residency))
     else:
-        new.lm_head.kernel = nnx.Param(head.prepare_weight(new.lm_head.kernel[...]))
+        new.lm_head.kernel = nnx.Param(_resident(head, new.lm_head.kernel[...], residency))
     return new
 
 

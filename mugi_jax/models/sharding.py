@@ -197,7 +197,8 @@ def shard(model: nnx.Module, mesh: Mesh, fallback: bool = False) -> nnx.Module:
     return nnx.merge(graphdef, state)
 
 
-def shard_prepared(model: nnx.Module, policy: Any, mesh: Mesh, fallback: bool = False) -> nnx.Module:
+def shard_prepared(model: nnx.Module, policy: Any, mesh: Mesh, fallback: bool = False,
+                   residency: str = "prepared") -> nnx.Module:
     """``shard(prepare(model, policy), mesh)`` without ever holding the prepared (e.g. INT4)
     weights on one device: the preparation runs as one jitted SPMD program on the sharded FP32
     weights, with the prepared weights' shardings as its outputs."""
@@ -209,11 +210,11 @@ def shard_prepared(model: nnx.Module, policy: Any, mesh: Mesh, fallback: bool = 
     graphdef, state = nnx.split(model)
 
     def prep(st: Any) -> Any:
-        return nnx.split(prepare(nnx.merge(graphdef, st), policy))[1]
+        return nnx.split(prepare(nnx.merge(graphdef, st), policy, residency))[1]
 
     # shapes of the prepared model, traced from the state as an argument (no weight is read)
     new_graphdef, abstract = nnx.split(
-        nnx.eval_shape(lambda st: prepare(nnx.merge(graphdef, st), policy), state))
+        nnx.eval_shape(lambda st: prepare(nnx.merge(graphdef, st), policy, residency), state))
 
     out = state_shardings(abstract, model.config, mesh, fallback)
     new_state = jax.jit(prep, out_shardings=out)(state)

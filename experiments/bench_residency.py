@@ -1,0 +1,76 @@
+"""Decode speed and resident weight bytes by weight residency (``--weight-residency``), SmolLM2-135M.
+
+For each pair (preset, residency) the weights are prepared once (untimed, as ``models.Sampler``
+does), a prompt is prefilled, and ``--decode`` greedy batch-1 decode steps are timed interleaved
+with the same preset's default ``prepared`` residency (A B A B, ``experiments/_benchlib.py``):
+tok/s from the minimum, ratios to ``prepared`` as ratio of minima / ratio of medians.  Bytes are
+every array the prepared model holds (embedding and norms included).  For the residencies that
+keep the numerics (``mugi`` + ``int4``/``bf16``) the generated tokens are checked to be equal.
+
+    python -m experiments.bench_residency [--pairs exact:bf16,mugi:int4] [--decode 32] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from experiments._benchlib import interleaved, load_average, ratio
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    from mugi_jax import models, numerics
+    from mugi_jax.models.generate import _decode, _prefill
+    from mugi_jax.models.llama import resident_bytes
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pairs", default="exact:bf16,mugi:int4",
+                    help="comma-separated PRESET:RESIDENCY, each timed against PRESET:prepared")
+    ap.add_argument("--prompt", type=int, default=32)
+    ap.add_argument("--decode", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args(argv)
+    model, _, cfg = models.load("smollm2-135m")
+    rng = np.random.default_rng(0)
+    tokens = jnp.asarray(rng.integers(0, cfg.vocab_size, (1, args.prompt)), jnp.int32)
+    valid = jnp.ones_like(tokens, bool)
+    print(f"# smollm2-135m, batch 1, {args.decode} decode steps after a {args.prompt}-token "
+          f"prompt; jax {jax.__version__}; load average {load_average()}")
+    rows = []
+    for pair in args.pairs.split(","):
+        name, residency = pair.split(":")
+        policy = numerics.preset(name, numerics.family_of(model))
+        fns, toks, nbytes = {}, {}, {}
+        for res in ("prepared", residency):
+            sampler = models.Sampler(model, None, policy, residency=res)
+            gd, st = sampler.graphdef, sampler.state
+            nbytes[res] = resident_bytes(nnx.merge(gd, st))
+            cache0 = models.Cache.init(cfg, 1, args.prompt + args.decode)
+            last, cache = _prefill(gd, st, tokens, valid, cache0, policy)
+            fns[res] = functools.partial(_decode, gd, st, last, cache, jax.random.key(0), policy,
+                                         args.decode, 0.0, None, None)
+            toks[res] = np.asarray(fns[res]())
+        t = interleaved(fns, args.repeats)
+        r = ratio(t[residency], t["prepared"])
+        row = {"preset": name, "residency": residency,
+               "tok_s": round(args.decode / t[residency].min, 1),
+               "tok_s_prepared": round(args.decode / t["prepared"].min, 1),
+               "time_ratio_min": round(r[0], 3), "time_ratio_median": round(r[1], 3),
+               "bytes": nbytes[residency], "bytes_prepared": nbytes["prepared"],
+               "same_tokens": bool(np.array_equal(toks[residency], toks["prepared"]))}
+        rows.append(row)
+        print(f"{name:6s} {residency:5s}: {row['tok_s']:6.1f} tok/s vs prepared "
+              f"{row['tok_s_prepared']:6.1f} (time ratio min/median {r[0]:.2f}/{r[1]:.2f}); "
+              f"resident {nbytes[residency] / 2**20:7.1f} MiB vs {nbytes['prepared'] / 2**20:7.1f} "
+              f"MiB; same tokens: {row['same_tokens']}", flush=True)
+    print(f"load average at end {load_average()}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
