@@ -215,3 +215,31 @@ def test_figna_specials(scheme_name):
         out = gemm.matmul(a, w, gemm.FIGNA())
         assert same_bits(out, sim.reference_matmul(a, w, gemm.FIGNA())), seed
         assert np.isnan(np.asarray(out)).any()
+
+
+def test_a_datapath_defined_here_runs_by_its_numerics_record():
+    """The kernels and the reference pick their implementation by ``datapath.numerics``, not by
+    the class: a datapath class defined only in this test runs through both, bit for bit, and
+    equals the built-in datapath with the same record."""
+
+    @dataclasses.dataclass(frozen=True)
+    class EightWideTrees:
+        @property
+        def numerics(self):
+            return gemm.DequantizedWeights(weights="bf16", activations="bf16", tree_width=8)
+
+    @dataclasses.dataclass(frozen=True)
+    class ShiftAdd:
+        @property
+        def numerics(self):
+            return gemm.CodeProducts(product="exact", accumulator="fp32", magnitude_bits=4)
+
+    m, k, n = SHAPES[1]
+    a = activations(5, (m, k), specials=True)
+    w = weights(5, k, n, SCHEMES["asym_int"](8))
+    for mine, builtin in ((EightWideTrees(), gemm.SystolicMAC(tree_width=8)), (ShiftAdd(), gemm.MixPE())):
+        out = gemm.matmul(a, w, mine, mode="exact")
+        assert same_bits(out, sim.reference_matmul(a, w, mine))
+        assert same_bits(out, gemm.matmul(a, w, builtin, mode="exact"))
+    with pytest.raises(TypeError, match="datapath: expected one of"):
+        gemm.matmul(a, w, object())
