@@ -222,7 +222,7 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, full: bool = False,
                              "kind": "preset" if method in PRESET_METHODS else "method",
                              "ppl": float(r["ppl"]), "nll": float(r["nll"]),
                              "predicted_tokens": int(r["predicted_tokens"]), "context": s["context"],
-                             "seconds": time.perf_counter() - t0})
+                             "seconds": time.perf_counter() - t0, "evaluated_as": method})
         if not quick:  # what a user sees: greedy text under exact (and mugi) numerics
             greedy += greedy_texts(model, tok, name, [m for m in s["methods"] if m not in PRESET_METHODS
                                                       or name in s["preset_models"]], weights)
