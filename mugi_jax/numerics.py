@@ -204,19 +204,7 @@ class Gemm(eqx.Module):
         cache reads each key quantized or not per query slot (``q_slots``, ``(M,)``; ``None``:
         all quantized).  On a datapath, K is quantized per token with the cache's scheme and is
         the weight operand ``(D, S)`` (groups along the reduction ``D``)."""
-        if getattr(kv, "kivi", False):
-            return kv.scores(q, k, q_slots, self.bf16_activations, self)
-        kv_scheme = getattr(kv, "scheme", kv)
-        if self.datapath is None:
-            if self.bf16_activations:
-                q, k = _to_bf16(q), _to_bf16(k)
-            return jnp.einsum("bhmd,bhsd->bhms", q.astype(jnp.float32), k.astype(jnp.float32),
-                              precision=jax.lax.Precision.HIGHEST)
-        if kv_scheme is None:
-            raise ValueError("attention GEMMs on a datapath need an INT4 KV-cache scheme "
-                             "(a rule giving the attn.kv_cache op a KVCache(scheme=...))")
-        kq = quant.quantize_kv(k.astype(jnp.float32), kv_scheme, granularity="per_token")
-        return gemm.cache_scores(q, kq, self.datapath, self.mode)
+        return self._cache_gemm(q, k, kv, q_slots, "scores", "bhmd,bhsd->bhms", gemm.cache_scores)
 
     def context(self, p: Float[Array, "B H M S"], v: Float[Array, "B H S D"],
                 kv: Any = None, q_slots: Array | None = None) -> Float[Array, "B H M D"]:
@@ -224,19 +212,28 @@ class Gemm(eqx.Module):
         datapath, V is quantized per token with the cache's scheme and is the weight operand
         ``(S, D)`` (its groups run along ``D``, so the scale changes at every step of the
         reduction over ``S``)."""
+        return self._cache_gemm(p, v, kv, q_slots, "context", "bhms,bhsd->bhmd",
+                                gemm.cache_context)
+
+    def _cache_gemm(self, a: Array, x: Array, kv: Any, q_slots: Array | None, kivi_op: str,
+                    equation: str, on_datapath: Any) -> Array:
+        """What :meth:`scores` and :meth:`context` share: a KIVI cache reads per query slot
+        (``kv.scores`` / ``kv.context``); without a datapath an FP32 ``einsum`` (BF16 operands
+        with ``bf16_activations``); on a datapath the cache quantized per token is the weight
+        operand of ``on_datapath`` (:func:`gemm.cache_scores` / :func:`gemm.cache_context`)."""
         if getattr(kv, "kivi", False):
-            return kv.context(p, v, q_slots, self.bf16_activations, self)
+            return getattr(kv, kivi_op)(a, x, q_slots, self.bf16_activations, self)
         kv_scheme = getattr(kv, "scheme", kv)
         if self.datapath is None:
             if self.bf16_activations:
-                p, v = _to_bf16(p), _to_bf16(v)
-            return jnp.einsum("bhms,bhsd->bhmd", p.astype(jnp.float32), v.astype(jnp.float32),
+                a, x = _to_bf16(a), _to_bf16(x)
+            return jnp.einsum(equation, a.astype(jnp.float32), x.astype(jnp.float32),
                               precision=jax.lax.Precision.HIGHEST)
         if kv_scheme is None:
             raise ValueError("attention GEMMs on a datapath need an INT4 KV-cache scheme "
                              "(a rule giving the attn.kv_cache op a KVCache(scheme=...))")
-        vq = quant.quantize_kv(v.astype(jnp.float32), kv_scheme, granularity="per_token")
-        return gemm.cache_context(p, vq, self.datapath, self.mode)
+        xq = quant.quantize_kv(x.astype(jnp.float32), kv_scheme, granularity="per_token")
+        return on_datapath(a, xq, self.datapath, self.mode)
 
 
 KEY_LAYOUTS = ("per_token", "per_channel")
