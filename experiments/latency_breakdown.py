@@ -24,6 +24,7 @@ EXPERIMENT = {
 
 def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
     from mugi_jax.cost.realistic import evaluate_realistic
+
     out_dir = Path(out_dir)
     rows, names, real_names = cl.paper_and_realistic(cl.class_rows, quick)
     ext = []
