@@ -22,9 +22,11 @@ the KV roles use the SmolLM2 table (sign-magnitude) or the full sweep (9 asym, 1
 statistics of the cache); a BF16 LM head runs on the vector unit (16-bit weights from DRAM), an
 INT4 one on the array.
 
-Default (fits ``make demo``): 7 configurations on the first 512 tokens of sotu (see
+Default (for ``make demo``): 7 configurations on the first 512 tokens of sotu (see
 :data:`DEFAULT_CONFIGS`); the calibrated weights are the `mugi` preset's AWQ g32 ones (built by
-the ``accuracy`` experiment and cached).  ``--full``: all 72 format x group x method x KV
+the ``accuracy`` experiment and cached).  Measured 2026-11-30 on the 2-core machine under the
+shared lock: 169 s wall (cold JAX compilation cache, cached AWQ weights; 5.4 GB peak RSS).
+``--full``: all 72 format x group x method x KV
 configurations (BF16 head) and the INT4 head per format (AWQ g32 KIVI) on 16384 tokens of each
 corpus (hours: every calibrated recipe is built once, minutes each, then cached under
 ``$MUGI_JAX_DATA/cache/quantized/``).  ``--quick``: 2 configurations, 128 tokens, context 128.
@@ -42,7 +44,7 @@ from mugi_jax.report.helpers import corpus_or_none, figure, load_smollm2, table
 #: The report's entry for this script (mugi_jax.report.registry discovers it).
 EXPERIMENT = {
     "title": "INT4 formats: SmolLM2 perplexity vs Mugi cycles and energy per token (Pareto)",
-    "section": "Cost", "needs": "model", "in_quick": False, "est_s": 900, "order": 135,
+    "section": "Cost", "needs": "model", "in_quick": False, "est_s": 170, "order": 135,
 }
 
 MODEL = "smollm2-135m"
@@ -234,7 +236,9 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, full: bool = False,
                     "BF16 LM head)")]
     caption = (f"Perplexity change vs exact FP32 ({what}) against Mugi-256x8 energy and cycles per "
                "generated token (realistic cost model, DDR4, weights' cycles per k-step measured on "
-               "each configuration's codes). Marker: weight/KV format; colour: calibration method; "
+               "each configuration's codes; the KV cache's at the full sweep for two's complement "
+               "and asymmetric codes: no statistics of the cache). Marker: weight/KV format; "
+               "colour: calibration method; "
                "filled: KIVI cache, hollow: per-token cache; label: group size (+ 'h4': INT4 LM head). "
                "The line joins the "
                "configurations no other beats in both perplexity and energy. " + subset + ".")
