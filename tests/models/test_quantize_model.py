@@ -121,3 +121,29 @@ def test_weights_for_checks_model_and_scheme(tiny_model, tmp_path):
         mq.weights_for(tiny_model, None, "other", numerics.preset("mugi"), tmp_path / "w")
     # no directory, an RTN recipe (or none): the model is returned as is
     assert mq.weights_for(tiny_model, None, "tiny", numerics.preset("exact"))[1] is None
+
+
+def test_cached_recipe_weights_are_never_reused_for_another_recipe(tiny_model, tmp_path, monkeypatch):
+    """A cache directory whose file was made for another spec (here: asym weights where the
+    signmag recipe's slug points) is rebuilt, not used."""
+    from mugi_jax import data
+
+    monkeypatch.setenv("MUGI_JAX_DATA", str(tmp_path))
+    policy = numerics.preset("mugi")  # recipe: AWQ signmag g32 on brown
+    r = policy.weights
+    want = mq.QuantSpec("tiny", r.method, r.scheme, r.group, r.calib_corpus, r.calib_tokens)
+    other = dataclasses.replace(want, method="rtn", scheme="asym")
+    where = mq.cache_dir(want)
+    mq.save(where, mq.quantize_model(tiny_model, None, other))
+    data.stamp_derived(where / mq.WEIGHTS_FILE)  # intact file, wrong contents
+    built = []
+
+    def fake_build(model, tok, spec, text, context=512, progress=False):
+        built.append(spec)
+        return mq.quantize_model(model, None, dataclasses.replace(spec, method="rtn")), {}
+
+    monkeypatch.setattr(mq, "build", fake_build)
+    monkeypatch.setattr(data, "corpus_text", lambda name, **kw: "")
+    m, info = mq.weights_for(tiny_model, None, "tiny", policy)
+    assert built == [want]  # rebuilt for the recipe's own spec
+    assert m.layers[0].attn.q_proj.kernel.get_value().scheme == quant.SignMagnitudeInt4(group_size=32, axis=0)
