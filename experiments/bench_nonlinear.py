@@ -20,6 +20,7 @@ GOAL = 1.5  # VLP kernel time / exact jax.nn op time
 
 CASES = (
     ("softmax", "prefill attention", (4, 9, 512, 512)),
+    ("softmax", "SmolLM2 prefill", (1, 3, 1536, 512)),  # 512 tokens, 3 KV heads x 3 queries
     ("softmax", "decode attention", (8, 9, 1, 4096)),
     ("silu", "FFN", (512, 1536)),
     ("gelu", "FFN", (512, 1536)),
