@@ -5,8 +5,8 @@ parameters, uniform choices and the grid search (SmolLM2-135M, SOTU).
 
 Wraps ``experiments/tuning.py``.  A complete full run of that script already present next to
 this result (``OUT/tuning/`` with its ``provenance.json``, ``quick: false``) is reused (its files
-are copied, and the reading says so); otherwise it is run here with ``--quick`` (3 budgets, small
-grid; ``--steps 5`` in ``report --quick``, 30 otherwise), which fits the report's time budget.
+are copied, and the reading says so); otherwise it is run here with ``--quick`` (2 budgets, the
+range's ends; small grid; ``--steps 5`` in ``report --quick``, 30 otherwise), which fits the report's time budget.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
                         f"{reused.get('config', {}).get('steps')}).")
         cfg = dict(reused.get("config", {}), reused_from=str(prior))
     else:
-        readings.append(f"Ran `python -m experiments.tuning --quick --steps {steps}` (3 budgets, small grid).")
+        readings.append(f"Ran `python -m experiments.tuning --quick --steps {steps}` (2 budgets: b<=3 W<=8 and b<=1 W<=4, small grid).")
         prov = out_dir / "provenance.json"
         cfg = json.loads(prov.read_text()).get("config", {}) if prov.exists() else {}
     return {"tables": [{"file": "paper_budget.csv", "title": "At the paper's budget: tuned vs grid vs default vs exact"},
