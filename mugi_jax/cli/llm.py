@@ -337,7 +337,8 @@ def describe(
         m, _, _ = models.load(model)
     except (data.DataError, models.CheckpointError) as err:
         raise CliError(str(err)) from None
-    rows = model_policy(numerics, override, m).describe(m)
+    policy = model_policy(numerics, override, m)
+    rows = policy.describe(m)
     if json_out:
         print_json({"model": model, "numerics": policy.name, "ops": rows})
     else:
