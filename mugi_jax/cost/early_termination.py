@@ -1,7 +1,7 @@
 """Data-driven early termination of Mugi's VLP GEMM: cycles per k-step from INT4 code magnitudes.
 
 A Mugi k-step sweeps the counter t = 0, 1, ... over the 3-bit magnitudes of the sign-magnitude
-INT4 weights held by the H rows of a tile (MUGI.md section 3).  With early termination the sweep
+INT4 weights held by the H rows of a tile (the paper's VLP GEMM, arXiv 2601.10823).  With early termination the sweep
 ends once the largest magnitude present has fired, but the single row adder (or ``a`` adders)
 must still add the ``cols`` products of its row, so per (k-step, row tile)
 

@@ -1,6 +1,6 @@
 """Cost-model presets: the conventions a result is computed under.
 
-``paper`` replicates the published model (MUGI.md section 4, reference notes): full termination
+``paper`` replicates the authors' published cost model (docs/cost_model.md): full termination
 (8 cycles per k-step), 4096 decode steps for projections/FFN/activation whatever the sequence
 length, attention and softmax over contexts P+1..S, the LM head decoded once, perfect overlap of
 all streams within an op, no DRAM/NoC bound, DRAM energy excluded, BF16 row adders, the baseline

@@ -1,7 +1,7 @@
 """The ``realistic`` cost-model preset: the published model's known weaknesses corrected.
 
-Each correction answers one item of MUGI.md section 4 (last paragraph) / the reference notes
-section 8; the paper preset (:mod:`mugi_jax.cost.model`) is untouched and both are reported side by
+Each correction answers one known weakness of the authors' published cost model (listed in
+docs/cost_model.md); the paper preset (:mod:`mugi_jax.cost.model`) is untouched and both are reported side by
 side by ``experiments/paper_vs_realistic.py``.
 
 Workload (:func:`realistic_op_table`), with B batch, P prompt, S max length, T = S - P:

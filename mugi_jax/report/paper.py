@@ -14,7 +14,7 @@ Sources:
   per-layer cycle counts are what that model gives for the stated workload (worked through in
   ``docs/cost_model.md``), not numbers printed in the paper.
 * The SmolLM2 perplexities the brief once listed as reference measurements (23.1 / 39.7 / 23.8,
-  context 512, token count not recorded) were withdrawn (``MUGI.md`` section 5) and are no longer
+  context 512, token count not recorded) were withdrawn (never reproduced from a recorded setting) and are no longer
   compared against; ``REFERENCE_SOURCE`` labels any non-paper comparison an experiment makes.
 """
 
