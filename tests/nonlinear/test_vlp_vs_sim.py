@@ -107,3 +107,22 @@ def test_float32_inputs_round_once_then_match_simulator(cfg, fn, seed, p_inf):
     np.testing.assert_array_equal(got.view(np.uint16), ref.outputs.view(np.uint16))
     np.testing.assert_array_equal(np.asarray(nl.subscription_cycles(jnp.asarray(x), fn, cfg)),
                                   ref.cycles)
+
+
+@pytest.mark.parametrize("fn", ["silu", "gelu_tanh"])
+@pytest.mark.parametrize("group,with_inf", [(64, False), (96, False), (64, True), (40, False)])
+def test_float32_inputs_wide_groups(fn, group, with_inf):
+    """Groups along the minor axis wide enough for the halving maxima of the fast window path
+    (64, 96: halved to 16, 12; 40: halved to 20, 10), FP32 inputs that round up into the next
+    binade, and a few infinities (the masked fallback)."""
+    rng = np.random.default_rng(group + with_inf)
+    cfg = nl.VLPConfig(window_group=group)
+    shape = (6, 192)
+    e = rng.integers(cfg.e_bottom - 3, cfg.e_top + 2, shape)
+    frac = np.where(rng.random(shape) < 0.3, 2.0 - 2.0**-9 * rng.random(shape), 1 + rng.random(shape))
+    x = (np.where(rng.random(shape) < 0.5, -1.0, 1.0) * frac * np.exp2(e)).astype(np.float32)
+    if with_inf:
+        x[2, 5] = np.inf
+    ref = simulate_vlp(x.astype(BF16), fn, cfg)
+    got = formats.to_numpy(nl.vlp(jnp.asarray(x), fn, cfg))
+    np.testing.assert_array_equal(got.view(np.uint16), ref.outputs.view(np.uint16))
