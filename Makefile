@@ -39,8 +39,10 @@ demo: setup
 	       "Debian/Ubuntu system run 'apt-get update' (as root), then 'make data'. Going on without it." >&2; }
 	$(BIN)/mugi-jax report --out results
 
+# Whole files per worker, in tests/conftest.py's order (files with slow tests first): each
+# module-scoped real model loads once and the long files spread over both workers.
 test: setup $(SCALESIM_STAMP)
-	$(BIN)/python -m pytest -n 2 -q
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder -q
 
 # Speed/memory goals live in benchmarks (ratios against a baseline measured in the same run).
 bench: setup
