@@ -105,17 +105,23 @@ class Nonlinear(eqx.Module):
         dtype = x.dtype
         if self.bf16_input:
             x = _to_bf16(x)
-        if self.approx is None:
+        if self.approx is None:  # no window groups: ``tokens`` does not matter
             x = x.astype(jnp.float32)
+            kw.pop("tokens", None)
             out = jax.nn.softmax(x, **kw) if fn == "softmax" else nl.exact(x, fn)
         elif fn == "softmax":
             out = nl.softmax(x, approx=self.approx, **kw)
+        elif "tokens" in kw:
+            raise TypeError("tokens: only the softmax takes it")
         else:
             out = nl.activation(x, fn, approx=self.approx)
         return out.astype(dtype)
 
-    def softmax(self, x: Float[Array, "..."], axis: int = -1) -> Float[Array, "..."]:
-        return self._call("softmax", x, axis=axis)
+    def softmax(self, x: Float[Array, "..."], axis: int = -1,
+                tokens: int | None = None) -> Float[Array, "..."]:
+        """Softmax along ``axis``; ``tokens``: the rows are ``heads x tokens`` attention rows
+        (head-major) and VLP window groups are formed per token (:func:`nonlinear.softmax`)."""
+        return self._call("softmax", x, axis=axis, tokens=tokens)
 
     def activation(self, x: Float[Array, "..."], fn: str) -> Float[Array, "..."]:
         """``fn`` (a name of the :mod:`mugi_jax.nonlinear` function registry) of ``x``."""
@@ -571,8 +577,8 @@ class LayerNumerics:
         return out + ((Rule("lm_head", self.proj, required=False),) if head else ())
 
     # The methods the previous model code called.
-    def softmax(self, x: Array, axis: int = -1) -> Array:
-        return self.softmax_fn.softmax(x, axis=axis)
+    def softmax(self, x: Array, axis: int = -1, tokens: int | None = None) -> Array:
+        return self.softmax_fn.softmax(x, axis=axis, tokens=tokens)
 
     def silu(self, x: Array) -> Array:
         return self.silu_fn.silu(x)

@@ -110,8 +110,8 @@ class _Recording:
         self._rec.add(self._path, self._kind, x, weight)
         return self._rec.offset(self._path, out)
 
-    def softmax(self, x: Array, axis: int = -1) -> Array:
-        return self._run(x, self._impl.softmax(x, axis=axis))
+    def softmax(self, x: Array, axis: int = -1, tokens: int | None = None) -> Array:
+        return self._run(x, self._impl.softmax(x, axis=axis, tokens=tokens))
 
     def activation(self, x: Array, fn: str) -> Array:
         return self._run(x, self._impl.activation(x, fn))

@@ -288,7 +288,11 @@ class Attention(nnx.Module):
         scores = scores * jnp.float32(cfg.attn_scale)
         scores = scores.reshape(b, kh, g, t, -1)
         scores = jnp.where(mask[:, None, None], scores, -jnp.inf).reshape(b, kh, g * t, -1)
-        probs = policy.op(a + "softmax", numerics.SOFTMAX).softmax(scores, axis=-1)
+        # tokens=t: the VLP window groups (rows at one key column) are the g query heads of ONE
+        # query token - the rows a decode step puts on the array.  Groups spanning query tokens
+        # would let a token's window, hence its output, depend on later tokens: the model would
+        # not be causal, and the uncached path would differ from the cached one.
+        probs = policy.op(a + "softmax", numerics.SOFTMAX).softmax(scores, axis=-1, tokens=t)
         out = pv.context(probs, values.transpose(0, 2, 1, 3), cache_fmt, row_slots)  # B kh (g t) D
         out = out.reshape(b, kh, g, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, cfg.n_heads * hd)
         return self.o_proj(out, policy), new_kv

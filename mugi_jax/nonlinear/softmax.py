@@ -35,7 +35,7 @@ from mugi_jax.nonlinear.vlp import bottom_from_extreme, group_offsets, output_ta
 _TINY32 = np.float32(2.0 ** -126)
 
 __all__ = ["softmax", "silu", "gelu", "activation", "pairwise_sum", "shifted_input", "rows_last",
-           "flush_bf16", "exact_divide"]
+           "flush_bf16", "exact_divide", "token_major"]
 
 
 def pairwise_sum(v: Float[Array, "... n"]) -> Float[Array, "... 1"]:
@@ -208,11 +208,25 @@ def _vlp_softmax(x: Array, cfg: VLPConfig) -> Array:
     return jax.lax.bitcast_convert_type(jnp.where(masked, u16(0), out), jnp.bfloat16)
 
 
-@functools.partial(jax.jit, static_argnames=("axis", "approx"))
-def _softmax_jit(x: Array, axis: int, approx: object) -> Array:
+def token_major(x: Array, tokens: int | None, inverse: bool = False) -> Array:
+    """Rows ``(..., heads x tokens, cols)`` laid out head-major -> ``(..., tokens, heads,
+    cols)`` (``inverse``: back), so that window groups (rows at one column) hold the rows of
+    one token.  ``tokens`` None or 1: ``x`` unchanged."""
+    if tokens is None or tokens == 1:
+        return x
+    if inverse:
+        *lead, t, h, n = x.shape
+        return jnp.swapaxes(x, -3, -2).reshape(*lead, h * t, n)
+    *lead, rows, n = x.shape
+    return jnp.swapaxes(x.reshape(*lead, rows // tokens, tokens, n), -3, -2)
+
+
+@functools.partial(jax.jit, static_argnames=("axis", "approx", "tokens"))
+def _softmax_jit(x: Array, axis: int, approx: object, tokens: int | None = None) -> Array:
     if isinstance(approx, (VLPConfig, MugiL)):
         cfg = approx.config if isinstance(approx, MugiL) else approx
-        return jnp.moveaxis(_vlp_softmax(jnp.moveaxis(x, axis, -1), cfg), -1, axis)
+        y = _vlp_softmax(token_major(jnp.moveaxis(x, axis, -1), tokens), cfg)
+        return jnp.moveaxis(token_major(y, tokens, inverse=True), -1, axis)
     x_ftz = flush_bf16(jnp.moveaxis(as_bf16(x), axis, -1))  # one consumer chain: fuses
     y = _shift(x_ftz)
     e32 = flush_bf16(_approx_exp(y, approx)).astype(jnp.float32)
@@ -229,11 +243,17 @@ def _check_approx(approx: object) -> None:
         raise ValueError(f"approx: must be Exact, VLPConfig, MugiL, PWL or Taylor, got {approx!r}")
 
 
-def softmax(x: ArrayLike, axis: int = -1, approx: object = VLPConfig()) -> Array:
+def softmax(x: ArrayLike, axis: int = -1, approx: object = VLPConfig(),
+            tokens: int | None = None) -> Array:
     """Softmax along ``axis`` with the exponential computed by ``approx``.
 
     ``Exact()``: ``jax.nn.softmax`` in FP32 (FP32 result).  Otherwise the BF16 pipeline of the
     module docstring (BF16 result); -inf inputs give exactly 0.
+
+    ``tokens``: the rows (``(..., rows, cols)`` with ``axis`` last) are ``heads x tokens``
+    attention rows laid out head-major; VLP window groups are then formed of the rows of one
+    token (row ``h * tokens + i`` for every head ``h``), never across tokens.  Only VLP / Mugi-L
+    have window groups; the other approximations give the same result with or without it.
     """
     _check_approx(approx)
     x = jnp.asarray(x)
@@ -243,11 +263,17 @@ def softmax(x: ArrayLike, axis: int = -1, approx: object = VLPConfig()) -> Array
         raise ValueError("x: softmax needs at least one axis, got a scalar")
     if not -x.ndim <= axis < x.ndim:
         raise ValueError(f"axis: must be in [{-x.ndim}, {x.ndim}), got {axis}")
+    if tokens is not None:
+        rows = 1 if x.ndim == 1 else jnp.moveaxis(x, axis, -1).shape[-2]
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1 \
+                or rows % tokens:
+            raise ValueError(f"tokens: must be a positive integer dividing the {rows} rows, "
+                             f"got {tokens!r}")
     if isinstance(approx, Exact):
         return _exact_softmax(x, axis % x.ndim)
     if x.size == 0:
         return x.astype(jnp.bfloat16)
-    return _softmax_jit(x, axis % x.ndim, approx)
+    return _softmax_jit(x, axis % x.ndim, approx, tokens if x.ndim > 1 else None)
 
 
 @functools.partial(jax.jit, static_argnames=("axis",))

@@ -90,8 +90,9 @@ class RelaxedVLP(eqx.Module):
         return dict(temperature=self.temperature, rounding=self.rounding, key=self.key,
                     exact_values=self.exact_values)
 
-    def softmax(self, x: Array, axis: int = -1) -> Array:
-        return relaxed_softmax(x, self.params, self.base, axis=axis, **self._kw()).astype(x.dtype)
+    def softmax(self, x: Array, axis: int = -1, tokens: int | None = None) -> Array:
+        return relaxed_softmax(x, self.params, self.base, axis=axis, tokens=tokens,
+                               **self._kw()).astype(x.dtype)
 
     def activation(self, x: Array, fn: str) -> Array:
         return relaxed_vlp(x, fn, self.params, self.base, **self._kw()).astype(x.dtype)

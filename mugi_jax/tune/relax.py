@@ -78,7 +78,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 from mugi_jax import formats
 from mugi_jax.nonlinear import functions
 from mugi_jax.nonlinear.config import VLPConfig
-from mugi_jax.nonlinear.softmax import exact_divide, pairwise_sum
+from mugi_jax.nonlinear.softmax import exact_divide, pairwise_sum, token_major
 from mugi_jax.nonlinear.tables import bf16_patterns
 
 __all__ = ["VLPParams", "ROUNDINGS", "RELAXED_FUNCTIONS", "bf16_function_table", "table_function",
@@ -384,8 +384,8 @@ def relaxed_vlp(x: ArrayLike, fn: str, params: VLPParams, base: VLPConfig = VLPC
 
 def relaxed_softmax(x: ArrayLike, params: VLPParams, base: VLPConfig = VLPConfig(), *,
                     temperature: float = 0.0, rounding: str = "ste",
-                    key: PRNGKeyArray | None = None, axis: int = -1, exact_values: bool = True
-                    ) -> Float[Array, "..."]:
+                    key: PRNGKeyArray | None = None, axis: int = -1, exact_values: bool = True,
+                    tokens: int | None = None) -> Float[Array, "..."]:
     r"""Relaxed :func:`mugi_jax.nonlinear.softmax` with a VLP exponential (float32 result).
 
     :math:`y = \mathrm{bf16}(x - \max x)` (straight-through), :math:`\epsilon` = relaxed exp of
@@ -393,7 +393,8 @@ def relaxed_softmax(x: ArrayLike, params: VLPParams, base: VLPConfig = VLPConfig
     :math:`S` = FP32 pairwise sum, output :math:`\mathrm{bf16}(\epsilon / S)` (straight-through);
     ``-inf`` inputs give 0.  Gradient: :math:`\partial o_i/\partial\epsilon_k =
     (\delta_{ik} - o_i)/S`, chained into the relaxed exp.  At ``temperature=0`` and integer
-    parameters equal to ``nl.softmax(x, axis, VLPConfig(...))``.
+    parameters equal to ``nl.softmax(x, axis, VLPConfig(...), tokens)`` (``tokens``: window
+    groups per token of head-major attention rows, as there).
     """
     _check("exp", base, rounding, temperature)
     x = jnp.asarray(x, jnp.float32)
@@ -401,7 +402,7 @@ def relaxed_softmax(x: ArrayLike, params: VLPParams, base: VLPConfig = VLPConfig
         raise ValueError("x: softmax needs at least one axis, got a scalar")
     if not -x.ndim <= axis < x.ndim:
         raise ValueError(f"axis: must be in [{-x.ndim}, {x.ndim}), got {axis}")
-    xm = jnp.moveaxis(_bf16_values(x), axis, -1)
+    xm = token_major(jnp.moveaxis(_bf16_values(x), axis, -1), tokens if x.ndim > 1 else None)
     xm = jnp.where(jnp.abs(xm) < _TINY32, 0.0 * xm, xm)  # FTZ of the input
     masked = xm == -jnp.inf
     fin = jnp.isfinite(xm)
@@ -416,4 +417,4 @@ def relaxed_softmax(x: ArrayLike, params: VLPParams, base: VLPConfig = VLPConfig
     qv = exact_divide(eps, pairwise_sum(eps))
     qv = jnp.where(jnp.abs(qv) < _TINY32, 0.0 * qv, qv)
     out = jnp.where(masked, 0.0, round_bf16_ste(qv))
-    return jnp.moveaxis(out, -1, axis)
+    return jnp.moveaxis(token_major(out, tokens if x.ndim > 1 else None, inverse=True), -1, axis)
