@@ -111,8 +111,6 @@ class Nonlinear(eqx.Module):
             out = jax.nn.softmax(x, **kw) if fn == "softmax" else nl.exact(x, fn)
         elif fn == "softmax":
             out = nl.softmax(x, approx=self.approx, **kw)
-        elif "tokens" in kw:
-            raise TypeError("tokens: only the softmax takes it")
         else:
             out = nl.activation(x, fn, approx=self.approx)
         return out.astype(dtype)

@@ -264,7 +264,7 @@ def softmax(x: ArrayLike, axis: int = -1, approx: object = VLPConfig(),
     if not -x.ndim <= axis < x.ndim:
         raise ValueError(f"axis: must be in [{-x.ndim}, {x.ndim}), got {axis}")
     if tokens is not None:
-        rows = 1 if x.ndim == 1 else jnp.moveaxis(x, axis, -1).shape[-2]
+        rows = 1 if x.ndim == 1 else [n for i, n in enumerate(x.shape) if i != axis % x.ndim][-1]
         if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1 \
                 or rows % tokens:
             raise ValueError(f"tokens: must be a positive integer dividing the {rows} rows, "
