@@ -171,8 +171,8 @@ class Gemm(eqx.Module):
 
     def prepare_weight(self, w: Float[Array, "din dout"]) -> Any:
         """Convert an ``(in, out)`` FP32 kernel to what :meth:`matmul` consumes (done once)."""
-        if isinstance(w, quant.QuantizedTensor):  # calibrated weights (models.quantize): as is
-            return w
+        if isinstance(w, quant.QuantizedTensor):  # calibrated weights (models.quantize)
+            return w if self.datapath is None else gemm.prepare_weight(w, self.datapath, self.mode)
         if self.weight_scheme is None:
             return w.astype(jnp.bfloat16).astype(jnp.float32) if self.bf16_weights else w
         scheme = dataclasses.replace(self.weight_scheme, axis=0,
@@ -180,7 +180,7 @@ class Gemm(eqx.Module):
         q = quant.quantize(jnp.asarray(w, jnp.float32), scheme)
         if self.datapath is None:
             return q
-        # what the datapath derives from the weights alone (fast mode: the BF16 weight terms)
+        # what the datapath derives from the weights alone (normalised codes and scales)
         return gemm.prepare_weight(q, self.datapath, self.mode)
 
     def matmul(self, x: Float[Array, "... din"], w: Any) -> Float[Array, "... dout"]:

@@ -21,7 +21,8 @@ vectorised over ``m`` and ``n``; ``n`` is tiled for large ``m`` to keep the stat
 XLA order the sums: for small ``m`` the sequential scan of exact mode (``k <= 2048``, FP32
 accumulator) or a fused elementwise-product + reduction (in ``n``-tiles for very wide outputs),
 for large ``m`` one
-BF16 x BF16 -> FP32 ``dot`` per group using the odd-multiple decomposition
+BF16 x BF16 -> FP32 ``dot`` per group (weight terms derived from the int8 codes in the loop)
+using the odd-multiple decomposition
 
 .. math::
 
@@ -369,15 +370,12 @@ def _odd_weight(codes: Array, o: int) -> Array:
     return out
 
 
-def _weight_terms(codes_g: Array, odds: tuple[int, ...]) -> Array:
-    """``(ng, g, n)`` codes -> ``(ng, (1 + len(odds)) g, n)`` BF16: the codes, then for each odd
+def _weight_terms(codes_g: Array, odds: tuple[int, ...], dtype: jnp.dtype) -> Array:
+    """``(ng, g, n)`` codes -> ``(ng, (1 + len(odds)) g, n)``: the codes, then for each odd
     multiple ``o`` the weights ``sign(q) 2^j`` of the codes ``|q| = o 2^j`` (all exact in BF16)."""
     ng, g, n = codes_g.shape
     ws = [codes_g.astype(jnp.int32)] + [_odd_weight(codes_g, o) for o in odds]
-    return jnp.stack(ws, 1).reshape(ng, len(ws) * g, n).astype(jnp.bfloat16)
-
-
-_weight_terms_jit = jax.jit(_weight_terms, static_argnums=1)
+    return jnp.stack(ws, 1).reshape(ng, len(ws) * g, n).astype(dtype)
 
 
 def _odd_corrections(a: Array, odds: tuple[int, ...]) -> list[Array]:
@@ -391,33 +389,37 @@ def _odd_corrections(a: Array, odds: tuple[int, ...]) -> list[Array]:
     return out
 
 
-def _fast_dot_groups(a32: Array, kn: KN, product: str, terms: Array | None) -> Array:
-    """One BF16 x BF16 -> FP32 ``dot`` per group on the odd-multiple decomposition: the
-    activations and their corrections ``(m, nt g)`` against ``terms`` ``(nt g, n)`` (from
-    :func:`prepare_weight`, or built here), then the group's scale."""
+def _fast_dot_groups(a32: Array, kn: KN, product: str) -> Array:
+    """One FP32 ``dot`` per group on the odd-multiple decomposition: the activations and their
+    corrections ``(m, nt g)`` against the group's weight terms ``(nt g, n)``, then the group's
+    scale.  The terms are derived from the int8 codes inside the loop, one group at a time."""
     m, k = a32.shape
     n = kn.codes.shape[1]
     g = kn.group
     ng = k // g
     odds = _odd_terms(kn) if product == "bf16" else ()
     a_g = a32.reshape(m, ng, g).transpose(1, 0, 2)  # (ng, m, g)
-    codes_g = kn.codes.reshape(ng, g, n)
-    if terms is None:
-        terms = _weight_terms(codes_g, odds)
-    # (ng, m, nt * g) BF16, term-major like the weight terms
+    # The barrier keeps XLA from hoisting the derivation of the weight terms out of a caller's
+    # loop: in a model's layer scan it materialised the FP32 terms of every layer (16 bytes per
+    # weight) on each call.  Within this call XLA may derive them where it likes.
+    codes_g = lax.optimization_barrier(kn.codes).reshape(ng, g, n)
+    # (ng, m, nt * g), term-major like the weight terms
     xa = jnp.stack([a_g] + _odd_corrections(a_g, odds), 2)
-    xa = xa.reshape(ng, m, terms.shape[1]).astype(jnp.bfloat16)
+    xa = xa.reshape(ng, m, (1 + len(odds)) * g).astype(jnp.bfloat16)
 
-    def group_sum(xg, tg):
+    def group_sum(xg, cg):
+        # BF16 operands (every term is exact in BF16, every product exact in FP32): measured
+        # 1.4-1.8x faster on XLA:CPU than the same dot on FP32 operands
+        tg = _weight_terms(cg[None], odds, jnp.bfloat16)[0]
         return lax.dot(xg, tg, preferred_element_type=jnp.float32)
 
     # very wide outputs (an LM head): n-tiles, so that the (m, tile) group sum and running sum
     # stay in cache across the groups
     tile = n if n <= 8192 else _tile_size(m, n, _FAST_DOT_TILE_ELEMS)
     if tile < n:
-        return _map_n_tiles(lambda t, s_, z_: _scan_groups(xa, a_g, t, s_, z_, kn, group_sum),
-                            tile, terms, kn.scales, kn.zeros)
-    return _scan_groups(xa, a_g, terms, kn.scales, kn.zeros, kn, group_sum)
+        return _map_n_tiles(lambda c, s_, z_: _scan_groups(xa, a_g, c, s_, z_, kn, group_sum),
+                            tile, codes_g, kn.scales, kn.zeros)
+    return _scan_groups(xa, a_g, codes_g, kn.scales, kn.zeros, kn, group_sum)
 
 
 def _fast_folded(a32: Array, kn: KN, product: str) -> Array:
@@ -449,7 +451,7 @@ def _fast_folded(a32: Array, kn: KN, product: str) -> Array:
     return functools.reduce(jnp.add, dots)
 
 
-def _fast_grouped(a32: Array, kn: KN, product: str, terms: Array | None = None) -> Array:
+def _fast_grouped(a32: Array, kn: KN, product: str) -> Array:
     """Group sums with the datapath's product rounding, summed in XLA's order.  The path is
     chosen per shape (thresholds measured with ``experiments.bench_gemm``)."""
     m, k = a32.shape
@@ -460,7 +462,7 @@ def _fast_grouped(a32: Array, kn: KN, product: str, terms: Array | None = None) 
         # many tiny groups (scales varying along k): scales folded into the weights
         return _fast_folded(a32, kn, product)
     if m >= _FAST_DOT_MIN_M:
-        return _fast_dot_groups(a32, kn, product, terms)
+        return _fast_dot_groups(a32, kn, product)
     # Few rows: XLA:CPU's BF16 dot is slow at small m (measured 5-28x the FP32 matmul with the
     # terms prepared), and the work is bound by reading the weights, so the kernels read the
     # int8 codes: the sequential scan of exact mode (an order fast mode may pick), or for one or
@@ -515,12 +517,11 @@ def _fast_tile(rows: int, n: int) -> int:
 # dispatch
 
 
-def _matmul_2d(a: Array, kn: KN, datapath: object, mode: str,
-               terms: Array | None = None) -> Array:
+def _matmul_2d(a: Array, kn: KN, datapath: object, mode: str) -> Array:
     numerics = datapath.numerics
     if offset_decomposed(datapath, kn.zero_point):
         kn = _offset_decompose(kn)
-    return _matmul_2d_jit(a, kn, numerics.for_kernel(), mode, terms)
+    return _matmul_2d_jit(a, kn, numerics.for_kernel(), mode)
 
 
 def _product(numerics: Numerics) -> str | None:
@@ -530,19 +531,17 @@ def _product(numerics: Numerics) -> str | None:
 
 
 @functools.partial(jax.jit, static_argnames=("numerics", "mode"))
-def _matmul_2d_jit(a: Array, kn: KN, numerics: Numerics, mode: str,
-                   terms: Array | None = None) -> Array:
+def _matmul_2d_jit(a: Array, kn: KN, numerics: Numerics, mode: str) -> Array:
     kn = KN(kn.codes, _ftz(kn.scales), None if kn.zeros is None else _ftz(kn.zeros), kn.group,
             kn.zero_point)
-    return _KERNELS[type(numerics)](a, kn, numerics, mode, terms)
+    return _KERNELS[type(numerics)](a, kn, numerics, mode)
 
 
-def _code_products(a: Array, kn: KN, numerics: CodeProducts, mode: str,
-                   terms: Array | None) -> Array:
+def _code_products(a: Array, kn: KN, numerics: CodeProducts, mode: str) -> Array:
     """Mugi / MixPE: products with the codes, group sums, dequantization per group."""
     a32 = _a32(a)
     if mode == "fast":
-        return _fast_grouped(a32, kn, numerics.product, terms)
+        return _fast_grouped(a32, kn, numerics.product)
     return _exact_sequential(a32, kn.codes, kn.scales, kn.zeros, kn.group, kn.zero_point,
                              numerics.product, numerics.accumulator)
 
@@ -550,8 +549,7 @@ def _code_products(a: Array, kn: KN, numerics: CodeProducts, mode: str,
 _FORMATS = {"bf16": jnp.bfloat16, "e4m3": jnp.float8_e4m3fn}
 
 
-def _dequantized_weights(a: Array, kn: KN, numerics: DequantizedWeights, mode: str,
-                         terms: Array | None) -> Array:
+def _dequantized_weights(a: Array, kn: KN, numerics: DequantizedWeights, mode: str) -> Array:
     """Systolic / SIMD / tensor-core MACs and Carat: weights dequantized per element, then a
     float GEMM (exact products, FP32 sums sequential in k or by adder trees)."""
     a32 = _a32(a)
@@ -566,8 +564,7 @@ def _dequantized_weights(a: Array, kn: KN, numerics: DequantizedWeights, mode: s
     return _exact_sequential(a_in, w, None, None, 1, "none", "exact", "fp32")
 
 
-def _aligned_groups(a: Array, kn: KN, numerics: AlignedGroups, mode: str,
-                    terms: Array | None) -> Array:
+def _aligned_groups(a: Array, kn: KN, numerics: AlignedGroups, mode: str) -> Array:
     """FIGNA: integer group sums of pre-aligned activations (exact in either mode)."""
     if kn.group * (1 << numerics.align_bits) * 15 >= 1 << 31:
         raise ValueError(f"w: group size {kn.group} overflows FIGNA's int32 group "
@@ -577,7 +574,7 @@ def _aligned_groups(a: Array, kn: KN, numerics: AlignedGroups, mode: str,
 
 
 #: One kernel per kind of datapath numerics (the record's type): ``kernel(a, kn, numerics,
-#: mode, terms)``.
+#: mode)``.
 _KERNELS: dict[type, Callable] = {
     CodeProducts: _code_products,
     DequantizedWeights: _dequantized_weights,
@@ -627,17 +624,15 @@ class PreparedWeight:
 
     Attributes:
       weight: the ``QuantizedTensor``.
-      kn: its codes, scales (subnormals flushed) and zeros with groups along ``k``.
-      terms: fast mode on Mugi / MixPE with groups of 16 or more: the BF16 weight terms of the
-        odd-multiple decomposition ``(k // G, (1 + #odd) G, n)`` (``None`` otherwise).
-      made_for: what ``kn`` and ``terms`` were made for (static: the datapath's numerics fields
-        and whether it runs asymmetric codes by offset decomposition); another datapath
-        re-derives them from ``weight``.
+      kn: its codes, scales (subnormals flushed) and zeros with groups along ``k``; its codes
+        are the weight's own array where they are equal (stored once).
+      made_for: what ``kn`` was made for (static: the datapath's numerics fields and whether it
+        runs asymmetric codes by offset decomposition); another datapath re-derives it from
+        ``weight``.
     """
 
     weight: quant.QuantizedTensor
     kn: KN
-    terms: Array | None
     made_for: tuple[object, bool]
 
     codes = property(lambda self: self.weight.codes)
@@ -653,28 +648,38 @@ class PreparedWeight:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held (codes, scales, zeros, BF16 terms), for the memory trade-off."""
+        """Bytes held (every array once: codes, scales, zeros and their normalised copies)."""
         return sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(self))
 
 
-jax.tree_util.register_pytree_node(
-    PreparedWeight, lambda p: ((p.weight, p.kn, p.terms), p.made_for),
-    lambda aux, ch: PreparedWeight(ch[0], ch[1], ch[2], aux))
+def _flatten_prepared(p: PreparedWeight) -> tuple[tuple, tuple]:
+    # the normalised codes of a symmetric weight grouped along k are the weight's codes: one
+    # leaf, so that a model's layer stacking copies (and a memory count sees) them once
+    own_codes = None if p.kn.codes is p.weight.codes else p.kn.codes
+    return ((p.weight, own_codes, p.kn.scales, p.kn.zeros),
+            (p.made_for, p.kn.group, p.kn.zero_point))
+
+
+def _unflatten_prepared(aux: tuple, children: tuple) -> PreparedWeight:
+    weight, own_codes, scales, zeros = children
+    made_for, group, zero_point = aux
+    codes = weight.codes if own_codes is None else own_codes
+    return PreparedWeight(weight, KN(codes, scales, zeros, group, zero_point), made_for)
+
+
+jax.tree_util.register_pytree_node(PreparedWeight, _flatten_prepared, _unflatten_prepared)
 
 
 def prepare_weight(w: quant.QuantizedTensor, datapath: object,
                    mode: str = "exact") -> PreparedWeight:
-    """``w`` prepared once for ``matmul(a, ., datapath, mode)`` (same result as passing ``w``).
-
-    Fast mode on Mugi/MixPE stores the BF16 weight terms (``2 (1 + #odd)`` bytes per weight:
-    8 for sign-magnitude codes) so that every call runs one ``dot`` per group with nothing
-    derived from the weights; exact mode and the other datapaths store the normalised codes.
-    """
+    """``w`` prepared once for ``matmul(a, ., datapath, mode)`` (same result as passing ``w``):
+    the normalised codes and scales (offset-decomposed where the datapath does that).  Fast
+    mode derives its weight terms from the int8 codes inside each call, one group at a time
+    (measured as fast as holding them, at 1/8 of the memory), so both modes hold the same."""
     check_datapath(datapath)
     _check_mode(mode)
     if isinstance(w, PreparedWeight):
-        if w.made_for == _made_for(datapath, w.scheme) and (mode == "exact"
-                                                            or w.terms is not None):
+        if w.made_for == _made_for(datapath, w.scheme):
             return w
         w = w.weight
     _check_weight(w)
@@ -684,13 +689,7 @@ def prepare_weight(w: quant.QuantizedTensor, datapath: object,
             kn.zero_point)
     if offset_decomposed(datapath, kn.zero_point):
         kn = _offset_decompose(kn)
-    product = _product(datapath.numerics)
-    terms = None
-    if mode == "fast" and product is not None and kn.group >= _FAST_DOT_MIN_G:
-        k, n = kn.codes.shape
-        odds = _odd_terms(kn) if product == "bf16" else ()
-        terms = _weight_terms_jit(kn.codes.reshape(k // kn.group, kn.group, n), odds)
-    return PreparedWeight(w, kn, terms, _made_for(datapath, w.scheme))
+    return PreparedWeight(w, kn, _made_for(datapath, w.scheme))
 
 
 def _made_for(datapath: object, scheme: quant.Scheme) -> tuple[object, bool]:
@@ -735,13 +734,10 @@ def matmul(a: Float[Array, "... m k"], w: quant.QuantizedTensor | PreparedWeight
     if a.shape[-1] != w.shape[0]:
         raise ValueError(f"a: reduction length {a.shape[-1]} does not match w (k, n) = {w.shape}")
     check_scheme(datapath, w.scheme)
-    terms = None
     if prepared is not None and prepared.made_for == _made_for(datapath, prepared.scheme):
         kn = prepared.kn  # already offset-decomposed where the datapath does that
-        if mode == "fast":
-            terms = prepared.terms
     else:
         kn = as_kn(w.weight if prepared is not None else w)
     lead, m, k = a.shape[:-2], a.shape[-2], a.shape[-1]
-    out = _matmul_2d(a.reshape(-1, k), kn, datapath, mode, terms)
+    out = _matmul_2d(a.reshape(-1, k), kn, datapath, mode)
     return out.reshape(*lead, m, w.shape[1])

@@ -488,7 +488,7 @@ Decoder = Llama
 #: How :func:`prepare` holds the projection and LM-head weights in memory (``--weight-residency``):
 #:
 #: * ``prepared``: what the policy's GEMM consumes, derived once (FP32 kernels for ``exact``; INT4
-#:   codes and scales plus the datapath's derived BF16 weight terms for ``mugi``);
+#:   codes and normalised scales for ``mugi``);
 #: * ``bf16``: the weights of FP GEMMs held in BF16 and widened to FP32 in the matmul.  Identical
 #:   results where the policy already rounds those weights to BF16 (the ``mugi`` LM head); for FP32
 #:   weights (``exact``) an opt-in change of numerics: every weight is rounded to BF16 once;

@@ -266,7 +266,10 @@ def test_prepared_weight_gives_the_same_bits(scheme_name):
                       (gemm.Mugi(), gemm.Mugi(magnitude_bits=4))):
         for mode in gemm.MODES:
             pw = gemm.prepare_weight(w, dp, mode)
-            assert (pw.terms is not None) == (mode == "fast")
+            # the codes are held once (twice when offset-decomposed: the shifted copy)
+            copies = 2 if gemm.kernels.offset_decomposed(dp, w.scheme) else 1
+            held = [x for x in jax.tree_util.tree_leaves(pw) if x.shape == w.codes.shape]
+            assert len(held) == copies and all(x.itemsize == 1 for x in held), (dp, mode)
             for rows in (a, a[:5]):
                 out = jax.jit(lambda x, p, dp=dp, mode=mode: gemm.matmul(x, p, dp, mode))(rows, pw)
                 assert same_bits(out, gemm.matmul(rows, w, dp, mode)), (dp, mode)
