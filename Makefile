@@ -48,6 +48,7 @@ test: setup $(SCALESIM_STAMP)
 bench: setup
 	$(BIN)/python -m experiments.bench_nonlinear
 	$(BIN)/python -m experiments.bench_gemm
+	$(BIN)/python -m experiments.prefill_breakdown --repeats 2
 	$(BIN)/python -m experiments.cost_paper_sweep
 	$(BIN)/python -m experiments.llm_throughput
 
