@@ -390,9 +390,10 @@ def _odd_corrections(a: Array, odds: tuple[int, ...]) -> list[Array]:
 
 
 def _fast_dot_groups(a32: Array, kn: KN, product: str) -> Array:
-    """One FP32 ``dot`` per group on the odd-multiple decomposition: the activations and their
-    corrections ``(m, nt g)`` against the group's weight terms ``(nt g, n)``, then the group's
-    scale.  The terms are derived from the int8 codes inside the loop, one group at a time."""
+    """One BF16 x BF16 -> FP32 ``dot`` per group on the odd-multiple decomposition: the
+    activations and their corrections ``(m, nt g)`` against the group's weight terms
+    ``(nt g, n)``, then the group's scale.  The terms are derived from the int8 codes inside
+    the loop, one group at a time."""
     m, k = a32.shape
     n = kn.codes.shape[1]
     g = kn.group
@@ -522,12 +523,6 @@ def _matmul_2d(a: Array, kn: KN, datapath: object, mode: str) -> Array:
     if offset_decomposed(datapath, kn.zero_point):
         kn = _offset_decompose(kn)
     return _matmul_2d_jit(a, kn, numerics.for_kernel(), mode)
-
-
-def _product(numerics: Numerics) -> str | None:
-    """The product rounding of a datapath that multiplies by the codes (None: it does not; only
-    :class:`CodeProducts` records have one)."""
-    return getattr(numerics, "product", None)
 
 
 @functools.partial(jax.jit, static_argnames=("numerics", "mode"))

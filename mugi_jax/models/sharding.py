@@ -12,12 +12,12 @@ in two steps, as in MaxText:
    activations (``batch``: perplexity windows, generation rows, cost-sweep designs) along
    ``data``.
 
-A prepared kernel (an INT4 :class:`~mugi_jax.quant.QuantizedTensor` - codes, scales, zeros -
-inside a :class:`~mugi_jax.gemm.PreparedWeight` with the datapath's normalised copies and, in
-fast mode, its BF16 weight terms) shards with its weight: every array's first axis runs along
-the weight's ``in`` axis (rows or groups of rows) and its last along ``out``, and takes that
-axis's mesh axis when it divides the length; a row-parallel array with too few groups (e.g.
-Llama-2-7B ``down_proj``: 86 groups of 128 over ``model=8``) is split along ``out`` instead.
+A prepared kernel (an INT4 :class:`~mugi_jax.quant.QuantizedTensor` - codes, scales, zeros - inside
+a :class:`~mugi_jax.gemm.PreparedWeight` with the datapath's normalised copies) shards with its
+weight: every array's first axis runs along the weight's ``in`` axis (rows or groups of rows) and
+its last along ``out``, and takes that axis's mesh axis when it divides the length; a row-parallel
+array with too few groups (e.g. Llama-2-7B ``down_proj``: 86 groups of 128 over ``model=8``) is
+split along ``out`` instead.
 
 Nothing about the numerics changes: the same jitted programs run with sharded inputs and XLA's
 SPMD partitioner inserts the collectives.  Results equal the single-device ones bit for bit
@@ -123,7 +123,7 @@ def _key_name(k: Any) -> str:
 def _split_path(keypath: Sequence[Any]) -> tuple[str, bool]:
     """``(parameter path, whether the leaf is a part of a structured weight)`` of a state leaf
     (a prepared kernel is a pytree: ``QuantizedTensor`` codes/scales/zeros, the GEMM's
-    normalised copies and weight terms)."""
+    normalised copies)."""
     names = [_key_name(k) for k in keypath]
     if "value" in names:
         i = names.index("value")
@@ -132,12 +132,11 @@ def _split_path(keypath: Sequence[Any]) -> tuple[str, bool]:
 
 
 def _derived_spec(spec: P, shape: Sequence[int], mesh: Mesh | Mapping[str, int]) -> P:
-    """The spec of an array derived from a ``(in, out)`` weight: its first axis runs along
-    ``in`` (rows, or groups of rows), its last along ``out``, axes between (within-group terms)
-    are whole.  When the mesh axis does not divide the first axis (fewer groups than devices,
-    e.g. Llama-2-7B ``down_proj``: 86 groups of 128 over ``model=8``) the array is split along
-    its last axis instead, so each device still holds 1/M of it (XLA regathers it at use);
-    failing that too, it is replicated."""
+    """The spec of an array derived from a ``(in, out)`` weight: its first axis runs along ``in``
+    (rows, or groups of rows), its last along ``out``, axes between are whole. When the mesh axis
+    does not divide the first axis (fewer groups than devices, e.g. Llama-2-7B ``down_proj``: 86
+    groups of 128 over ``model=8``) the array is split along its last axis instead, so each device
+    still holds 1/M of it (XLA regathers it at use); failing that too, it is replicated."""
     first = spec[0] if len(shape) > 1 else None
     last = spec[-1]
     n = len(shape)
