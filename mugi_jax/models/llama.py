@@ -89,18 +89,15 @@ def scan_layout(config: DecoderConfig, policy: numerics.Policy) -> tuple[int, in
     if config.embed_scale != 1.0:
         return None
     n = config.n_layers
-    head = 0
-    sig = [(config.window(i), config.layer_rope(i)) for i in range(head, n)]
-    period = next(p for p in range(1, len(sig) + 1)
-                  if all(sig[i] == sig[i % p] for i in range(len(sig))))
-    if period != 1 or len(sig) < 2:
+    attention = [(config.window(i), config.layer_rope(i)) for i in range(n)]
+    if n < 2 or any(sig != attention[0] for sig in attention):
         return None
     first = [policy.op(f"layers.0.{op}", OP_KINDS[op]) for op in OP_PATHS]
     for i in range(1, n):
         for op, impl in zip(OP_PATHS, first):
             if not _same_impl(policy.op(f"layers.{i}.{op}", OP_KINDS[op]), impl):
                 return None
-    return head, period, len(sig) // period
+    return 0, 1, n
 
 
 class LayerStack:
