@@ -221,6 +221,17 @@ def token_major(x: Array, tokens: int | None, inverse: bool = False) -> Array:
     return jnp.swapaxes(x.reshape(*lead, rows // tokens, tokens, n), -3, -2)
 
 
+def check_tokens(shape: tuple[int, ...], axis: int, tokens: object) -> None:
+    """Raise ``ValueError`` unless ``tokens`` is None or a positive int dividing the rows (the
+    last axis other than ``axis``) of an array of ``shape``."""
+    if tokens is None:
+        return
+    rows = 1 if len(shape) == 1 else [n for i, n in enumerate(shape) if i != axis % len(shape)][-1]
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1 or rows % tokens:
+        raise ValueError(f"tokens: must be a positive integer dividing the {rows} rows, "
+                         f"got {tokens!r}")
+
+
 @functools.partial(jax.jit, static_argnames=("axis", "approx", "tokens"))
 def _softmax_jit(x: Array, axis: int, approx: object, tokens: int | None = None) -> Array:
     if isinstance(approx, (VLPConfig, MugiL)):
@@ -263,12 +274,7 @@ def softmax(x: ArrayLike, axis: int = -1, approx: object = VLPConfig(),
         raise ValueError("x: softmax needs at least one axis, got a scalar")
     if not -x.ndim <= axis < x.ndim:
         raise ValueError(f"axis: must be in [{-x.ndim}, {x.ndim}), got {axis}")
-    if tokens is not None:
-        rows = 1 if x.ndim == 1 else [n for i, n in enumerate(x.shape) if i != axis % x.ndim][-1]
-        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1 \
-                or rows % tokens:
-            raise ValueError(f"tokens: must be a positive integer dividing the {rows} rows, "
-                             f"got {tokens!r}")
+    check_tokens(x.shape, axis, tokens)
     if isinstance(approx, Exact):
         return _exact_softmax(x, axis % x.ndim)
     if x.size == 0:

@@ -78,7 +78,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 from mugi_jax import formats
 from mugi_jax.nonlinear import functions
 from mugi_jax.nonlinear.config import VLPConfig
-from mugi_jax.nonlinear.softmax import exact_divide, pairwise_sum, token_major
+from mugi_jax.nonlinear.softmax import check_tokens, exact_divide, pairwise_sum, token_major
 from mugi_jax.nonlinear.tables import bf16_patterns
 
 __all__ = ["VLPParams", "ROUNDINGS", "RELAXED_FUNCTIONS", "bf16_function_table", "table_function",
@@ -402,6 +402,7 @@ def relaxed_softmax(x: ArrayLike, params: VLPParams, base: VLPConfig = VLPConfig
         raise ValueError("x: softmax needs at least one axis, got a scalar")
     if not -x.ndim <= axis < x.ndim:
         raise ValueError(f"axis: must be in [{-x.ndim}, {x.ndim}), got {axis}")
+    check_tokens(x.shape, axis, tokens)
     xm = token_major(jnp.moveaxis(_bf16_values(x), axis, -1), tokens if x.ndim > 1 else None)
     xm = jnp.where(jnp.abs(xm) < _TINY32, 0.0 * xm, xm)  # FTZ of the input
     masked = xm == -jnp.inf

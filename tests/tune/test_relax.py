@@ -75,6 +75,28 @@ def test_hard_limit_equals_exact_softmax(cfg: nl.VLPConfig) -> None:
     assert _same(nl.softmax(s, approx=cfg).astype(jnp.float32), jitted(s, R.params_from_config(cfg)))
 
 
+def test_hard_limit_equals_exact_softmax_per_token_groups() -> None:
+    """``tokens=T`` (window groups of one query token's head rows, as the decoders call it) equals
+    ``nl.softmax(..., tokens=T)`` bit for bit, and differs from the cross-token grouping."""
+    cfg = nl.VLPConfig(mantissa_bits=2, window=3, e_top=3, window_group=4)
+    heads, t = 3, 8
+    rng = np.random.default_rng(4)
+    s = (rng.standard_normal((2, heads * t, 33)) * np.exp2(rng.integers(-4, 4, (2, heads * t, 1))))
+    s = np.where(np.tile(np.tril(np.ones((t, 33), bool), 25), (heads, 1)), s, -np.inf)
+    s = s.astype(np.float32)
+    p = R.params_from_config(cfg)
+    relaxed = jax.jit(lambda v, q: R.relaxed_softmax(v, q, cfg, tokens=t))(s, p)
+    assert _same(nl.softmax(s, approx=cfg, tokens=t).astype(jnp.float32), relaxed)
+    assert not _same(R.relaxed_softmax(s, p, cfg), relaxed)
+
+
+@pytest.mark.parametrize("tokens", [0, 5, 2.0, True])
+def test_softmax_bad_tokens(tokens: object) -> None:
+    with pytest.raises(ValueError, match="tokens: must be a positive integer dividing the 24 rows"):
+        R.relaxed_softmax(jnp.zeros((2, 24, 9)), R.params_from_config(nl.VLPConfig()),
+                          tokens=tokens)
+
+
 def test_temperature_to_zero_converges_to_hard() -> None:
     cfg = nl.VLPConfig(mantissa_bits=3, window=6, e_top=2, window_group=32)
     x = _inputs(2, (8, 256))
