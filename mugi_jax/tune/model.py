@@ -188,10 +188,12 @@ def window_nll(model: Any, tokens: Int[Array, "B T"], valid: Array, params: Unit
 class Calibration:
     """Captured calibration data (arrays stacked over layers).
 
-    ``softmax_x``: attention scores ``(L, B, kv_heads, group*T, S)`` (masked entries ``-inf``);
-    ``silu_x``: gate pre-activations ``(L, B, T, ffn)``; ``*_g``: d(summed NLL)/d(output) of the
-    exact model; ``elements``: ``(L, 2)`` non-masked elements per unit; ``tokens``/``valid``: the
-    windows; ``nll``: exact-model mean NLL on them."""
+    ``softmax_x``: attention scores ``(L, B, kv_heads, group*T, S)``, head-major rows as the
+    model lays them out (masked entries ``-inf``); ``softmax_tokens``: the ``T`` of those rows
+    (the proxy forms the VLP window groups of one query token's rows, as the model does:
+    ``nl.softmax(..., tokens=T)``); ``silu_x``: gate pre-activations ``(L, B, T, ffn)``;
+    ``*_g``: d(summed NLL)/d(output) of the exact model; ``elements``: ``(L, 2)`` non-masked
+    elements per unit; ``tokens``/``valid``: the windows; ``nll``: exact-model mean NLL on them."""
 
     softmax_x: Array
     softmax_g: Array
@@ -201,24 +203,30 @@ class Calibration:
     tokens: Array
     valid: Array
     nll: float
+    softmax_tokens: int
 
-    def thin(self, softmax_rows: int | None = None, silu_tokens: int | None = None, batch: int | None = None,
-             seed: int = 0) -> "Calibration":
-        """A cheaper copy for the proxy objective: the first ``batch`` windows, ``softmax_rows``
-        random score rows (per window and KV head, kept in order; window groups are then formed of
-        the kept rows) and ``silu_tokens`` random tokens per window.  ``tokens``/``valid``/``nll``
-        are kept (they describe the model evaluations)."""
+    def thin(self, softmax_tokens: int | None = None, silu_tokens: int | None = None,
+             batch: int | None = None, seed: int = 0) -> "Calibration":
+        """A cheaper copy for the proxy objective: the first ``batch`` windows, the score rows of
+        ``softmax_tokens`` random query tokens (per window and KV head: every query head's row of
+        each kept token, in order, so a window group still holds one token's rows) and
+        ``silu_tokens`` random tokens per window.  ``tokens``/``valid``/``nll`` are kept (they
+        describe the model evaluations)."""
         rng = np.random.default_rng(seed)
         sx, sg, ax, ag = self.softmax_x, self.softmax_g, self.silu_x, self.silu_g
+        t = self.softmax_tokens
         if batch is not None:
             sx, sg, ax, ag = sx[:, :batch], sg[:, :batch], ax[:, :batch], ag[:, :batch]
-        if softmax_rows is not None and softmax_rows < sx.shape[3]:
-            idx = np.sort(rng.choice(sx.shape[3], softmax_rows, replace=False))
-            sx, sg = sx[:, :, :, idx], sg[:, :, :, idx]
+        if softmax_tokens is not None and softmax_tokens < t:
+            keep = np.sort(rng.choice(t, softmax_tokens, replace=False))
+            heads = sx.shape[3] // t
+            idx = (np.arange(heads)[:, None] * t + keep[None, :]).reshape(-1)  # head-major
+            sx, sg, t = sx[:, :, :, idx], sg[:, :, :, idx], softmax_tokens
         if silu_tokens is not None and silu_tokens < ax.shape[2]:
             idx = np.sort(rng.choice(ax.shape[2], silu_tokens, replace=False))
             ax, ag = ax[:, :, idx], ag[:, :, idx]
-        return dataclasses.replace(self, softmax_x=sx, softmax_g=sg, silu_x=ax, silu_g=ag)
+        return dataclasses.replace(self, softmax_x=sx, softmax_g=sg, silu_x=ax, silu_g=ag,
+                                   softmax_tokens=t)
 
 
 def capture(model: Any, tokens: Any, context: int = 128, base: numerics.Policy | str = "exact"
@@ -259,4 +267,4 @@ def capture(model: Any, tokens: Any, context: int = 128, base: numerics.Policy |
     n_sm = np.asarray(jnp.sum(jnp.isfinite(sx[0])))
     elements = np.stack([np.full(n_layers, n_sm), np.full(n_layers, ax[0].size)], axis=1)
     return Calibration(sx, sg, ax, ag, elements.astype(np.float64), win, val,
-                       float(s) / max(int(c), 1))
+                       float(s) / max(int(c), 1), int(win.shape[1]))

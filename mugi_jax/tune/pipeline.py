@@ -26,7 +26,7 @@ from mugi_jax.tune.tuner import (Budget, config_cost, grid_search, parse_budget,
 
 __all__ = ["Splits", "splits", "cached_calibration", "heldout_ppl", "run"]
 
-THIN = {"softmax_rows": 64, "silu_tokens": 24}
+THIN = {"softmax_tokens": 24, "silu_tokens": 24}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,13 +78,14 @@ def cached_calibration(model: Any, tokens: np.ndarray, name: str, context: int =
         cal = Calibration(*(jnp.asarray(z[k]) for k in ("softmax_x", "softmax_g", "silu_x",
                                                           "silu_g")),
                           z["elements"], jnp.asarray(z["tokens"]), jnp.asarray(z["valid"]),
-                          float(z["nll"]))
+                          float(z["nll"]), int(z["softmax_tokens"]))
         return cal, True
     cal = capture(model, tokens, context).thin(seed=seed, **thin)
     buf = io.BytesIO()
     np.savez(buf, softmax_x=np.asarray(cal.softmax_x), softmax_g=np.asarray(cal.softmax_g),
              silu_x=np.asarray(cal.silu_x), silu_g=np.asarray(cal.silu_g), elements=cal.elements,
-             tokens=np.asarray(cal.tokens), valid=np.asarray(cal.valid), nll=cal.nll)
+             tokens=np.asarray(cal.tokens), valid=np.asarray(cal.valid), nll=cal.nll,
+             softmax_tokens=cal.softmax_tokens)
     data.save_derived(path, buf.getvalue())
     return cal, False
 

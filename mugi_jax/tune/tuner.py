@@ -39,8 +39,9 @@ import math
 import re
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -137,11 +138,18 @@ def parse_budget(text: str | Budget | None, lut_exponents: int = 12) -> Budget:
 # The proxy objective
 
 
-class _CalArrays(NamedTuple):
+class _CalArrays(eqx.Module):
+    """The arrays of a :class:`Calibration` (jit arguments) and its static ``softmax_tokens``."""
+
     softmax_x: Array
     softmax_g: Array
     silu_x: Array
     silu_g: Array
+    softmax_tokens: int = eqx.field(static=True)
+
+    @classmethod
+    def of(cls, cal: Any) -> "_CalArrays":
+        return cls(cal.softmax_x, cal.softmax_g, cal.silu_x, cal.silu_g, int(cal.softmax_tokens))
 
 
 def _unit_stack(p: UnitParams, col: int) -> VLPParams:
@@ -151,20 +159,22 @@ def _unit_stack(p: UnitParams, col: int) -> VLPParams:
 def hard_unit_errors(cal: Any, params: UnitParams, base_cfg: VLPConfig = VLPConfig()
                      ) -> Float[Array, "L F"]:
     """Jitted :func:`unit_errors` of the exact (hard) units."""
-    return _hard_errors(params, _CalArrays(cal.softmax_x, cal.softmax_g, cal.silu_x, cal.silu_g),
-                        base_cfg)
+    return _hard_errors(params, _CalArrays.of(cal), base_cfg)
 
 
 def unit_errors(cal: Calibration, params: UnitParams, base_cfg: VLPConfig = VLPConfig(), *,
                 temperature: float | Array = 0.0, rounding: str = "ste",
                 key: Array | None = None, exact_values: bool = True) -> Float[Array, "L F"]:
-    r""":math:`D_u = \sum_i g_i^2 (\tilde y_i - y^*_i)^2` for every unit (module docstring)."""
+    r""":math:`D_u = \sum_i g_i^2 (\tilde y_i - y^*_i)^2` for every unit (module docstring).
+    The softmax's window groups hold one query token's rows (``cal.softmax_tokens``), as in the
+    model's forward pass."""
     n = cal.softmax_x.shape[0]
+    t = int(cal.softmax_tokens)
     keys = (None, None) if key is None else tuple(jax.random.split(key, 2))
     kw = dict(temperature=temperature, rounding=rounding, exact_values=exact_values)
 
     def sm_err(x: Array, g: Array, p: VLPParams, k: Array | None) -> Array:
-        y = relaxed_softmax(x, p, base_cfg, key=k, **kw)
+        y = relaxed_softmax(x, p, base_cfg, key=k, tokens=t, **kw)
         return jnp.sum(jnp.square(g * (y - jax.nn.softmax(x, axis=-1))))
 
     def si_err(x: Array, g: Array, p: VLPParams, k: Array | None) -> Array:
@@ -434,7 +444,7 @@ def tune(model: Any, calib_tokens: Any, budget: str | Budget | None = "mantissa_
     passes = jnp.broadcast_to(jnp.asarray(_PASSES), p0.window.shape)
     w_el = jnp.asarray(elements / elements.sum(), jnp.float32)
 
-    cal_arrays = _CalArrays(cal.softmax_x, cal.softmax_g, cal.silu_x, cal.silu_g)
+    cal_arrays = _CalArrays.of(cal)
     hard_errors = lambda p: _hard_errors(p, cal_arrays, base_cfg)  # noqa: E731
     d0 = hard_errors(p0)
     d_ref = float(jnp.sum(d0)) + 1e-30

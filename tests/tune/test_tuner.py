@@ -66,6 +66,36 @@ def test_unit_errors_zero_for_exact_like_config(calibration: T.Calibration) -> N
     assert np.all(e_lo > e_hi)
 
 
+def _softmax_errors(cal: T.Calibration, cfg: nl.VLPConfig, tokens: int | None) -> np.ndarray:
+    """Per layer sum g^2 (nl.softmax(x, cfg, tokens) - softmax(x))^2 with the exact kernel."""
+    out = []
+    for x, g in zip(cal.softmax_x, cal.softmax_g):
+        y = nl.softmax(x, approx=cfg, tokens=tokens).astype(jnp.float32)
+        out.append(float(jnp.sum(jnp.square(g * (y - jax.nn.softmax(x, axis=-1))))))
+    return np.asarray(out)
+
+
+def test_proxy_softmax_groups_one_query_token(calibration: T.Calibration) -> None:
+    """The proxy's softmax errors use the model's window groups (one query token's head rows,
+    ``tokens=T``), not groups of consecutive head-major rows spanning tokens."""
+    cfg = dataclasses.replace(BASE, e_top=1, window=3, mantissa_bits=2)
+    p = T.model.params_from_configs([(cfg, cfg)] * 2)
+    got = np.asarray(T.unit_errors(calibration, p, BASE))[:, 0]
+    assert calibration.softmax_tokens == 32
+    np.testing.assert_allclose(got, _softmax_errors(calibration, cfg, 32), rtol=1e-5)
+    cross = _softmax_errors(calibration, cfg, None)
+    assert np.all(np.abs(got - cross) > 1e-3 * cross)
+    # thinning keeps every head's row of the kept tokens, head-major, so groups stay per token
+    th = calibration.thin(softmax_tokens=5, seed=3)
+    assert th.softmax_tokens == 5 and th.softmax_x.shape[3] == 2 * 5
+    sx, tx = np.asarray(calibration.softmax_x), np.asarray(th.softmax_x)
+    for i in range(5):
+        k = [r for r in range(32) if np.array_equal(tx[..., i, :], sx[..., r, :])]
+        assert len(k) == 1 and np.array_equal(tx[..., 5 + i, :], sx[..., 32 + k[0], :])
+    np.testing.assert_allclose(np.asarray(T.unit_errors(th, p, BASE))[:, 0],
+                               _softmax_errors(th, cfg, 5), rtol=1e-5)
+
+
 @pytest.mark.parametrize("budget,msg", [
     ("mantissa_bits<=9", "mantissa_bits"), ("windw<=8", "unknown parameter"),
     ("mantissa_bits=3", "malformed"), ("window<=0", "window"), ("energy_pj<=-1", "energy_pj"),
@@ -159,12 +189,28 @@ def test_results_at_fixed_seed_unchanged(model: Llama, tokens: np.ndarray,
     res = T.tune(model, tokens, "mantissa_bits<=2,window<=6,energy_pj<=0.2", steps=6, context=32,
                  base_cfg=BASE, calibration=calibration, seed=0)
     c = lambda e, w, b: {"e_top": e, "window": w, "mantissa_bits": b}  # noqa: E731
+    # re-recorded when the proxy's softmax window groups became per query token, as in the model
+    # (before: softmax c(2, 6, 2) / c(3, 5, 1), proxy 0.012125151231884956)
     assert res.config_table() == [
-        {"layer": 0, "softmax": c(2, 6, 2), "silu": c(4, 5, 2)},
-        {"layer": 1, "softmax": c(3, 5, 1), "silu": c(4, 4, 1)}]
-    assert float(res.proxy) == 0.012125151231884956
+        {"layer": 0, "softmax": c(3, 5, 2), "silu": c(4, 5, 2)},
+        {"layer": 1, "softmax": c(3, 4, 1), "silu": c(4, 4, 2)}]
+    assert float(res.proxy) == 0.00842816848307848
     win, val = T.model.make_windows(tokens, 32)
     nll = T.window_nll(model, win, val, T.model.params_from_configs(_cfgs()), BASE)
     # re-recorded when the attention softmax's window groups became per query token (4.6232224
-    # before: groups had spanned tokens); the capture, configs and proxy above did not move
+    # before: groups had spanned tokens); the capture above did not move
     assert nll == 4.62299568422379
+
+
+def test_cached_calibration_round_trip(model: Llama, tokens: np.ndarray, tmp_path, monkeypatch) -> None:
+    """The on-disk calibration cache keeps the thinned capture, softmax_tokens included."""
+    from mugi_jax.tune import pipeline
+
+    monkeypatch.setenv("MUGI_JAX_DATA", str(tmp_path))
+    thin = {"softmax_tokens": 6, "silu_tokens": 5}
+    first, hit1 = pipeline.cached_calibration(model, tokens, "tiny", 32, thin, seed=1)
+    again, hit2 = pipeline.cached_calibration(model, tokens, "tiny", 32, thin, seed=1)
+    assert (hit1, hit2) == (False, True) and again.softmax_tokens == first.softmax_tokens == 6
+    for f in ("softmax_x", "softmax_g", "silu_x", "silu_g", "tokens", "valid", "elements"):
+        assert np.array_equal(np.asarray(getattr(first, f)), np.asarray(getattr(again, f))), f
+    assert again.nll == first.nll
