@@ -105,9 +105,12 @@ class SelfAttention(nnx.Module):
         k = kv.store(k, qk)
         v = kv.store(heads(self.v_proj(x, policy)), pv)
         scores = qk.scores(q, k, kv) * jnp.float32(hd ** -0.5)
-        # a query sees every valid key; a padding query sees itself too, so no row is empty
+        # a valid query sees every valid key; a padding query sees only itself (no row is
+        # empty).  Its one score is its row's max (softmax input 0, outside every VLP window),
+        # so padding rows never widen the window of the valid rows they share a group with:
+        # an embedding does not depend on how far its batch is padded.
         eye = jnp.arange(t)[:, None] == jnp.arange(t)[None, :]
-        mask = valid[:, None, None, :] | eye[None, None]
+        mask = (valid[:, None, None, :] & valid[:, None, :, None]) | eye[None, None]
         scores = jnp.where(mask, scores, -jnp.inf)
         probs = policy.op(p + "softmax", numerics.SOFTMAX).softmax(scores, axis=-1)
         ctx = pv.context(probs, v, kv)  # B H T D
