@@ -50,7 +50,7 @@ __all__ = ["METHODS", "SCHEMES", "GROUPS", "QuantSpec", "QuantizedWeights", "Wei
            "calibration_ids", "collect_statistics", "quantize_model", "apply_weights", "save",
            "load", "EVAL_RESERVED_TOKENS", "MIN_CALIB_TOKENS", "PROJECTIONS",
            "ENCODER_PROJECTIONS", "ENCODER_INPUTS", "encoder_calibration_ids", "quantize_encoder",
-           "apply_encoder_weights", "encoder_weights_for"]
+           "apply_encoder_weights", "encoder_weights_for", "cached_encoder_weights"]
 
 METHODS = ("rtn", "clip", "gptq", "awq")
 SCHEMES = ("signmag", "int4", "asym")
@@ -380,14 +380,59 @@ def apply_encoder_weights(model: Any, weights: QuantizedWeights) -> Any:
 
 
 _ENCODER_BUILT: dict[tuple[int, Any], tuple[Any, Any]] = {}
+#: Bumped when what :func:`quantize_encoder` computes from the same inputs changes (it is part
+#: of the encoder weights' cache key).
+ENCODER_RECIPE_VERSION = 1
+
+
+def _model_fingerprint(model: Any) -> str:
+    """sha256 of every parameter's path, dtype, shape and bytes (the model the weights are of)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path, leaf in sorted(jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param)),
+                             key=lambda kv: jax.tree_util.keystr(kv[0])):
+        a = np.asarray(leaf)
+        h.update(f"{jax.tree_util.keystr(path)} {a.dtype} {a.shape}".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def cached_encoder_weights(model: Any, ids: list[int], recipe: Any) -> tuple[QuantizedWeights, bool]:
+    """:func:`quantize_encoder` of ``model`` calibrated on ``ids`` (windows of
+    :data:`ENCODER_WINDOW`) per ``recipe``, cached on disk under :func:`cache_dir` like the
+    decoders' weights (each file written atomically, verified by size and sha256 before use).
+    The key covers everything the result depends on: the model's parameters (fingerprint), the
+    calibration ids (tokenizer, corpus, window, skipped heads), the recipe and
+    :data:`ENCODER_RECIPE_VERSION`.  Returns ``(weights, from_cache)``."""
+    import hashlib
+
+    key = hashlib.sha256(json.dumps(
+        [ENCODER_RECIPE_VERSION, FORMAT_VERSION, _model_fingerprint(model), ENCODER_WINDOW,
+         hashlib.sha256(np.asarray(ids, np.int64).tobytes()).hexdigest(),
+         dataclasses.asdict(recipe)]).encode()).hexdigest()[:16]
+    spec = QuantSpec(f"encoder-{key}", recipe.method, recipe.scheme, recipe.group,
+                     recipe.calib_corpus, recipe.calib_tokens)
+    where = cache_dir(spec)
+    qw = _load_cached(where, spec)
+    if qw is not None:
+        return qw, True
+    t0 = time.perf_counter()
+    stats = collect_statistics(model, ids, ENCODER_WINDOW, ENCODER_INPUTS)
+    qw = quantize_encoder(model, stats, spec)
+    _store(where, qw, {"calibration": f"{len(ids)} tokens of {recipe.calib_corpus} "
+                                      f"(encoder_calibration_ids, {ENCODER_WINDOW}-token windows)",
+                       "recipe_version": ENCODER_RECIPE_VERSION}, time.perf_counter() - t0)
+    return qw, False
 
 
 def encoder_weights_for(model: Any, tokenizer: Any, policy: Any) -> Any:
     """The encoder with the INT4 weights ``policy``'s :class:`~mugi_jax.numerics.WeightRecipe`
     asks for (method, scheme, group; ``calib_tokens`` tokens of ``calib_corpus``, Brown: the
     tails of its files, see :func:`encoder_calibration_ids`), or ``model`` unchanged (no
-    recipe, or round to nearest: quantized on the fly).  Built in memory (seconds for
-    MiniLM) and kept for the process's last two (model, recipe) pairs."""
+    recipe, or round to nearest: quantized on the fly).  Built once and cached on disk
+    (:func:`cached_encoder_weights`), and kept in memory for the process's last two
+    (model, recipe) pairs."""
     from mugi_jax import data
 
     recipe = getattr(policy, "weights", None)
@@ -399,10 +444,7 @@ def encoder_weights_for(model: Any, tokenizer: Any, policy: Any) -> Any:
     docs = ([t for _, t in data.brown_documents()] if recipe.calib_corpus == "brown"
             else [data.corpus_text(recipe.calib_corpus)])
     ids = encoder_calibration_ids(tokenizer, docs, recipe.calib_tokens)
-    stats = collect_statistics(model, ids, ENCODER_WINDOW, ENCODER_INPUTS)
-    spec = QuantSpec("encoder", recipe.method, recipe.scheme, recipe.group, recipe.calib_corpus,
-                     recipe.calib_tokens)
-    built = apply_encoder_weights(model, quantize_encoder(model, stats, spec))
+    built = apply_encoder_weights(model, cached_encoder_weights(model, ids, recipe)[0])
     while len(_ENCODER_BUILT) >= 2:
         _ENCODER_BUILT.pop(next(iter(_ENCODER_BUILT)))
     _ENCODER_BUILT[key] = (model, built)  # the model is held so that its id stays unique
@@ -531,23 +573,37 @@ def weights_for(model: Any, tokenizer: Any, model_name: str, policy: Any,
     spec = QuantSpec(model_name, recipe.method, recipe.scheme, recipe.group, recipe.calib_corpus,
                      recipe.calib_tokens)
     where = cache_dir(spec)
-    # The cached file is verified (size, sha256) before use; a damaged one is rebuilt.  A file
-    # cached before files were stamped is adopted if it loads.
+    qw = _load_cached(where, spec)
+    if qw is None:
+        text = data.corpus_text(spec.calib_corpus)
+        t0 = time.perf_counter()
+        qw, info = build(model, tokenizer, spec, text, progress=progress)
+        _store(where, qw, info, time.perf_counter() - t0)
+    return apply_weights(model, qw), {**dataclasses.asdict(spec), "dir": str(where)}
+
+
+def _load_cached(where: Path, spec: QuantSpec) -> QuantizedWeights | None:
+    """The weights cached in ``where`` for ``spec``, or None (absent, damaged or made for another
+    spec: then removed, so the caller rebuilds them).  The file is verified (size, sha256)
+    before use; a file cached before files were stamped is adopted if it loads."""
+    from mugi_jax import data
+
     wfile, qw = where / WEIGHTS_FILE, None
     if wfile.is_file() and not wfile.with_name(wfile.name + ".sha256").exists():
         data.stamp_derived(wfile)
     if data.verify_derived(wfile):
         try:
-            qw = load(where, model=model_name)
+            qw = load(where, model=spec.model)
         except WeightsError:
             wfile.unlink(missing_ok=True)
         if qw is not None and qw.spec != spec:  # never reuse weights made for another recipe
             qw = None
             wfile.unlink(missing_ok=True)
-    if qw is None:
-        text = data.corpus_text(spec.calib_corpus)
-        t0 = time.perf_counter()
-        qw, info = build(model, tokenizer, spec, text, progress=progress)
-        save(where, qw, info, time.perf_counter() - t0)
-        data.stamp_derived(where / WEIGHTS_FILE)
-    return apply_weights(model, qw), {**dataclasses.asdict(spec), "dir": str(where)}
+    return qw
+
+
+def _store(where: Path, qw: QuantizedWeights, info: dict[str, Any], seconds: float) -> None:
+    from mugi_jax import data
+
+    save(where, qw, info, seconds)
+    data.stamp_derived(where / WEIGHTS_FILE)
