@@ -169,6 +169,37 @@ def test_attention_exact_matches_reference(k_gran, v_gran, dp, use_mask, seed):
     np.testing.assert_allclose(fast, out, atol=1e-3)
 
 
+@pytest.mark.parametrize("mode", gemm.MODES)
+@pytest.mark.parametrize("granularity", ["per_token", "per_channel"])
+def test_cache_products_equal_one_gemm_per_head(mode, granularity):
+    """``cache_scores`` / ``cache_context`` run the (batch row, KV head) GEMMs one after the
+    other in row tiles (1024 rows: two tiles of 512): the same bits as ``gemm.matmul`` on each
+    head's cache with all its rows at once."""
+    import importlib
+    attn_mod = importlib.import_module("mugi_jax.gemm.attention")  # the module, not gemm.attention
+    rng = np.random.default_rng(7)
+    b, h, m, tokens, d = 1, 2, 1024, 32, 16
+    assert attn_mod._row_tile(m) < m  # the tiled path is the one tested
+    dp = gemm.Mugi()
+    scheme = quant.SignMagnitudeInt4(group_size=8)
+    k = rng.standard_normal((b, h, tokens, d)).astype(np.float32)
+    kq = quant.quantize_kv(k, scheme, granularity=granularity)
+    q = jnp.asarray(rng.standard_normal((b, h, m, d)), jnp.bfloat16)
+    p = jnp.asarray(rng.random((b, h, m, tokens)), jnp.bfloat16)
+    scores = gemm.cache_scores(q, kq, dp, mode)
+    context = gemm.cache_context(p, kq, dp, mode)
+
+    def head(i, transpose):
+        zeros = None if kq.zeros is None else kq.zeros[0, i]
+        w = quant.QuantizedTensor(codes=kq.codes[0, i], scales=kq.scales[0, i], zeros=zeros,
+                                  scheme=dataclasses.replace(kq.scheme, axis=kq.axis - 2))
+        return transpose_qt(w) if transpose else w
+
+    for i in range(h):
+        assert same_bits(scores[0, i], gemm.matmul(q[0, i], head(i, True), dp, mode))
+        assert same_bits(context[0, i], gemm.matmul(p[0, i], head(i, False), dp, mode))
+
+
 def test_attention_pluggable_softmax_and_gqa():
     rng = np.random.default_rng(0)
     q = jnp.asarray(rng.standard_normal((8, 1, 16)), jnp.float32)  # 8 query heads, no batch
