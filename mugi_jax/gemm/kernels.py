@@ -393,7 +393,8 @@ def _fast_dot_groups(a32: Array, kn: KN, product: str) -> Array:
     """One BF16 x BF16 -> FP32 ``dot`` per group on the odd-multiple decomposition: the
     activations and their corrections ``(m, nt g)`` against the group's weight terms
     ``(nt g, n)``, then the group's scale.  The terms are derived from the int8 codes inside
-    the loop, one group at a time."""
+    the call: for all groups at once, as int8 (4 bytes per weight for sign-magnitude, alive
+    for this call only), widened to BF16 one group at a time in the loop."""
     m, k = a32.shape
     n = kn.codes.shape[1]
     g = kn.group
@@ -401,26 +402,31 @@ def _fast_dot_groups(a32: Array, kn: KN, product: str) -> Array:
     odds = _odd_terms(kn) if product == "bf16" else ()
     a_g = a32.reshape(m, ng, g).transpose(1, 0, 2)  # (ng, m, g)
     # The barrier keeps XLA from hoisting the derivation of the weight terms out of a caller's
-    # loop: in a model's layer scan it materialised the FP32 terms of every layer (16 bytes per
-    # weight) on each call.  Within this call XLA may derive them where it likes.
+    # loop: in a model's layer scan it materialised the terms of every layer on each call.
+    # Within this call XLA may derive them where it likes.
     codes_g = lax.optimization_barrier(kn.codes).reshape(ng, g, n)
     # (ng, m, nt * g), term-major like the weight terms
     xa = jnp.stack([a_g] + _odd_corrections(a_g, odds), 2)
     xa = xa.reshape(ng, m, (1 + len(odds)) * g).astype(jnp.bfloat16)
 
-    def group_sum(xg, cg):
+    def group_sum(xg, tg):
         # BF16 operands (every term is exact in BF16, every product exact in FP32): measured
         # 1.4-1.8x faster on XLA:CPU than the same dot on FP32 operands
-        tg = _weight_terms(cg[None], odds, jnp.bfloat16)[0]
-        return lax.dot(xg, tg, preferred_element_type=jnp.float32)
+        return lax.dot(xg, tg.astype(jnp.bfloat16), preferred_element_type=jnp.float32)
+
+    def run(codes_t, scales_t, zeros_t):
+        # all groups' terms in one fused pass before the loop: measured 20-30% faster at the
+        # SmolLM2 g32 prefill shapes than deriving them group by group inside the loop (and
+        # as fast as holding them prepared)
+        terms = _weight_terms(codes_t, odds, jnp.int8)
+        return _scan_groups(xa, a_g, terms, scales_t, zeros_t, kn, group_sum)
 
     # very wide outputs (an LM head): n-tiles, so that the (m, tile) group sum and running sum
-    # stay in cache across the groups
+    # stay in cache across the groups, and the derived terms are one tile's
     tile = n if n <= 8192 else _tile_size(m, n, _FAST_DOT_TILE_ELEMS)
     if tile < n:
-        return _map_n_tiles(lambda c, s_, z_: _scan_groups(xa, a_g, c, s_, z_, kn, group_sum),
-                            tile, codes_g, kn.scales, kn.zeros)
-    return _scan_groups(xa, a_g, codes_g, kn.scales, kn.zeros, kn, group_sum)
+        return _map_n_tiles(run, tile, codes_g, kn.scales, kn.zeros)
+    return run(codes_g, kn.scales, kn.zeros)
 
 
 def _fast_folded(a32: Array, kn: KN, product: str) -> Array:
