@@ -129,73 +129,85 @@ def _softmax_exp_table(cfg: VLPConfig, single: bool) -> np.ndarray:
     return t
 
 
-def _shifted_bits(x: Array) -> tuple[Array, Array]:
-    """Steps 1-2 on ``x`` (softmax axis last): the patterns of ``FTZ(bf16(x))`` and of ``y``.
+def _rounded_bits32(x: Array) -> Array:
+    """``FTZ(bf16(x))`` as FP32 bit patterns (uint32; a NaN becomes ``sign | 0x7FC00000``).
 
-    ``max`` is taken on ``x`` itself: rounding to BF16 and FTZ are monotone, so
-    ``FTZ(bf16(max x)) = max FTZ(bf16(x))`` (NaN propagates through both)."""
-    u16 = jnp.uint16
-    def row_max(v: Array) -> Array:
-        return bf16_to_f32(flush_bf16(as_bf16(jnp.max(v, axis=-1, keepdims=True))))
+    FP32 inputs are rounded (half to even) with integer operations on their patterns in one
+    width, which XLA:CPU vectorises without packing; other dtypes go through :func:`as_bf16`."""
+    u32 = jnp.uint32
+    if x.dtype == jnp.float32:
+        b = jax.lax.bitcast_convert_type(x, u32)
+        r = (b + u32(0x7FFF) + ((b >> 16) & u32(1))) & u32(0xFFFF0000)
+        r = jnp.where((b & u32(0x7FFFFFFF)) > u32(0x7F800000),
+                      (b & u32(0x80000000)) | u32(0x7FC00000), r)
+    else:
+        r = jax.lax.bitcast_convert_type(as_bf16(x), jnp.uint16).astype(u32) << 16
+    return jnp.where((r & u32(0x7F800000)) == 0, r & u32(0x80000000), r)  # FTZ
 
-    m = _materialised(row_max, x)  # materialised: XLA would otherwise redo it per element
-    xb = flush_bf16(as_bf16(x))
-    y = round_to_bf16(bf16_to_f32(xb) - m)
-    return jax.lax.bitcast_convert_type(xb, u16), jax.lax.bitcast_convert_type(y, u16)
+
+def _row_max(x: Array) -> Array:
+    """``max FTZ(bf16(x))`` per row (kept as a length-1 axis) as FP32, taken on ``x`` itself:
+    rounding to BF16 and FTZ are monotone, so ``FTZ(bf16(max x)) = max FTZ(bf16(x))`` (NaN
+    propagates through both).  Materialised: XLA would otherwise redo it per element."""
+    return _materialised(lambda v: bf16_to_f32(flush_bf16(as_bf16(jnp.max(v, axis=-1, keepdims=True)))), x)
 
 
 def _vlp_codes(x: Array) -> Array:
     """Steps 1-2 as uint16 codes for the table: ``y``'s pattern where y is a negative normal
     number (the only values whose window matters), else a small code (0 for zero/subnormal y,
     which is also +0's pattern; ``_NEG_INF``; ``_NAN`` + sign), plus ``_MASKED`` for -inf inputs,
-    so that the result can be told from ``e`` alone."""
-    u16 = jnp.uint16
-    xb, y = _shifted_bits(x)
-    sign = y >> 15
-    special = jnp.where((y & u16(0x7FFF)) > u16(0x7F80), u16(_NAN) + sign,
-                        jnp.where(y == u16(0xFF80), u16(_NEG_INF), u16(_ZERO)))
-    masked = xb == u16(0xFF80)
-    special = jnp.where(masked, special + u16(_MASKED), special)
-    negative_normal = (y - u16(0x8080)) < u16(0xFF80 - 0x8080)  # [0x8080, 0xFF80), wrapping
-    return jnp.where(negative_normal, y, special)
+    so that the result can be told from ``e`` alone.
+
+    One pass over ``x`` in 32-bit lanes: ``y = bf16_rne(FTZ(bf16(x)) - max)`` is rounded on the
+    FP32 difference's pattern; a NaN difference is classified from that pattern (its rounded
+    bits are not used, so they need no fix-up)."""
+    u32 = jnp.uint32
+    m = _row_max(x)
+    r = _rounded_bits32(x)
+    d = jax.lax.bitcast_convert_type(jax.lax.bitcast_convert_type(r, jnp.float32) - m, u32)
+    y = (d + u32(0x7FFF) + ((d >> 16) & u32(1))) >> 16
+    special = jnp.where((d & u32(0x7FFFFFFF)) > u32(0x7F800000), u32(_NAN) + (d >> 31),
+                        jnp.where(y == u32(0xFF80), u32(_NEG_INF), u32(_ZERO)))
+    special = jnp.where(r == u32(0xFF800000), special + u32(_MASKED), special)
+    negative_normal = (y - u32(0x8080)) < u32(0xFF80 - 0x8080)  # [0x8080, 0xFF80), wrapping
+    return jnp.where(negative_normal, y, special).astype(jnp.uint16)
 
 
-def _vlp_exp_codes(z: Array, cfg: VLPConfig) -> Array:
-    """Step 3 on the codes (``(..., rows, cols)``, groups along rows): FTZ(e) as uint16."""
+def _vlp_exp_codes(z: Array, cfg: VLPConfig, axis: int) -> Array:
+    """Step 3 on the codes, window groups along ``axis``: FTZ(e) as uint16."""
     u16 = jnp.uint16
-    z2, rows_axis = rows_last(z)
-    g = groups(z2.shape[rows_axis], rows_axis, cfg.window_group)
+    g = groups(z.shape[axis], axis, cfg.window_group)
     if g.size == 1:
-        return table_lookup(_softmax_exp_table(cfg, True), z).reshape(z.shape)
+        return table_lookup(_softmax_exp_table(cfg, True), z)
     # Codes are below every negative normal pattern: a plain max finds the largest magnitude.
     if cfg.build == "max":
-        top = jnp.max(grouped(z2, g, 0), axis=g.axis + 1, keepdims=True)
+        top = jnp.max(grouped(z, g, 0), axis=g.axis + 1, keepdims=True)
         extreme = jnp.where(top >= u16(0x8080), top & u16(0x7FFF), u16(0))
     else:
-        key = jnp.where(z2 >= u16(0x8080), z2, u16(0xFFFF))
+        key = jnp.where(z >= u16(0x8080), z, u16(0xFFFF))
         low = jnp.min(grouped(key, g, 0xFFFF), axis=g.axis + 1, keepdims=True)
         extreme = jnp.where(low == u16(0xFFFF), low, low & u16(0x7FFF))
     bottom = bottom_from_extreme(extreme.astype(jnp.int32), cfg)
-    e = table_lookup(_softmax_exp_table(cfg, False), z2, group_offsets(bottom, cfg, g, z2.shape))
-    return e.reshape(z.shape)
+    return table_lookup(_softmax_exp_table(cfg, False), z, group_offsets(bottom, cfg, g, z.shape))
 
 
-def _vlp_softmax(x: Array, cfg: VLPConfig) -> Array:
+def _vlp_softmax(x: Array, cfg: VLPConfig, tokens: int | None) -> Array:
     """The pipeline for VLP (``x`` with the softmax axis last), reading the exponentials from
     one table lookup on codes (see ``_vlp_codes``); identical results to ``_softmax_jit``'s
-    generic path, with fewer passes: ``e`` carries the -inf mask, and is already flushed."""
+    generic path, with fewer passes: ``e`` carries the -inf mask, and is already flushed.
+
+    Window groups are formed in place: the rows ``(..., heads x tokens, cols)`` are viewed as
+    ``(..., heads, tokens, cols)`` (a free reshape; ``tokens`` None: one token) and grouped along
+    the heads axis, so no pass transposes the scores to a token-major layout and back."""
     u16 = jnp.uint16
-    rows = 1 if x.ndim == 1 else x.shape[-2]
-    if min(rows, cfg.window_group) == 1:
-        # No window reduction: y's own pattern indexes the table, the mask comes from x.
-        xb, z = _shifted_bits(x)
-        e = _materialised(lambda v: _vlp_exp_codes(v, cfg), z)
-        masked = xb == u16(0xFF80)
-    else:
-        # read by the window reduction and the lookup
-        z = _materialised(lambda v: v, _vlp_codes(x))
-        e = _materialised(lambda v: _vlp_exp_codes(v, cfg), z)
-        masked = (e == u16(_E_MASKED)) | ((e & u16(0x7FFF)) == u16(_E_MASKED_NAN))
+    shape = x.shape
+    x2, _ = rows_last(x)
+    t = tokens or 1
+    x3 = x2.reshape(x2.shape[:-2] + (x2.shape[-2] // t, t, x2.shape[-1]))
+    z = _materialised(lambda v: v, _vlp_codes(x3))  # read by the window reduction and the lookup
+    e = _materialised(lambda v: _vlp_exp_codes(v, cfg, v.ndim - 3), z)
+    masked = (e == u16(_E_MASKED)) | ((e & u16(0x7FFF)) == u16(_E_MASKED_NAN))
+
     def f32(v: Array) -> Array:  # exact: BF16 bits in the top half
         return jax.lax.bitcast_convert_type(v.astype(jnp.uint32) << 16, jnp.float32)
 
@@ -205,7 +217,8 @@ def _vlp_softmax(x: Array, cfg: VLPConfig) -> Array:
     total = _materialised(lambda v: pairwise_sum(f32(v)), e)
     q = exact_divide(f32(e), total)
     out = jax.lax.bitcast_convert_type(round_to_bf16(flush_f32(q)), u16)  # FTZ, then RNE
-    return jax.lax.bitcast_convert_type(jnp.where(masked, u16(0), out), jnp.bfloat16)
+    out = jax.lax.bitcast_convert_type(jnp.where(masked, u16(0), out), jnp.bfloat16)
+    return out.reshape(shape)
 
 
 def token_major(x: Array, tokens: int | None, inverse: bool = False) -> Array:
@@ -236,8 +249,7 @@ def check_tokens(shape: tuple[int, ...], axis: int, tokens: object) -> None:
 def _softmax_jit(x: Array, axis: int, approx: object, tokens: int | None = None) -> Array:
     if isinstance(approx, (VLPConfig, MugiL)):
         cfg = approx.config if isinstance(approx, MugiL) else approx
-        y = _vlp_softmax(token_major(jnp.moveaxis(x, axis, -1), tokens), cfg)
-        return jnp.moveaxis(token_major(y, tokens, inverse=True), -1, axis)
+        return jnp.moveaxis(_vlp_softmax(jnp.moveaxis(x, axis, -1), cfg, tokens), -1, axis)
     x_ftz = flush_bf16(jnp.moveaxis(as_bf16(x), axis, -1))  # one consumer chain: fuses
     y = _shift(x_ftz)
     e32 = flush_bf16(_approx_exp(y, approx)).astype(jnp.float32)

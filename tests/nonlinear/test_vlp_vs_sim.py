@@ -126,3 +126,51 @@ def test_float32_inputs_wide_groups(fn, group, with_inf):
     ref = simulate_vlp(x.astype(BF16), fn, cfg)
     got = formats.to_numpy(nl.vlp(jnp.asarray(x), fn, cfg))
     np.testing.assert_array_equal(got.view(np.uint16), ref.outputs.view(np.uint16))
+
+
+# FP32 patterns for the softmax's integer rounding at entry: NaNs whose low payload bits would
+# carry into the exponent (0x7F800001 would round to +inf, 0xFF800001 to -inf - a mask -,
+# 0xFFFFFFFF wraps to +0), a value that rounds to -inf in BF16 (a masked element), the largest
+# finite BF16's neighbours, FP32 subnormals, and values halfway between two BF16 numbers (ties
+# to even both ways).
+_FP32_EDGES = np.array([0x7F800001, 0xFF800001, 0xFF807FFF, 0xFFFFFFFF, 0x7FC00000, 0xFF7FC000,
+                        0xFF7F7FFF, 0x7F7F8000, 0x00000001, 0x80400000, 0xBF808000, 0xBF818000,
+                        0xC0A08000, 0xFF800000, 0x7F800000], dtype=np.uint32).view(np.float32)
+
+
+@settings(SETTINGS, max_examples=20)
+@given(cfg=vlp_configs(), heads=st.sampled_from([1, 2, 3, 5]), tokens=st.sampled_from([1, 2, 5]),
+       seed=st.integers(0, 2**31 - 1), scale=st.sampled_from([0.5, 3.0, 30.0]),
+       p_special=st.sampled_from([0.0, 0.05, 0.3]), masked=st.booleans())
+def test_softmax_tokens_equals_simulator(cfg, heads, tokens, seed, scale, p_special, masked):
+    """``softmax(x, tokens=T)`` on head-major ``(heads x T, keys)`` rows equals the simulator on
+    the token-major view ``(T, heads, keys)`` (window groups = one token's heads), bit for bit,
+    with FP32 edge patterns at entry and (optionally) a causal mask."""
+    rng = np.random.default_rng(seed)
+    keys = 6
+    shape = (2, heads * tokens, keys)
+    x = (rng.standard_normal(shape) * scale).astype(np.float32)
+    x = np.where(rng.random(shape) < p_special, rng.choice(_FP32_EDGES, shape), x).astype(np.float32)
+    if masked:  # query token i sees keys 0 .. keys - tokens + i
+        query = np.tile(np.arange(tokens), heads) + keys - tokens
+        x = np.where(np.arange(keys)[None, :] <= query[:, None], x, -np.inf).astype(np.float32)
+    token_major = x.reshape(2, heads, tokens, keys).transpose(0, 2, 1, 3)
+    ref = simulate_softmax(token_major, cfg).outputs.transpose(0, 2, 1, 3).reshape(shape)
+    got = formats.to_numpy(nl.softmax(jnp.asarray(x), approx=cfg, tokens=tokens))
+    assert same_bits_nan_aware(got, ref)
+
+
+@pytest.mark.parametrize("tokens", [1, 3])
+def test_softmax_fp32_edges_equal_simulator(tokens):
+    """Every FP32 edge pattern, one per row (the rest of the row ordinary scores), with and
+    without token groups: the kernel's integer rounding at entry equals the simulator's."""
+    cfg = nl.VLPConfig(window_group=2)
+    rng = np.random.default_rng(7)
+    n = len(_FP32_EDGES)
+    x = (rng.standard_normal((2, n * tokens, 5)) * 3.0).astype(np.float32)
+    x[:, :, 1] = np.repeat(_FP32_EDGES, tokens)
+    heads = n
+    token_major = x.reshape(2, heads, tokens, 5).transpose(0, 2, 1, 3)
+    ref = simulate_softmax(token_major, cfg).outputs.transpose(0, 2, 1, 3).reshape(x.shape)
+    got = formats.to_numpy(nl.softmax(jnp.asarray(x), approx=cfg, tokens=tokens))
+    assert same_bits_nan_aware(got, ref)
