@@ -29,7 +29,7 @@ from mugi_jax import formats
 from mugi_jax.nonlinear.baselines import exact, pwl, taylor
 from mugi_jax.nonlinear.config import PWL, Exact, MugiL, Taylor, VLPConfig
 from mugi_jax.formats import round_to_bf16
-from mugi_jax.nonlinear._common import as_bf16, bf16_to_f32, flush_f32, grouped, groups
+from mugi_jax.nonlinear._common import as_bf16, bf16_to_f32, flush_f32, grouped, groups, ungrouped
 from mugi_jax.nonlinear.vlp import bottom_from_extreme, group_offsets, output_table, table_lookup, vlp
 
 _TINY32 = np.float32(2.0 ** -126)
@@ -173,22 +173,43 @@ def _vlp_codes(x: Array) -> Array:
     return jnp.where(negative_normal, y, special).astype(jnp.uint16)
 
 
+# Window groups of at most this many elements are reduced by elementwise extrema of their slices,
+# fused into the lookup (see ``_vlp_exp_codes``).
+_FUSED_GROUP = 8
+
+
 def _vlp_exp_codes(z: Array, cfg: VLPConfig, axis: int) -> Array:
-    """Step 3 on the codes, window groups along ``axis``: FTZ(e) as uint16."""
+    """Step 3 on the codes, window groups along ``axis``: FTZ(e) as uint16.
+
+    Small groups (the query heads of one token, at most ``_FUSED_GROUP``) take their extreme
+    as elementwise extrema of the group's slices, which XLA fuses into the lookup together with
+    the window row: no per-group array is written and read back (on SmolLM2's causal prefill
+    softmax, (1, 3, 1536, 512), the lookup takes 1.2 ms instead of 1.9 ms).  Larger groups are
+    reduced first and their rows materialised (``group_offsets``)."""
     u16 = jnp.uint16
     g = groups(z.shape[axis], axis, cfg.window_group)
     if g.size == 1:
         return table_lookup(_softmax_exp_table(cfg, True), z)
     # Codes are below every negative normal pattern: a plain max finds the largest magnitude.
-    if cfg.build == "max":
-        top = jnp.max(grouped(z, g, 0), axis=g.axis + 1, keepdims=True)
-        extreme = jnp.where(top >= u16(0x8080), top & u16(0x7FFF), u16(0))
+    key, fill, reduce = ((z, 0, jnp.maximum) if cfg.build == "max" else
+                         (jnp.where(z >= u16(0x8080), z, u16(0xFFFF)), 0xFFFF, jnp.minimum))
+    gz = grouped(key, g, fill)
+    if g.size <= _FUSED_GROUP:
+        ext = functools.reduce(reduce, [jax.lax.slice_in_dim(gz, i, i + 1, axis=g.axis + 1)
+                                        for i in range(g.size)])
     else:
-        key = jnp.where(z >= u16(0x8080), z, u16(0xFFFF))
-        low = jnp.min(grouped(key, g, 0xFFFF), axis=g.axis + 1, keepdims=True)
-        extreme = jnp.where(low == u16(0xFFFF), low, low & u16(0x7FFF))
+        ext = (jnp.max if cfg.build == "max" else jnp.min)(gz, axis=g.axis + 1, keepdims=True)
+    if cfg.build == "max":
+        extreme = jnp.where(ext >= u16(0x8080), ext & u16(0x7FFF), u16(0))
+    else:
+        extreme = jnp.where(ext == u16(0xFFFF), ext, ext & u16(0x7FFF))
     bottom = bottom_from_extreme(extreme.astype(jnp.int32), cfg)
-    return table_lookup(_softmax_exp_table(cfg, False), z, group_offsets(bottom, cfg, g, z.shape))
+    if g.size <= _FUSED_GROUP:
+        rows = (bottom - (cfg.e_bottom + 127)).astype(jnp.uint32) << 16
+        offsets = 0 if cfg.lut_exponents == cfg.window else ungrouped(rows, g, z.shape)
+    else:
+        offsets = group_offsets(bottom, cfg, g, z.shape)
+    return table_lookup(_softmax_exp_table(cfg, False), z, offsets)
 
 
 def _vlp_softmax(x: Array, cfg: VLPConfig, tokens: int | None) -> Array:
