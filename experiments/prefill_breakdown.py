@@ -8,7 +8,8 @@ SmolLM2-135M, batch 1, one prefill of ``--prefill`` tokens (perplexity evaluatio
 matmuls (``mugi/proj-fp32``), its attention products QK^T / PV as FP32 einsums of BF16 operands
 (``mugi/attn-fp32``, the KIVI cache kept), or its softmax/activation exact (``mugi/nl-exact``).
 Weights are prepared once per variant (untimed); the prefills are timed interleaved
-(``experiments/_benchlib.py``) and printed as min / median seconds and ratios to ``exact``.
+(``experiments/_benchlib.py``) and printed as min / median seconds and ratios to ``exact``,
+with the median process CPU time (all threads; it moves less with the load than wall time).
 The difference between ``mugi`` and a variant is the share of the swapped part.
 """
 
@@ -72,9 +73,11 @@ def main(argv: list[str] | None = None) -> None:
                                       cache0, pols[name])
     print(f"load average at start {load_average()}; interleaved, {args.repeats} repeats")
     t = interleaved(fns, args.repeats)
+    base_cpu = t["exact"].cpu_median
     for name in names:
         print(f"{name:>16s}: prefill {t[name].min:7.3f} / {t[name].median:7.3f} s (min / median),"
-              f" x exact {fmt_ratio(ratio(t[name], t['exact']))}")
+              f" x exact {fmt_ratio(ratio(t[name], t['exact']))};"
+              f" CPU {t[name].cpu_median:7.3f} s, x exact {t[name].cpu_median / base_cpu:.2f}")
     print(f"load average at end {load_average()}")
 
 
