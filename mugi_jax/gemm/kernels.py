@@ -372,10 +372,22 @@ def _odd_weight(codes: Array, o: int) -> Array:
 
 def _weight_terms(codes_g: Array, odds: tuple[int, ...], dtype: jnp.dtype) -> Array:
     """``(ng, g, n)`` codes -> ``(ng, (1 + len(odds)) g, n)``: the codes, then for each odd
-    multiple ``o`` the weights ``sign(q) 2^j`` of the codes ``|q| = o 2^j`` (all exact in BF16)."""
+    multiple ``o`` the weights ``sign(q) 2^j`` of the codes ``|q| = o 2^j`` (all exact in BF16).
+
+    Written as one elementwise select over the output shape (the term index an iota), in int8:
+    stacking per-term arrays made XLA materialise each term as int32 in a layer scan."""
     ng, g, n = codes_g.shape
-    ws = [codes_g.astype(jnp.int32)] + [_odd_weight(codes_g, o) for o in odds]
-    return jnp.stack(ws, 1).reshape(ng, len(ws) * g, n).astype(dtype)
+    nt = 1 + len(odds)
+    q = codes_g.astype(jnp.int8)[:, None]  # (ng, 1, g, n); codes are -8..15
+    term = lax.broadcasted_iota(jnp.int8, (1, nt, 1, 1), 1)
+    sign, mag = jnp.sign(q), jnp.abs(q)
+    out = jnp.where(term == 0, q, jnp.int8(0))
+    for i, o in enumerate(odds):
+        j = 0
+        while o << j <= 15:
+            out = jnp.where((term == i + 1) & (mag == (o << j)), sign * jnp.int8(1 << j), out)
+            j += 1
+    return out.reshape(ng, nt * g, n).astype(dtype)
 
 
 def _odd_corrections(a: Array, odds: tuple[int, ...]) -> list[Array]:
