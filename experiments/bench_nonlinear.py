@@ -59,8 +59,8 @@ def run(repeats: int = 21, cfg: nl.VLPConfig = nl.VLPConfig()) -> list[dict]:
         x = (jax.random.normal(key, shape, jnp.float32) * 3.0)
         if tokens is not None:
             x = causal(x, tokens)
-        t = interleaved({"exact": lambda f=exact[op]: f(x), "vlp": lambda f=vlp[op](tokens): f(x)},
-                        repeats)
+        t = interleaved({"exact": lambda f=exact[op]: f(x),
+                         "vlp": lambda f=vlp[op](tokens): f(x)}, repeats)
         r = ratio(t["vlp"], t["exact"])
         rows.append({"op": op, "case": label, "shape": "x".join(map(str, shape)), "tokens": tokens,
                      "exact_min_ms": 1e3 * t["exact"].min, "exact_median_ms": 1e3 * t["exact"].median,

@@ -29,7 +29,8 @@ from mugi_jax import formats
 from mugi_jax.nonlinear.baselines import exact, pwl, taylor
 from mugi_jax.nonlinear.config import PWL, Exact, MugiL, Taylor, VLPConfig
 from mugi_jax.formats import round_to_bf16
-from mugi_jax.nonlinear._common import as_bf16, bf16_to_f32, flush_f32, grouped, groups, ungrouped
+from mugi_jax.nonlinear._common import (as_bf16, bf16_to_f32, flush_f32, grouped, groups,
+                                        ungrouped)
 from mugi_jax.nonlinear.vlp import bottom_from_extreme, group_offsets, output_table, table_lookup, vlp
 
 _TINY32 = np.float32(2.0 ** -126)
@@ -149,7 +150,10 @@ def _row_max(x: Array) -> Array:
     """``max FTZ(bf16(x))`` per row (kept as a length-1 axis) as FP32, taken on ``x`` itself:
     rounding to BF16 and FTZ are monotone, so ``FTZ(bf16(max x)) = max FTZ(bf16(x))`` (NaN
     propagates through both).  Materialised: XLA would otherwise redo it per element."""
-    return _materialised(lambda v: bf16_to_f32(flush_bf16(as_bf16(jnp.max(v, axis=-1, keepdims=True)))), x)
+    def row_max(v: Array) -> Array:
+        return bf16_to_f32(flush_bf16(as_bf16(jnp.max(v, axis=-1, keepdims=True))))
+
+    return _materialised(row_max, x)
 
 
 def _vlp_codes(x: Array) -> Array:

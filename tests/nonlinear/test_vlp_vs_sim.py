@@ -150,7 +150,8 @@ def test_softmax_tokens_equals_simulator(cfg, heads, tokens, seed, scale, p_spec
     keys = 6
     shape = (2, heads * tokens, keys)
     x = (rng.standard_normal(shape) * scale).astype(np.float32)
-    x = np.where(rng.random(shape) < p_special, rng.choice(_FP32_EDGES, shape), x).astype(np.float32)
+    edges = rng.choice(_FP32_EDGES, shape)
+    x = np.where(rng.random(shape) < p_special, edges, x).astype(np.float32)
     if masked:  # query token i sees keys 0 .. keys - tokens + i
         query = np.tile(np.arange(tokens), heads) + keys - tokens
         x = np.where(np.arange(keys)[None, :] <= query[:, None], x, -np.inf).astype(np.float32)
