@@ -687,8 +687,8 @@ def prepare_weight(w: quant.QuantizedTensor, datapath: object,
                    mode: str = "exact") -> PreparedWeight:
     """``w`` prepared once for ``matmul(a, ., datapath, mode)`` (same result as passing ``w``):
     the normalised codes and scales (offset-decomposed where the datapath does that).  Fast
-    mode derives its weight terms from the int8 codes inside each call, one group at a time
-    (measured as fast as holding them, at 1/8 of the memory), so both modes hold the same."""
+    mode derives its weight terms from the int8 codes inside each call (as int8, alive for the
+    call only; measured as fast as holding them), so both modes hold the same."""
     check_datapath(datapath)
     _check_mode(mode)
     if isinstance(w, PreparedWeight):
