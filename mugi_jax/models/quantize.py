@@ -32,6 +32,7 @@ at run time).  The scales are kept in :attr:`QuantizedWeights.scales` (not saved
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import re
 import time
@@ -387,8 +388,6 @@ ENCODER_RECIPE_VERSION = 1
 
 def _model_fingerprint(model: Any) -> str:
     """sha256 of every parameter's path, dtype, shape and bytes (the model the weights are of)."""
-    import hashlib
-
     h = hashlib.sha256()
     for path, leaf in sorted(jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param)),
                              key=lambda kv: jax.tree_util.keystr(kv[0])):
@@ -405,8 +404,6 @@ def cached_encoder_weights(model: Any, ids: list[int], recipe: Any) -> tuple[Qua
     The key covers everything the result depends on: the model's parameters (fingerprint), the
     calibration ids (tokenizer, corpus, window, skipped heads), the recipe and
     :data:`ENCODER_RECIPE_VERSION`.  Returns ``(weights, from_cache)``."""
-    import hashlib
-
     key = hashlib.sha256(json.dumps(
         [ENCODER_RECIPE_VERSION, FORMAT_VERSION, _model_fingerprint(model), ENCODER_WINDOW,
          hashlib.sha256(np.asarray(ids, np.int64).tobytes()).hexdigest(),
