@@ -61,6 +61,16 @@ def is_writer() -> bool:
     return jax is None or jax.process_index() == 0
 
 
+def _file_mode(path: Path) -> int:
+    """The mode a plain ``open(path, "w")`` would leave: an existing file's own mode, else
+    0o666 less the umask (``mkstemp`` creates its file 0o600, which would otherwise stay)."""
+    with contextlib.suppress(FileNotFoundError):
+        return path.stat().st_mode & 0o7777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only on success (and
@@ -73,6 +83,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp_path
         if is_writer():
+            os.chmod(tmp_path, _file_mode(path))
             os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
