@@ -18,7 +18,6 @@ Softmax (every approximation except :class:`Exact`), along ``axis`` of length n:
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +25,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, BFloat16, Float
 
 from mugi_jax import formats
+from mugi_jax._xla import materialised as _materialised
 from mugi_jax.nonlinear.baselines import exact, pwl, taylor
 from mugi_jax.nonlinear.config import PWL, Exact, MugiL, Taylor, VLPConfig
 from mugi_jax.formats import round_to_bf16
@@ -86,18 +86,6 @@ def rows_last(y: Array) -> tuple[Array, int]:
     if y.ndim == 1:
         y = y[None]
     return y, y.ndim - 2
-
-
-def _materialised(fn: Callable[[Array], Array], operand: Array) -> Array:
-    """``fn(operand)``, evaluated inside a ``lax.cond`` whose two branches are both ``fn`` (so the
-    predicate - data-dependent, so that XLA cannot fold it - does not matter).  A conditional's
-    result is materialised, which stops XLA:CPU from fusing ``fn`` into each of its consumers:
-    the table gather into the pairwise-sum slices and the division (~3x slower there), a per-row
-    value (row max, row sum) into a per-element loop (redone for every element).  Under
-    ``vmap`` the cond becomes a select of both (identical) branches: same values."""
-    flat = operand.reshape(-1)[:1]
-    flat = jax.lax.bitcast_convert_type(flat, jnp.dtype(f"uint{8 * flat.dtype.itemsize}"))
-    return jax.lax.cond(flat[0] != 0x7FC1, fn, fn, operand)
 
 
 def _approx_exp(y: Array, approx: object) -> Array:

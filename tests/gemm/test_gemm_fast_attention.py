@@ -348,3 +348,25 @@ def test_fast_dot_path_in_n_tiles(monkeypatch):
         assert np.all(np.abs(fast - exact) <= 2.0 ** -18 * bound + 1e-30)
     finally:
         kernels._matmul_2d_jit.clear_cache()
+
+
+@pytest.mark.parametrize("scheme_name", ["sm", "asym_int"])
+def test_fast_dot_path_same_bits_fused_and_vmapped(scheme_name):
+    """The dot path builds its activation terms inside a conditional (so that XLA does not
+    recompute a fused producer per term), which ``vmap`` turns into a select: the same bits
+    whether the activations come from a fused producer or from memory, vmapped or not, and with
+    NaN / infinities among them (the conditional's predicate reads the first element)."""
+    x = activations(6, (2, 70, 64), specials=True, spread=2)  # 70 rows: the per-group dot path
+    y = activations(7, (2, 70, 64), specials=False, spread=1)
+    w = weights(6, 64, 24, SCHEMES[scheme_name](16))
+    dp = gemm.Mugi(magnitude_bits=4)
+    pw = gemm.prepare_weight(w, dp, "fast")
+    a = (x.astype(jnp.float32) * y.astype(jnp.float32)).astype(jnp.bfloat16)
+    direct = [gemm.matmul(a[i], pw, dp, "fast") for i in range(2)]
+    fused = jax.jit(lambda x, y, p: gemm.matmul(x.astype(jnp.float32) * y.astype(jnp.float32),
+                                                p, dp, "fast"))
+    vmapped = jax.jit(jax.vmap(lambda r, p: gemm.matmul(r, p, dp, "fast"), (0, None)))(a, pw)
+    for i in range(2):
+        assert same_bits(fused(x[i], y[i], pw), direct[i]), i
+        assert same_bits(vmapped[i], direct[i]), i
+    assert np.isnan(np.asarray(direct[0])).any()  # the specials reached the output
