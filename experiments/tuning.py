@@ -146,7 +146,7 @@ def main() -> None:
         add("greedy per-layer (proxy)", b, w,
             [(VLPConfig(e_top=int(per_unit[i, 0]), window=w, mantissa_bits=b),
               VLPConfig(e_top=int(per_unit[i, 1]), window=w, mantissa_bits=b)) for i in range(n)], 1)
-        add("uniform (paper e_top)", b, w,
+        add("uniform (grid-best e_top)", b, w,
             _uniform(n, best["e_top_softmax"], best["e_top_silu"], w, b), grid_evals)
         io.write_csv(OUT / pareto_name, pareto)
     for lam in ((1.0,) if not args.quick else ()):
@@ -186,7 +186,7 @@ def _plot(rows: list[dict], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     styles = {"tuned per-layer": ("o", "C0"), "uniform (proxy-best)": ("s", "C1"),
-              "uniform (paper e_top)": ("^", "C2"), "greedy per-layer (proxy)": ("x", "C3")}
+              "uniform (grid-best e_top)": ("^", "C2"), "greedy per-layer (proxy)": ("x", "C3")}
     for ax, metric, label in zip(axes, ("table_entries", "cycles", "energy_pj"),
                                  ("table entries (mean per unit)", "cycles per tile",
                                   "energy per element [pJ]")):

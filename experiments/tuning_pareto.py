@@ -60,10 +60,10 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
         f"({s.get('grid_model_evals')} evaluations), published default {g('default_heldout_ppl'):.4g}, exact {g('exact_heldout_ppl'):.4g}.",
     ]
     tuned = [r for r in pareto if r.get("method") == "tuned per-layer" and not r.get("note")]
-    unif = [r for r in pareto if str(r.get("method", "")).startswith("uniform (paper")]
+    unif = [r for r in pareto if str(r.get("method", "")).startswith(("uniform (grid-best", "uniform (paper"))]
     wins = sum(float(t["heldout_ppl"]) <= float(u["heldout_ppl"]) for t, u in zip(tuned, unif))
     if tuned:
-        readings.append(f"Pareto: per-layer tuning matches or beats the paper's uniform choice at {wins} of {min(len(tuned), len(unif))} budgets.")
+        readings.append(f"Pareto: per-layer tuning matches or beats the grid-best uniform choice (the paper's method) at {wins} of {min(len(tuned), len(unif))} budgets.")
     if reused is not None:
         readings.append(f"Reused the full run of `python -m experiments.tuning` in {prior} (git revision "
                         f"{reused.get('git_revision')}, {reused.get('wall_time_s') or 0:.0f} s, steps "
