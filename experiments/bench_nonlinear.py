@@ -1,12 +1,17 @@
 """Benchmark: jitted VLP kernels vs the exact FP32 JAX ops (time ratio; goal <= 1.5).
 
-Run: ``python -m experiments.bench_nonlinear [--repeats N] [--json PATH]``.  Both sides are
+Run: ``python -m experiments.bench_nonlinear [--repeats N] [--ops softmax,silu,...] [--json PATH]``.  Both sides are
 jitted and timed interleaved in the same process on the same input (FP32 for the exact op; the
 VLP kernel gets the same FP32 array and rounds it to BF16 at entry, which is part of its timed
 work); min and median wall times and a verdict per case (``experiments/_benchlib.py``).
 The SmolLM2 case is the attention softmax as the decoder calls it: head-major rows of the 3
 query heads of a KV head, a causal mask (-inf above the diagonal) and ``tokens=512`` (window
-groups of one token's query heads).  This is a benchmark, not a test.
+groups of one token's query heads).  The activation cases are the MLP activations as the models
+call them in a 512-token prefill: the policy's ``Nonlinear`` op (``numerics.Nonlinear``) on the
+FP32 gate projection ``(1, 512, ffn)``, window groups along the last axis, FP32 result; the VLP
+side is the presets' unit (BF16 input, the family's calibrated window from
+``numerics.vlp_windows``), the baseline the ``exact`` preset's op (``jax.nn`` in FP32).  The row
+``nl.silu`` is the library call on an FP32 array (BF16 result).  This is a benchmark, not a test.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import jax.numpy as jnp
 
 from experiments._benchlib import fmt_ratio, interleaved, load_average, ratio, verdict
 from mugi_jax import nonlinear as nl
+from mugi_jax import numerics
 
 GOAL = 1.5  # VLP kernel time / exact jax.nn op time
 
@@ -26,10 +32,25 @@ CASES = (
     ("softmax", "prefill attention", (4, 9, 512, 512), None),
     ("softmax", "SmolLM2 prefill", (1, 3, 1536, 512), 512),  # 512 tokens, 3 KV heads x 3 queries
     ("softmax", "decode attention", (8, 9, 1, 4096), None),
-    ("silu", "FFN", (512, 1536), None),
-    ("gelu", "FFN", (512, 1536), None),
-    ("gelu_tanh", "FFN", (512, 1536), None),
 )
+# (fn, label, shape of the gate projection (1, tokens, ffn), model family): the MLP activation
+# as the model calls it; family None: the library call ``nl.activation`` on FP32 (default config)
+ACTIVATION_CASES = (
+    ("silu", "SmolLM2 MLP", (1, 512, 1536), "llama"),
+    ("gelu_tanh", "Gemma 3 MLP", (1, 512, 2048), "gemma3"),
+    ("gelu", "MiniLM MLP", (1, 512, 1536), "bert"),
+    ("silu", "nl.silu FP32 in", (512, 1536), None),
+)
+
+
+def activation_ops(fn: str, family: str | None) -> tuple:
+    """``(exact, vlp)`` jitted callables of one activation case."""
+    if family is None:
+        return (jax.jit(lambda x: nl.exact(x, fn)),
+                jax.jit(lambda x: nl.activation(x, fn, nl.VLPConfig())))
+    exact = numerics.Nonlinear()  # what the ``exact`` preset runs
+    unit = numerics.Nonlinear(numerics.vlp_windows(family)[1], bf16_input=True)  # the presets'
+    return (jax.jit(lambda x: exact.activation(x, fn)), jax.jit(lambda x: unit.activation(x, fn)))
 
 
 def causal(x: jax.Array, tokens: int) -> jax.Array:
@@ -39,54 +60,66 @@ def causal(x: jax.Array, tokens: int) -> jax.Array:
     return jnp.where(jnp.arange(keys)[None, :] <= query[:, None], x, -jnp.inf)
 
 
-def run(repeats: int = 21, cfg: nl.VLPConfig = nl.VLPConfig()) -> list[dict]:
-    exact = {
-        "softmax": jax.jit(lambda x: jax.nn.softmax(x, axis=-1)),
-        "silu": jax.jit(jax.nn.silu),
-        "gelu": jax.jit(lambda x: jax.nn.gelu(x, approximate=False)),
-        "gelu_tanh": jax.jit(lambda x: jax.nn.gelu(x, approximate=True)),
-    }
-    vlp = {  # the public functions are jitted internally; wrapping them in jit removes dispatch
-        "softmax": lambda tokens: jax.jit(lambda x: nl.softmax(x, axis=-1, approx=cfg,
-                                                               tokens=tokens)),
-        "silu": lambda _: jax.jit(lambda x: nl.silu(x, approx=cfg)),
-        "gelu": lambda _: jax.jit(lambda x: nl.gelu(x, approx=cfg)),
-        "gelu_tanh": lambda _: jax.jit(lambda x: nl.gelu(x, approx=cfg, approximate=True)),
-    }
+def _row(op: str, label: str, shape: tuple, tokens: int | None, exact, vlp, x: jax.Array,
+         repeats: int) -> dict:
+    t = interleaved({"exact": lambda: exact(x), "vlp": lambda: vlp(x)}, repeats)
+    r = ratio(t["vlp"], t["exact"])
+    return {"op": op, "case": label, "shape": "x".join(map(str, shape)), "tokens": tokens,
+            "exact_min_ms": 1e3 * t["exact"].min, "exact_median_ms": 1e3 * t["exact"].median,
+            "vlp_min_ms": 1e3 * t["vlp"].min, "vlp_median_ms": 1e3 * t["vlp"].median,
+            "ratio_min": r[0], "ratio_median": r[1], "verdict": verdict(r, GOAL)}
+
+
+OPS = ("softmax", "silu", "gelu", "gelu_tanh")
+
+
+def run(repeats: int = 21, cfg: nl.VLPConfig = nl.VLPConfig(), ops: tuple[str, ...] = OPS
+        ) -> list[dict]:
+    exact_softmax = jax.jit(lambda x: jax.nn.softmax(x, axis=-1))
     rows = []
     key = jax.random.PRNGKey(0)
     for op, label, shape, tokens in CASES:
+        if op not in ops:
+            continue
         x = (jax.random.normal(key, shape, jnp.float32) * 3.0)
         if tokens is not None:
             x = causal(x, tokens)
-        t = interleaved({"exact": lambda f=exact[op]: f(x),
-                         "vlp": lambda f=vlp[op](tokens): f(x)}, repeats)
-        r = ratio(t["vlp"], t["exact"])
-        rows.append({"op": op, "case": label, "shape": "x".join(map(str, shape)), "tokens": tokens,
-                     "exact_min_ms": 1e3 * t["exact"].min, "exact_median_ms": 1e3 * t["exact"].median,
-                     "vlp_min_ms": 1e3 * t["vlp"].min, "vlp_median_ms": 1e3 * t["vlp"].median,
-                     "ratio_min": r[0], "ratio_median": r[1], "verdict": verdict(r, GOAL)})
+        # the public functions are jitted internally; wrapping them in jit removes dispatch
+        vlp = jax.jit(lambda x, t=tokens: nl.softmax(x, axis=-1, approx=cfg, tokens=t))
+        rows.append(_row(op, label, shape, tokens, exact_softmax, vlp, x, repeats))
+    for fn, label, shape, family in ACTIVATION_CASES:
+        if fn not in ops:
+            continue
+        x = jax.random.normal(key, shape, jnp.float32) * 3.0
+        rows.append(_row(fn, label, shape, None, *activation_ops(fn, family), x, repeats))
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=21)
+    parser.add_argument("--ops", default=",".join(OPS),
+                        help=f"comma-separated subset of {','.join(OPS)} (default: all)")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args()
+    ops = tuple(o for o in args.ops.split(",") if o)
+    if not ops or any(o not in OPS for o in ops):
+        parser.error(f"--ops: must be a comma-separated subset of {','.join(OPS)}, got {args.ops!r}")
+    if args.repeats < 1:
+        parser.error(f"--repeats: must be >= 1, got {args.repeats}")
     print(f"load average at start {load_average()}")
-    rows = run(args.repeats)
+    rows = run(args.repeats, ops=ops)
     print(f"{'op':9s} {'case':18s} {'shape':16s} {'exact min/med ms':>17s} {'VLP min/med ms':>17s} "
           f"{'ratio min/med':>14s} verdict (goal <= {GOAL:g})")
     for r in rows:
         print(f"{r['op']:9s} {r['case']:18s} {r['shape']:16s} "
-              f"{r['exact_min_ms']:8.2f}/{r['exact_median_ms']:<8.2f} "
-              f"{r['vlp_min_ms']:8.2f}/{r['vlp_median_ms']:<8.2f} "
+              f"{r['exact_min_ms']:8.3f}/{r['exact_median_ms']:<8.3f} "
+              f"{r['vlp_min_ms']:8.3f}/{r['vlp_median_ms']:<8.3f} "
               f"{fmt_ratio((r['ratio_min'], r['ratio_median'])):>14s} {r['verdict']}")
     print(f"devices: {jax.devices()}; load average at end {load_average()}; interleaved runs")
     if args.json:
         from mugi_jax import io
-        io.write_json(args.json, {"rows": rows, "provenance": io.provenance({"repeats": args.repeats}, None)})
+        io.write_json(args.json, {"rows": rows, "provenance": io.provenance({"repeats": args.repeats, "ops": list(ops)}, None)})
 
 
 if __name__ == "__main__":

@@ -128,6 +128,31 @@ def test_float32_inputs_wide_groups(fn, group, with_inf):
     np.testing.assert_array_equal(got.view(np.uint16), ref.outputs.view(np.uint16))
 
 
+@pytest.mark.parametrize("fn", ["silu", "gelu", "gelu_tanh", "exp"])
+@pytest.mark.parametrize("group,special", [(256, None), (64, None), (96, "nan"), (40, None),
+                                           (128, "inf"), (256, "-nan"), (33, "subnormal"),
+                                           (64, "zero")])
+def test_bf16_inputs_wide_groups(fn, group, special):
+    """BF16 inputs (the models' call: the policy rounds to BF16 before the unit) in groups along
+    the minor axis wide enough for the halving maxima of the integer window reduction, without
+    specials (the fast window path), with zeros or subnormals (still the fast path) and with one
+    NaN or infinity (the masked fallback); rows of 384 = 1.5 groups of 256 (a short last group)."""
+    rng = np.random.default_rng(group)
+    cfg = nl.VLPConfig(window_group=group)
+    x = bf16_values(rng, (5, 384), cfg, p_special=0.0)
+    bits = x.view(np.uint16)
+    if special is not None:
+        value = {"nan": 0x7FC0, "-nan": 0xFFC1, "inf": 0x7F80, "subnormal": 0x8001,
+                 "zero": 0x0000}[special]
+        bits[3, 200] = value
+        bits[1, ::7] = np.where(special in ("subnormal", "zero"), value, bits[1, ::7])
+    bits[4] &= 0x7FFF  # a row without negative elements
+    bits[2] |= 0x8000  # and one without positive ones
+    ref = simulate_vlp(x, fn, cfg)
+    got = formats.to_numpy(nl.vlp(formats.from_numpy(x), fn, cfg))
+    np.testing.assert_array_equal(got.view(np.uint16), ref.outputs.view(np.uint16))
+
+
 # FP32 patterns for the softmax's integer rounding at entry: NaNs whose low payload bits would
 # carry into the exponent (0x7F800001 would round to +inf, 0xFF800001 to -inf - a mask -,
 # 0xFFFFFFFF wraps to +0), a value that rounds to -inf in BF16 (a masked element), the largest
