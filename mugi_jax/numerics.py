@@ -202,31 +202,40 @@ class Gemm(eqx.Module):
         return out.reshape(*lead, out.shape[-1]).astype(dtype)
 
     def scores(self, q: Float[Array, "B H M D"], k: Float[Array, "B H S D"],
-               kv: Any = None, q_slots: Array | None = None) -> Float[Array, "B H M S"]:
+               kv: Any = None, q_slots: Array | None = None,
+               causal: bool = False) -> Float[Array, "B H M S"]:
         """``Q K^T`` (unscaled) per batch row and KV head; ``M`` = query heads of the GQA group x
         query tokens.  ``kv``: the cache format (a :class:`KVCache`, or its INT4 scheme).  A KIVI
         cache reads each key quantized or not per query slot (``q_slots``, ``(M,)``; ``None``:
         all quantized).  On a datapath, K is quantized per token with the cache's scheme and is
-        the weight operand ``(D, S)`` (groups along the reduction ``D``)."""
-        return self._cache_gemm(q, k, kv, q_slots, "scores", "bhmd,bhsd->bhms", gemm.cache_scores)
+        the weight operand ``(D, S)`` (groups along the reduction ``D``).
+
+        ``causal``: the ``M`` rows are groups of ``S`` query tokens at slots ``0 .. S-1`` (no
+        cache offset: the keys are the queries' own tokens) and the caller masks every key after
+        its query; the scores there may then be left uncomputed (0), the others keep their bits
+        (:func:`gemm.cache_scores`)."""
+        return self._cache_gemm(q, k, kv, q_slots, "scores", "bhmd,bhsd->bhms", gemm.cache_scores,
+                                causal)
 
     def context(self, p: Float[Array, "B H M S"], v: Float[Array, "B H S D"],
-                kv: Any = None, q_slots: Array | None = None) -> Float[Array, "B H M D"]:
+                kv: Any = None, q_slots: Array | None = None,
+                causal: bool = False) -> Float[Array, "B H M D"]:
         """``P V`` per batch row and KV head (``kv``, ``q_slots``: as in :meth:`scores`).  On a
         datapath, V is quantized per token with the cache's scheme and is the weight operand
         ``(S, D)`` (its groups run along ``D``, so the scale changes at every step of the
-        reduction over ``S``)."""
+        reduction over ``S``).  ``causal``: as in :meth:`scores`; ``p`` is 0 after each query
+        (those values are not read)."""
         return self._cache_gemm(p, v, kv, q_slots, "context", "bhms,bhsd->bhmd",
-                                gemm.cache_context)
+                                gemm.cache_context, causal)
 
     def _cache_gemm(self, a: Array, x: Array, kv: Any, q_slots: Array | None, kivi_op: str,
-                    equation: str, on_datapath: Any) -> Array:
+                    equation: str, on_datapath: Any, causal: bool = False) -> Array:
         """What :meth:`scores` and :meth:`context` share: a KIVI cache reads per query slot
         (``kv.scores`` / ``kv.context``); without a datapath an FP32 ``einsum`` (BF16 operands
         with ``bf16_activations``); on a datapath the cache quantized per token is the weight
         operand of ``on_datapath`` (:func:`gemm.cache_scores` / :func:`gemm.cache_context`)."""
         if getattr(kv, "kivi", False):
-            return getattr(kv, kivi_op)(a, x, q_slots, self.bf16_activations, self)
+            return getattr(kv, kivi_op)(a, x, q_slots, self.bf16_activations, self, causal)
         kv_scheme = getattr(kv, "scheme", kv)
         if self.datapath is None:
             if self.bf16_activations:
@@ -237,7 +246,7 @@ class Gemm(eqx.Module):
             raise ValueError("attention GEMMs on a datapath need an INT4 KV-cache scheme "
                              "(a rule giving the attn.kv_cache op a KVCache(scheme=...))")
         xq = quant.quantize_kv(x.astype(jnp.float32), kv_scheme, granularity="per_token")
-        return on_datapath(a, xq, self.datapath, self.mode)
+        return on_datapath(a, xq, self.datapath, self.mode, causal=x.shape[-2] if causal else None)
 
 
 KEY_LAYOUTS = ("per_token", "per_channel")
@@ -335,13 +344,19 @@ class KVCache(eqx.Module):
         return jnp.arange(s)[None, :] + self.residual <= q_slots[:, None]
 
     def scores(self, q: Float[Array, "B H M D"], k: Float[Array, "B H S D"],
-               q_slots: Array | None, bf16: bool, attn: Gemm | None = None) -> Float[Array, "B H M S"]:
+               q_slots: Array | None, bf16: bool, attn: Gemm | None = None,
+               causal: bool = False) -> Float[Array, "B H M S"]:
         """``Q K^T`` with each key read quantized or in full precision per :meth:`key_mask`;
-        with an ``attn`` datapath the quantized keys are its weight operand ``(D, S)``."""
+        with an ``attn`` datapath the quantized keys are its weight operand ``(D, S)``.
+        ``causal`` (:meth:`Gemm.scores`): the scores after each query are left 0 on the
+        datapath, and the full-precision products are computed on the band of keys each query
+        reads in full precision only (:meth:`_fp_band`), with the same bits."""
         s = k.shape[-2]
         on_datapath = attn is not None and attn.datapath is not None
+        causal = causal and on_datapath and q_slots is not None
         if on_datapath:  # quantized keys on the datapath
-            s_q = gemm.cache_scores(q, self._quantized_keys(k), attn.datapath, attn.mode)[..., :s]
+            s_q = gemm.cache_scores(q, self._quantized_keys(k), attn.datapath, attn.mode,
+                                    causal=s if causal else None)[..., :s]
         mm = functools.partial(jnp.einsum, "bhmd,bhsd->bhms",
                                precision=jax.lax.Precision.HIGHEST)
         if not on_datapath:
@@ -352,25 +367,88 @@ class KVCache(eqx.Module):
         if not on_datapath:
             s_q = mm(q, kq)
         mask = self.key_mask(q_slots, s)
-        return jnp.where(mask, s_q, mm(q, k.astype(jnp.float32)))
+        k = k.astype(jnp.float32)
+        s_fp = self._fp_band(q, k, self._first_fp_key, mm, scores=True) if causal else mm(q, k)
+        return jnp.where(mask, s_q, s_fp)
 
     def context(self, p: Float[Array, "B H M S"], v: Float[Array, "B H S D"],
-                q_slots: Array | None, bf16: bool, attn: Gemm | None = None) -> Float[Array, "B H M D"]:
+                q_slots: Array | None, bf16: bool, attn: Gemm | None = None,
+                causal: bool = False) -> Float[Array, "B H M D"]:
         """``P V`` with each value token read quantized or in full precision per
         :meth:`value_mask`; with an ``attn`` datapath the quantized values are its weight
-        operand ``(S, D)`` (the probabilities of the full-precision tokens masked to 0)."""
+        operand ``(S, D)`` (the probabilities of the full-precision tokens masked to 0).
+        ``causal`` (:meth:`Gemm.context`): ``p`` is 0 after each query; the datapath skips
+        those values and the full-precision products run on the band (:meth:`_fp_band`)."""
         vq = quant.quantize_kv(v.astype(jnp.float32), self.scheme, "per_token")
         if bf16:
             p, v = _to_bf16(p), _to_bf16(v)
         p = p.astype(jnp.float32)
-        mask = self.value_mask(q_slots, v.shape[-2])
+        s = v.shape[-2]
+        mask = self.value_mask(q_slots, s)
+        on_datapath = attn is not None and attn.datapath is not None
+        causal = causal and on_datapath and q_slots is not None
         mm = functools.partial(jnp.einsum, "bhms,bhsd->bhmd",
                                precision=jax.lax.Precision.HIGHEST)
-        if attn is not None and attn.datapath is not None:  # quantized values on the datapath
-            c_q = gemm.cache_context(jnp.where(mask, p, 0.0), vq, attn.datapath, attn.mode)
+        if on_datapath:  # quantized values on the datapath
+            c_q = gemm.cache_context(jnp.where(mask, p, 0.0), vq, attn.datapath, attn.mode,
+                                     causal=s if causal else None)
         else:
             c_q = mm(jnp.where(mask, p, 0.0), quant.dequantize(vq))
-        return c_q + mm(jnp.where(mask, 0.0, p), v.astype(jnp.float32))
+        p_fp = jnp.where(mask, 0.0, p)
+        v = v.astype(jnp.float32)
+        c_fp = (self._fp_band(p_fp, v, self._first_fp_value, mm, scores=False) if causal
+                else mm(p_fp, v))
+        return c_q + c_fp
+
+    def _first_fp_key(self, i: int) -> int:
+        """The first key slot a query at slot ``i`` reads in full precision (:meth:`key_mask`;
+        may be negative: none is quantized)."""
+        if self.key_layout == "per_token":
+            return i - self.residual + 1
+        return (i + 1 - self.residual) // self.key_group * self.key_group
+
+    def _first_fp_value(self, i: int) -> int:
+        """The first value slot a query at slot ``i`` reads in full precision."""
+        return i - self.residual + 1
+
+    def _fp_band(self, a: Array, x: Array, first_fp: Callable[[int], int], mm: Any,
+                 scores: bool) -> Array:
+        """The full-precision products of causal queries without a cache offset on the band of
+        slots they read in full precision: ``mm(a, x)`` where it matters, chunk by chunk of
+        ``_FP_BAND_TILE`` queries (query ``t`` of each group of ``S`` rows at slot ``t``), each
+        against the slots from its first query's first full-precision slot (rounded down to a
+        multiple of 64) to its last query.  ``scores``: ``a`` queries ``(B, H, M, D)``, ``x``
+        keys, the result ``(B, H, M, S)`` (0 outside the bands); else ``a`` the probabilities
+        ``(B, H, M, S)`` with every slot outside the bands 0 (after a query, or read quantized)
+        and ``x`` the values: ``(B, H, M, D)``.
+
+        The bits are those of the whole product: each score is the same dot over ``D``, each
+        context row the same sum over the slots with zeros left out at its ends; the band edges
+        sit at multiples of 64, where XLA:CPU's dot kernel keeps them (measured; checked by
+        tests/models/test_kivi.py).  Otherwise the whole product is computed: with ``S`` not a
+        multiple of 64 (the dot then picks other kernels), and for the context past 512 slots
+        (measured bit changes at 640: the long reduction is split into blocks)."""
+        b, h, m, _ = a.shape
+        s = x.shape[-2]
+        if s % 64 or (not scores and s > 512):
+            return mm(a, x)
+        grp = m // s
+        a5 = a.reshape(b, h, grp, s, a.shape[-1])
+        outs = []
+        for q0 in range(0, s, _FP_BAND_TILE):
+            q1 = min(q0 + _FP_BAND_TILE, s)
+            lo = min(max(0, first_fp(q0)) // 64 * 64, q1)
+            rows = a5[:, :, :, q0:q1].reshape(b, h, grp * (q1 - q0), a.shape[-1])
+            if scores:
+                o = mm(rows, x[:, :, lo:q1])
+                o = jnp.pad(o, ((0, 0), (0, 0), (0, 0), (lo, s - q1)))
+            else:
+                o = mm(rows[..., lo:q1], x[:, :, lo:q1])
+            outs.append(o.reshape(b, h, grp, q1 - q0, o.shape[-1]))
+        return jnp.concatenate(outs, axis=3).reshape(b, h, m, -1)
+
+
+_FP_BAND_TILE = 64  # queries per chunk of KIVI's full-precision band (KVCache._fp_band)
 
 
 _DEFAULTS: dict[str, Any] = {LINEAR: Gemm(), SCORES: Gemm(), CONTEXT: Gemm(),

@@ -125,11 +125,13 @@ class _Recording:
     def matmul(self, x: Array, w: Any) -> Array:
         return self._run(x, self._impl.matmul(x, w), w)
 
-    def scores(self, q: Array, k: Array, kv: Any = None, q_slots: Array | None = None) -> Array:
-        return self._run(q, self._impl.scores(q, k, kv, q_slots))
+    def scores(self, q: Array, k: Array, kv: Any = None, q_slots: Array | None = None,
+               causal: bool = False) -> Array:
+        return self._run(q, self._impl.scores(q, k, kv, q_slots, causal=causal))
 
-    def context(self, p: Array, v: Array, kv: Any = None, q_slots: Array | None = None) -> Array:
-        return self._run(p, self._impl.context(p, v, kv, q_slots))
+    def context(self, p: Array, v: Array, kv: Any = None, q_slots: Array | None = None,
+                causal: bool = False) -> Array:
+        return self._run(p, self._impl.context(p, v, kv, q_slots, causal=causal))
 
 
 class Capture(eqx.Module):

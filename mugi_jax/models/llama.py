@@ -288,7 +288,10 @@ class Attention(nnx.Module):
         # head-major: (B, KV heads, group x T, D); the query heads of a GQA group share K and V
         qg = q.reshape(b, t, kh, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, kh, g * t, hd)
         row_slots = jnp.tile(q_slots, g)  # the slot of each of the g x T query rows
-        scores = qk.scores(qg, keys.transpose(0, 2, 1, 3), cache_fmt, row_slots)
+        # without a cache the keys are the queries' own tokens at slots 0..T-1, every key after
+        # a query is masked: the attention GEMMs may skip those (same bits where it matters)
+        causal = kv is None
+        scores = qk.scores(qg, keys.transpose(0, 2, 1, 3), cache_fmt, row_slots, causal=causal)
         scores = scores * jnp.float32(cfg.attn_scale)
         scores = scores.reshape(b, kh, g, t, -1)
         scores = jnp.where(mask[:, None, None], scores, -jnp.inf).reshape(b, kh, g * t, -1)
@@ -297,7 +300,8 @@ class Attention(nnx.Module):
         # would let a token's window, hence its output, depend on later tokens: the model would
         # not be causal, and the uncached path would differ from the cached one.
         probs = policy.op(a + "softmax", numerics.SOFTMAX).softmax(scores, axis=-1, tokens=t)
-        out = pv.context(probs, values.transpose(0, 2, 1, 3), cache_fmt, row_slots)  # B kh (g t) D
+        out = pv.context(probs, values.transpose(0, 2, 1, 3), cache_fmt, row_slots,
+                         causal=causal)  # B kh (g t) D
         out = out.reshape(b, kh, g, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, cfg.n_heads * hd)
         return self.o_proj(out, policy), new_kv
 

@@ -370,3 +370,33 @@ def test_fast_dot_path_same_bits_fused_and_vmapped(scheme_name):
         assert same_bits(fused(x[i], y[i], pw), direct[i]), i
         assert same_bits(vmapped[i], direct[i]), i
     assert np.isnan(np.asarray(direct[0])).any()  # the specials reached the output
+
+
+@pytest.mark.parametrize("mode", gemm.MODES)
+@pytest.mark.parametrize("tokens", [100, 256, 320, 200])
+def test_causal_cache_products_keep_the_bits(mode, tokens):
+    """``causal=T``: chunks of 128 queries read the key slots up to their last query only.
+    The scores a query reads and the context rows (probabilities 0 after each query) have the
+    bits of the whole products; the skipped scores are 0.  Lengths: one chunk (100), several
+    (256, 320 with a short last chunk), keys off the 64-slot grid (200: the whole product)."""
+    rng = np.random.default_rng(tokens)
+    group, d = 2, 64
+    dp = gemm.Mugi()
+    scheme = quant.SignMagnitudeInt4(group_size=None)
+    k = quant.quantize_kv(rng.standard_normal((1, 2, tokens, d)).astype(np.float32),
+                          dataclasses.replace(scheme, group_size=4), granularity="per_channel")
+    v = quant.quantize_kv(rng.standard_normal((1, 2, tokens, d)).astype(np.float32), scheme,
+                          granularity="per_token")
+    q = jnp.asarray(rng.standard_normal((1, 2, group * tokens, d)), jnp.bfloat16)
+    after = np.tile(np.arange(tokens)[None] > np.arange(tokens)[:, None], (group, 1))
+    p = jnp.asarray(np.where(after, 0.0, rng.random((1, 2, group * tokens, tokens))), jnp.bfloat16)
+    whole, skipped = (gemm.cache_scores(q, k, dp, mode, causal=c) for c in (None, tokens))
+    whole, skipped = np.asarray(whole), np.asarray(skipped)
+    np.testing.assert_array_equal(skipped[..., ~after], whole[..., ~after])
+    if tokens % 64 == 0 and tokens > 128:  # the first chunk's queries: keys from 128 skipped
+        first = np.tile(np.arange(tokens) < 128, group)
+        assert not skipped[..., first, 128:].any() and whole[..., first, 128:].all()
+    np.testing.assert_array_equal(np.asarray(gemm.cache_context(p, v, dp, mode, causal=tokens)),
+                                  np.asarray(gemm.cache_context(p, v, dp, mode)))
+    with pytest.raises(ValueError, match="causal"):
+        gemm.cache_scores(q, k, dp, mode, causal=tokens + 1)

@@ -4,6 +4,7 @@ in full precision; cached and uncached paths identical; against a per-query refe
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -94,3 +95,54 @@ def test_kivi_on_the_mugi_datapath(mode):
     p = jax.nn.softmax(ref_s, -1)
     np.testing.assert_allclose(ln.context(p, v, slots), LN.context(p, v, slots),
                                rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("preset,tokens", [
+    ("mugi", 64), ("mugi", 192), ("mugi", 200), ("mugi", 512), ("mugi", 640),
+    ("mugi-exact", 320), ("mugi-asym", 256)])
+def test_causal_products_keep_the_bits(preset, tokens):
+    """Without a cache offset (perplexity evaluation) the attention GEMMs skip the keys after
+    each chunk of queries and KIVI's full-precision products run on the band of slots each
+    query reads in full precision: every score a query reads, every probability and every
+    context row have the bits of the whole products.  Lengths: one chunk (64), several chunks
+    (192, 256, 320, 512), off the 64-slot grid (200: the whole key product), past 512 slots
+    (640: the whole full-precision context product)."""
+    policy = numerics.preset(preset)
+    op = lambda name, kind: policy.op(f"layers.0.attn.{name}", kind)  # noqa: E731
+    qk, pv = op("scores", numerics.SCORES), op("context", numerics.CONTEXT)
+    kv, softmax = op("kv_cache", numerics.KV_CACHE), op("softmax", numerics.SOFTMAX)
+    rng = np.random.default_rng(tokens)
+    group, d = 2, 64
+    q = jnp.asarray(rng.standard_normal((1, 1, group * tokens, d)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((1, 1, tokens, d)) * 2 + 0.3, jnp.float32)
+    v = jnp.asarray(rng.standard_normal((1, 1, tokens, d)), jnp.float32)
+    slots = jnp.tile(jnp.arange(tokens, dtype=jnp.int32), group)
+    causal = jnp.arange(tokens)[None] <= slots[:, None]
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def attend(skip, q, k, v):
+        s = jnp.where(causal, qk.scores(q, k, kv, slots, causal=skip) * 0.125, -jnp.inf)
+        p = softmax.softmax(s, axis=-1, tokens=tokens)
+        return s, p, pv.context(p, v, kv, slots, causal=skip)
+
+    for whole, skipped in zip(attend(False, q, k, v), attend(True, q, k, v)):
+        np.testing.assert_array_equal(np.asarray(skipped), np.asarray(whole))
+
+
+def test_uncached_mugi_forward_equals_the_cached_one():
+    """End to end: perplexity evaluation's uncached forward (causal skipping, full-precision
+    bands) gives the bits of a cached prefill (whole products: the cache's first slot is not
+    known when tracing) under ``mugi``, at a length with several chunks."""
+    from flax import nnx
+
+    from mugi_jax.models import Llama
+    from mugi_jax.models.config import LlamaConfig
+
+    cfg = LlamaConfig(vocab_size=97, dim=128, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=64,
+                      ffn_dim=128, rope_theta=10000.0, norm_eps=1e-5, tie_embeddings=True,
+                      max_seq_len=256, bos_id=1, eos_id=2)
+    model = Llama(cfg, rngs=nnx.Rngs(3))
+    toks = jax.random.randint(jax.random.key(2), (1, 192), 3, cfg.vocab_size)
+    full, _ = forward(model, toks, "mugi")
+    cached, _ = forward(model, toks, "mugi", cache=Cache.init(cfg, 1, 192))
+    np.testing.assert_array_equal(np.asarray(full), np.asarray(cached))
