@@ -27,6 +27,10 @@ import numpy as np
 from experiments._benchlib import fmt_ratio, interleaved, load_average, ratio, verdict
 from mugi_jax import gemm, quant
 
+# The activations computed inside the timed call, by a table gather times a second input (what
+# the model feeds the down projection: the VLP SiLU's table lookup times the up projection), so
+# that a kernel which lets XLA fuse its producer into work done per activation term shows it.
+FUSED = "SmolLM2 prefill down g32, fused gather x up"
 SHAPES = {  # label: (m, k, n, group); the g32 rows are what the mugi preset runs
     "SmolLM2 prefill q/o g32 (512x576)@(576x576)": (512, 576, 576, 32),
     "SmolLM2 prefill k/v g32 (512x576)@(576x192)": (512, 576, 192, 32),
@@ -43,6 +47,7 @@ SHAPES = {  # label: (m, k, n, group); the g32 rows are what the mugi preset run
     "(64x1536)@(1536x576)": (64, 1536, 576, 128),
     "decode (8x4096)@(4096x4096)": (8, 4096, 4096, 128),
     "prefill (512x4096)@(4096x4096)": (512, 4096, 4096, 128),
+    FUSED: (512, 1536, 576, 32),
 }
 DATAPATHS = {
     "mugi": gemm.Mugi(),
@@ -54,6 +59,22 @@ DATAPATHS = {
 }
 GOAL_VS_BASELINE = 4.0  # fast mode / prepared FP32 matmul
 GOAL_VS_EXACT = 1.0  # fast mode / exact mode
+
+
+def _fused_producer(m: int, k: int) -> tuple:
+    """``(make, inputs)``: ``make(x, up)`` = a 64K-entry BF16 table indexed by the bits of
+    ``x`` (a stand-in for the VLP SiLU's lookup, random positive entries) times ``up``,
+    rounded to BF16."""
+    kx, ku, kt = jax.random.split(jax.random.PRNGKey(1), 3)
+    table = jax.random.uniform(kt, (1 << 16,), jnp.float32, 0.0, 4.0).astype(jnp.bfloat16)
+    x = jax.random.normal(kx, (m, k), jnp.float32).astype(jnp.bfloat16)
+    up = jax.random.normal(ku, (m, k), jnp.float32)
+
+    def make(x, up):
+        bits = jax.lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.int32)
+        return (table[bits].astype(jnp.float32) * up).astype(jnp.bfloat16)
+
+    return make, (x, up)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -88,9 +109,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         w = quant.quantize(jax.random.normal(key_w, (k, n), jnp.float32) * 0.02,
                            quant.SignMagnitudeInt4(group_size=g))
         w_f32 = jax.block_until_ready(quant.dequantize(w))  # prepared once, as the preset does
-        base = jax.jit(lambda a, w: jnp.matmul(a.astype(jnp.float32), w,
-                                               precision=jax.lax.Precision.HIGHEST))
-        fns = {"fp32 exact preset": lambda: base(a, w_f32)}
+        producer = _fused_producer(m, k) if label == FUSED else None
+        inputs = (a,) if producer is None else producer[1]
+        if producer is not None:
+            a = jax.block_until_ready(jax.jit(producer[0])(*inputs))  # for the error columns
+        make = (lambda x: x) if producer is None else producer[0]
+        base = jax.jit(lambda xs, w: jnp.matmul(make(*xs).astype(jnp.float32), w,
+                                                precision=jax.lax.Precision.HIGHEST))
+        fns = {"fp32 exact preset": lambda: base(inputs, w_f32)}
         calls = {}
         for dname in dnames:
             dp = DATAPATHS[dname]
@@ -98,9 +124,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 pw = gemm.prepare_weight(w, dp, mode)
                 print(f"{'':44s} {dname}/{mode}: prepared weight {pw.nbytes / (k * n):.2f} "
                       f"bytes/weight (FP32 baseline 4.00)")
-                fn = jax.jit(lambda a, w, dp=dp, mode=mode: gemm.matmul(a, w, dp, mode=mode))
-                calls[f"{dname}/{mode}"] = (fn, pw, fn.lower(a, pw).as_text())
-                fns[f"{dname}/{mode}"] = (lambda fn=fn, pw=pw: fn(a, pw))
+                fn = jax.jit(lambda xs, w, dp=dp, mode=mode: gemm.matmul(make(*xs), w, dp,
+                                                                         mode=mode))
+                calls[f"{dname}/{mode}"] = (fn, pw, fn.lower(inputs, pw).as_text())
+                fns[f"{dname}/{mode}"] = (lambda fn=fn, pw=pw: fn(inputs, pw))
         times = interleaved(fns, args.repeats)
         ref = times["fp32 exact preset"]
         if not args.no_error:
@@ -125,7 +152,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                          f"vs base {verdict(r, GOAL_VS_BASELINE)} (goal <= {GOAL_VS_BASELINE:g})")
             if cname in calls and not args.no_error:
                 fn, pw, _ = calls[cname]
-                out = np.asarray(fn(a, pw), np.float64)
+                out = np.asarray(fn(inputs, pw), np.float64)
                 row["err"] = float(np.max(np.abs(out - ref64) / scale))
                 notes += f"  err {row['err']:.1e}"
             print(f"{label if cname == 'fp32 exact preset' else '':44s} {cname:22s} "
