@@ -1,12 +1,18 @@
 """Where the ``mugi`` prefill time goes: ``mugi`` with one part swapped back to FP32, interleaved.
 
-    python -m experiments.prefill_breakdown [--prefill 512] [--repeats 3]
+    python -m experiments.prefill_breakdown [--prefill 512] [--repeats 3] [--path ppl|cached]
         [--variants exact,nonlinear-only,mugi,mugi/proj-fp32,mugi/attn-fp32,mugi/nl-exact]
 
-SmolLM2-135M, batch 1, one prefill of ``--prefill`` tokens (perplexity evaluation's work) under
+SmolLM2-135M, batch 1, one prefill of ``--prefill`` tokens under
 ``exact``, ``nonlinear-only``, ``mugi``, and ``mugi`` with its projections (``*_proj``) as FP32
 matmuls (``mugi/proj-fp32``), its attention products QK^T / PV as FP32 einsums of BF16 operands
 (``mugi/attn-fp32``, the KIVI cache kept), or its softmax/activation exact (``mugi/nl-exact``).
+``--path ppl`` (the default) times what perplexity evaluation runs for one window
+(``eval.window_nll``: the forward pass without a cache, then the NLL); ``--path cached`` times
+the prefill of a generation (``generate._prefill``: the tokens written into an empty KV cache of
+``--prefill`` slots, last-token logits).  They compute the same logits; without a cache the
+attention knows its keys are the queries' own tokens, so the ``mugi`` attention GEMMs skip the
+keys after each chunk of queries (docs/models.md).
 Weights are prepared once per variant (untimed); the prefills are timed interleaved
 (``experiments/_benchlib.py``) and printed as min / median seconds and ratios to ``exact``,
 with the median process CPU time (all threads; it moves less with the load than wall time).
@@ -50,6 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prefill", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--path", default="ppl", choices=("ppl", "cached"),
+                    help="ppl: perplexity evaluation's uncached forward + NLL; cached: a "
+                         "generation's prefill into an empty KV cache")
     ap.add_argument("--variants", default="exact,nonlinear-only,mugi,mugi/proj-fp32,"
                                           "mugi/attn-fp32,mugi/nl-exact")
     args = ap.parse_args(argv)
@@ -68,10 +77,15 @@ def main(argv: list[str] | None = None) -> None:
     fns = {}
     for name in names:
         sampler = models.Sampler(model, None, pols[name])  # weights prepared once, untimed
-        cache0 = models.Cache.init(cfg, 1, args.prefill)
-        fns[name] = functools.partial(_prefill, sampler.graphdef, sampler.state, tokens, valid,
-                                      cache0, pols[name])
-    print(f"load average at start {load_average()}; interleaved, {args.repeats} repeats")
+        if args.path == "ppl":
+            fns[name] = functools.partial(ev.window_nll, sampler.graphdef, sampler.state, tokens,
+                                          valid, pols[name])
+        else:
+            cache0 = models.Cache.init(cfg, 1, args.prefill)
+            fns[name] = functools.partial(_prefill, sampler.graphdef, sampler.state, tokens,
+                                          valid, cache0, pols[name])
+    print(f"path {args.path}; load average at start {load_average()}; interleaved, "
+          f"{args.repeats} repeats")
     t = interleaved(fns, args.repeats)
     base_cpu = t["exact"].cpu_median
     for name in names:

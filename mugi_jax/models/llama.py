@@ -23,6 +23,7 @@ invalid query attends only to itself (so no softmax row is empty).  RoPE uses th
 from __future__ import annotations
 
 import functools
+import itertools
 from typing import Any
 
 import jax
@@ -30,7 +31,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 from jaxtyping import Array, Bool, Float, Int
 
-from mugi_jax import numerics
+from mugi_jax import gemm, numerics
 from mugi_jax.models.config import DecoderConfig
 
 __all__ = ["Llama", "Decoder", "Cache", "RMSNorm", "Linear", "rope", "rope_frequencies", "forward",
@@ -225,6 +226,35 @@ class Linear(nnx.Module):
         return y if self.bias is None else y + self.bias[...]
 
 
+def _one_gemm(lins: tuple[Linear, ...], x: Array, policy: numerics.Policy) -> list[Array] | None:
+    """``[lin(x, policy) for lin in lins]`` as one GEMM on the kernels concatenated along the
+    outputs, then split (``None`` where that is not allowed): the projections must resolve to
+    the very same datapath GEMM (:func:`_same_impl`; a rule for one of them, or an activation
+    capture, which records per op, keeps them apart) with prepared INT4 weights of one layout.
+    The datapath kernels compute every output column on its own (per-group sums over ``k``
+    for that column: tests/models/test_llama.py checks the bits), so the results are the
+    same; XLA:CPU runs the narrow ``k``/``v`` projections (192 columns for SmolLM2) on one
+    core, and the activations' terms are built once instead of once per projection.
+    One-token steps (decode) keep the separate GEMMs: the concatenation copies the weights,
+    which a memory-bound step would read twice."""
+    if x.shape[-2] < 2:
+        return None
+    impls = [policy.op(lin.path, numerics.LINEAR) for lin in lins]
+    kernels = [lin.kernel.get_value() for lin in lins]
+    first = impls[0]
+    if not (isinstance(first, numerics.Gemm) and first.datapath is not None
+            and all(_same_impl(impl, first) for impl in impls[1:])
+            and all(isinstance(w, gemm.PreparedWeight) for w in kernels)):
+        return None
+    tree = jax.tree_util.tree_structure(kernels[0])
+    if any(jax.tree_util.tree_structure(w) != tree for w in kernels[1:]):
+        return None
+    y = first.matmul(x, jax.tree.map(lambda *a: jnp.concatenate(a, -1), *kernels))
+    ends = list(itertools.accumulate(w.shape[1] for w in kernels))
+    outs = jnp.split(y, ends[:-1], axis=-1)
+    return [o if lin.bias is None else o + lin.bias[...] for o, lin in zip(outs, lins)]
+
+
 class Attention(nnx.Module):
     """Grouped-query self-attention with RoPE, optional QK-norm, an optional sliding window and
     an optional KV cache."""
@@ -254,9 +284,11 @@ class Attention(nnx.Module):
         cfg = self.cfg
         b, t, _ = x.shape
         a = self.prefix + "attn."
-        q = self.q_proj(x, policy).reshape(b, t, cfg.n_heads, cfg.head_dim)
-        k = self.k_proj(x, policy).reshape(b, t, cfg.n_kv_heads, cfg.head_dim)
-        v = self.v_proj(x, policy).reshape(b, t, cfg.n_kv_heads, cfg.head_dim)
+        lins = (self.q_proj, self.k_proj, self.v_proj)
+        q, k, v = _one_gemm(lins, x, policy) or [lin(x, policy) for lin in lins]
+        q = q.reshape(b, t, cfg.n_heads, cfg.head_dim)
+        k = k.reshape(b, t, cfg.n_kv_heads, cfg.head_dim)
+        v = v.reshape(b, t, cfg.n_kv_heads, cfg.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         rot = functools.partial(rope, positions=positions, theta=self.rope_theta,
@@ -320,10 +352,11 @@ class MLP(nnx.Module):
         self.prefix = p
 
     def __call__(self, x: Float[Array, "B T d"], policy: numerics.Policy) -> Float[Array, "B T d"]:
-        g = self.gate_proj(x, policy)
+        lins = (self.gate_proj, self.up_proj)
+        g, up = _one_gemm(lins, x, policy) or [lin(x, policy) for lin in lins]
         fn = "silu" if self.activation == "silu" else "gelu_tanh"  # a registry name
         act = policy.op(self.prefix + "mlp.act", numerics.ACTIVATION).activation(g, fn)
-        return self.down_proj(act * self.up_proj(x, policy), policy)
+        return self.down_proj(act * up, policy)
 
 
 class Block(nnx.Module):

@@ -125,3 +125,32 @@ def test_perplexity_evaluates_exactly_the_given_ids(tiny_model):
     assert math.isclose(bos["nll"], want, rel_tol=1e-5)
     with pytest.raises(ValueError, match="BOS"):
         ev.perplexity(tiny_model, ids, context=64, bos_id=1)
+
+
+@pytest.mark.parametrize("preset,t", [("mugi", 96), ("mugi-asym", 96), ("mugi-exact", 8)])
+def test_projections_as_one_gemm_keep_the_bits(preset, t, monkeypatch):
+    """q/k/v and gate/up run as one GEMM on concatenated prepared INT4 kernels (datapath GEMMs
+    compute every output column on its own): the same logits, bit for bit, as the separate
+    GEMMs, on fast mode's per-group dot path (96 rows) and exact mode's sequential one."""
+    from mugi_jax.models import llama
+
+    cfg = LlamaConfig(vocab_size=97, dim=128, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=64,
+                      ffn_dim=192, rope_theta=10000.0, norm_eps=1e-5, tie_embeddings=True,
+                      max_seq_len=128, bos_id=1, eos_id=2, qkv_bias=True)
+    model = prepare(Llama(cfg, rngs=nnx.Rngs(5)), preset)
+    one_gemm, fused_calls = llama._one_gemm, []
+
+    def counted(lins, x, policy):
+        out = one_gemm(lins, x, policy)
+        fused_calls.append(out is not None)
+        return out
+
+    toks = jax.random.randint(jax.random.key(t), (1, t), 3, cfg.vocab_size)
+    logits = {}
+    for name, fn in (("fused", counted), ("apart", lambda *a: None)):
+        monkeypatch.setattr(llama, "_one_gemm", fn)
+        llama._forward.clear_cache()  # traced again with this _one_gemm
+        logits[name] = np.asarray(forward(model, toks, preset)[0])
+    llama._forward.clear_cache()
+    assert len(fused_calls) == 2 and all(fused_calls)  # the fused path ran (q/k/v, gate/up)
+    np.testing.assert_array_equal(logits["fused"], logits["apart"])
