@@ -19,7 +19,7 @@ from typing import Any
 
 import jax
 
-__all__ = ["Timing", "interleaved", "ratio", "verdict", "load_average", "fmt_ratio"]
+__all__ = ["Timing", "interleaved", "ratio", "verdict", "load_average", "fmt_ratio", "stage_times"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,3 +90,38 @@ def load_average() -> str:
         return f"{os.getloadavg()[0]:.1f}"
     except OSError:  # pragma: no cover - not available on every OS
         return "n/a"
+
+
+def stage_times(fn: Callable[[], Any], repeats: int, hlo_text: str = "") -> list[dict]:
+    """Time of each compiled stage (XLA:CPU thunk: one fusion, reduction, gather, ...) of
+    ``fn``'s repeated calls, read from a JAX profiler trace: rows ``{"stage", "shape", "op",
+    "calls", "min_us", "median_us"}``, slowest first.  ``hlo_text`` (the compiled module's
+    ``as_text()``) names each stage's output shape and source op.  Conditionals (whose branches
+    are timed as their own stages) and runtime bookkeeping are left out."""
+    import glob
+    import gzip
+    import json
+    import re
+    import tempfile
+
+    jax.block_until_ready(fn())
+    with tempfile.TemporaryDirectory() as tmp:
+        jax.profiler.start_trace(tmp, create_perfetto_trace=True)
+        for _ in range(repeats):
+            jax.block_until_ready(fn())
+        jax.profiler.stop_trace()
+        (path,) = glob.glob(f"{tmp}/**/perfetto_trace.json.gz", recursive=True)
+        with gzip.open(path) as f:
+            trace = json.load(f)
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    shapes = {m[1]: (m[2], m[3]) for m in re.finditer(
+        r"%([\w.-]+) = (\S+) (?:fusion|gather|reduce|copy)\(.*?op_name=\"([^\"]*)\"", hlo_text)}
+    durations: dict[str, list[float]] = {}
+    for e in events:
+        name = e.get("name", "")
+        if e.get("ph") == "X" and name in shapes:
+            durations.setdefault(name, []).append(float(e["dur"]))
+    rows = [{"stage": name, "shape": shapes[name][0], "op": shapes[name][1].split("/")[-1],
+             "calls": len(d), "min_us": min(d), "median_us": statistics.median(d)}
+            for name, d in durations.items()]
+    return sorted(rows, key=lambda r: -r["min_us"])

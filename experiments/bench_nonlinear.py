@@ -1,12 +1,15 @@
 """Benchmark: jitted VLP kernels vs the exact FP32 JAX ops (time ratio; goal <= 1.5).
 
-Run: ``python -m experiments.bench_nonlinear [--repeats N] [--ops softmax,silu,...] [--json PATH]``.  Both sides are
+Run: ``python -m experiments.bench_nonlinear [--repeats N] [--ops softmax,silu,...] [--json PATH] [--stages]``.  Both sides are
 jitted and timed interleaved in the same process on the same input (FP32 for the exact op; the
 VLP kernel gets the same FP32 array and rounds it to BF16 at entry, which is part of its timed
 work); min and median wall times and a verdict per case (``experiments/_benchlib.py``).
 The SmolLM2 case is the attention softmax as the decoder calls it: head-major rows of the 3
 query heads of a KV head, a causal mask (-inf above the diagonal) and ``tokens=512`` (window
-groups of one token's query heads).  The activation cases are the MLP activations as the models
+groups of one token's query heads); the SmolLM2 decode case is a decode step at batch 8 with a
+4096-entry cache (``tokens=1``: window groups of the 3 query heads of a KV head).  ``--stages``
+also prints, for each softmax case, the time of every compiled stage (XLA:CPU fusion) of the
+exact op and of the VLP kernel, from a JAX profiler trace.  The activation cases are the MLP activations as the models
 call them in a 512-token prefill: the policy's ``Nonlinear`` op (``numerics.Nonlinear``) on the
 FP32 gate projection ``(1, 512, ffn)``, window groups along the last axis, FP32 result; the VLP
 side is the presets' unit (BF16 input, the family's calibrated window from
@@ -20,7 +23,8 @@ import argparse
 import jax
 import jax.numpy as jnp
 
-from experiments._benchlib import fmt_ratio, interleaved, load_average, ratio, verdict
+from experiments._benchlib import (fmt_ratio, interleaved, load_average, ratio, stage_times,
+                                   verdict)
 from mugi_jax import nonlinear as nl
 from mugi_jax import numerics
 
@@ -31,7 +35,8 @@ GOAL = 1.5  # VLP kernel time / exact jax.nn op time
 CASES = (
     ("softmax", "prefill attention", (4, 9, 512, 512), None),
     ("softmax", "SmolLM2 prefill", (1, 3, 1536, 512), 512),  # 512 tokens, 3 KV heads x 3 queries
-    ("softmax", "decode attention", (8, 9, 1, 4096), None),
+    ("softmax", "decode attention", (8, 9, 1, 4096), None),  # one row per head: no groups
+    ("softmax", "SmolLM2 decode", (8, 3, 3, 4096), 1),  # batch 8, 3 KV heads x 3 queries
 )
 # (fn, label, shape of the gate projection (1, tokens, ffn), model family): the MLP activation
 # as the model calls it; family None: the library call ``nl.activation`` on FP32 (default config)
@@ -73,8 +78,8 @@ def _row(op: str, label: str, shape: tuple, tokens: int | None, exact, vlp, x: j
 OPS = ("softmax", "silu", "gelu", "gelu_tanh")
 
 
-def run(repeats: int = 21, cfg: nl.VLPConfig = nl.VLPConfig(), ops: tuple[str, ...] = OPS
-        ) -> list[dict]:
+def run(repeats: int = 21, cfg: nl.VLPConfig = nl.VLPConfig(), ops: tuple[str, ...] = OPS,
+        stages: bool = False) -> list[dict]:
     exact_softmax = jax.jit(lambda x: jax.nn.softmax(x, axis=-1))
     rows = []
     key = jax.random.PRNGKey(0)
@@ -87,6 +92,10 @@ def run(repeats: int = 21, cfg: nl.VLPConfig = nl.VLPConfig(), ops: tuple[str, .
         # the public functions are jitted internally; wrapping them in jit removes dispatch
         vlp = jax.jit(lambda x, t=tokens: nl.softmax(x, axis=-1, approx=cfg, tokens=t))
         rows.append(_row(op, label, shape, tokens, exact_softmax, vlp, x, repeats))
+        if stages:
+            rows[-1]["stages"] = {
+                name: stage_times(lambda f=f: f(x), repeats, f.lower(x).compile().as_text())
+                for name, f in (("exact", exact_softmax), ("vlp", vlp))}
     for fn, label, shape, family in ACTIVATION_CASES:
         if fn not in ops:
             continue
@@ -101,6 +110,8 @@ def main() -> None:
     parser.add_argument("--ops", default=",".join(OPS),
                         help=f"comma-separated subset of {','.join(OPS)} (default: all)")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    parser.add_argument("--stages", action="store_true",
+                        help="also time every compiled stage of the softmax cases (profiler trace)")
     args = parser.parse_args()
     ops = tuple(o for o in args.ops.split(",") if o)
     if not ops or any(o not in OPS for o in ops):
@@ -108,7 +119,7 @@ def main() -> None:
     if args.repeats < 1:
         parser.error(f"--repeats: must be >= 1, got {args.repeats}")
     print(f"load average at start {load_average()}")
-    rows = run(args.repeats, ops=ops)
+    rows = run(args.repeats, ops=ops, stages=args.stages)
     print(f"{'op':9s} {'case':18s} {'shape':16s} {'exact min/med ms':>17s} {'VLP min/med ms':>17s} "
           f"{'ratio min/med':>14s} verdict (goal <= {GOAL:g})")
     for r in rows:
@@ -116,6 +127,13 @@ def main() -> None:
               f"{r['exact_min_ms']:8.3f}/{r['exact_median_ms']:<8.3f} "
               f"{r['vlp_min_ms']:8.3f}/{r['vlp_median_ms']:<8.3f} "
               f"{fmt_ratio((r['ratio_min'], r['ratio_median'])):>14s} {r['verdict']}")
+    for r in rows:
+        for name, stages in r.get("stages", {}).items():
+            print(f"stages of {r['case']} {r['shape']}, {name} (min/median us over "
+                  f"{args.repeats} calls; shape, source op):")
+            for s in stages:
+                print(f"  {s['min_us']:8.1f}/{s['median_us']:<8.1f} {s['stage']:36s} "
+                      f"{s['shape']:34s} {s['op']}")
     print(f"devices: {jax.devices()}; load average at end {load_average()}; interleaved runs")
     if args.json:
         from mugi_jax import io

@@ -96,24 +96,31 @@ def _approx_exp(y: Array, approx: object) -> Array:
     raise ValueError(f"approx: must be PWL or Taylor, got {approx!r}")
 
 
-# Codes of the VLP softmax's exp input (see ``_vlp_codes``): BF16 patterns of positive
-# subnormals, which ``y = x - max x <= 0`` never takes, name the special inputs.
-_ZERO, _NEG_INF, _NAN, _MASKED = 0, 1, 2, 3  # _NAN + sign; _MASKED + (_NEG_INF or _NAN + sign)
+# Codes of the VLP softmax's exp input (see ``_vlp_codes``): y's own BF16 pattern, except for
+# -inf inputs (masks), whose y (-inf, or NaN of either sign in a row whose maximum is -inf or
+# NaN) is recoded to ``_mask_code(y)``: patterns of positive values, which ``y = x - max x <= 0``
+# never takes.  Their table entries tell a masked input from ``e`` alone.
 _E_MASKED = 0x8000        # e of a masked -inf input whose y is -inf: -0 (sums like the +0 it was)
 _E_MASKED_NAN = 0x7FC1    # e of a masked input whose y is NaN (| sign): NaN with a spare payload
+_NEG_NORMAL = (0x8080, 0xFF80)  # y patterns of negative normal numbers: [lo, hi)
+
+
+def _mask_code(y: Array) -> Array:
+    """Code of a masked input from its y pattern: -inf (0xFF80) -> 0x0200, NaN 0xFFC0 -> 0x0201,
+    NaN 0x7FC0 -> 0x0001 (a NaN y is one of those two: see ``_vlp_codes``)."""
+    return (y >> 6) & 0x201
 
 
 @functools.lru_cache(maxsize=64)
 def _softmax_exp_table(cfg: VLPConfig, single: bool) -> np.ndarray:
-    """:func:`output_table` for exp with FTZ applied (the pipeline flushes e before summing) and
-    the code entries: e for every code of ``_vlp_codes``."""
+    """:func:`output_table` for exp with FTZ applied (the pipeline flushes e before summing), NaN
+    canonical (``sign | 0x7FC0``: a BF16 input's NaN payload passes through y, and must not read
+    as a mask) and the entries of the masked inputs' codes (see ``_mask_code``)."""
     t = np.array(output_table("exp", cfg, single), dtype=np.uint16)
     t = np.where((t & 0x7F80) == 0, t & 0x8000, t).astype(np.uint16)  # FTZ (NaN untouched)
-    codes = {_NEG_INF: 0x0000, _NAN: 0x7FC0, _NAN + 1: 0xFFC0,
-             _MASKED + _NEG_INF: _E_MASKED, _MASKED + _NAN: _E_MASKED_NAN,
-             _MASKED + _NAN + 1: 0x8000 | _E_MASKED_NAN}
-    for code, e in codes.items():
-        t[..., code] = e
+    t = np.where((t & 0x7FFF) > 0x7F80, (t & 0x8000) | 0x7FC0, t).astype(np.uint16)
+    for y, e in ((0xFF80, _E_MASKED), (0xFFC0, 0x8000 | _E_MASKED_NAN), (0x7FC0, _E_MASKED_NAN)):
+        t[..., _mask_code(y)] = e
     t.setflags(write=False)
     return t
 
@@ -145,24 +152,20 @@ def _row_max(x: Array) -> Array:
 
 
 def _vlp_codes(x: Array) -> Array:
-    """Steps 1-2 as uint16 codes for the table: ``y``'s pattern where y is a negative normal
-    number (the only values whose window matters), else a small code (0 for zero/subnormal y,
-    which is also +0's pattern; ``_NEG_INF``; ``_NAN`` + sign), plus ``_MASKED`` for -inf inputs,
-    so that the result can be told from ``e`` alone.
+    """Steps 1-2 as uint16 codes for the table: the pattern of ``y = bf16_rne(FTZ(bf16(x)) -
+    max)``, or ``_mask_code(y)`` for -inf inputs, so that the result can be told from ``e`` alone.
 
-    One pass over ``x`` in 32-bit lanes: ``y = bf16_rne(FTZ(bf16(x)) - max)`` is rounded on the
-    FP32 difference's pattern; a NaN difference is classified from that pattern (its rounded
-    bits are not used, so they need no fix-up)."""
+    One pass over ``x`` in 32-bit lanes: y is rounded on the FP32 difference's pattern.  A NaN
+    difference is ``sign | 0x7FC00000`` (the quiet NaN of a rounded input or of the rounded row
+    maximum, or the default NaN of inf - inf), whose rounding is exact: y is the NaN's top half,
+    which the table maps to a NaN of the same sign.  Zero, subnormal and -inf y read their own
+    table entries (f(0) = 1, 1, 0)."""
     u32 = jnp.uint32
     m = _row_max(x)
     r = _rounded_bits32(x)
     d = jax.lax.bitcast_convert_type(jax.lax.bitcast_convert_type(r, jnp.float32) - m, u32)
     y = (d + u32(0x7FFF) + ((d >> 16) & u32(1))) >> 16
-    special = jnp.where((d & u32(0x7FFFFFFF)) > u32(0x7F800000), u32(_NAN) + (d >> 31),
-                        jnp.where(y == u32(0xFF80), u32(_NEG_INF), u32(_ZERO)))
-    special = jnp.where(r == u32(0xFF800000), special + u32(_MASKED), special)
-    negative_normal = (y - u32(0x8080)) < u32(0xFF80 - 0x8080)  # [0x8080, 0xFF80), wrapping
-    return jnp.where(negative_normal, y, special).astype(jnp.uint16)
+    return jnp.where(r == u32(0xFF800000), _mask_code(y), y).astype(jnp.uint16)
 
 
 # Window groups of at most this many elements are reduced by elementwise extrema of their slices
@@ -183,29 +186,29 @@ def _vlp_exp_codes(z: Array, cfg: VLPConfig, axis: int) -> Array:
     g = groups(z.shape[axis], axis, cfg.window_group)
     if g.size == 1:
         return table_lookup(_softmax_exp_table(cfg, True), z)
-    # Codes are below every negative normal pattern: a plain max finds the largest magnitude.
-    key, fill, reduce = ((z, 0, jnp.maximum) if cfg.build == "max" else
-                         (jnp.where(z >= u16(0x8080), z, u16(0xFFFF)), 0xFFFF, jnp.minimum))
-    def bottom(key: Array) -> Array:
+    reduce = jnp.maximum if cfg.build == "max" else jnp.minimum
+    fill = 0 if cfg.build == "max" else 0xFFFF
+
+    def bottom(z: Array) -> Array:  # per group: the window's biased bottom exponent
+        # only negative normal y count (masks, NaN, -inf, zero and subnormal y do not)
+        key = jnp.where(z - u16(_NEG_NORMAL[0]) < u16(_NEG_NORMAL[1] - _NEG_NORMAL[0]), z,
+                        u16(fill))
         gz = grouped(key, g, fill)
         if g.size <= _FUSED_GROUP:
             ext = functools.reduce(reduce, [jax.lax.slice_in_dim(gz, i, i + 1, axis=g.axis + 1)
                                             for i in range(g.size)])
         else:
             ext = (jnp.max if cfg.build == "max" else jnp.min)(gz, axis=g.axis + 1, keepdims=True)
-        if cfg.build == "max":
-            extreme = jnp.where(ext >= u16(0x8080), ext & u16(0x7FFF), u16(0))
-        else:
-            extreme = jnp.where(ext == u16(0xFFFF), ext, ext & u16(0x7FFF))
+        extreme = jnp.where(ext == u16(fill), ext, ext & u16(0x7FFF))  # max: 0, min: 0xFFFF
         return bottom_from_extreme(extreme.astype(jnp.int32), cfg)
 
     if cfg.lut_exponents == cfg.window:  # a single possible bottom
         offsets = 0
     elif g.size <= _FUSED_GROUP:  # L - W + 1 <= 254 rows: one byte each
-        rows = _materialised(lambda v: (bottom(v) - (cfg.e_bottom + 127)).astype(jnp.uint8), key)
+        rows = _materialised(lambda v: (bottom(v) - (cfg.e_bottom + 127)).astype(jnp.uint8), z)
         offsets = ungrouped(rows, g, z.shape).astype(jnp.uint32) << 16
     else:
-        offsets = group_offsets(bottom(key), cfg, g, z.shape)
+        offsets = group_offsets(bottom(z), cfg, g, z.shape)
     return table_lookup(_softmax_exp_table(cfg, False), z, offsets)
 
 

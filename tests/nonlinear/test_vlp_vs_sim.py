@@ -214,3 +214,34 @@ def test_softmax_wide_groups_equal_simulator(group, build):
     ref = simulate_softmax(x, cfg, axis=-1)
     got = formats.to_numpy(nl.softmax(jnp.asarray(x), approx=cfg))
     assert same_bits_nan_aware(got, ref.outputs)
+
+
+# BF16 inputs whose NaN payloads reach y unchanged (one of them the payload of the masked-NaN
+# marker 0x7FC1), a signalling NaN, and the y patterns the table reads directly: -inf from an
+# overflowing difference of finite inputs, subnormal and zero differences.
+_BF16_EDGES = np.array([0x7FC1, 0xFFC1, 0x7F81, 0xFFC5, 0xFF80, 0xFF7F, 0x7F7F, 0x0080, 0x0081,
+                        0x8080, 0x0000, 0x8000], dtype=np.uint16)
+
+
+@pytest.mark.parametrize("tokens", [None, 2])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_softmax_y_patterns_equal_simulator(tokens, dtype):
+    """Rows mixing -inf masks with every BF16 edge input (each in its own row, so that NaN,
+    +-inf and the largest finite values each set a row's maximum), with and without token
+    groups: the kernel, which reads y's own pattern from the table, equals the simulator."""
+    cfg = nl.VLPConfig(window_group=2)
+    rng = np.random.default_rng(3)
+    n = len(_BF16_EDGES)
+    x = (rng.standard_normal((2 * n, 6)) * 3.0).astype(BF16)
+    x[:n, 2] = _BF16_EDGES.view(BF16)
+    x[n:, 2] = _BF16_EDGES.view(BF16)
+    x[n:, 3] = _BF16_EDGES[::-1].view(BF16)
+    x[:, 4] = -np.inf
+    x[0, :] = -np.inf  # a fully masked row
+    t = tokens or 1
+    heads = x.shape[0] // t
+    token_major = x.reshape(heads, t, 6).transpose(1, 0, 2)
+    ref = simulate_softmax(token_major.astype(np.float32), cfg).outputs.transpose(1, 0, 2)
+    got = formats.to_numpy(nl.softmax(jnp.asarray(x.astype(dtype)), approx=cfg, tokens=tokens))
+    assert same_bits_nan_aware(got, ref.reshape(x.shape))
+    assert np.all(got.astype(np.float32)[x.astype(np.float32) == -np.inf] == 0)
