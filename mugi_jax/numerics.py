@@ -103,7 +103,11 @@ class Nonlinear(eqx.Module):
 
     def _call(self, fn: str, x: Array, **kw: Any) -> Array:
         dtype = x.dtype
-        if self.bf16_input:
+        # A VLP activation unit rounds a float input to BF16 at entry itself (the same RNE, NaN
+        # -> sign | 0x7FC0, as ``astype``); handed the unrounded input, its window reduction and
+        # lookup read it directly instead of a rounded copy written in a pass of its own.
+        unit_rounds = fn != "softmax" and isinstance(self.approx, (nl.VLPConfig, nl.MugiL))
+        if self.bf16_input and not unit_rounds:
             x = _to_bf16(x)
         if self.approx is None:  # no window groups: ``tokens`` does not matter
             x = x.astype(jnp.float32)

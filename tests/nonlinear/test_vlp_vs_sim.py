@@ -245,3 +245,28 @@ def test_softmax_y_patterns_equal_simulator(tokens, dtype):
     got = formats.to_numpy(nl.softmax(jnp.asarray(x.astype(dtype)), approx=cfg, tokens=tokens))
     assert same_bits_nan_aware(got, ref.reshape(x.shape))
     assert np.all(got.astype(np.float32)[x.astype(np.float32) == -np.inf] == 0)
+
+
+@pytest.mark.parametrize("fn,group", [("silu", 256), ("gelu_tanh", 64), ("gelu", 40)])
+def test_policy_activation_on_fp32_equals_rounded_input(fn, group):
+    """The policy's VLP activation (``numerics.Nonlinear(..., bf16_input=True)``, what the models
+    call) hands FP32 input to the unit, which rounds it at entry: bit-identical to rounding with
+    ``astype`` first and to the simulator on the rounded input, FP32 edge patterns (NaN payloads,
+    ties, values that round to infinity, subnormals) included."""
+    from mugi_jax import numerics
+    rng = np.random.default_rng(group)
+    cfg = nl.VLPConfig(window_group=group)
+    clean = (rng.standard_normal((4, 300)) * 3.0).astype(np.float32)
+    clean[0, :40] *= 8.0  # exponents above e_top
+    edges = clean.copy()  # NaN / infinity somewhere: the masked window fallback
+    flat = edges.reshape(-1)
+    flat[rng.choice(flat.size, 60, replace=False)] = np.resize(_FP32_EDGES, 60)
+    unit = numerics.Nonlinear(cfg, bf16_input=True)
+    for x in (clean, edges):
+        got = np.asarray(unit.activation(jnp.asarray(x), fn))
+        assert got.dtype == np.float32
+        pre = nl.activation(jnp.asarray(x).astype(jnp.bfloat16), fn, cfg).astype(jnp.float32)
+        np.testing.assert_array_equal(got.view(np.uint32), np.asarray(pre).view(np.uint32))
+        with np.errstate(invalid="ignore"):
+            ref = simulate_vlp(x.astype(BF16), fn, cfg).outputs
+        assert same_bits_nan_aware(got.astype(BF16), ref)
