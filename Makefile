@@ -49,6 +49,7 @@ bench: setup
 	$(BIN)/python -m experiments.bench_nonlinear
 	$(BIN)/python -m experiments.bench_gemm
 	$(BIN)/python -m experiments.prefill_breakdown --repeats 2
+	$(BIN)/python -m experiments.prefill_breakdown --path ppl --variants exact,nonlinear-only,mugi --repeats 3
 	$(BIN)/python -m experiments.cost_paper_sweep
 	$(BIN)/python -m experiments.llm_throughput
 

@@ -1,15 +1,15 @@
 """Where the ``mugi`` prefill time goes: ``mugi`` with one part swapped back to FP32, interleaved.
 
-    python -m experiments.prefill_breakdown [--prefill 512] [--repeats 3] [--path ppl|cached]
+    python -m experiments.prefill_breakdown [--prefill 512] [--repeats 3] [--path cached|ppl]
         [--variants exact,nonlinear-only,mugi,mugi/proj-fp32,mugi/attn-fp32,mugi/nl-exact]
 
 SmolLM2-135M, batch 1, one prefill of ``--prefill`` tokens under
 ``exact``, ``nonlinear-only``, ``mugi``, and ``mugi`` with its projections (``*_proj``) as FP32
 matmuls (``mugi/proj-fp32``), its attention products QK^T / PV as FP32 einsums of BF16 operands
 (``mugi/attn-fp32``, the KIVI cache kept), or its softmax/activation exact (``mugi/nl-exact``).
-``--path ppl`` (the default) times what perplexity evaluation runs for one window
-(``eval.window_nll``: the forward pass without a cache, then the NLL); ``--path cached`` times
-the prefill of a generation (``generate._prefill``: the tokens written into an empty KV cache of
+``--path ppl`` times what perplexity evaluation runs for one window (``eval.window_nll``: the
+forward pass without a cache, then the NLL); ``--path cached`` (the default, what earlier
+figures measured) times the prefill of a generation (``generate._prefill``: the tokens written into an empty KV cache of
 ``--prefill`` slots, last-token logits).  They compute the same logits; without a cache the
 attention knows its keys are the queries' own tokens, so the ``mugi`` attention GEMMs skip the
 keys after each chunk of queries (docs/models.md).
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prefill", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--path", default="ppl", choices=("ppl", "cached"),
+    ap.add_argument("--path", default="cached", choices=("cached", "ppl"),
                     help="ppl: perplexity evaluation's uncached forward + NLL; cached: a "
                          "generation's prefill into an empty KV cache")
     ap.add_argument("--variants", default="exact,nonlinear-only,mugi,mugi/proj-fp32,"
