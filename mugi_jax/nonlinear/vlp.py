@@ -132,30 +132,22 @@ def _largest_magnitude(source: Array, g: Groups) -> Array:
     |source|)`` (int32), ``>= 0x7F80`` when the group holds a NaN or an infinity or its maximum
     rounds to infinity.
 
-    FP32 sources: ``max |source|`` in FP32, then rounded.  BF16 sources: the maximum of the
-    15-bit magnitude patterns as 16-bit integers (for non-negative floats the integer order of
-    the patterns is the value order; NaN patterns sort above infinity), which XLA:CPU runs as
-    plain vector maxima instead of a BF16 maximum emulated through FP32 conversions.
-    Groups along the minor axis are first halved (up to four times) by elementwise maxima:
-    vectorised loops that XLA:CPU runs faster than its reduction over the whole group (SiLU on
-    (512, 1536), groups of 256: 0.39 / 0.49 ms min / median against 0.46 / 0.59 ms, see
-    docs/nonlinear.md); the rest is one reduction."""
-    if source.dtype == jnp.bfloat16:
-        a = grouped(jax.lax.bitcast_convert_type(source, jnp.int16) & jnp.int16(0x7FFF), g, 0)
-    else:
-        a = grouped(jnp.abs(source), g, 0)
+    The maximum of the 15-bit magnitude patterns of ``bf16(source)`` as 16-bit integers:
+    rounding is monotone, for non-negative floats the integer order of the patterns is the value
+    order, and NaN patterns sort above infinity.  XLA:CPU runs it as plain vector maxima (a BF16
+    maximum is emulated through FP32 conversions; FP32 maxima read twice the bytes).  Groups
+    along the minor axis are first halved (up to four times, down to 64 bytes per group) by
+    elementwise maxima: vectorised loops that XLA:CPU runs faster than its reduction over the
+    whole group; the rest is one reduction (see docs/nonlinear.md for the figures)."""
+    source = as_bf16(source)
+    a = grouped(jax.lax.bitcast_convert_type(source, jnp.int16) & jnp.int16(0x7FFF), g, 0)
     if g.axis == source.ndim - 1:
-        # down to 64 bytes per group (16 FP32 / 32 int16 lanes): the fastest split measured
-        stop = 64 // a.dtype.itemsize
-        for _ in range(4):
+        for _ in range(4):  # down to 32 int16 lanes: the fastest split measured
             width = a.shape[-1]
-            if width % 2 or width <= stop:
+            if width % 2 or width <= 32:
                 break
             a = jnp.maximum(a[..., :width // 2], a[..., width // 2:])
-    m = jnp.max(a, axis=g.axis + 1, keepdims=True)
-    if source.dtype == jnp.bfloat16:
-        return m.astype(jnp.int32)
-    return jax.lax.bitcast_convert_type(as_bf16(m), jnp.uint16).astype(jnp.int32) & 0x7FFF
+    return jnp.max(a, axis=g.axis + 1, keepdims=True).astype(jnp.int32)
 
 
 def _window_rows(xb: Array, cfg: VLPConfig, g: Groups, source: Array | None
