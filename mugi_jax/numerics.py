@@ -207,23 +207,23 @@ class Gemm(eqx.Module):
 
     def scores(self, q: Float[Array, "B H M D"], k: Float[Array, "B H S D"],
                kv: Any = None, q_slots: Array | None = None,
-               causal: bool = False) -> Float[Array, "B H M S"]:
+               causal: int | None = None) -> Float[Array, "B H M S"]:
         """``Q K^T`` (unscaled) per batch row and KV head; ``M`` = query heads of the GQA group x
         query tokens.  ``kv``: the cache format (a :class:`KVCache`, or its INT4 scheme).  A KIVI
         cache reads each key quantized or not per query slot (``q_slots``, ``(M,)``; ``None``:
         all quantized).  On a datapath, K is quantized per token with the cache's scheme and is
         the weight operand ``(D, S)`` (groups along the reduction ``D``).
 
-        ``causal``: the ``M`` rows are groups of ``S`` query tokens at slots ``0 .. S-1`` (no
-        cache offset: the keys are the queries' own tokens) and the caller masks every key after
-        its query; the scores there may then be left uncomputed (0), the others keep their bits
+        ``causal``: ``T`` when the ``M`` rows are groups of ``T`` query tokens at slots
+        ``0 .. T-1`` (no cache offset) and the caller masks every key after its query; the
+        scores there may then be left uncomputed (0), the others keep their bits
         (:func:`gemm.cache_scores`)."""
         return self._cache_gemm(q, k, kv, q_slots, "scores", "bhmd,bhsd->bhms", gemm.cache_scores,
                                 causal)
 
     def context(self, p: Float[Array, "B H M S"], v: Float[Array, "B H S D"],
                 kv: Any = None, q_slots: Array | None = None,
-                causal: bool = False) -> Float[Array, "B H M D"]:
+                causal: int | None = None) -> Float[Array, "B H M D"]:
         """``P V`` per batch row and KV head (``kv``, ``q_slots``: as in :meth:`scores`).  On a
         datapath, V is quantized per token with the cache's scheme and is the weight operand
         ``(S, D)`` (its groups run along ``D``, so the scale changes at every step of the
@@ -233,7 +233,7 @@ class Gemm(eqx.Module):
                                 gemm.cache_context, causal)
 
     def _cache_gemm(self, a: Array, x: Array, kv: Any, q_slots: Array | None, kivi_op: str,
-                    equation: str, on_datapath: Any, causal: bool = False) -> Array:
+                    equation: str, on_datapath: Any, causal: int | None = None) -> Array:
         """What :meth:`scores` and :meth:`context` share: a KIVI cache reads per query slot
         (``kv.scores`` / ``kv.context``); without a datapath an FP32 ``einsum`` (BF16 operands
         with ``bf16_activations``); on a datapath the cache quantized per token is the weight
@@ -250,7 +250,7 @@ class Gemm(eqx.Module):
             raise ValueError("attention GEMMs on a datapath need an INT4 KV-cache scheme "
                              "(a rule giving the attn.kv_cache op a KVCache(scheme=...))")
         xq = quant.quantize_kv(x.astype(jnp.float32), kv_scheme, granularity="per_token")
-        return on_datapath(a, xq, self.datapath, self.mode, causal=x.shape[-2] if causal else None)
+        return on_datapath(a, xq, self.datapath, self.mode, causal=causal)
 
 
 KEY_LAYOUTS = ("per_token", "per_channel")
@@ -349,7 +349,7 @@ class KVCache(eqx.Module):
 
     def scores(self, q: Float[Array, "B H M D"], k: Float[Array, "B H S D"],
                q_slots: Array | None, bf16: bool, attn: Gemm | None = None,
-               causal: bool = False) -> Float[Array, "B H M S"]:
+               causal: int | None = None) -> Float[Array, "B H M S"]:
         """``Q K^T`` with each key read quantized or in full precision per :meth:`key_mask`;
         with an ``attn`` datapath the quantized keys are its weight operand ``(D, S)``.
         ``causal`` (:meth:`Gemm.scores`): the scores after each query are left 0 on the
@@ -357,10 +357,10 @@ class KVCache(eqx.Module):
         reads in full precision only (:meth:`_fp_band`), with the same bits."""
         s = k.shape[-2]
         on_datapath = attn is not None and attn.datapath is not None
-        causal = causal and on_datapath and q_slots is not None
+        causal = causal if on_datapath and q_slots is not None else None
         if on_datapath:  # quantized keys on the datapath
             s_q = gemm.cache_scores(q, self._quantized_keys(k), attn.datapath, attn.mode,
-                                    causal=s if causal else None)[..., :s]
+                                    causal=causal)[..., :s]
         mm = functools.partial(jnp.einsum, "bhmd,bhsd->bhms",
                                precision=jax.lax.Precision.HIGHEST)
         if not on_datapath:
@@ -372,12 +372,13 @@ class KVCache(eqx.Module):
             s_q = mm(q, kq)
         mask = self.key_mask(q_slots, s)
         k = k.astype(jnp.float32)
-        s_fp = self._fp_band(q, k, self._first_fp_key, mm, scores=True) if causal else mm(q, k)
+        s_fp = (mm(q, k) if causal is None else
+                self._fp_band(q, k, self._first_fp_key, mm, True, causal))
         return jnp.where(mask, s_q, s_fp)
 
     def context(self, p: Float[Array, "B H M S"], v: Float[Array, "B H S D"],
                 q_slots: Array | None, bf16: bool, attn: Gemm | None = None,
-                causal: bool = False) -> Float[Array, "B H M D"]:
+                causal: int | None = None) -> Float[Array, "B H M D"]:
         """``P V`` with each value token read quantized or in full precision per
         :meth:`value_mask`; with an ``attn`` datapath the quantized values are its weight
         operand ``(S, D)`` (the probabilities of the full-precision tokens masked to 0).
@@ -390,18 +391,18 @@ class KVCache(eqx.Module):
         s = v.shape[-2]
         mask = self.value_mask(q_slots, s)
         on_datapath = attn is not None and attn.datapath is not None
-        causal = causal and on_datapath and q_slots is not None
+        causal = causal if on_datapath and q_slots is not None else None
         mm = functools.partial(jnp.einsum, "bhms,bhsd->bhmd",
                                precision=jax.lax.Precision.HIGHEST)
         if on_datapath:  # quantized values on the datapath
             c_q = gemm.cache_context(jnp.where(mask, p, 0.0), vq, attn.datapath, attn.mode,
-                                     causal=s if causal else None)
+                                     causal=causal)
         else:
             c_q = mm(jnp.where(mask, p, 0.0), quant.dequantize(vq))
         p_fp = jnp.where(mask, 0.0, p)
         v = v.astype(jnp.float32)
-        c_fp = (self._fp_band(p_fp, v, self._first_fp_value, mm, scores=False) if causal
-                else mm(p_fp, v))
+        c_fp = (mm(p_fp, v) if causal is None else
+                self._fp_band(p_fp, v, self._first_fp_value, mm, False, causal))
         return c_q + c_fp
 
     def _first_fp_key(self, i: int) -> int:
@@ -416,10 +417,11 @@ class KVCache(eqx.Module):
         return i - self.residual + 1
 
     def _fp_band(self, a: Array, x: Array, first_fp: Callable[[int], int], mm: Any,
-                 scores: bool) -> Array:
+                 scores: bool, tokens: int) -> Array:
         """The full-precision products of causal queries without a cache offset on the band of
         slots they read in full precision: ``mm(a, x)`` where it matters, chunk by chunk of
-        ``_FP_BAND_TILE`` queries (query ``t`` of each group of ``S`` rows at slot ``t``), each
+        ``_FP_BAND_TILE`` queries (query ``t`` of each group of ``tokens`` rows at slot ``t``;
+        ``S >= tokens`` slots, those after the last query masked), each
         against the slots from its first query's first full-precision slot (rounded down to a
         multiple of 64) to its last query.  ``scores``: ``a`` queries ``(B, H, M, D)``, ``x``
         keys, the result ``(B, H, M, S)`` (0 outside the bands); else ``a`` the probabilities
@@ -434,13 +436,13 @@ class KVCache(eqx.Module):
         (measured bit changes at 640: the long reduction is split into blocks)."""
         b, h, m, _ = a.shape
         s = x.shape[-2]
-        if s % 64 or (not scores and s > 512):
+        if s % 64 or tokens % 64 or m % tokens or tokens > s or (not scores and s > 512):
             return mm(a, x)
-        grp = m // s
-        a5 = a.reshape(b, h, grp, s, a.shape[-1])
+        grp = m // tokens
+        a5 = a.reshape(b, h, grp, tokens, a.shape[-1])
         outs = []
-        for q0 in range(0, s, _FP_BAND_TILE):
-            q1 = min(q0 + _FP_BAND_TILE, s)
+        for q0 in range(0, tokens, _FP_BAND_TILE):
+            q1 = min(q0 + _FP_BAND_TILE, tokens)
             lo = min(max(0, first_fp(q0)) // 64 * 64, q1)
             rows = a5[:, :, :, q0:q1].reshape(b, h, grp * (q1 - q0), a.shape[-1])
             if scores:

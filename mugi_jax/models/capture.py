@@ -126,11 +126,11 @@ class _Recording:
         return self._run(x, self._impl.matmul(x, w), w)
 
     def scores(self, q: Array, k: Array, kv: Any = None, q_slots: Array | None = None,
-               causal: bool = False) -> Array:
+               causal: int | None = None) -> Array:
         return self._run(q, self._impl.scores(q, k, kv, q_slots, causal=causal))
 
     def context(self, p: Array, v: Array, kv: Any = None, q_slots: Array | None = None,
-                causal: bool = False) -> Array:
+                causal: int | None = None) -> Array:
         return self._run(p, self._impl.context(p, v, kv, q_slots, causal=causal))
 
 

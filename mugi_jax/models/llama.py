@@ -255,6 +255,11 @@ def _one_gemm(lins: tuple[Linear, ...], x: Array, policy: numerics.Policy) -> li
     return [o if lin.bias is None else o + lin.bias[...] for o, lin in zip(outs, lins)]
 
 
+#: Fewest tokens of a cached call that pick the causal skipping when its first slot is 0 (a
+#: ``lax.cond``: both paths are compiled, so short calls keep one).
+_CACHED_CAUSAL_MIN = 128
+
+
 class Attention(nnx.Module):
     """Grouped-query self-attention with RoPE, optional QK-norm, an optional sliding window and
     an optional KV cache."""
@@ -320,20 +325,33 @@ class Attention(nnx.Module):
         # head-major: (B, KV heads, group x T, D); the query heads of a GQA group share K and V
         qg = q.reshape(b, t, kh, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, kh, g * t, hd)
         row_slots = jnp.tile(q_slots, g)  # the slot of each of the g x T query rows
-        # without a cache the keys are the queries' own tokens at slots 0..T-1, every key after
-        # a query is masked: the attention GEMMs may skip those (same bits where it matters)
-        causal = kv is None
-        scores = qk.scores(qg, keys.transpose(0, 2, 1, 3), cache_fmt, row_slots, causal=causal)
-        scores = scores * jnp.float32(cfg.attn_scale)
-        scores = scores.reshape(b, kh, g, t, -1)
-        scores = jnp.where(mask[:, None, None], scores, -jnp.inf).reshape(b, kh, g * t, -1)
-        # tokens=t: the VLP window groups (rows at one key column) are the g query heads of ONE
-        # query token - the rows a decode step puts on the array.  Groups spanning query tokens
-        # would let a token's window, hence its output, depend on later tokens: the model would
-        # not be causal, and the uncached path would differ from the cached one.
-        probs = policy.op(a + "softmax", numerics.SOFTMAX).softmax(scores, axis=-1, tokens=t)
-        out = pv.context(probs, values.transpose(0, 2, 1, 3), cache_fmt, row_slots,
-                         causal=causal)  # B kh (g t) D
+        softmax = policy.op(a + "softmax", numerics.SOFTMAX)
+
+        def attend(causal: int | None) -> Array:
+            # causal=t: the queries sit at slots 0..t-1, so every key after a query is masked
+            # and the attention GEMMs may skip those (same bits where it matters)
+            scores = qk.scores(qg, keys.transpose(0, 2, 1, 3), cache_fmt, row_slots,
+                               causal=causal)
+            scores = scores * jnp.float32(cfg.attn_scale)
+            scores = scores.reshape(b, kh, g, t, -1)
+            scores = jnp.where(mask[:, None, None], scores, -jnp.inf).reshape(b, kh, g * t, -1)
+            # tokens=t: the VLP window groups (rows at one key column) are the g query heads of
+            # ONE query token - the rows a decode step puts on the array.  Groups spanning query
+            # tokens would let a token's window, hence its output, depend on later tokens: the
+            # model would not be causal, and the uncached path would differ from the cached one.
+            probs = softmax.softmax(scores, axis=-1, tokens=t)
+            return pv.context(probs, values.transpose(0, 2, 1, 3), cache_fmt, row_slots,
+                              causal=causal)  # B kh (g t) D
+
+        if kv is None:  # keys are this call's tokens, slots 0..T-1
+            out = attend(t)
+        elif t >= _CACHED_CAUSAL_MIN and isinstance(qk, numerics.Gemm) and qk.datapath is not None:
+            # a prefill into an empty cache starts at slot 0, but the slot is traced: pick the
+            # skipping path at run time (not under an activation capture, whose records cannot
+            # be made inside a branch)
+            out = jax.lax.cond(q_slots[0] == 0, lambda: attend(t), lambda: attend(None))
+        else:
+            out = attend(None)
         out = out.reshape(b, kh, g, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, cfg.n_heads * hd)
         return self.o_proj(out, policy), new_kv
 

@@ -97,16 +97,17 @@ def test_kivi_on_the_mugi_datapath(mode):
                                rtol=2e-2, atol=2e-2)
 
 
-@pytest.mark.parametrize("preset,tokens", [
-    ("mugi", 64), ("mugi", 192), ("mugi", 200), ("mugi", 512), ("mugi", 640),
-    ("mugi-exact", 320), ("mugi-asym", 256)])
-def test_causal_products_keep_the_bits(preset, tokens):
-    """Without a cache offset (perplexity evaluation) the attention GEMMs skip the keys after
-    each chunk of queries and KIVI's full-precision products run on the band of slots each
-    query reads in full precision: every score a query reads, every probability and every
-    context row have the bits of the whole products.  Lengths: one chunk (64), several chunks
-    (192, 256, 320, 512), off the 64-slot grid (200: the whole key product), past 512 slots
-    (640: the whole full-precision context product)."""
+@pytest.mark.parametrize("preset,tokens,slots", [
+    ("mugi", 64, 64), ("mugi", 192, 192), ("mugi", 200, 200), ("mugi", 512, 512),
+    ("mugi", 640, 640), ("mugi-exact", 320, 320), ("mugi-asym", 256, 256), ("mugi", 192, 320)])
+def test_causal_products_keep_the_bits(preset, tokens, slots):
+    """Queries at slots 0 .. T-1 (perplexity evaluation, or a prefill into an empty cache of
+    ``slots`` slots): the attention GEMMs skip the keys after each chunk of queries and KIVI's
+    full-precision products run on the band of slots each query reads in full precision: every
+    score a query reads, every probability and every context row have the bits of the whole
+    products.  Lengths: one chunk (64), several chunks (192, 256, 320, 512), off the 64-slot
+    grid (200: the whole key product), past 512 slots (640: the whole full-precision context
+    product), more slots than queries (192 of 320)."""
     policy = numerics.preset(preset)
     op = lambda name, kind: policy.op(f"layers.0.attn.{name}", kind)  # noqa: E731
     qk, pv = op("scores", numerics.SCORES), op("context", numerics.CONTEXT)
@@ -114,25 +115,26 @@ def test_causal_products_keep_the_bits(preset, tokens):
     rng = np.random.default_rng(tokens)
     group, d = 2, 64
     q = jnp.asarray(rng.standard_normal((1, 1, group * tokens, d)), jnp.float32)
-    k = jnp.asarray(rng.standard_normal((1, 1, tokens, d)) * 2 + 0.3, jnp.float32)
-    v = jnp.asarray(rng.standard_normal((1, 1, tokens, d)), jnp.float32)
-    slots = jnp.tile(jnp.arange(tokens, dtype=jnp.int32), group)
-    causal = jnp.arange(tokens)[None] <= slots[:, None]
+    k = jnp.asarray(rng.standard_normal((1, 1, slots, d)) * 2 + 0.3, jnp.float32)
+    v = jnp.asarray(rng.standard_normal((1, 1, slots, d)), jnp.float32)
+    rows = jnp.tile(jnp.arange(tokens, dtype=jnp.int32), group)
+    causal = jnp.arange(slots)[None] <= rows[:, None]
 
     @functools.partial(jax.jit, static_argnums=0)
     def attend(skip, q, k, v):
-        s = jnp.where(causal, qk.scores(q, k, kv, slots, causal=skip) * 0.125, -jnp.inf)
+        s = jnp.where(causal, qk.scores(q, k, kv, rows, causal=skip) * 0.125, -jnp.inf)
         p = softmax.softmax(s, axis=-1, tokens=tokens)
-        return s, p, pv.context(p, v, kv, slots, causal=skip)
+        return s, p, pv.context(p, v, kv, rows, causal=skip)
 
-    for whole, skipped in zip(attend(False, q, k, v), attend(True, q, k, v)):
+    for whole, skipped in zip(attend(None, q, k, v), attend(tokens, q, k, v)):
         np.testing.assert_array_equal(np.asarray(skipped), np.asarray(whole))
 
 
-def test_uncached_mugi_forward_equals_the_cached_one():
-    """End to end: perplexity evaluation's uncached forward (causal skipping, full-precision
-    bands) gives the bits of a cached prefill (whole products: the cache's first slot is not
-    known when tracing) under ``mugi``, at a length with several chunks."""
+def test_uncached_and_cached_mugi_forwards_agree():
+    """End to end under ``mugi``: perplexity evaluation's uncached forward (causal skipping,
+    full-precision bands), a prefill into an empty cache with more slots (the same skipping,
+    picked at run time: the first slot is traced) and a prefill in two calls (the second starts
+    at slot 64: whole products) give the same logits, bit for bit."""
     from flax import nnx
 
     from mugi_jax.models import Llama
@@ -143,6 +145,9 @@ def test_uncached_mugi_forward_equals_the_cached_one():
                       max_seq_len=256, bos_id=1, eos_id=2)
     model = Llama(cfg, rngs=nnx.Rngs(3))
     toks = jax.random.randint(jax.random.key(2), (1, 192), 3, cfg.vocab_size)
-    full, _ = forward(model, toks, "mugi")
-    cached, _ = forward(model, toks, "mugi", cache=Cache.init(cfg, 1, 192))
-    np.testing.assert_array_equal(np.asarray(full), np.asarray(cached))
+    full = np.asarray(forward(model, toks, "mugi")[0])
+    once = np.asarray(forward(model, toks, "mugi", cache=Cache.init(cfg, 1, 256))[0])
+    first, cache = forward(model, toks[:, :64], "mugi", cache=Cache.init(cfg, 1, 192))
+    rest, _ = forward(model, toks[:, 64:], "mugi", cache=cache)
+    np.testing.assert_array_equal(once, full)
+    np.testing.assert_array_equal(np.concatenate([first, rest], 1), full)
