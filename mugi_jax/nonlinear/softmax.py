@@ -225,7 +225,7 @@ def _vlp_softmax(x: Array, cfg: VLPConfig, tokens: int | None) -> Array:
     x2, _ = rows_last(x)
     t = tokens or 1
     x3 = x2.reshape(x2.shape[:-2] + (x2.shape[-2] // t, t, x2.shape[-1]))
-    z = _materialised(lambda v: v, _vlp_codes(x3))  # read by the window reduction and the lookup
+    z = _vlp_codes(x3)  # stored once: the window reduction and the lookup both read it
     e = _materialised(lambda v: _vlp_exp_codes(v, cfg, v.ndim - 3), z)
     masked = (e == u16(_E_MASKED)) | ((e & u16(0x7FFF)) == u16(_E_MASKED_NAN))
 
