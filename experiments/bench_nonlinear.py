@@ -9,7 +9,9 @@ query heads of a KV head, a causal mask (-inf above the diagonal) and ``tokens=5
 groups of one token's query heads); the SmolLM2 decode case is a decode step at batch 8 with a
 4096-entry cache (``tokens=1``: window groups of the 3 query heads of a KV head).  ``--stages``
 also prints, for each softmax case, the time of every compiled stage (XLA:CPU fusion) of the
-exact op and of the VLP kernel, from a JAX profiler trace.  The activation cases are the MLP activations as the models
+exact op and of the VLP kernel, from a JAX profiler trace.  Where the native softmax kernel is in
+use (mugi_jax/_native), each softmax case also times the kernel's XLA path in the same
+interleaved loop and prints its ratio on a line of its own.  The activation cases are the MLP activations as the models
 call them in a 512-token prefill: the policy's ``Nonlinear`` op (``numerics.Nonlinear``) on the
 FP32 gate projection ``(1, 512, ffn)``, window groups along the last axis, FP32 result; the VLP
 side is the presets' unit (BF16 input, the family's calibrated window from
@@ -20,11 +22,14 @@ side is the presets' unit (BF16 input, the family's calibrated window from
 from __future__ import annotations
 
 import argparse
+import importlib
+
 import jax
 import jax.numpy as jnp
 
 from experiments._benchlib import (fmt_ratio, interleaved, load_average, ratio, stage_times,
                                    verdict)
+from mugi_jax import _native
 from mugi_jax import nonlinear as nl
 from mugi_jax import numerics
 
@@ -66,16 +71,40 @@ def causal(x: jax.Array, tokens: int) -> jax.Array:
 
 
 def _row(op: str, label: str, shape: tuple, tokens: int | None, exact, vlp, x: jax.Array,
-         repeats: int) -> dict:
-    t = interleaved({"exact": lambda: exact(x), "vlp": lambda: vlp(x)}, repeats)
+         repeats: int, xla_path=None) -> dict:
+    """One case; ``xla_path`` (softmax): the VLP kernel's XLA path, timed in the same
+    interleaved loop (exact, vlp, xla_path, exact, ...) for the native-vs-XLA comparison."""
+    fns = {"exact": lambda: exact(x), "vlp": lambda: vlp(x)}
+    if xla_path is not None:
+        fns["vlp_xla"] = lambda: xla_path(x)
+    t = interleaved(fns, repeats)
     r = ratio(t["vlp"], t["exact"])
-    return {"op": op, "case": label, "shape": "x".join(map(str, shape)), "tokens": tokens,
-            "exact_min_ms": 1e3 * t["exact"].min, "exact_median_ms": 1e3 * t["exact"].median,
-            "vlp_min_ms": 1e3 * t["vlp"].min, "vlp_median_ms": 1e3 * t["vlp"].median,
-            "ratio_min": r[0], "ratio_median": r[1], "verdict": verdict(r, GOAL)}
+    row = {"op": op, "case": label, "shape": "x".join(map(str, shape)), "tokens": tokens,
+           "exact_min_ms": 1e3 * t["exact"].min, "exact_median_ms": 1e3 * t["exact"].median,
+           "vlp_min_ms": 1e3 * t["vlp"].min, "vlp_median_ms": 1e3 * t["vlp"].median,
+           "ratio_min": r[0], "ratio_median": r[1], "verdict": verdict(r, GOAL)}
+    if xla_path is not None:
+        rx = ratio(t["vlp_xla"], t["exact"])
+        row.update({"xla_path_min_ms": 1e3 * t["vlp_xla"].min,
+                    "xla_path_median_ms": 1e3 * t["vlp_xla"].median,
+                    "xla_path_ratio_min": rx[0], "xla_path_ratio_median": rx[1]})
+    return row
+
+
+def softmax_xla_path(cfg: nl.VLPConfig, tokens: int | None):
+    """The VLP softmax's XLA path (what runs without the native kernel: ``MUGI_JAX_NATIVE=0``,
+    no compiler, GPU/TPU), jitted."""
+    impl = importlib.import_module("mugi_jax.nonlinear.softmax")
+    return jax.jit(lambda x: impl._softmax_jit(x, x.ndim - 1, cfg, tokens, False))
 
 
 OPS = ("softmax", "silu", "gelu", "gelu_tanh")
+
+
+def native_softmax() -> bool:
+    """Whether ``nl.softmax`` runs the native kernel here (see mugi_jax/_native)."""
+    impl = importlib.import_module("mugi_jax.nonlinear.softmax")
+    return _native.register("softmax", [impl._NATIVE_HANDLER])
 
 
 def run(repeats: int = 21, cfg: nl.VLPConfig = nl.VLPConfig(), ops: tuple[str, ...] = OPS,
@@ -91,7 +120,9 @@ def run(repeats: int = 21, cfg: nl.VLPConfig = nl.VLPConfig(), ops: tuple[str, .
             x = causal(x, tokens)
         # the public functions are jitted internally; wrapping them in jit removes dispatch
         vlp = jax.jit(lambda x, t=tokens: nl.softmax(x, axis=-1, approx=cfg, tokens=t))
-        rows.append(_row(op, label, shape, tokens, exact_softmax, vlp, x, repeats))
+        # with the native kernel in use, its XLA path is timed alongside (same loop)
+        xla_path = softmax_xla_path(cfg, tokens) if native_softmax() else None
+        rows.append(_row(op, label, shape, tokens, exact_softmax, vlp, x, repeats, xla_path))
         if stages:
             rows[-1]["stages"] = {
                 name: stage_times(lambda f=f: f(x), repeats, f.lower(x).compile().as_text())
@@ -127,6 +158,15 @@ def main() -> None:
               f"{r['exact_min_ms']:8.3f}/{r['exact_median_ms']:<8.3f} "
               f"{r['vlp_min_ms']:8.3f}/{r['vlp_median_ms']:<8.3f} "
               f"{fmt_ratio((r['ratio_min'], r['ratio_median'])):>14s} {r['verdict']}")
+    if "softmax" in ops:
+        print(f"softmax: native kernel {'in use' if native_softmax() else 'NOT in use'} "
+              "(MUGI_JAX_NATIVE=0 forces the XLA path)")
+    for r in rows:
+        if "xla_path_min_ms" in r:
+            rx = (r["xla_path_ratio_min"], r["xla_path_ratio_median"])
+            print(f"  {r['case']:18s} XLA path (no native kernel) min/med ms "
+                  f"{r['xla_path_min_ms']:.3f}/{r['xla_path_median_ms']:.3f}, "
+                  f"ratio {fmt_ratio(rx)} {verdict(rx, GOAL)}")
     for r in rows:
         for name, stages in r.get("stages", {}).items():
             print(f"stages of {r['case']} {r['shape']}, {name} (min/median us over "

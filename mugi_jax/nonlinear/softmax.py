@@ -22,9 +22,10 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental.custom_partitioning import custom_partitioning
 from jaxtyping import Array, ArrayLike, BFloat16, Float
 
-from mugi_jax import formats
+from mugi_jax import _native, formats
 from mugi_jax._xla import materialised as _materialised
 from mugi_jax.nonlinear.baselines import exact, pwl, taylor
 from mugi_jax.nonlinear.config import PWL, Exact, MugiL, Taylor, VLPConfig
@@ -266,11 +267,117 @@ def check_tokens(shape: tuple[int, ...], axis: int, tokens: object) -> None:
                          f"got {tokens!r}")
 
 
-@functools.partial(jax.jit, static_argnames=("axis", "approx", "tokens"))
-def _softmax_jit(x: Array, axis: int, approx: object, tokens: int | None = None) -> Array:
+_NATIVE_HANDLER = "softmax_vlp"
+
+
+@functools.lru_cache(maxsize=64)
+def _bottom_rows(cfg: VLPConfig) -> np.ndarray:
+    """Per group extreme key (0..0xFFFF, the fill of an empty group included): the row of the
+    window's bottom in :func:`_softmax_exp_table` (uint8; at most 254 rows), as
+    ``_vlp_exp_codes`` computes it."""
+    fill = 0 if cfg.build == "max" else 0xFFFF
+    key = np.arange(1 << 16, dtype=np.int32)
+    extreme = np.where(key == fill, key, key & 0x7FFF)
+    with jax.ensure_compile_time_eval():
+        bottom = np.asarray(bottom_from_extreme(jnp.asarray(extreme), cfg))
+    rows = (bottom - (cfg.e_bottom + 127)).astype(np.uint8)
+    rows.setflags(write=False)
+    return rows
+
+
+def _native_call(x: Array, table: Array, bottom_rows: Array, tokens: int, group: int,
+                 build_max: bool, windowed: bool) -> Array:
+    """The native kernel on ``x`` of shape ``(batch..., rows, n)`` (at least 3-d)."""
+    return jax.ffi.ffi_call("mugi_" + _NATIVE_HANDLER,
+                            jax.ShapeDtypeStruct(x.shape, jnp.bfloat16))(
+        x, table, bottom_rows, tokens=np.int64(tokens), group=np.int64(group),
+        build_max=build_max, windowed=windowed)
+
+
+def _batch_sharding(sharding: object, ndim: int) -> object:
+    """``sharding`` with the rows and softmax axes replicated (a window group and a row need
+    all of theirs); the leading (batch) axes keep theirs."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    spec = tuple(sharding.spec) + (None,) * (ndim - len(sharding.spec))
+    return NamedSharding(sharding.mesh, PartitionSpec(*spec[:ndim - 2], None, None))
+
+
+def _partition(tokens, group, build_max, windowed, mesh, arg_shapes, result_shape):
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    x_sharding = _batch_sharding(arg_shapes[0].sharding, len(arg_shapes[0].shape))
+    replicated = NamedSharding(x_sharding.mesh, PartitionSpec())
+
+    def lower(x, table, bottom_rows):
+        return _native_call(x, table, bottom_rows, tokens, group, build_max, windowed)
+
+    return x_sharding.mesh, lower, x_sharding, (x_sharding, replicated, replicated)
+
+
+def _infer(tokens, group, build_max, windowed, mesh, arg_shapes, result_shape):
+    return _batch_sharding(arg_shapes[0].sharding, len(arg_shapes[0].shape))
+
+
+@functools.partial(custom_partitioning, static_argnums=(3, 4, 5, 6))
+def _native_partitioned(x: Array, table: Array, bottom_rows: Array, tokens: int, group: int,
+                        build_max: bool, windowed: bool) -> Array:
+    return _native_call(x, table, bottom_rows, tokens, group, build_max, windowed)
+
+
+# Sharded inputs: the batch axes keep their sharding (each device runs the kernel on its
+# shard); the rows and softmax axes are replicated (gathered if they were sharded).
+_native_partitioned.def_partition(
+    partition=_partition, infer_sharding_from_operands=_infer,
+    sharding_rule="... r n, t k, b -> ... r n",
+    need_replication_factors=("r", "n", "t", "k", "b"))
+
+
+def _native_softmax(x: Array, cfg: VLPConfig, tokens: int | None) -> Array:
+    """``_vlp_softmax`` by the native kernel (``x`` with the softmax axis last)."""
+    if x.dtype not in (jnp.float32, jnp.bfloat16):
+        x = as_bf16(x)  # the XLA path's entry rounding; equal codes (see ``_rounded_bits32``)
+    shape = x.shape
+    x3 = x.reshape((1,) * max(0, 3 - x.ndim) + x.shape)  # (batch..., rows, n)
+    t = tokens or 1
+    g = groups(x3.shape[-2] // t, 0, cfg.window_group)
+    windowed = g.size > 1 and cfg.lut_exponents != cfg.window
+    table = jnp.asarray(_softmax_exp_table(cfg, g.size == 1))
+    bottom = jnp.asarray(_bottom_rows(cfg) if windowed else np.zeros(1, np.uint8))
+    statics = (t, g.size, cfg.build == "max", windowed)
+
+    @jax.custom_batching.custom_vmap
+    def call(x, table, bottom_rows):
+        return _native_partitioned(x, table, bottom_rows, *statics)
+
+    @call.def_vmap
+    def _(axis_size, in_batched, x, table, bottom_rows):  # leading axes are batch axes
+        if in_batched[1] or in_batched[2]:
+            raise NotImplementedError("softmax: the native kernel's tables are not batched")
+        if not in_batched[0]:
+            x = jnp.broadcast_to(x, (axis_size,) + x.shape)
+        return call(x, table, bottom_rows), True
+
+    return call(x3, table, bottom).reshape(shape)
+
+
+def _use_native() -> bool:
+    return _native.register("softmax", (_NATIVE_HANDLER,))
+
+
+@functools.partial(jax.jit, static_argnames=("axis", "approx", "tokens", "native"))
+def _softmax_jit(x: Array, axis: int, approx: object, tokens: int | None = None,
+                 native: bool = False) -> Array:
     if isinstance(approx, (VLPConfig, MugiL)):
         cfg = approx.config if isinstance(approx, MugiL) else approx
-        return jnp.moveaxis(_vlp_softmax(jnp.moveaxis(x, axis, -1), cfg, tokens), -1, axis)
+        xl = jnp.moveaxis(x, axis, -1)
+        if native and _use_native():  # registered in this process (a cached answer)
+            out = jax.lax.platform_dependent(
+                xl, cpu=lambda v: _native_softmax(v, cfg, tokens),
+                default=lambda v: _vlp_softmax(v, cfg, tokens))
+        else:
+            out = _vlp_softmax(xl, cfg, tokens)
+        return jnp.moveaxis(out, -1, axis)
     x_ftz = flush_bf16(jnp.moveaxis(as_bf16(x), axis, -1))  # one consumer chain: fuses
     y = _shift(x_ftz)
     e32 = flush_bf16(_approx_exp(y, approx)).astype(jnp.float32)
@@ -312,7 +419,8 @@ def softmax(x: ArrayLike, axis: int = -1, approx: object = VLPConfig(),
         return _exact_softmax(x, axis % x.ndim)
     if x.size == 0:
         return x.astype(jnp.bfloat16)
-    return _softmax_jit(x, axis % x.ndim, approx, tokens if x.ndim > 1 else None)
+    native = isinstance(approx, (VLPConfig, MugiL)) and _use_native()
+    return _softmax_jit(x, axis % x.ndim, approx, tokens if x.ndim > 1 else None, native)
 
 
 @functools.partial(jax.jit, static_argnames=("axis",))

@@ -1,0 +1,335 @@
+// VLP softmax (mugi_jax/nonlinear/softmax.py, `_vlp_softmax`) as one XLA FFI CPU kernel.
+//
+// The same pipeline, bit for bit, as the XLA path: per row (softmax axis last)
+//   1. r = FTZ(bf16_rne(x)) as an FP32 pattern (FP32 input: integer rounding, NaN -> sign|0x7FC00000;
+//      BF16 input: its pattern, NaN payloads kept);
+//   2. m = row max of r; y = bf16_rne(r - m) (the FP32 difference, rounded on its pattern); the code
+//      z is y's pattern, or for r == -inf (a mask) the mask code (y >> 6) & 0x201;
+//   3. window groups of `group` consecutive heads at one (token, column): the group's extreme
+//      (build max: largest, min: smallest) of the codes of negative normal y, mapped by the
+//      `bottom_rows` table to the row of the exp table; e = table[row * 65536 + z] (flushed);
+//   4. S = FP32 pairwise-tree sum of f32(e) (zero-padded to a power of two, v[:h] + v[h:]);
+//   5. out = bf16_rne(FTZ(f32(e) / S)), 0 where e marks a masked input.
+// Independent of the MXCSR FTZ/DAZ mode: every flush is explicit, the inputs of every FP operation
+// are normal, zero, inf or NaN, a subnormal difference r - m (|d| >= 2^-133) and its flushed form
+// (-0) read the same table entry (f(0); neither counts in the window), and a quotient of a BF16
+// value by an FP32 sum is never within 2^-24 relative below 2^-126, so it rounds to a normal
+// value under either mode or is flushed under both.
+//
+// Work unit: one (batch, token, group of heads) = `group` rows; units are split over the XLA
+// CPU thread pool, each output computed by exactly one unit (results independent of the split).
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr uint16_t kMaskedE = 0x8000;      // e of a masked -inf input whose y is -inf
+constexpr uint16_t kMaskedNaN = 0x7FC1;    // e of a masked input whose y is NaN (| sign)
+constexpr uint16_t kNegNormalLo = 0x8080;  // y patterns of negative normal numbers: [lo, hi)
+constexpr uint16_t kNegNormalHi = 0xFF80;
+
+inline uint32_t f2u(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+inline float u2f(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+struct Params {
+  const void* x;
+  bool x_is_f32;
+  uint16_t* out;
+  const uint16_t* table;      // (rows, 65536) or (65536,)
+  const uint8_t* bottom_rows; // 65536 entries: table row of a group extreme; null: single row
+  int64_t batch, heads, tokens, n;
+  int64_t group;              // heads per window group (>= 1)
+  bool build_max;
+};
+
+inline uint32_t rounded_f32(uint32_t v) {  // FTZ(bf16_rne(v)) as an FP32 pattern
+  uint32_t r = (v + 0x7FFFu + ((v >> 16) & 1u)) & 0xFFFF0000u;
+  r = (v & 0x7FFFFFFFu) > 0x7F800000u ? ((v & 0x80000000u) | 0x7FC00000u) : r;
+  return (r & 0x7F800000u) == 0 ? (r & 0x80000000u) : r;
+}
+inline uint32_t rounded_bf16(uint16_t v) {  // FTZ(v) as an FP32 pattern (NaN payload kept)
+  uint32_t r = uint32_t(v) << 16;
+  return (r & 0x7F800000u) == 0 ? (r & 0x80000000u) : r;
+}
+inline int32_t order_key(uint32_t v) {  // integer order of non-NaN FP32 patterns
+  return int32_t(v ^ ((uint32_t(int32_t(v) >> 31)) & 0x7FFFFFFFu));
+}
+
+// Steps 1-2 for one row of n inputs: codes z[0..n).  Two passes over the (L1-resident) row:
+// the maximum (on order-preserving integer keys, which vectorise; any zero is as good as the
+// other: both give y = +-0, which read the same entry; NaN tracked apart), then the codes.
+template <typename T, uint32_t (*Round)(T)>
+inline void row_codes(const T* __restrict x, int64_t n, uint16_t* __restrict z) {
+  int32_t kmax = INT32_MIN;
+  uint32_t nan = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t v = Round(x[i]);
+    int32_t k = order_key(v);
+    kmax = k > kmax ? k : kmax;
+    nan |= (v & 0x7FFFFFFFu) > 0x7F800000u;
+  }
+  const float m = u2f(nan ? 0x7FC00000u : uint32_t(order_key(uint32_t(kmax))));
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t r = Round(x[i]);
+    uint32_t d = f2u(u2f(r) - m);
+    uint32_t y = (d + 0x7FFFu + ((d >> 16) & 1u)) >> 16;
+    z[i] = uint16_t(r == 0xFF800000u ? ((y >> 6) & 0x201u) : y);
+  }
+}
+
+// Pairwise-tree levels on v[0..size) (size a power of two; overwritten).
+inline float pairwise_sum_inplace(float* v, int64_t size) {
+  while (size > 1) {
+    size >>= 1;
+    for (int64_t i = 0; i < size; ++i) v[i] = v[i] + v[i + size];
+  }
+  return v[0];
+}
+
+struct Scratch {
+  std::vector<uint16_t> z;    // group x n codes
+  std::vector<uint32_t> off;  // n table offsets (window rows)
+  std::vector<float> e;       // one row of f32(e)
+  std::vector<float> tree;    // the pairwise sum's levels (a power of two / 2)
+};
+
+// Step 4 on e[0..n) (left intact): pairwise tree, zero-padded to a power of two; tree has room
+// for half of that power of two.
+inline float pairwise_sum(const float* __restrict e, int64_t n, float* __restrict tree) {
+  int64_t size = 1;
+  while (size < n) size <<= 1;
+  if (size == 1) return e[0];
+  int64_t half = size >> 1;
+  for (int64_t i = 0; i < half; ++i) tree[i] = e[i];  // first level: e[i] + e[i + half] (or 0)
+  for (int64_t i = 0; i < n - half; ++i) tree[i] = tree[i] + e[i + half];
+  for (int64_t i = n - half; i < half; ++i) tree[i] = tree[i] + 0.0f;
+  return pairwise_sum_inplace(tree, half);
+}
+
+inline void lookup(const uint16_t* __restrict table, const uint32_t* __restrict off,
+                   const uint16_t* __restrict z, float* __restrict e, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  // 32-bit gathers of the aligned word holding each entry, then the entry's half: in bounds
+  // (the table has an even number of entries and is at least 4-byte aligned).
+  const int* words = reinterpret_cast<const int*>(table);
+  for (; i + 16 <= n; i += 16) {
+    __m512i idx = _mm512_add_epi32(_mm512_loadu_si512(off + i),
+                                   _mm512_cvtepu16_epi32(_mm256_loadu_si256(
+                                       reinterpret_cast<const __m256i*>(z + i))));
+    __m512i w = _mm512_i32gather_epi32(_mm512_srli_epi32(idx, 1), words, 4);
+    __mmask16 odd = _mm512_test_epi32_mask(idx, _mm512_set1_epi32(1));
+    __m512i lo = _mm512_slli_epi32(w, 16);
+    __m512i hi = _mm512_and_si512(w, _mm512_set1_epi32(int(0xFFFF0000u)));
+    _mm512_storeu_si512(e + i, _mm512_mask_blend_epi32(odd, lo, hi));
+  }
+#endif
+  for (; i < n; ++i) e[i] = u2f(uint32_t(table[off[i] + z[i]]) << 16);
+}
+
+// off[i] <- bottom_rows[off[i]] << 16 (the start of the window's table row).
+inline void window_rows(const uint8_t* __restrict bottom_rows, uint32_t* __restrict off, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  const int* words = reinterpret_cast<const int*>(bottom_rows);  // 65536 bytes: in bounds
+  for (; i + 16 <= n; i += 16) {
+    __m512i key = _mm512_loadu_si512(off + i);
+    __m512i w = _mm512_i32gather_epi32(_mm512_srli_epi32(key, 2), words, 4);
+    __m512i shift = _mm512_slli_epi32(_mm512_and_si512(key, _mm512_set1_epi32(3)), 3);
+    __m512i row = _mm512_and_si512(_mm512_srlv_epi32(w, shift), _mm512_set1_epi32(0xFF));
+    _mm512_storeu_si512(off + i, _mm512_slli_epi32(row, 16));
+  }
+#endif
+  for (; i < n; ++i) off[i] = uint32_t(bottom_rows[off[i]]) << 16;
+}
+
+inline void divide_row(const float* __restrict e, float total, uint16_t* __restrict o, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t eb = f2u(e[i]);
+    uint32_t qb = f2u(e[i] / total);
+    qb = (qb & 0x7F800000u) == 0 ? (qb & 0x80000000u) : qb;  // FTZ
+    uint32_t ob = (qb + 0x7FFFu + ((qb >> 16) & 1u)) >> 16;  // RNE
+    ob = (qb & 0x7FFFFFFFu) > 0x7F800000u ? (((qb >> 16) & 0x8000u) | 0x7FC0u) : ob;
+    bool masked = eb == (uint32_t(kMaskedE) << 16) || (eb & 0x7FFF0000u) == (uint32_t(kMaskedNaN) << 16);
+    o[i] = masked ? uint16_t(0) : uint16_t(ob);
+  }
+}
+
+void run_unit(const Params& p, int64_t unit, Scratch& s) {
+  const int64_t n = p.n, ngroups = (p.heads + p.group - 1) / p.group;
+  const int64_t g = unit % ngroups, t = (unit / ngroups) % p.tokens, b = unit / (ngroups * p.tokens);
+  const int64_t h0 = g * p.group, h1 = std::min(p.heads, h0 + p.group), rows = h1 - h0;
+  auto offset = [&](int64_t h) { return ((b * p.heads + h) * p.tokens + t) * n; };
+
+  for (int64_t j = 0; j < rows; ++j) {
+    if (p.x_is_f32)
+      row_codes<uint32_t, rounded_f32>(static_cast<const uint32_t*>(p.x) + offset(h0 + j), n,
+                                       &s.z[j * n]);
+    else
+      row_codes<uint16_t, rounded_bf16>(static_cast<const uint16_t*>(p.x) + offset(h0 + j), n,
+                                        &s.z[j * n]);
+  }
+
+  uint32_t* __restrict off = s.off.data();
+  if (p.bottom_rows == nullptr) {
+    std::fill(off, off + n, 0u);
+  } else {
+    // keys: the codes of negative normal y; else the empty-group fill (max: 0, min: 0xFFFF)
+    const uint32_t fill = p.build_max ? 0u : 0xFFFFu;
+    std::fill(off, off + n, fill);
+    for (int64_t j = 0; j < rows; ++j) {
+      const uint16_t* __restrict zj = &s.z[j * n];
+      if (p.build_max) {
+        for (int64_t i = 0; i < n; ++i) {
+          uint32_t zi = zj[i];
+          uint32_t key = uint16_t(zi - kNegNormalLo) < uint16_t(kNegNormalHi - kNegNormalLo) ? zi : 0u;
+          off[i] = key > off[i] ? key : off[i];
+        }
+      } else {
+        for (int64_t i = 0; i < n; ++i) {
+          uint32_t zi = zj[i];
+          uint32_t key =
+              uint16_t(zi - kNegNormalLo) < uint16_t(kNegNormalHi - kNegNormalLo) ? zi : 0xFFFFu;
+          off[i] = key < off[i] ? key : off[i];
+        }
+      }
+    }
+    window_rows(p.bottom_rows, off, n);
+  }
+
+  for (int64_t j = 0; j < rows; ++j) {
+    float* e = s.e.data();
+    lookup(p.table, off, &s.z[j * n], e, n);
+    divide_row(e, pairwise_sum(e, n, s.tree.data()), p.out + offset(h0 + j), n);
+  }
+}
+
+void run_units(const Params& p, int64_t begin, int64_t end) {
+  int64_t pow2 = 1;
+  while (pow2 < p.n) pow2 <<= 1;
+  Scratch s;
+  s.z.resize(size_t(std::min(p.group, p.heads) * p.n));
+  s.off.resize(size_t(p.n));
+  s.e.resize(size_t(p.n));
+  s.tree.resize(size_t(std::max<int64_t>(1, pow2 / 2)));
+  for (int64_t u = begin; u < end; ++u) run_unit(p, u, s);
+}
+
+// Shared by the calling thread and the tasks it schedules: chunks are claimed from a counter,
+// so the caller finishes the work itself if the pool never runs a task (no deadlock), and it
+// returns only when every claimed chunk is done.
+struct Shared {
+  Params p;
+  int64_t units, chunk, chunks;
+  std::atomic<int64_t> next{0};
+  std::mutex mu;
+  std::condition_variable cv;
+  int64_t done = 0;
+
+  void work() {
+    for (;;) {
+      int64_t c = next.fetch_add(1);
+      if (c >= chunks) return;
+      run_units(p, c * chunk, std::min(units, (c + 1) * chunk));
+      std::lock_guard<std::mutex> lock(mu);
+      if (++done == chunks) cv.notify_all();
+    }
+  }
+};
+
+ffi::Error SoftmaxImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::Buffer<ffi::U16> table,
+                       ffi::Buffer<ffi::U8> bottom_rows, ffi::Result<ffi::Buffer<ffi::BF16>> out,
+                       int64_t tokens, int64_t group, bool build_max, bool windowed) {
+  // x: (batch..., rows, n), the softmax axis last; rows = heads x tokens, head-major; window
+  // groups along heads (at one token and column).
+  auto dims = x.dimensions();
+  if (dims.size() < 3) return ffi::Error::InvalidArgument("softmax: x must be (batch..., rows, n)");
+  if (x.element_type() != ffi::F32 && x.element_type() != ffi::BF16)
+    return ffi::Error::InvalidArgument("softmax: x must be float32 or bfloat16");
+  const size_t nd = dims.size();
+  const int64_t n = dims[nd - 1], rows = dims[nd - 2];
+  int64_t batch = 1;
+  for (size_t i = 0; i + 2 < nd; ++i) batch *= dims[i];
+  if (tokens < 1 || rows % tokens != 0)
+    return ffi::Error::InvalidArgument("softmax: tokens must divide the rows");
+  const int64_t heads = rows / tokens;
+  if (group < 1) return ffi::Error::InvalidArgument("softmax: group must be >= 1");
+  if (batch * heads * tokens * n == 0) return ffi::Error::Success();
+  const int64_t table_rows = int64_t(table.element_count()) / 65536;
+  if (table_rows < 1 || int64_t(table.element_count()) % 65536 != 0)
+    return ffi::Error::InvalidArgument("softmax: the table must be (rows, 65536)");
+  if (windowed) {
+    if (bottom_rows.element_count() != 65536)
+      return ffi::Error::InvalidArgument("softmax: bottom_rows must have 65536 entries");
+    const uint8_t* br = bottom_rows.typed_data();
+    if (*std::max_element(br, br + 65536) >= table_rows)
+      return ffi::Error::InvalidArgument("softmax: bottom_rows points past the table");
+  }
+
+  auto shared = std::make_shared<Shared>();
+  Params& p = shared->p;
+  p.x = x.untyped_data();
+  p.x_is_f32 = x.element_type() == ffi::F32;
+  p.out = reinterpret_cast<uint16_t*>(out->typed_data());
+  p.table = table.typed_data();
+  p.bottom_rows = windowed ? bottom_rows.typed_data() : nullptr;
+  p.batch = batch;
+  p.heads = heads;
+  p.tokens = tokens;
+  p.n = n;
+  p.group = group;
+  p.build_max = build_max;
+
+  const int64_t ngroups = (p.heads + group - 1) / group;
+  shared->units = batch * tokens * ngroups;
+  const int64_t elements = batch * heads * tokens * n;
+  int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  if (elements < (1 << 15)) threads = 1;  // small inputs: scheduling costs more than it saves
+  // About 4 chunks per thread (load balance on a shared machine), each a whole number of units.
+  int64_t chunks = std::min<int64_t>(shared->units, threads == 1 ? 1 : 4 * threads);
+  shared->chunk = (shared->units + chunks - 1) / chunks;
+  shared->chunks = (shared->units + shared->chunk - 1) / shared->chunk;
+  for (int64_t i = 1; i < std::min(threads, shared->chunks); ++i)
+    pool.Schedule([shared] { shared->work(); });
+  shared->work();
+  std::unique_lock<std::mutex> lock(shared->mu);
+  shared->cv.wait(lock, [&] { return shared->done == shared->chunks; });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(softmax_vlp, SoftmaxImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::Buffer<ffi::U16>>()
+                                  .Arg<ffi::Buffer<ffi::U8>>()
+                                  .Ret<ffi::Buffer<ffi::BF16>>()
+                                  .Attr<int64_t>("tokens")
+                                  .Attr<int64_t>("group")
+                                  .Attr<bool>("build_max")
+                                  .Attr<bool>("windowed"));
