@@ -196,7 +196,9 @@ class Gemm(eqx.Module):
             if not isinstance(w, jax.Array):  # a QuantizedTensor on the FP32 path: dequantize
                 w = w.dequantize(jnp.float32)
             elif self.bf16_weights:  # an unprepared kernel: what prepare_weight would store
-                w = self.prepare_weight(w)
+                w = self.prepare_weight(w)  # (so a BF16-held one keeps the prepared bits)
+            elif w.dtype == jnp.bfloat16:  # the bf16 residency of FP32 weights (opt-in rounding)
+                return gemm.bf16_weight_matmul(x, w)  # native on CPU for decode steps
             return jnp.matmul(x.astype(jnp.float32), w, precision=jax.lax.Precision.HIGHEST)
         if isinstance(w, jax.Array):  # an unprepared FP32 kernel: quantize here (every call)
             w = self.prepare_weight(w)

@@ -9,8 +9,8 @@
 //   once to FP32 (round to nearest even).  float(w) widens a BF16 exactly (its bits shifted left
 //   by 16).  Subnormal inputs and results are kept (the MXCSR flush-to-zero and
 //   denormals-are-zero bits are cleared for the duration of the call and restored after), so
-//   the result is the IEEE value of that recurrence on every thread.  The AVX2/FMA path and the
-//   portable path (std::fma) compute the same recurrence and give the same bits.
+//   the result is the IEEE value of that recurrence on every thread.  The AVX-512, AVX2/FMA and
+//   portable (std::fma) paths compute the same recurrence and give the same bits.
 //   Error bound: |y - sum_k x w| <= gamma_K * sum_k |x w| with gamma_K = K u / (1 - K u),
 //   u = 2^-24 (K rounded steps; the products are exact inside each FMA).
 //
@@ -203,7 +203,8 @@ ffi::Error DecodeGemv(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   const int64_t K = wd[0], N = wd[1];
   if (xd.back() != K)
     return ffi::Error::InvalidArgument("decode_gemv: x's last axis does not match w's first");
-  const int64_t M = K == 0 ? 0 : static_cast<int64_t>(x.element_count()) / K;
+  int64_t M = 1;
+  for (size_t i = 0; i + 1 < xd.size(); ++i) M *= xd[i];
   if (static_cast<int64_t>(y->element_count()) != M * N)
     return ffi::Error::InvalidArgument("decode_gemv: y must hold (..., N)");
   if (M == 0 || N == 0) return ffi::Error::Success();

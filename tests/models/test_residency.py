@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mugi_jax import numerics, quant
+from mugi_jax import gemm, numerics, quant
+from mugi_jax.gemm import decode
 from mugi_jax.models import forward, prepare
 from mugi_jax.models.llama import resident_bytes
 
@@ -34,9 +35,9 @@ def test_mugi_residencies_are_bit_identical_and_smaller(tiny_model):
     assert int4.lm_head.kernel.get_value().dtype == jnp.bfloat16
 
 
-def test_exact_bf16_residency_rounds_the_weights_once(tiny_model):
-    toks = _tokens(tiny_model.config.vocab_size)
-    got, _ = forward(prepare(tiny_model, "exact", "bf16"), toks, "exact")
+def _rounded_reference(tiny_model):
+    """The ``exact`` model with every projection and LM-head weight rounded to BF16 beforehand
+    (FP32-held), prepared as usual."""
     rounded = nnx.clone(tiny_model)
     for block in rounded.layers:
         for lin in (block.attn.q_proj, block.attn.k_proj, block.attn.v_proj, block.attn.o_proj,
@@ -44,11 +45,126 @@ def test_exact_bf16_residency_rounds_the_weights_once(tiny_model):
             lin.kernel = nnx.Param(lin.kernel[...].astype(jnp.bfloat16).astype(jnp.float32))
     ref = prepare(rounded, "exact")
     ref.lm_head.kernel = nnx.Param(ref.lm_head.kernel[...].astype(jnp.bfloat16).astype(jnp.float32))
-    want, _ = forward(ref, toks, "exact")
+    return ref
+
+
+def test_exact_bf16_residency_rounds_the_weights_once(tiny_model, monkeypatch):
+    """On the XLA path (``MUGI_JAX_NATIVE=0``) ``bf16`` is the model with its weights rounded to
+    BF16 beforehand, bit for bit; the native decode path (few rows) differs from it only in the
+    FP32 accumulation order (the kernel's bound is tested below)."""
+    toks = _tokens(tiny_model.config.vocab_size)
+    held = prepare(tiny_model, "exact", "bf16")
+    want, _ = forward(_rounded_reference(tiny_model), toks, "exact")
+    monkeypatch.setenv("MUGI_JAX_NATIVE", "0")
+    jax.clear_caches()
+    got, _ = forward(held, toks, "exact")
     np.testing.assert_array_equal(got, want)
+    monkeypatch.delenv("MUGI_JAX_NATIVE")
+    jax.clear_caches()
+    native, _ = forward(held, toks, "exact")
+    np.testing.assert_allclose(native, want, rtol=1e-4, atol=1e-4)
     fp32, _ = forward(prepare(tiny_model, "exact"), toks, "exact")
     assert not np.array_equal(got, fp32)  # an opt-in change of numerics
-    assert resident_bytes(prepare(tiny_model, "exact", "bf16")) < resident_bytes(prepare(tiny_model, "exact"))
+    assert resident_bytes(held) < resident_bytes(prepare(tiny_model, "exact"))
+
+
+# --- the native decode kernel (mugi_jax/_native/decode_gemv.cc via gemm.bf16_weight_matmul) ---
+
+needs_native = pytest.mark.skipif(not decode.native_available(),
+                                  reason="native decode kernel unavailable (no g++ or disabled)")
+
+
+def _operands(m, k, n, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = jnp.asarray(rng.standard_normal((k, n)), jnp.bfloat16)
+    return x, w, np.asarray(w.astype(jnp.float32), np.float64)
+
+
+def _bound(x, w64):
+    """gamma_K * sum_k |x w|: the error bound of a K-term FP32 dot product accumulated in any
+    order with at most K roundings (the products are exact in an FMA, or rounded once and then
+    added: still K roundings in the K-term recurrence) - Higham, Accuracy and Stability of
+    Numerical Algorithms, (3.5)."""
+    k = x.shape[-1]
+    u = 2.0 ** -24
+    return (k * u / (1 - k * u)) * (np.abs(x.astype(np.float64)) @ np.abs(w64))
+
+
+def _fma_recurrence(x, w64):
+    """The kernel's documented numerics written independently in NumPy: per output, acc = fma(x_k,
+    w_k, acc) for k in increasing order, rounded to FP32 at each step (the product of an FP32 and
+    a BF16 is exact in FP64, and so is its sum with the FP32 accumulator for these operands)."""
+    acc = np.zeros((x.shape[0], w64.shape[1]), np.float32)
+    for k in range(x.shape[1]):
+        acc = (acc.astype(np.float64) + x[:, k:k + 1].astype(np.float64) * w64[k]).astype(np.float32)
+    return acc
+
+
+SHAPES = [(1, 576, 192), (1, 5, 1), (3, 37, 19), (8, 300, 77), (2, 1, 130), (1, 33, 1000)]
+
+
+@needs_native
+@pytest.mark.parametrize("m,k,n", SHAPES)
+def test_native_decode_gemv_within_the_fp32_bound(m, k, n):
+    x, w, w64 = _operands(m, k, n)
+    got = np.asarray(jax.jit(decode._native_call)(x, w))
+    exact = x.astype(np.float64) @ w64
+    bound = _bound(x, w64)
+    assert np.all(np.abs(got - exact) <= bound)
+    np.testing.assert_array_equal(got, _fma_recurrence(x, w64))
+    xla = np.asarray(jax.jit(decode._xla)(x, w))
+    assert np.all(np.abs(got - xla) <= 2 * bound)  # the two paths differ in the order only
+
+
+@needs_native
+def test_native_decode_gemv_deterministic_across_calls_and_threads():
+    x, w, _ = _operands(3, 200, 5000, seed=1)  # large enough for the pool (>= 2^21 products)
+    ref = np.asarray(jax.jit(decode._native_call, static_argnums=2)(x, w, 1))
+    for threads in (0, 2, 3, 7):
+        f = jax.jit(decode._native_call, static_argnums=2)
+        for _ in range(2):
+            np.testing.assert_array_equal(np.asarray(f(x, w, threads)), ref)
+
+
+@needs_native
+def test_native_decode_gemv_special_values():
+    x, w, w64 = _operands(2, 40, 21, seed=2)
+    x[0, 3] = np.inf  # +-inf in the columns where w[3] != 0, NaN where it is 0
+    x[1, 5] = np.nan
+    w = w.at[3, 4].set(0.0).at[7, 9].set(jnp.inf)
+    got = np.asarray(jax.jit(decode._native_call)(x, w))
+    xla = np.asarray(jax.jit(decode._xla)(x, w))
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(xla))
+    np.testing.assert_array_equal(np.isposinf(got), np.isposinf(xla))
+    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(xla))
+    assert np.isnan(got[1]).all() and np.isnan(got[0, 4])
+    # subnormal products and sums are kept (no flush to zero): 2^-70 * 2^-70 = 2^-140
+    tiny = np.full((1, 3), 2.0 ** -70, np.float32)
+    out = np.asarray(jax.jit(decode._native_call)(tiny, jnp.full((3, 2), 2.0 ** -70, jnp.bfloat16)))
+    np.testing.assert_array_equal(out, np.full((1, 2), 3 * 2.0 ** -140, np.float32))
+    zero_k = np.asarray(jax.jit(decode._native_call)(np.zeros((1, 0), np.float32),
+                                                     jnp.zeros((0, 3), jnp.bfloat16)))
+    np.testing.assert_array_equal(zero_k, np.zeros((1, 3), np.float32))
+
+
+@needs_native
+def test_bf16_weight_matmul_picks_the_native_path_for_decode_steps(monkeypatch):
+    w = jnp.zeros((16, 24), jnp.bfloat16)
+
+    def lowered(rows):
+        x = jnp.zeros((rows, 16))
+        jax.clear_caches()  # the choice is made at trace time
+        return jax.jit(gemm.bf16_weight_matmul).lower(x, w).as_text()
+
+    assert "mugi_decode_gemv" in lowered(1) and "mugi_decode_gemv" in lowered(decode.NATIVE_MAX_ROWS)
+    assert "mugi_decode_gemv" not in lowered(decode.NATIVE_MAX_ROWS + 1)  # prefill: XLA's dot
+    # several devices (weights possibly split over a mesh): the XLA path, which XLA partitions
+    monkeypatch.setattr(decode.jax, "device_count", lambda *a: 8)
+    assert "mugi_decode_gemv" not in lowered(1)
+    monkeypatch.undo()
+    monkeypatch.setenv("MUGI_JAX_NATIVE", "0")
+    assert "mugi_decode_gemv" not in lowered(1)
 
 
 def test_bad_residency(tiny_model):
