@@ -14,7 +14,13 @@ is timed with the weights held
   activations rounded to BF16);
 * ``mixed-dot``: FP32 activations x BF16 weights in one ``lax.dot_general`` (FP32 result);
 * ``bf16-reduce``: BF16 weights held transposed ``(n, k)``, an elementwise product and a sum over
-  ``k`` that XLA can fuse with the widening (no FP32 copy of the weights).
+  ``k`` that XLA can fuse with the widening (no FP32 copy of the weights);
+* ``bf16-native``: BF16 weights read as held by the native kernel
+  ``mugi_jax/_native/decode_gemv.cc`` (``gemm.bf16_weight_matmul``, what the ``bf16`` residency
+  runs for a decode step on the CPU; the row is left out where the kernel is unavailable).
+
+``--head`` adds the same paths on SmolLM2's LM head alone (576 x 49152: 113 MB in FP32, the
+largest single GEMV of a step), rows suffixed ``-head`` with ratios to ``fp32-head``.
 
 Interleaved (``experiments/_benchlib.py``), min / median milliseconds and the ratio to ``fp32``.
 A BF16 path that reads half the bytes could approach 2x faster on this memory-bound step; a
@@ -30,8 +36,10 @@ import jax.numpy as jnp
 from jax import lax
 
 from experiments._benchlib import fmt_ratio, interleaved, load_average, ratio
+from mugi_jax import gemm
+from mugi_jax.gemm import decode
 
-DIM, KV, FFN = 576, 192, 1536
+DIM, KV, FFN, VOCAB = 576, 192, 1536, 49152
 SHAPES = ((DIM, DIM), (DIM, KV), (DIM, KV), (DIM, DIM), (DIM, FFN), (DIM, FFN), (FFN, DIM))
 
 
@@ -50,6 +58,7 @@ PATHS = {
     "bf16-reduce": (lambda a, w: jnp.sum(a[:, None, :] * w.astype(jnp.float32)[None], axis=2),
                     lambda w: w.T.astype(jnp.bfloat16)),
 }
+NATIVE = ("bf16-native", (gemm.bf16_weight_matmul, lambda w: w.astype(jnp.bfloat16)))
 
 
 def _layer(x, ws, mm):
@@ -63,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--layers", type=int, default=30)
+    ap.add_argument("--head", action="store_true", help="also time the LM head alone")
     args = ap.parse_args(argv)
     for flag, value in (("--layers", args.layers), ("--repeats", args.repeats)):
         if value < 1:
@@ -71,8 +81,11 @@ def main(argv: list[str] | None = None) -> None:
     weights = [[jax.random.normal(keys[i * len(SHAPES) + j], s) * 0.03
                 for j, s in enumerate(SHAPES)] for i in range(args.layers)]
     x = jax.random.normal(jax.random.key(1), (1, DIM))
-    fns = {}
-    for name, (mm, hold) in PATHS.items():
+    head = jax.random.normal(jax.random.key(2), (DIM, VOCAB)) * 0.03 if args.head else None
+    fns, paths = {}, dict(PATHS)
+    if decode.native_available():
+        paths[NATIVE[0]] = NATIVE[1]
+    for name, (mm, hold) in paths.items():
         held = jax.tree_util.tree_map(hold, weights)
 
         @jax.jit
@@ -82,12 +95,17 @@ def main(argv: list[str] | None = None) -> None:
             return x
 
         fns[name] = lambda step=step, held=held: step(held, x)
+        if args.head and name != "bf16-reduce":  # the slowest form: left out to keep the run short
+            held_head = hold(head)
+            head_step = jax.jit(lambda w, x, mm=mm: mm(x, w))
+            fns[name + "-head"] = lambda f=head_step, w=held_head: f(w, x)
     print(f"load average at start {load_average()}; {args.layers} layers, interleaved, "
           f"{args.repeats} repeats")
     t = interleaved(fns, args.repeats)
     for name in fns:
-        print(f"{name:>13s}: {1e3 * t[name].min:8.2f} / {1e3 * t[name].median:8.2f} ms "
-              f"(min / median), x fp32 {fmt_ratio(ratio(t[name], t['fp32']))}")
+        base = "fp32-head" if name.endswith("-head") else "fp32"
+        print(f"{name:>16s}: {1e3 * t[name].min:8.2f} / {1e3 * t[name].median:8.2f} ms "
+              f"(min / median), x {base} {fmt_ratio(ratio(t[name], t[base]))}")
     print(f"load average at end {load_average()}")
 
 

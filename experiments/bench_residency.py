@@ -3,6 +3,8 @@
 For each pair (preset, residency) the weights are prepared once (untimed, as ``models.Sampler``
 does), a prompt is prefilled, and ``--decode`` greedy batch-1 decode steps are timed interleaved
 with the same preset's default ``prepared`` residency (A B A B, ``experiments/_benchlib.py``):
+``exact`` + ``bf16`` decodes on the native BF16-weight kernel where it is available (the header
+line says; ``MUGI_JAX_NATIVE=0`` times the XLA path instead, see ``gemm.bf16_weight_matmul``);
 tok/s from the minimum, ratios to ``prepared`` as ratio of minima / ratio of medians.  Bytes are
 every array the prepared model holds (embedding and norms included).  For the residencies that
 keep the numerics (``mugi`` + ``int4``/``bf16``) the generated tokens are checked to be equal.
@@ -25,6 +27,7 @@ from experiments._benchlib import interleaved, load_average, ratio
 
 def main(argv: list[str] | None = None) -> list[dict]:
     from mugi_jax import models, numerics
+    from mugi_jax.gemm import decode
     from mugi_jax.models.generate import _decode, _prefill
     from mugi_jax.models.llama import resident_bytes
 
@@ -40,7 +43,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     tokens = jnp.asarray(rng.integers(0, cfg.vocab_size, (1, args.prompt)), jnp.int32)
     valid = jnp.ones_like(tokens, bool)
     print(f"# smollm2-135m, batch 1, {args.decode} decode steps after a {args.prompt}-token "
-          f"prompt; jax {jax.__version__}; load average {load_average()}")
+          f"prompt; jax {jax.__version__}; native BF16-weight decode kernel: "
+          f"{'yes' if decode.native_available() else 'no'}; load average {load_average()}")
     rows = []
     for pair in args.pairs.split(","):
         name, residency = pair.split(":")
