@@ -7,12 +7,13 @@
 //       acc = +0.0f;  for k = 0 .. K-1:  acc = fma(x[m, k], float(w[k, n]), acc);  y[m, n] = acc
 //   i.e. a sequential sum over k in increasing order, each step one fused multiply-add rounded
 //   once to FP32 (round to nearest even).  float(w) widens a BF16 exactly (its bits shifted left
-//   by 16).  Subnormal inputs and results are kept (the MXCSR flush-to-zero and
-//   denormals-are-zero bits are cleared for the duration of the call and restored after), so
-//   the result is the IEEE value of that recurrence on every thread.  The AVX-512, AVX2/FMA and
-//   portable (std::fma) paths compute the same recurrence and give the same bits.
-//   Error bound: |y - sum_k x w| <= gamma_K * sum_k |x w| with gamma_K = K u / (1 - K u),
-//   u = 2^-24 (K rounded steps; the products are exact inside each FMA).
+//   by 16).  Subnormals are flushed as XLA:CPU's own arithmetic flushes them: on x86 the MXCSR
+//   flush-to-zero and denormals-are-zero bits are set for the duration of the call (whatever
+//   the calling or pool thread had) and restored after, so every thread computes the same
+//   recurrence.  The AVX-512, AVX2/FMA and portable (std::fma) paths give the same bits.
+//   Error bound: |y - sum_k x w| <= gamma_K * sum_k |x w| + K * 2^-126, gamma_K = K u / (1 - K u),
+//   u = 2^-24 (K rounded steps, the products exact inside each FMA; the last term covers
+//   flushed subnormals).
 //
 // Memory: a chunk of output columns [c0, c1) accumulates in y itself; four rows of w are read
 // per pass (w[k .. k+3, c0 .. c1), each a contiguous run of BF16), so the weights stream once,
@@ -179,7 +180,7 @@ struct Work {
   void Run() {
 #if defined(__SSE__)
     const unsigned int csr = _mm_getcsr();
-    _mm_setcsr(csr & ~0x8040u);  // keep subnormals: clear FTZ (bit 15) and DAZ (bit 6)
+    _mm_setcsr(csr | 0x8040u);  // flush subnormals as XLA:CPU does: FTZ (bit 15), DAZ (bit 6)
 #endif
     for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) < chunks;) {
       const int64_t c0 = c * width;

@@ -12,9 +12,10 @@ bytes of FP32) and widens them in registers; larger products (prefill), other pl
 Numerics: both paths compute ``sum_k x[m, k] * float(w[k, n])`` in FP32 from the same BF16
 weights and differ only in the order and grouping of the FP32 accumulation.  The native kernel
 fixes it: per output, a sequential sum over ``k`` in increasing order, one fused multiply-add
-rounded once per step, whatever the thread count; the XLA dot's order is XLA's.  Both are within
-``gamma_K * sum_k |x w|`` (``gamma_K = K u / (1 - K u)``, ``u = 2^-24``) of the exact sum, so
-they differ by at most twice that (tests/models/test_residency.py).
+rounded once per step, subnormals flushed as XLA:CPU flushes them, whatever the thread count;
+the XLA dot's order is XLA's.  Both are within ``gamma_K * sum_k |x w| + K 2^-126``
+(``gamma_K = K u / (1 - K u)``, ``u = 2^-24``; the last term for flushed subnormals) of the
+exact sum, so they differ by at most twice that (tests/models/test_residency.py).
 
 Sharding (``custom_partitioning``): each device runs the kernel on its shard and the weights are
 never gathered.  Weights split along ``n`` (column-parallel: Q/K/V, gate/up, the LM head's

@@ -88,13 +88,15 @@ def _bound(x, w64):
     Numerical Algorithms, (3.5)."""
     k = x.shape[-1]
     u = 2.0 ** -24
-    return (k * u / (1 - k * u)) * (np.abs(x.astype(np.float64)) @ np.abs(w64))
+    flushed = k * 2.0 ** -126  # each step may flush a subnormal, as XLA:CPU's arithmetic does
+    return (k * u / (1 - k * u)) * (np.abs(x.astype(np.float64)) @ np.abs(w64)) + flushed
 
 
 def _fma_recurrence(x, w64):
     """The kernel's documented numerics written independently in NumPy: per output, acc = fma(x_k,
     w_k, acc) for k in increasing order, rounded to FP32 at each step (the product of an FP32 and
-    a BF16 is exact in FP64, and so is its sum with the FP32 accumulator for these operands)."""
+    a BF16 is exact in FP64, and so is its sum with the FP32 accumulator for these operands;
+    no subnormals occur)."""
     acc = np.zeros((x.shape[0], w64.shape[1]), np.float32)
     for k in range(x.shape[1]):
         acc = (acc.astype(np.float64) + x[:, k:k + 1].astype(np.float64) * w64[k]).astype(np.float32)
@@ -139,10 +141,13 @@ def test_native_decode_gemv_special_values():
     np.testing.assert_array_equal(np.isposinf(got), np.isposinf(xla))
     np.testing.assert_array_equal(np.isneginf(got), np.isneginf(xla))
     assert np.isnan(got[1]).all() and np.isnan(got[0, 4])
-    # subnormal products and sums are kept (no flush to zero): 2^-70 * 2^-70 = 2^-140
-    tiny = np.full((1, 3), 2.0 ** -70, np.float32)
-    out = np.asarray(jax.jit(decode._native_call)(tiny, jnp.full((3, 2), 2.0 ** -70, jnp.bfloat16)))
-    np.testing.assert_array_equal(out, np.full((1, 2), 3 * 2.0 ** -140, np.float32))
+    # subnormals flushed to zero as XLA:CPU flushes them: results (2^-70 * 2^-70 = 2^-140) and
+    # inputs (2^-130); 2^-60 * 2^-60 * 3 = 3 * 2^-120 stays
+    for xv, wv, want in ((2.0 ** -70, 2.0 ** -70, 0.0), (2.0 ** -130, 1.0, 0.0),
+                         (2.0 ** -60, 2.0 ** -60, 3 * 2.0 ** -120)):
+        xs, ws = np.full((1, 3), xv, np.float32), jnp.full((3, 2), wv, jnp.bfloat16)
+        for f in (decode._native_call, decode._xla):
+            np.testing.assert_array_equal(np.asarray(jax.jit(f)(xs, ws)), np.full((1, 2), want, np.float32))
     zero_k = np.asarray(jax.jit(decode._native_call)(np.zeros((1, 0), np.float32),
                                                      jnp.zeros((0, 3), jnp.bfloat16)))
     np.testing.assert_array_equal(zero_k, np.zeros((1, 3), np.float32))
