@@ -28,7 +28,7 @@
 #include <mutex>
 #include <vector>
 
-#if defined(__AVX512F__)
+#if defined(__SSE__)
 #include <immintrin.h>
 #endif
 
@@ -78,20 +78,28 @@ inline int32_t order_key(uint32_t v) {  // integer order of non-NaN FP32 pattern
   return int32_t(v ^ ((uint32_t(int32_t(v) >> 31)) & 0x7FFFFFFFu));
 }
 
+template <typename T> inline T widened_back(uint32_t v);
+template <> inline uint32_t widened_back<uint32_t>(uint32_t v) { return v; }
+template <> inline uint16_t widened_back<uint16_t>(uint32_t v) { return uint16_t(v >> 16); }
+inline uint32_t widened(uint32_t v) { return v; }
+inline uint32_t widened(uint16_t v) { return uint32_t(v) << 16; }
+
 // Steps 1-2 for one row of n inputs: codes z[0..n).  Two passes over the (L1-resident) row:
-// the maximum (on order-preserving integer keys, which vectorise; any zero is as good as the
-// other: both give y = +-0, which read the same entry; NaN tracked apart), then the codes.
+// the maximum of the raw inputs (on order-preserving integer keys, which vectorise; NaN tracked
+// apart), rounded once - rounding to BF16 and FTZ are monotone, so round(max x) = max round(x),
+// and either zero is as good as the other (both give y = +-0, which read the same entry) - then
+// the codes.
 template <typename T, uint32_t (*Round)(T)>
 inline void row_codes(const T* __restrict x, int64_t n, uint16_t* __restrict z) {
   int32_t kmax = INT32_MIN;
   uint32_t nan = 0;
   for (int64_t i = 0; i < n; ++i) {
-    uint32_t v = Round(x[i]);
+    uint32_t v = widened(x[i]);
     int32_t k = order_key(v);
     kmax = k > kmax ? k : kmax;
     nan |= (v & 0x7FFFFFFFu) > 0x7F800000u;
   }
-  const float m = u2f(nan ? 0x7FC00000u : uint32_t(order_key(uint32_t(kmax))));
+  const float m = u2f(nan ? 0x7FC00000u : Round(T(widened_back<T>(uint32_t(order_key(uint32_t(kmax)))))));
   for (int64_t i = 0; i < n; ++i) {
     uint32_t r = Round(x[i]);
     uint32_t d = f2u(u2f(r) - m);
@@ -285,7 +293,9 @@ ffi::Error SoftmaxImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::Buffer<ffi::
     if (bottom_rows.element_count() != 65536)
       return ffi::Error::InvalidArgument("softmax: bottom_rows must have 65536 entries");
     const uint8_t* br = bottom_rows.typed_data();
-    if (*std::max_element(br, br + 65536) >= table_rows)
+    uint8_t top = 0;
+    for (int i = 0; i < 65536; ++i) top = br[i] > top ? br[i] : top;  // vectorises
+    if (top >= table_rows)
       return ffi::Error::InvalidArgument("softmax: bottom_rows points past the table");
   }
 
@@ -321,6 +331,26 @@ ffi::Error SoftmaxImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::Buffer<ffi::
 }
 
 }  // namespace
+
+// The kernel on plain buffers, on the calling thread, with the MXCSR flush-to-zero and
+// denormals-are-zero bits set as asked (then restored): lets tests check that no result depends
+// on the mode XLA's threads run in.  x: (batch, heads x tokens, n) head-major rows.
+extern "C" void softmax_vlp_plain(const void* x, int x_is_f32, uint16_t* out,
+                                  const uint16_t* table, const uint8_t* bottom_rows,
+                                  int64_t batch, int64_t heads, int64_t tokens, int64_t n,
+                                  int64_t group, int build_max, int ftz_daz) {
+  Params p{x, x_is_f32 != 0, out, table, bottom_rows, batch, heads, tokens, n, group,
+           build_max != 0};
+#if defined(__SSE__)
+  const unsigned saved = _mm_getcsr();
+  _mm_setcsr(ftz_daz ? (saved | 0x8040u) : (saved & ~0x8040u));
+#endif
+  const int64_t ngroups = (heads + group - 1) / group;
+  run_units(p, 0, batch * tokens * ngroups);
+#if defined(__SSE__)
+  _mm_setcsr(saved);
+#endif
+}
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(softmax_vlp, SoftmaxImpl,
                               ffi::Ffi::Bind()
