@@ -16,7 +16,10 @@ call them in a 512-token prefill: the policy's ``Nonlinear`` op (``numerics.Nonl
 FP32 gate projection ``(1, 512, ffn)``, window groups along the last axis, FP32 result; the VLP
 side is the presets' unit (BF16 input, the family's calibrated window from
 ``numerics.vlp_windows``), the baseline the ``exact`` preset's op (``jax.nn`` in FP32).  The row
-``nl.silu`` is the library call on an FP32 array (BF16 result).  This is a benchmark, not a test.
+``nl.silu`` is the library call on an FP32 array (BF16 result).  On CPU the VLP activations run
+in the native kernel (``mugi_jax/_native/vlp_activation.cc``) when it is available; each
+activation case also times the same call on the XLA path (``native=False``) in the same
+interleaved loop and prints its ratio on a line of its own.  This is a benchmark, not a test.
 """
 
 from __future__ import annotations
@@ -54,13 +57,19 @@ ACTIVATION_CASES = (
 
 
 def activation_ops(fn: str, family: str | None) -> tuple:
-    """``(exact, vlp)`` jitted callables of one activation case."""
+    """``(exact, vlp, vlp_xla)`` jitted callables of one activation case; ``vlp_xla`` is the
+    same VLP call on the XLA path (``native=False``: what runs without the native kernel)."""
     if family is None:
         return (jax.jit(lambda x: nl.exact(x, fn)),
-                jax.jit(lambda x: nl.activation(x, fn, nl.VLPConfig())))
+                jax.jit(lambda x: nl.activation(x, fn, nl.VLPConfig())),
+                jax.jit(lambda x: nl.vlp(x, fn, nl.VLPConfig(), native=False)))
     exact = numerics.Nonlinear()  # what the ``exact`` preset runs
-    unit = numerics.Nonlinear(numerics.vlp_windows(family)[1], bf16_input=True)  # the presets'
-    return (jax.jit(lambda x: exact.activation(x, fn)), jax.jit(lambda x: unit.activation(x, fn)))
+    cfg = numerics.vlp_windows(family)[1]
+    unit = numerics.Nonlinear(cfg, bf16_input=True)  # the presets'
+    # what ``unit`` runs on an FP32 gate (its unit rounds at entry and writes the FP32 result)
+    xla = jax.jit(lambda x: nl.vlp(x, fn, cfg, out_dtype="float32", native=False))
+    return (jax.jit(lambda x: exact.activation(x, fn)), jax.jit(lambda x: unit.activation(x, fn)),
+            xla)
 
 
 def causal(x: jax.Array, tokens: int) -> jax.Array:
@@ -131,7 +140,8 @@ def run(repeats: int = 21, cfg: nl.VLPConfig = nl.VLPConfig(), ops: tuple[str, .
         if fn not in ops:
             continue
         x = jax.random.normal(key, shape, jnp.float32) * 3.0
-        rows.append(_row(fn, label, shape, None, *activation_ops(fn, family), x, repeats))
+        exact, vlp, xla = activation_ops(fn, family)
+        rows.append(_row(fn, label, shape, None, exact, vlp, x, repeats, xla_path=xla))
     return rows
 
 
@@ -160,6 +170,10 @@ def main() -> None:
               f"{fmt_ratio((r['ratio_min'], r['ratio_median'])):>14s} {r['verdict']}")
     if "softmax" in ops:
         print(f"softmax: native kernel {'in use' if native_softmax() else 'NOT in use'} "
+              "(MUGI_JAX_NATIVE=0 forces the XLA path)")
+    if set(ops) - {"softmax"}:
+        used = importlib.import_module("mugi_jax.nonlinear.vlp")._native_ready()
+        print(f"activations: native kernel {'in use' if used else 'NOT in use'} "
               "(MUGI_JAX_NATIVE=0 forces the XLA path)")
     for r in rows:
         if "xla_path_min_ms" in r:

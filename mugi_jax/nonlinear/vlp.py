@@ -40,6 +40,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental.custom_partitioning import custom_partitioning
 from jaxtyping import Array, ArrayLike, BFloat16, Float, Int
 
 from mugi_jax.formats import round_to_bf16
@@ -332,25 +333,175 @@ def vlp_parts(xb: BFloat16[Array, "..."], fn: str, cfg: VLPConfig, axis: int,
     return VLPParts(out, rules.subscribes, rules.sign, rules.code, g)
 
 
-@functools.partial(jax.jit, static_argnames=("fn", "cfg", "axis"))
-def _vlp_jit(x: Array, fn: functions.Function, cfg: VLPConfig, axis: int) -> Array:
+def _vlp_xla(x: Array, fn: functions.Function, cfg: VLPConfig, axis: int, out_dtype: type
+             ) -> Array:
+    """The XLA path (any axis, any platform): window reduction, then one gather per element."""
     xb = as_bf16(x)
-    return vlp_parts(xb, fn, cfg, axis, source=x).out.reshape(xb.shape)
+    return vlp_parts(xb, fn, cfg, axis, source=x).out.reshape(xb.shape).astype(out_dtype)
 
 
-def vlp(x: ArrayLike, fn: str, cfg: VLPConfig | MugiL = VLPConfig(), axis: int = -1
-        ) -> BFloat16[Array, "..."]:
+_NATIVE_HANDLER = "vlp_activation"
+
+
+def _native_ready() -> bool:
+    """Whether the native CPU kernel (``mugi_jax/_native/vlp_activation.cc``) is registered;
+    False when native kernels are disabled (``MUGI_JAX_NATIVE=0``) or cannot be compiled."""
+    from mugi_jax import _native
+    return _native.register(_NATIVE_HANDLER, [_NATIVE_HANDLER])
+
+
+def _native_table(fn: functions.Function, cfg: VLPConfig, single: bool) -> np.ndarray:
+    """:func:`output_table` flattened, with one spare entry: the kernel's AVX2 lookup reads 32
+    bits at each entry (the entry and the next), the last one included."""
+    return np.concatenate([output_table(fn, cfg, single=single).reshape(-1),
+                           np.zeros(1, np.uint16)])
+
+
+def _native_call(x: Array, table: Array, cfg: VLPConfig, size: int, out_dtype: type) -> Array:
+    """The kernel on ``x`` (FP32 or BF16, at least 1-d) with groups of ``size`` elements along
+    the last axis; ``table``: :func:`_native_table`."""
+    call = jax.ffi.ffi_call("mugi_" + _NATIVE_HANDLER, jax.ShapeDtypeStruct(x.shape, out_dtype))
+    return call(x, table, group=np.int64(size),
+                mantissa_bits=np.int64(cfg.mantissa_bits), window=np.int64(cfg.window),
+                lut_exponents=np.int64(cfg.lut_exponents), e_top=np.int64(cfg.e_top),
+                build_min=np.int64(cfg.build == "min"))
+
+
+def _native_partition(cfg: VLPConfig, size: int, out_dtype: type, mesh: jax.sharding.Mesh,
+                      arg_shapes: tuple, result_shape: object) -> tuple:
+    """Per-device lowering under SPMD partitioning; every axis keeps its sharding (the table
+    is replicated).  Rows are independent, so the leading axes need nothing; on the last axis
+    the kernel runs per shard when every shard holds whole window groups, else
+    :func:`_straddling_groups` combines the groups' extremes with one all-reduce of a
+    per-group array (no gather of the activation)."""
+    x_shape = arg_shapes[0]
+    spec = tuple(x_shape.sharding.spec) + (None,) * (len(x_shape.shape) - len(x_shape.sharding.spec))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None))
+    names = () if spec[-1] is None else spec[-1] if isinstance(spec[-1], tuple) else (spec[-1],)
+    shards = int(np.prod([mesh.shape[a] for a in names]))
+
+    n = x_shape.shape[-1]
+
+    def lower(x: Array, table: Array) -> Array:
+        if n % shards == 0 and (n // shards) % size == 0:  # whole groups on every shard
+            return _native_call(x, table, cfg, size, out_dtype)
+        return _straddling_groups(x, table, cfg, size, out_dtype, names, n)
+
+    return mesh, lower, sharding, (sharding, replicated)
+
+
+def _straddling_groups(x: Array, table: Array, cfg: VLPConfig, size: int, out_dtype: type,
+                       names: tuple[str, ...], n: int) -> Array:
+    """The unit on one shard of a last axis (of global length ``n``, split over the mesh axes
+    ``names``) whose window groups straddle shards: each shard reduces the pieces of the groups
+    it holds into a per-group array (the other groups get the neutral element), one all-reduce
+    (max/min) over ``names`` gives every group's extreme, then the XLA lookup."""
+    local = x.shape[-1]
+    shard = jnp.zeros((), jnp.int32)
+    for a in names:  # linear index of this shard, the first name major
+        shard = shard * jax.lax.axis_size(a) + jax.lax.axis_index(a)
+    position = shard * local + jnp.arange(local, dtype=jnp.int32)  # >= n: padding
+    group_of = position // size
+    count = -(-n // size)
+    xb = as_bf16(x)
+    mag = (jax.lax.bitcast_convert_type(xb, jnp.uint16) & jnp.uint16(0x7FFF)).astype(jnp.int32)
+    normal = (mag >= 0x0080) & (mag < 0x7F80) & (position < n)
+    per_group = jnp.zeros(x.shape[:-1] + (count,), jnp.int32)
+    if cfg.build == "max":
+        extreme = jax.lax.pmax(per_group.at[..., group_of].max(jnp.where(normal, mag, 0)), names)
+    else:
+        extreme = jax.lax.pmin((per_group + 0xFFFF).at[..., group_of].min(
+            jnp.where(normal, mag, 0xFFFF)), names)
+    rows = (bottom_from_extreme(extreme, cfg) - (cfg.e_bottom + 127)).astype(jnp.uint32) << 16
+    bits = jax.lax.bitcast_convert_type(xb, jnp.uint16)
+    out = table_lookup(table, bits, jnp.take(rows, jnp.minimum(group_of, count - 1), axis=-1))
+    return jax.lax.bitcast_convert_type(out, jnp.bfloat16).astype(out_dtype)
+
+
+@functools.partial(custom_partitioning, static_argnums=(2, 3, 4))
+def _native_partitioned(x: Array, table: Array, cfg: VLPConfig, size: int, out_dtype: type
+                        ) -> Array:
+    return _native_call(x, table, cfg, size, out_dtype)
+
+
+_native_partitioned.def_partition(
+    partition=_native_partition, sharding_rule="... i, t -> ... i",
+    need_replication_factors=("t",),
+    infer_sharding_from_operands=lambda cfg, size, out_dtype, mesh, arg_shapes, result_shape:
+        arg_shapes[0].sharding)
+
+
+def _vlp_native(x: Array, fn: functions.Function, cfg: VLPConfig, out_dtype: type) -> Array:
+    """The unit in one native pass for window groups along the last axis (FP32 and BF16 inputs
+    as they are, other floats rounded to BF16 first); the same bits as :func:`_vlp_xla`.
+
+    ``custom_vmap``: rows are independent, so a batch axis (moved to the front) is just more
+    rows; ``custom_partitioning``: a sharded input stays sharded (see :func:`_native_partition`);
+    ``custom_jvp``: the derivative is zero, as on the XLA path."""
+    if x.dtype not in (jnp.float32, jnp.bfloat16):
+        x = as_bf16(x)
+    shape = x.shape
+    x = x.reshape(1) if x.ndim == 0 else x
+    size = groups(x.shape[-1], 0, cfg.window_group).size
+
+    @jax.custom_batching.custom_vmap
+    def op(x: Array, table: Array) -> Array:
+        return _native_partitioned(x, table, cfg, size, out_dtype)
+
+    @op.def_vmap
+    def _(axis_size: int, in_batched: list[bool], x: Array, table: Array) -> tuple[Array, bool]:
+        return op(x, table), True  # (the table is a constant: never batched)
+
+    @jax.custom_jvp
+    def piecewise_constant(x: Array) -> Array:
+        return op(x, jnp.asarray(_native_table(fn, cfg, size == 1)))
+
+    @piecewise_constant.defjvp
+    def _(primals: tuple[Array], tangents: tuple[Array]) -> tuple[Array, Array]:
+        # zero derivative, as the XLA path's (integer operations on the bit patterns)
+        out = piecewise_constant(*primals)
+        return out, jnp.zeros_like(out)
+
+    return piecewise_constant(x).reshape(shape)
+
+
+@functools.partial(jax.jit, static_argnames=("fn", "cfg", "axis", "out_dtype", "native"))
+def _vlp_jit(x: Array, fn: functions.Function, cfg: VLPConfig, axis: int,
+             out_dtype: type = jnp.bfloat16, native: bool = True) -> Array:
+    def xla(x: Array) -> Array:
+        return _vlp_xla(x, fn, cfg, axis, out_dtype)
+
+    last = x.ndim == 0 or norm_axis(axis, x.ndim) == x.ndim - 1
+    if native and last and _native_ready():
+        return jax.lax.platform_dependent(
+            x, cpu=lambda x: _vlp_native(x, fn, cfg, out_dtype), default=xla)
+    return xla(x)
+
+
+def vlp(x: ArrayLike, fn: str, cfg: VLPConfig | MugiL = VLPConfig(), axis: int = -1, *,
+        out_dtype: str = "bfloat16", native: bool = True) -> Float[Array, "..."]:
     """Elementwise VLP approximation of ``fn`` (a registered function: exp, silu, gelu,
-    gelu_tanh, sigmoid, tanh, ...); BF16 result.
+    gelu_tanh, sigmoid, tanh, ...); BF16 result (``out_dtype="float32"``: the same values
+    widened exactly to FP32, written by the unit itself instead of a pass of its own).
 
     Window groups are ``cfg.window_group`` consecutive elements along ``axis`` (the last group
-    may be shorter).  Inputs of other float dtypes are rounded to BF16 (RNE) at entry.
+    may be shorter).  Inputs of other float dtypes are rounded to BF16 (RNE) at entry.  On CPU,
+    groups along the last axis run in the native kernel ``mugi_jax/_native/vlp_activation.cc``
+    when it is available (same bits; see docs/nonlinear.md), everything else in XLA;
+    ``native=False`` forces the XLA path (tests and benchmarks compare both).
     """
     fn = check_fn(fn)
     cfg = check_cfg(cfg)
     x = check_float(x)
+    if out_dtype not in _OUT_DTYPES:
+        raise ValueError(f"out_dtype: must be one of {tuple(_OUT_DTYPES)}, got {out_dtype!r}")
+    out_dtype = _OUT_DTYPES[out_dtype]
     if x.size == 0:
-        return x.astype(jnp.bfloat16)
+        return x.astype(out_dtype)
     if x.ndim:
         norm_axis(axis, x.ndim)
-    return _vlp_jit(x, functions.get(fn), cfg, axis if x.ndim else 0)
+    return _vlp_jit(x, functions.get(fn), cfg, axis if x.ndim else 0, out_dtype, bool(native))
+
+
+_OUT_DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
