@@ -104,6 +104,31 @@ def test_every_bf16_pattern(fn, group, build, tail):
 
 
 @pytest.mark.parametrize("build", ["max", "min"])
+@pytest.mark.parametrize("group", [7, 16, 40, 256])
+def test_group_extreme_skips_specials(build, group):
+    """Groups whose normal elements lie in a narrow exponent band inside the stored range, plus
+    one special each (+-inf, NaN, zero, subnormal): the special must not move the window (an
+    infinity would lift a "max" window to the top, a zero or subnormal drop a "min" one to the
+    bottom).  Group sizes on the kernel's vector path, its scalar tail, and both."""
+    cfg = nl.VLPConfig(window_group=group, build=build, e_top=3, lut_exponents=12, window=4)
+    rng = np.random.default_rng(group)
+    rows, n = 64, 3 * group + 5
+    lo = rng.integers(cfg.e_bottom + 1, cfg.e_top - 2, (rows, n // group + 1))
+    e = np.repeat(lo, group, axis=1)[:, :n] + rng.integers(0, 2, (rows, n))
+    bits = (rng.integers(0, 2, (rows, n)) << 15) | ((e + 127) << 7) | rng.integers(0, 128, (rows, n))
+    specials = np.array([0x7F80, 0xFF80, 0x7FC0, 0xFFC1, 0x7F81, 0x0000, 0x8000, 0x0001, 0x807F])
+    for g in range(-(-n // group)):  # one special at a random place in every group
+        col = g * group + rng.integers(0, min(group, n - g * group), rows)
+        bits[np.arange(rows), col] = rng.choice(specials, rows)
+    x = bits.astype(np.uint16).view(BF16)
+    native, xla = both_paths(formats.from_numpy(x), "silu", cfg)
+    np.testing.assert_array_equal(native, xla)
+    np.testing.assert_array_equal(native, simulate_vlp(x, "silu", cfg).outputs.view(np.uint16))
+    fp32 = both_paths(jnp.asarray(x.astype(np.float32)), "silu", cfg)  # NaNs made quiet
+    np.testing.assert_array_equal(fp32[0], fp32[1])
+
+
+@pytest.mark.parametrize("build", ["max", "min"])
 def test_fp32_entry_rounding_large_and_threaded(build):
     """An input large enough for the kernel to split its groups over threads (2^18 elements,
     groups of 7 that do not divide the rows), FP32 edge cases everywhere; the FP32 result."""
