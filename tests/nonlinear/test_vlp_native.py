@@ -34,7 +34,7 @@ pytestmark = pytest.mark.skipif(
     not vlp_module._native_ready(),
     reason="native kernels unavailable (MUGI_JAX_NATIVE=0 or no C++ compiler)")
 
-SETTINGS = settings(max_examples=40, deadline=None,
+SETTINGS = settings(max_examples=30, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 SHAPES = [(1,), (7,), (3, 5), (2, 3, 9), (4, 1), (2, 300), ()]
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,9 +89,8 @@ def test_native_equals_xla_and_simulator(cfg, fn, shape, seed, fp32, wide):
 
 
 @pytest.mark.parametrize("fn", functions.names())
-@pytest.mark.parametrize("group,build,tail", [(1, "max", "clamp"), (1, "min", "linear"),
-                                              (256, "max", "clamp"), (256, "min", "clamp"),
-                                              (3, "max", "linear"), (5, "min", "linear")])
+@pytest.mark.parametrize("group,build,tail", [(1, "min", "linear"), (256, "max", "clamp"),
+                                              (5, "min", "clamp"), (3, "max", "linear")])
 def test_every_bf16_pattern(fn, group, build, tail):
     """All 65536 BF16 patterns in one row (groups of mixed patterns) and sorted by magnitude
     (groups of neighbours: every window bottom occurs), native vs XLA."""
