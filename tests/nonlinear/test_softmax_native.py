@@ -175,6 +175,21 @@ def test_overflowing_difference_does_not_set_the_window():
     assert same_bits_nan_aware(native, _simulated(x, cfg, -1, None))
 
 
+@pytest.mark.parametrize("build", ["max", "min"])
+def test_window_below_the_top(build):
+    """Groups whose window is not at the top of the stored range (build "min": a small |y| in
+    the group; "max": every |y| small), so that the bottom's table row matters: a window at the
+    top would clamp y = -0.02."""
+    cfg = nl.VLPConfig(window_group=4, build=build)
+    x = np.array([[0.0, -0.02], [0.0, -1.5 if build == "min" else -0.03], [0.0, -0.025],
+                  [0.0, -0.5 if build == "min" else -0.04]], np.float32)
+    native, xla = _native_and_xla(x, cfg, -1, None)
+    assert same_bits_nan_aware(native, xla)
+    assert same_bits_nan_aware(native, _simulated(x, cfg, -1, None))
+    top = _simulated(x, nl.VLPConfig(window_group=1, build=build, lut_exponents=8), -1, None)
+    assert native.view(np.uint16)[0, 1] != top.view(np.uint16)[0, 1]  # the window matters here
+
+
 def _plain(x, cfg, tokens, ftz_daz):
     """The kernel's ``softmax_vlp_plain`` entry on ``x`` (rows, n), on this thread, with the
     MXCSR FTZ/DAZ bits set or cleared."""
