@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 from jaxtyping import Array, Bool, Float, Int
 
-from mugi_jax import gemm, numerics
+from mugi_jax import _xla, gemm, numerics
 from mugi_jax.models.config import DecoderConfig
 
 __all__ = ["Llama", "Decoder", "Cache", "RMSNorm", "Linear", "rope", "rope_frequencies", "forward",
@@ -418,6 +418,9 @@ class Llama(nnx.Module):
         (prefill, perplexity windows: the compiled program holds one group of layers instead of
         all of them, so it compiles several times faster, with the same results bit for bit);
         ``False``: the unrolled loop.  One-token decode steps always run unrolled.
+      last_only: compute the LM head on the last position only (logits ``(batch, 1, V)``): a
+        generation's prefill needs no other row, and the head is the largest GEMM of a small
+        model (SmolLM2: 49152 x 576).
     """
 
     def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs | None = None) -> None:
@@ -498,7 +501,8 @@ class Llama(nnx.Module):
     def __call__(self, tokens: Int[Array, "B T"], policy: numerics.Policy = numerics.EXACT, *,
                  cache: Cache | None = None, valid: Bool[Array, "B T"] | None = None,
                  positions: Int[Array, "B T"] | None = None,
-                 scan: bool = True) -> tuple[Float[Array, "B T V"], Cache | None]:
+                 scan: bool = True,
+                 last_only: bool = False) -> tuple[Float[Array, "B T V"], Cache | None]:
         cfg = self.config
         tokens = jnp.asarray(tokens, jnp.int32)
         b, t = tokens.shape
@@ -529,7 +533,14 @@ class Llama(nnx.Module):
         else:
             x, new_k, new_v = self._scan_layers(stack, x, positions, q_slots, policy, cache,
                                                 cvalid if cache is not None else None, valid)
-        x = self.final_norm(x)
+        if last_only:
+            # the norm runs on every row, in a fusion of its own, and the last row is sliced
+            # from its result: XLA:CPU's row reduction gives other bits on a one-row operand,
+            # and a slice fused into the norm (or the norm fused into the head's BF16 rounding)
+            # may recompute it that way (measured on SmolLM2 under mugi at batch 8)
+            x = _xla.materialised(self.final_norm, x)[:, -1:]
+        else:
+            x = self.final_norm(x)
         if self.lm_head is not None:
             logits = self.lm_head(x, policy)
         else:

@@ -56,3 +56,28 @@ def test_bad_input(tiny_model, tiny_config):
         s(["hello"], 4)
     with pytest.raises(ValueError, match="at least one token"):
         s([[]], 4)
+
+
+@pytest.mark.parametrize("preset", ["exact", "mugi"])
+def test_prefill_head_on_the_last_position(tiny_model, preset):
+    """``last_only=True`` (a generation's prefill) computes the LM head on the last position
+    only: the same cache bit for bit, and the last row's logits up to the head GEMM's
+    accumulation order (XLA:CPU's dot sums in another order on one row than on many)."""
+    import jax.numpy as jnp
+
+    from mugi_jax import numerics
+    from mugi_jax.models import prepare
+    from mugi_jax.models.llama import Cache
+
+    policy = numerics.preset(preset)
+    model = prepare(tiny_model, policy)
+    tokens = jnp.asarray(np.arange(3, 3 + 2 * 40).reshape(2, 40) % 97, jnp.int32)
+    valid = jnp.asarray(np.arange(40)[None] >= np.array([[0], [7]]))
+    full, c_full = model(tokens, policy, cache=Cache.init(model.config, 2, 48), valid=valid)
+    last, c_last = model(tokens, policy, cache=Cache.init(model.config, 2, 48), valid=valid,
+                         last_only=True)
+    assert last.shape == (2, 1, full.shape[-1])
+    for a, b in zip(jax.tree_util.tree_leaves(c_full), jax.tree_util.tree_leaves(c_last)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_allclose(np.asarray(last[:, 0]), np.asarray(full[:, -1]), rtol=1e-5,
+                               atol=1e-5 * float(np.abs(np.asarray(full)).max()))
