@@ -380,11 +380,12 @@ def _native_partition(cfg: VLPConfig, size: int, out_dtype: type, mesh: jax.shar
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None))
     names = () if spec[-1] is None else spec[-1] if isinstance(spec[-1], tuple) else (spec[-1],)
     shards = int(np.prod([mesh.shape[a] for a in names]))
-
     n = x_shape.shape[-1]
 
     def lower(x: Array, table: Array) -> Array:
-        if n % shards == 0 and (n // shards) % size == 0:  # whole groups on every shard
+        # whole groups on every shard (groups of one: always; ``table`` is then the
+        # single-element table, which the straddling path cannot read)
+        if size == 1 or (n % shards == 0 and (n // shards) % size == 0):
             return _native_call(x, table, cfg, size, out_dtype)
         return _straddling_groups(x, table, cfg, size, out_dtype, names, n)
 

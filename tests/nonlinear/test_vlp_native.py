@@ -194,7 +194,8 @@ rng = np.random.default_rng(0)
 rows = []
 for mesh_shape in ((2, 4), (1, 8)):
     mesh = Mesh(np.array(jax.devices()).reshape(mesh_shape), ("data", "model"))
-    for n, group, build in ((128, 256, "max"), (96, 8, "min"), (40, 6, "max"), (64, 3, "min")):
+    for n, group, build in ((128, 256, "max"), (96, 8, "min"), (40, 6, "max"), (64, 3, "min"),
+                            (32, 1, "min")):
         cfg = nl.VLPConfig(window_group=group, build=build, e_top=1)
         x = (rng.standard_normal((8, 8, n)) * 4).astype(np.float32)
         x[0, 0, :5] = [np.inf, np.nan, 0.0, 1e-40, -3e38]
@@ -223,7 +224,7 @@ def test_sharded_native_keeps_sharding_and_bits():
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(rows) == 16
+    assert len(rows) == 20
     for r in rows:
         assert r["identical"] and not r["all_gather"], r
         assert "model" in r["sharding"], r
