@@ -54,13 +54,12 @@ def sample_token(logits: Float[Array, "B V"], key: PRNGKeyArray | None, temperat
 def _prefill(graphdef: Any, state: Any, tokens: Array, valid: Array, cache: Cache,
              policy: numerics.Policy) -> tuple[Array, Cache]:
     model = nnx.merge(graphdef, state)
-    # one prompt: the LM head on the last position only, the next token's logits being all
-    # decoding reads (SmolLM2, 512 tokens, exact: 0.99 -> 0.79 s).  The last row's logits then
-    # differ from the all-rows head's by the dot's summation order only (1.3e-5 of logits up
-    # to 30, same greedy tokens).  Batches keep the head on every row: at batch 8 under mugi
-    # the last rows moved by up to 0.09, more than summation order explains (docs/models.md)
-    last_only = tokens.shape[0] == 1
-    logits, cache = model(tokens, policy, cache=cache, valid=valid, last_only=last_only)
+    # the LM head on the last position only, the next token's logits being all decoding reads
+    # (SmolLM2, 512 tokens, exact: 0.99 -> 0.79 s; mugi at batch 8: 21.5 -> 19.2 s).  The last
+    # rows' logits are not bit-identical to the all-rows head's (docs/models.md): the head's
+    # dot sums in another order on fewer rows, and under mugi the final norm's FP32 bits depend
+    # on the fusion it lands in, which can flip BF16 roundings of the head's input
+    logits, cache = model(tokens, policy, cache=cache, valid=valid, last_only=True)
     return logits[:, -1], cache
 
 

@@ -535,9 +535,8 @@ class Llama(nnx.Module):
                                                 cvalid if cache is not None else None, valid)
         if last_only:
             # the norm runs on every row, in a fusion of its own, and the last row is sliced
-            # from its result: XLA:CPU's row reduction gives other bits on a one-row operand,
-            # and a slice fused into the norm (or the norm fused into the head's BF16 rounding)
-            # may recompute it that way (measured on SmolLM2 under mugi at batch 8)
+            # from its result: XLA:CPU's row reduction gives other bits on a one-row operand
+            # (measured), which a slice fused into the norm could bring about
             x = _xla.materialised(self.final_norm, x)[:, -1:]
         else:
             x = self.final_norm(x)
