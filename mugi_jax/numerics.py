@@ -121,11 +121,20 @@ class Nonlinear(eqx.Module):
             out = nl.activation(x, fn, approx=self.approx)
         return out.astype(dtype)
 
-    def softmax(self, x: Float[Array, "..."], axis: int = -1,
-                tokens: int | None = None) -> Float[Array, "..."]:
-        """Softmax along ``axis``; ``tokens``: the rows are ``heads x tokens`` attention rows
-        (head-major) and VLP window groups are formed per token (:func:`nonlinear.softmax`)."""
-        return self._call("softmax", x, axis=axis, tokens=tokens)
+    def softmax(self, x: Float[Array, "..."], axis: int = -1, tokens: int | None = None,
+                scale: Any = None, mask: Any = None) -> Float[Array, "..."]:
+        """Softmax along ``axis`` of ``where(mask, x * float32(scale), -inf)``
+        (:func:`nonlinear.masked_scaled`; each part only when given); ``tokens``: the rows are
+        ``heads x tokens`` attention rows (head-major) and VLP window groups are formed per
+        token (:func:`nonlinear.softmax`).  The result has the masked, scaled scores' dtype."""
+        if (isinstance(self.approx, (nl.VLPConfig, nl.MugiL))
+                and x.dtype in (jnp.float32, jnp.bfloat16)):
+            # the unit rounds FP32 to BF16 at entry itself (``bf16_input`` or not: same codes)
+            # and applies the scale and mask as it reads the scores (no pass of their own)
+            dtype = x.dtype if scale is None else jnp.result_type(x.dtype, jnp.float32)
+            return nl.softmax(x, axis=axis, approx=self.approx, tokens=tokens, scale=scale,
+                              mask=mask).astype(dtype)
+        return self._call("softmax", nl.masked_scaled(x, scale, mask), axis=axis, tokens=tokens)
 
     def activation(self, x: Float[Array, "..."], fn: str) -> Float[Array, "..."]:
         """``fn`` (a name of the :mod:`mugi_jax.nonlinear` function registry) of ``x``."""
@@ -663,8 +672,9 @@ class LayerNumerics:
         return out + ((Rule("lm_head", self.proj, required=False),) if head else ())
 
     # The methods the previous model code called.
-    def softmax(self, x: Array, axis: int = -1, tokens: int | None = None) -> Array:
-        return self.softmax_fn.softmax(x, axis=axis, tokens=tokens)
+    def softmax(self, x: Array, axis: int = -1, tokens: int | None = None, scale: Any = None,
+                mask: Any = None) -> Array:
+        return self.softmax_fn.softmax(x, axis=axis, tokens=tokens, scale=scale, mask=mask)
 
     def silu(self, x: Array) -> Array:
         return self.silu_fn.silu(x)

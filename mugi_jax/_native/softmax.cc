@@ -1,6 +1,9 @@
 // VLP softmax (mugi_jax/nonlinear/softmax.py, `_vlp_softmax`) as one XLA FFI CPU kernel.
 //
 // The same pipeline, bit for bit, as the XLA path: per row (softmax axis last)
+//   0. (scaled / masked) x <- where(mask, f32(x) * scale, -inf): one FP32 multiply with
+//      subnormal operands and results flushed, as XLA:CPU multiplies (its threads run with the
+//      MXCSR FTZ and DAZ bits set; the kernel sets them itself while it works);
 //   1. r = FTZ(bf16_rne(x)) as an FP32 pattern (FP32 input: integer rounding, NaN -> sign|0x7FC00000;
 //      BF16 input: its pattern, NaN payloads kept);
 //   2. m = row max of r; y = bf16_rne(r - m) (the FP32 difference, rounded on its pattern); the code
@@ -57,6 +60,11 @@ inline float u2f(uint32_t u) {
 struct Params {
   const void* x;
   bool x_is_f32;
+  float scale;                // step 0: x * scale when scaled
+  bool scaled;
+  const bool* mask;           // step 0: where(mask, x, -inf) when not null
+  const int64_t* mask_batch;  // per batch index: offset of its mask
+  int64_t mask_row, mask_col; // mask strides of the rows and softmax axes (0: broadcast)
   uint16_t* out;
   const uint16_t* table;      // (rows, 65536) or (65536,)
   const uint8_t* bottom_rows; // 65536 entries: table row of a group extreme; null: single row
@@ -118,6 +126,7 @@ inline float pairwise_sum_inplace(float* v, int64_t size) {
 }
 
 struct Scratch {
+  std::vector<float> v;       // one row of step 0's result
   std::vector<uint16_t> z;    // group x n codes
   std::vector<uint32_t> off;  // n table offsets (window rows)
   std::vector<float> e;       // one row of f32(e)
@@ -186,6 +195,28 @@ inline void divide_row(const float* __restrict e, float total, uint16_t* __restr
   }
 }
 
+inline float as_f32(float v) { return v; }
+inline float as_f32(uint16_t v) { return u2f(uint32_t(v) << 16); }
+
+// Step 0 on one row into v (MXCSR FTZ/DAZ set by the caller): x * scale, -inf where the mask
+// is false.  The mask's softmax-axis stride is 0 (one flag per row) or 1.
+template <typename T>
+inline void scaled_masked(const T* __restrict x, int64_t n, const Params& p,
+                          const bool* __restrict m, float* __restrict v) {
+  const float scale = p.scale, ninf = u2f(0xFF800000u);
+  if (p.scaled)
+    for (int64_t i = 0; i < n; ++i) v[i] = as_f32(x[i]) * scale;
+  else
+    for (int64_t i = 0; i < n; ++i) v[i] = as_f32(x[i]);
+  if (m == nullptr) return;
+  if (p.mask_col == 0) {
+    if (!m[0]) std::fill(v, v + n, ninf);
+    return;
+  }
+  const uint8_t* __restrict mb = reinterpret_cast<const uint8_t*>(m);
+  for (int64_t i = 0; i < n; ++i) v[i] = mb[i] ? v[i] : ninf;
+}
+
 void run_unit(const Params& p, int64_t unit, Scratch& s) {
   const int64_t n = p.n, ngroups = (p.heads + p.group - 1) / p.group;
   const int64_t g = unit % ngroups, t = (unit / ngroups) % p.tokens, b = unit / (ngroups * p.tokens);
@@ -193,12 +224,22 @@ void run_unit(const Params& p, int64_t unit, Scratch& s) {
   auto offset = [&](int64_t h) { return ((b * p.heads + h) * p.tokens + t) * n; };
 
   for (int64_t j = 0; j < rows; ++j) {
-    if (p.x_is_f32)
+    if (p.scaled || p.mask != nullptr) {
+      const bool* m = p.mask == nullptr ? nullptr
+                                        : p.mask + p.mask_batch[b] + ((h0 + j) * p.tokens + t) * p.mask_row;
+      float* v = s.v.data();
+      if (p.x_is_f32)
+        scaled_masked(static_cast<const float*>(p.x) + offset(h0 + j), n, p, m, v);
+      else
+        scaled_masked(static_cast<const uint16_t*>(p.x) + offset(h0 + j), n, p, m, v);
+      row_codes<uint32_t, rounded_f32>(reinterpret_cast<const uint32_t*>(v), n, &s.z[j * n]);
+    } else if (p.x_is_f32) {
       row_codes<uint32_t, rounded_f32>(static_cast<const uint32_t*>(p.x) + offset(h0 + j), n,
                                        &s.z[j * n]);
-    else
+    } else {
       row_codes<uint16_t, rounded_bf16>(static_cast<const uint16_t*>(p.x) + offset(h0 + j), n,
                                         &s.z[j * n]);
+    }
   }
 
   uint32_t* __restrict off = s.off.data();
@@ -239,11 +280,21 @@ void run_units(const Params& p, int64_t begin, int64_t end) {
   int64_t pow2 = 1;
   while (pow2 < p.n) pow2 <<= 1;
   Scratch s;
+  if (p.scaled || p.mask != nullptr) s.v.resize(size_t(p.n));
   s.z.resize(size_t(std::min(p.group, p.heads) * p.n));
   s.off.resize(size_t(p.n));
   s.e.resize(size_t(p.n));
   s.tree.resize(size_t(std::max<int64_t>(1, pow2 / 2)));
+#if defined(__SSE__)
+  // XLA:CPU's multiply flushes subnormal operands and results (FTZ | DAZ): step 0 does too,
+  // on any thread; every later step gives the same bits under either mode (see the top)
+  const unsigned saved = _mm_getcsr();
+  _mm_setcsr(saved | 0x8040u);
+#endif
   for (int64_t u = begin; u < end; ++u) run_unit(p, u, s);
+#if defined(__SSE__)
+  _mm_setcsr(saved);
+#endif
 }
 
 // Shared by the calling thread and the tasks it schedules: chunks are claimed from a counter,
@@ -251,6 +302,7 @@ void run_units(const Params& p, int64_t begin, int64_t end) {
 // returns only when every claimed chunk is done.
 struct Shared {
   Params p;
+  std::vector<int64_t> mask_batch;  // p.mask_batch points here
   int64_t units, chunk, chunks;
   std::atomic<int64_t> next{0};
   std::mutex mu;
@@ -269,8 +321,10 @@ struct Shared {
 };
 
 ffi::Error SoftmaxImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::Buffer<ffi::U16> table,
-                       ffi::Buffer<ffi::U8> bottom_rows, ffi::Result<ffi::Buffer<ffi::BF16>> out,
-                       int64_t tokens, int64_t group, bool build_max, bool windowed) {
+                       ffi::Buffer<ffi::U8> bottom_rows, ffi::Buffer<ffi::F32> scale,
+                       ffi::Buffer<ffi::PRED> mask, ffi::Result<ffi::Buffer<ffi::BF16>> out,
+                       int64_t tokens, int64_t group, bool build_max, bool windowed, bool scaled,
+                       bool masked) {
   // x: (batch..., rows, n), the softmax axis last; rows = heads x tokens, head-major; window
   // groups along heads (at one token and column).
   auto dims = x.dimensions();
@@ -299,10 +353,45 @@ ffi::Error SoftmaxImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::Buffer<ffi::
       return ffi::Error::InvalidArgument("softmax: bottom_rows points past the table");
   }
 
+  if (scaled && scale.element_count() != 1)
+    return ffi::Error::InvalidArgument("softmax: scale must have one element");
+  // mask: x's rank, each axis x's length or 1 (broadcast)
+  auto mdims = mask.dimensions();
   auto shared = std::make_shared<Shared>();
+  std::vector<int64_t>& mask_batch = shared->mask_batch;
+  int64_t mask_row = 0, mask_col = 0;
+  if (masked) {
+    if (mdims.size() != nd) return ffi::Error::InvalidArgument("softmax: mask must have x's rank");
+    std::vector<int64_t> stride(nd, 0);
+    int64_t st = 1;
+    for (size_t k = nd; k-- > 0;) {
+      if (mdims[k] != dims[k] && mdims[k] != 1)
+        return ffi::Error::InvalidArgument("softmax: mask must broadcast to x");
+      stride[k] = mdims[k] == 1 ? 0 : st;
+      st *= mdims[k];
+    }
+    mask_row = stride[nd - 2];
+    mask_col = stride[nd - 1];
+    mask_batch.assign(size_t(batch), 0);
+    for (int64_t b = 0; b < batch; ++b) {  // batch index -> mask offset (row-major digits)
+      int64_t rest = b, off = 0;
+      for (size_t k = nd - 2; k-- > 0;) {
+        off += (rest % dims[k]) * stride[k];
+        rest /= dims[k];
+      }
+      mask_batch[size_t(b)] = off;
+    }
+  }
+
   Params& p = shared->p;
   p.x = x.untyped_data();
   p.x_is_f32 = x.element_type() == ffi::F32;
+  p.scaled = scaled;
+  p.scale = scaled ? scale.typed_data()[0] : 1.0f;
+  p.mask = masked ? mask.typed_data() : nullptr;
+  p.mask_batch = mask_batch.data();
+  p.mask_row = mask_row;
+  p.mask_col = mask_col;
   p.out = reinterpret_cast<uint16_t*>(out->typed_data());
   p.table = table.typed_data();
   p.bottom_rows = windowed ? bottom_rows.typed_data() : nullptr;
@@ -339,8 +428,8 @@ extern "C" void softmax_vlp_plain(const void* x, int x_is_f32, uint16_t* out,
                                   const uint16_t* table, const uint8_t* bottom_rows,
                                   int64_t batch, int64_t heads, int64_t tokens, int64_t n,
                                   int64_t group, int build_max, int ftz_daz) {
-  Params p{x, x_is_f32 != 0, out, table, bottom_rows, batch, heads, tokens, n, group,
-           build_max != 0};
+  Params p{x, x_is_f32 != 0, 1.0f, false, nullptr, nullptr, 0, 0, out, table, bottom_rows,
+           batch, heads, tokens, n, group, build_max != 0};
 #if defined(__SSE__)
   const unsigned saved = _mm_getcsr();
   _mm_setcsr(ftz_daz ? (saved | 0x8040u) : (saved & ~0x8040u));
@@ -358,8 +447,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(softmax_vlp, SoftmaxImpl,
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::Buffer<ffi::U16>>()
                                   .Arg<ffi::Buffer<ffi::U8>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::PRED>>()
                                   .Ret<ffi::Buffer<ffi::BF16>>()
                                   .Attr<int64_t>("tokens")
                                   .Attr<int64_t>("group")
                                   .Attr<bool>("build_max")
-                                  .Attr<bool>("windowed"));
+                                  .Attr<bool>("windowed")
+                                  .Attr<bool>("scaled")
+                                  .Attr<bool>("masked"));

@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Int
 
+from mugi_jax import nonlinear as nl
 from mugi_jax import numerics
 
 __all__ = ["Capture", "Recorder", "capture_activations", "summarize"]
@@ -110,7 +111,9 @@ class _Recording:
         self._rec.add(self._path, self._kind, x, weight)
         return self._rec.offset(self._path, out)
 
-    def softmax(self, x: Array, axis: int = -1, tokens: int | None = None) -> Array:
+    def softmax(self, x: Array, axis: int = -1, tokens: int | None = None, scale: Any = None,
+                mask: Any = None) -> Array:
+        x = nl.masked_scaled(x, scale, mask)  # the record is the softmax's input
         return self._run(x, self._impl.softmax(x, axis=axis, tokens=tokens))
 
     def activation(self, x: Array, fn: str) -> Array:

@@ -332,14 +332,16 @@ class Attention(nnx.Module):
             # and the attention GEMMs may skip those (same bits where it matters)
             scores = qk.scores(qg, keys.transpose(0, 2, 1, 3), cache_fmt, row_slots,
                                causal=causal)
-            scores = scores * jnp.float32(cfg.attn_scale)
-            scores = scores.reshape(b, kh, g, t, -1)
-            scores = jnp.where(mask[:, None, None], scores, -jnp.inf).reshape(b, kh, g * t, -1)
+            # the softmax of where(mask, scores * scale, -inf): handed over unapplied, so that
+            # a fused kernel applies them as it reads the scores (the mask's rows: g x T, the
+            # query heads of a KV head, head-major, shared by the KV heads)
+            row_mask = jnp.broadcast_to(mask[:, None], (b, g, t, mask.shape[-1]))
             # tokens=t: the VLP window groups (rows at one key column) are the g query heads of
             # ONE query token - the rows a decode step puts on the array.  Groups spanning query
             # tokens would let a token's window, hence its output, depend on later tokens: the
             # model would not be causal, and the uncached path would differ from the cached one.
-            probs = softmax.softmax(scores, axis=-1, tokens=t)
+            probs = softmax.softmax(scores, axis=-1, tokens=t, scale=jnp.float32(cfg.attn_scale),
+                                    mask=row_mask.reshape(b, 1, g * t, -1))
             return pv.context(probs, values.transpose(0, 2, 1, 3), cache_fmt, row_slots,
                               causal=causal)  # B kh (g t) D
 

@@ -21,13 +21,14 @@ from mugi_jax.nonlinear.config import (BUILDS, FUNCTIONS, PWL, TAILS, Exact, Mug
                                        VLPConfig)
 from mugi_jax.nonlinear.cycles import subscription_cycles
 from mugi_jax.nonlinear.functions import Function, get, names, register
-from mugi_jax.nonlinear.softmax import activation, gelu, pairwise_sum, silu, softmax
+from mugi_jax.nonlinear.softmax import (activation, gelu, masked_scaled, pairwise_sum, silu,
+                                        softmax)
 from mugi_jax.nonlinear.tables import reference_f64, vlp_table
 from mugi_jax.nonlinear.vlp import as_bf16, round_to_bf16, vlp
 
 __all__ = [
     "VLPConfig", "MugiL", "PWL", "Taylor", "Exact", "FUNCTIONS", "BUILDS", "TAILS",
-    "vlp", "softmax", "silu", "gelu", "activation", "subscription_cycles",
+    "vlp", "softmax", "masked_scaled", "silu", "gelu", "activation", "subscription_cycles",
     "exact", "pwl", "taylor", "pwl_coefficients", "taylor_coefficients", "PWL_RANGES",
     "TAYLOR_DEFAULTS", "pairwise_sum", "vlp_table", "reference_f64", "Function", "register",
     "get", "names",

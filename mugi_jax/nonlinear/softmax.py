@@ -2,6 +2,9 @@ r"""Softmax pipeline and the public activation functions with a choice of approx
 
 Softmax (every approximation except :class:`Exact`), along ``axis`` of length n:
 
+0. attention scores handed over with ``scale`` / ``mask``: :math:`x \leftarrow
+   \mathrm{where}(\mathrm{mask}, x \cdot \mathrm{scale}, -\infty)` (one FP32 multiply, as the
+   decoder computed it before the softmax; :func:`masked_scaled`);
 1. :math:`x \leftarrow \mathrm{FTZ}(\mathrm{bf16}(x))` (subnormal inputs count as zero);
 2. :math:`y = \mathrm{bf16\_rne}(x - \max x)` (the difference of two BF16 values is computed in
    FP32; see docs/numerics.md why this equals a single rounding; a subnormal y counts as zero in
@@ -37,7 +40,7 @@ from mugi_jax.nonlinear.vlp import bottom_from_extreme, group_offsets, output_ta
 _TINY32 = np.float32(2.0 ** -126)
 
 __all__ = ["softmax", "silu", "gelu", "activation", "pairwise_sum", "shifted_input", "rows_last",
-           "flush_bf16", "exact_divide", "token_major"]
+           "flush_bf16", "exact_divide", "token_major", "masked_scaled"]
 
 
 def pairwise_sum(v: Float[Array, "... n"]) -> Float[Array, "... 1"]:
@@ -80,6 +83,36 @@ def exact_divide(num: Float[Array, "... n"], den: Float[Array, "... 1"]) -> Floa
     NaN anyway).
     """
     return num / (den + 0.0 * num)
+
+
+def masked_scaled(x: ArrayLike, scale: ArrayLike | None = None,
+                  mask: ArrayLike | None = None) -> Array:
+    """``where(mask, x * float32(scale), -inf)``, each part only when given: attention scores as a
+    decoder hands them to its softmax.  ``x * scale`` is one multiply in ``x``'s dtype promoted
+    with FP32 (an FP32 multiply for FP32/BF16 scores; on XLA:CPU with subnormals flushed, as every
+    XLA:CPU multiply); ``mask`` (boolean, broadcast against ``x``) False gives -inf."""
+    x = jnp.asarray(x)
+    if scale is not None:
+        x = x * jnp.asarray(scale, jnp.float32)
+    if mask is not None:
+        x = jnp.where(mask, x, -jnp.inf)
+    return x
+
+
+def check_scale_mask(shape: tuple[int, ...], scale: object, mask: object) -> None:
+    """Raise ``ValueError`` unless ``scale`` is None or a real scalar and ``mask`` None or a
+    boolean array broadcastable to ``shape``."""
+    if scale is not None:
+        s = jnp.asarray(scale)
+        if s.ndim != 0 or not (jnp.issubdtype(s.dtype, jnp.floating)
+                               or jnp.issubdtype(s.dtype, jnp.integer)):
+            raise ValueError(f"scale: must be a real scalar, got shape {s.shape} dtype {s.dtype}")
+    if mask is not None:
+        m = jnp.asarray(mask) if not hasattr(mask, "shape") else mask
+        if m.dtype != jnp.bool_ or len(m.shape) > len(shape) or any(
+                a not in (1, b) for a, b in zip(m.shape[::-1], shape[::-1])):
+            raise ValueError(f"mask: must be a boolean array broadcastable to x's shape {shape}, "
+                             f"got shape {tuple(m.shape)} dtype {m.dtype}")
 
 
 def rows_last(y: Array) -> tuple[Array, int]:
@@ -285,80 +318,133 @@ def _bottom_rows(cfg: VLPConfig) -> np.ndarray:
     return rows
 
 
-def _native_call(x: Array, table: Array, bottom_rows: Array, tokens: int, group: int,
-                 build_max: bool, windowed: bool) -> Array:
-    """The native kernel on ``x`` of shape ``(batch..., rows, n)`` (at least 3-d)."""
+def _native_call(x: Array, table: Array, bottom_rows: Array, scale: Array, mask: Array,
+                 tokens: int, group: int, build_max: bool, windowed: bool, scaled: bool,
+                 masked: bool) -> Array:
+    """The native kernel on ``x`` of shape ``(batch..., rows, n)`` (at least 3-d); ``scale``
+    (1,) FP32 and ``mask`` (``x``'s rank, each axis ``x``'s length or 1) are applied first when
+    ``scaled`` / ``masked``."""
     return jax.ffi.ffi_call("mugi_" + _NATIVE_HANDLER,
                             jax.ShapeDtypeStruct(x.shape, jnp.bfloat16))(
-        x, table, bottom_rows, tokens=np.int64(tokens), group=np.int64(group),
-        build_max=build_max, windowed=windowed)
+        x, table, bottom_rows, scale, mask, tokens=np.int64(tokens), group=np.int64(group),
+        build_max=build_max, windowed=windowed, scaled=scaled, masked=masked)
 
 
-def _batch_sharding(sharding: object, ndim: int) -> object:
-    """``sharding`` with the rows and softmax axes replicated (a window group and a row need
-    all of theirs); the leading (batch) axes keep theirs."""
-    from jax.sharding import NamedSharding, PartitionSpec
-
+def _batch_spec(sharding: object, ndim: int) -> tuple:
+    """``sharding``'s spec over ``ndim`` axes with the rows and softmax axes replicated (a window
+    group and a row need all of theirs); the leading (batch) axes keep theirs."""
     spec = tuple(sharding.spec) + (None,) * (ndim - len(sharding.spec))
-    return NamedSharding(sharding.mesh, PartitionSpec(*spec[:ndim - 2], None, None))
+    return spec[:ndim - 2] + (None, None)
 
 
-def _partition(tokens, group, build_max, windowed, mesh, arg_shapes, result_shape):
+def _partition(tokens, group, build_max, windowed, scaled, masked, mesh, arg_shapes,
+               result_shape):
     from jax.sharding import NamedSharding, PartitionSpec
 
-    x_sharding = _batch_sharding(arg_shapes[0].sharding, len(arg_shapes[0].shape))
-    replicated = NamedSharding(x_sharding.mesh, PartitionSpec())
+    x_shape, mask_shape = arg_shapes[0].shape, arg_shapes[4].shape
+    spec = _batch_spec(arg_shapes[0].sharding, len(x_shape))
+    x_mesh = arg_shapes[0].sharding.mesh
+    x_sharding = NamedSharding(x_mesh, PartitionSpec(*spec))
+    # the mask's batch axes that are not broadcast follow x's
+    mask_sharding = NamedSharding(x_mesh, PartitionSpec(*(
+        a if m == n else None for a, m, n in zip(spec, mask_shape, x_shape))))
+    replicated = NamedSharding(x_mesh, PartitionSpec())
 
-    def lower(x, table, bottom_rows):
-        return _native_call(x, table, bottom_rows, tokens, group, build_max, windowed)
+    def lower(x, table, bottom_rows, scale, mask):
+        return _native_call(x, table, bottom_rows, scale, mask, tokens, group, build_max,
+                            windowed, scaled, masked)
 
-    return x_sharding.mesh, lower, x_sharding, (x_sharding, replicated, replicated)
-
-
-def _infer(tokens, group, build_max, windowed, mesh, arg_shapes, result_shape):
-    return _batch_sharding(arg_shapes[0].sharding, len(arg_shapes[0].shape))
+    return x_mesh, lower, x_sharding, (x_sharding, replicated, replicated, replicated,
+                                       mask_sharding)
 
 
-@functools.partial(custom_partitioning, static_argnums=(3, 4, 5, 6))
-def _native_partitioned(x: Array, table: Array, bottom_rows: Array, tokens: int, group: int,
-                        build_max: bool, windowed: bool) -> Array:
-    return _native_call(x, table, bottom_rows, tokens, group, build_max, windowed)
+def _infer(tokens, group, build_max, windowed, scaled, masked, mesh, arg_shapes, result_shape):
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    spec = _batch_spec(arg_shapes[0].sharding, len(arg_shapes[0].shape))
+    return NamedSharding(arg_shapes[0].sharding.mesh, PartitionSpec(*spec))
+
+
+def _sharding_rule(tokens, group, build_max, windowed, scaled, masked, mesh, value_types,
+                   result_types):
+    """``b0 b1 .. r n, t k, c, s, <mask> -> b0 b1 .. r n``: batch axes pass through; a mask axis
+    of length 1 where x's is longer is a factor of its own."""
+    x_shape, mask_shape = tuple(value_types[0].shape), tuple(value_types[4].shape)
+    nb = len(x_shape) - 2
+    xf = [f"b{i}" for i in range(nb)] + ["r", "n"]
+    mf = [f if m == n else f"m{i}" for i, (f, m, n) in enumerate(zip(xf, mask_shape, x_shape))]
+    x_s = " ".join(xf)
+    rule = f"{x_s}, t k, c, s, {' '.join(mf)} -> {x_s}"
+    extra = tuple(f for f in mf if f.startswith("m"))
+    return rule, {"need_replication_factors": ("r", "n", "t", "k", "c", "s") + extra}
+
+
+@functools.partial(custom_partitioning, static_argnums=(5, 6, 7, 8, 9, 10))
+def _native_partitioned(x: Array, table: Array, bottom_rows: Array, scale: Array, mask: Array,
+                        tokens: int, group: int, build_max: bool, windowed: bool, scaled: bool,
+                        masked: bool) -> Array:
+    return _native_call(x, table, bottom_rows, scale, mask, tokens, group, build_max, windowed,
+                        scaled, masked)
 
 
 # Sharded inputs: the batch axes keep their sharding (each device runs the kernel on its
 # shard); the rows and softmax axes are replicated (gathered if they were sharded).
 _native_partitioned.def_partition(
-    partition=_partition, infer_sharding_from_operands=_infer,
-    sharding_rule="... r n, t k, b -> ... r n",
-    need_replication_factors=("r", "n", "t", "k", "b"))
+    partition=_partition, infer_sharding_from_operands=_infer, sharding_rule=_sharding_rule)
 
 
-def _native_softmax(x: Array, cfg: VLPConfig, tokens: int | None) -> Array:
-    """``_vlp_softmax`` by the native kernel (``x`` with the softmax axis last)."""
+@functools.lru_cache(maxsize=256)
+def _native_fn(statics: tuple) -> object:
+    """The kernel call for ``statics`` with a ``vmap`` rule: batched axes become leading batch
+    axes of the kernel (a batched mask keeps its own; a batched scale is applied before the
+    call, on the XLA side)."""
+    @jax.custom_batching.custom_vmap
+    def call(x, table, bottom_rows, scale, mask):
+        return _native_partitioned(x, table, bottom_rows, scale, mask, *statics)
+
+    @call.def_vmap
+    def _(axis_size, in_batched, x, table, bottom_rows, scale, mask):
+        if in_batched[1] or in_batched[2]:
+            raise NotImplementedError("softmax: the native kernel's tables are not batched")
+        if not in_batched[0]:
+            x = jnp.broadcast_to(x, (axis_size,) + x.shape)
+        if not in_batched[4]:
+            mask = mask[None]
+        if in_batched[3]:  # a scale per example: x * scale here (the same FP32 multiply)
+            x = x.astype(jnp.float32) * scale.reshape((axis_size,) + (1,) * (x.ndim - 1))
+            unscaled = statics[:4] + (False,) + statics[5:]
+            return _native_fn(unscaled)(x, table, bottom_rows, jnp.ones((1,), jnp.float32),
+                                        mask), True
+        return call(x, table, bottom_rows, scale, mask), True
+
+    return call
+
+
+def _native_softmax(x: Array, cfg: VLPConfig, tokens: int | None, scale: Array | None = None,
+                    mask: Array | None = None) -> Array:
+    """``_vlp_softmax(masked_scaled(x, scale, mask))`` by the native kernel (``x`` with the
+    softmax axis last; ``mask`` broadcastable to it, its axes in ``x``'s order)."""
     if x.dtype not in (jnp.float32, jnp.bfloat16):
-        x = as_bf16(x)  # the XLA path's entry rounding; equal codes (see ``_rounded_bits32``)
+        x = masked_scaled(x, scale, mask)
+        scale = mask = None
+        if x.dtype not in (jnp.float32, jnp.bfloat16):
+            x = as_bf16(x)  # the XLA path's entry rounding; equal codes (see ``_rounded_bits32``)
     shape = x.shape
-    x3 = x.reshape((1,) * max(0, 3 - x.ndim) + x.shape)  # (batch..., rows, n)
+    lead = (1,) * max(0, 3 - x.ndim)
+    x3 = x.reshape(lead + x.shape)  # (batch..., rows, n)
     t = tokens or 1
     g = groups(x3.shape[-2] // t, 0, cfg.window_group)
     windowed = g.size > 1 and cfg.lut_exponents != cfg.window
     table = jnp.asarray(_softmax_exp_table(cfg, g.size == 1))
     bottom = jnp.asarray(_bottom_rows(cfg) if windowed else np.zeros(1, np.uint8))
-    statics = (t, g.size, cfg.build == "max", windowed)
-
-    @jax.custom_batching.custom_vmap
-    def call(x, table, bottom_rows):
-        return _native_partitioned(x, table, bottom_rows, *statics)
-
-    @call.def_vmap
-    def _(axis_size, in_batched, x, table, bottom_rows):  # leading axes are batch axes
-        if in_batched[1] or in_batched[2]:
-            raise NotImplementedError("softmax: the native kernel's tables are not batched")
-        if not in_batched[0]:
-            x = jnp.broadcast_to(x, (axis_size,) + x.shape)
-        return call(x, table, bottom_rows), True
-
-    return call(x3, table, bottom).reshape(shape)
+    scale_op = jnp.asarray(1.0 if scale is None else scale, jnp.float32).reshape(1)
+    if mask is None:
+        mask_op = jnp.ones((1,) * x3.ndim, jnp.bool_)
+    else:
+        mask_op = jnp.asarray(mask)
+        mask_op = mask_op.reshape((1,) * (x3.ndim - mask_op.ndim) + mask_op.shape)
+    statics = (t, g.size, cfg.build == "max", windowed, scale is not None, mask is not None)
+    return _native_fn(statics)(x3, table, bottom, scale_op, mask_op).reshape(shape)
 
 
 def _use_native() -> bool:
@@ -367,17 +453,25 @@ def _use_native() -> bool:
 
 @functools.partial(jax.jit, static_argnames=("axis", "approx", "tokens", "native"))
 def _softmax_jit(x: Array, axis: int, approx: object, tokens: int | None = None,
-                 native: bool = False) -> Array:
+                 native: bool = False, scale: Array | None = None,
+                 mask: Array | None = None) -> Array:
     if isinstance(approx, (VLPConfig, MugiL)):
         cfg = approx.config if isinstance(approx, MugiL) else approx
-        xl = jnp.moveaxis(x, axis, -1)
         if native and _use_native():  # registered in this process (a cached answer)
+            # the kernel applies the scale and the mask as it reads x (no pass of their own)
+            xl = jnp.moveaxis(x, axis, -1)
+            ml = None
+            if mask is not None:
+                ml = jnp.asarray(mask)
+                ml = jnp.moveaxis(ml.reshape((1,) * (x.ndim - ml.ndim) + ml.shape), axis, -1)
             out = jax.lax.platform_dependent(
-                xl, cpu=lambda v: _native_softmax(v, cfg, tokens),
-                default=lambda v: _vlp_softmax(v, cfg, tokens))
+                xl, ml, scale, cpu=lambda v, m, s: _native_softmax(v, cfg, tokens, s, m),
+                default=lambda v, m, s: _vlp_softmax(masked_scaled(v, s, m), cfg, tokens))
         else:
+            xl = jnp.moveaxis(masked_scaled(x, scale, mask), axis, -1)
             out = _vlp_softmax(xl, cfg, tokens)
         return jnp.moveaxis(out, -1, axis)
+    x = masked_scaled(x, scale, mask)
     x_ftz = flush_bf16(jnp.moveaxis(as_bf16(x), axis, -1))  # one consumer chain: fuses
     y = _shift(x_ftz)
     e32 = flush_bf16(_approx_exp(y, approx)).astype(jnp.float32)
@@ -395,7 +489,8 @@ def _check_approx(approx: object) -> None:
 
 
 def softmax(x: ArrayLike, axis: int = -1, approx: object = VLPConfig(),
-            tokens: int | None = None) -> Array:
+            tokens: int | None = None, scale: ArrayLike | None = None,
+            mask: ArrayLike | None = None) -> Array:
     """Softmax along ``axis`` with the exponential computed by ``approx``.
 
     ``Exact()``: ``jax.nn.softmax`` in FP32 (FP32 result).  Otherwise the BF16 pipeline of the
@@ -405,6 +500,11 @@ def softmax(x: ArrayLike, axis: int = -1, approx: object = VLPConfig(),
     attention rows laid out head-major; VLP window groups are then formed of the rows of one
     token (row ``h * tokens + i`` for every head ``h``), never across tokens.  Only VLP / Mugi-L
     have window groups; the other approximations give the same result with or without it.
+
+    ``scale`` (a real scalar) and ``mask`` (boolean, broadcastable to ``x``): the softmax of
+    :func:`masked_scaled` ``(x, scale, mask)``, bit for bit, i.e. of ``where(mask, x *
+    float32(scale), -inf)``; the native CPU kernel applies both as it reads ``x`` (attention
+    scores straight from ``Q K^T``), saving a pass.
     """
     _check_approx(approx)
     x = jnp.asarray(x)
@@ -415,17 +515,20 @@ def softmax(x: ArrayLike, axis: int = -1, approx: object = VLPConfig(),
     if not -x.ndim <= axis < x.ndim:
         raise ValueError(f"axis: must be in [{-x.ndim}, {x.ndim}), got {axis}")
     check_tokens(x.shape, axis, tokens)
+    check_scale_mask(x.shape, scale, mask)
     if isinstance(approx, Exact):
-        return _exact_softmax(x, axis % x.ndim)
+        return _exact_softmax(x, axis % x.ndim, scale, mask)
     if x.size == 0:
-        return x.astype(jnp.bfloat16)
+        return masked_scaled(x, scale, mask).astype(jnp.bfloat16)
     native = isinstance(approx, (VLPConfig, MugiL)) and _use_native()
-    return _softmax_jit(x, axis % x.ndim, approx, tokens if x.ndim > 1 else None, native)
+    return _softmax_jit(x, axis % x.ndim, approx, tokens if x.ndim > 1 else None, native,
+                        scale, mask)
 
 
 @functools.partial(jax.jit, static_argnames=("axis",))
-def _exact_softmax(x: Array, axis: int) -> Array:
-    return jax.nn.softmax(x.astype(jnp.float32), axis=axis)
+def _exact_softmax(x: Array, axis: int, scale: Array | None = None,
+                   mask: Array | None = None) -> Array:
+    return jax.nn.softmax(masked_scaled(x, scale, mask).astype(jnp.float32), axis=axis)
 
 
 def activation(x: ArrayLike, fn: str, approx: object = VLPConfig(), axis: int = -1) -> Array:

@@ -33,6 +33,7 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
+from mugi_jax import nonlinear as nl
 from mugi_jax import numerics
 from mugi_jax.models.capture import Recorder, capturing
 from mugi_jax.nonlinear.config import VLPConfig
@@ -90,7 +91,9 @@ class RelaxedVLP(eqx.Module):
         return dict(temperature=self.temperature, rounding=self.rounding, key=self.key,
                     exact_values=self.exact_values)
 
-    def softmax(self, x: Array, axis: int = -1, tokens: int | None = None) -> Array:
+    def softmax(self, x: Array, axis: int = -1, tokens: int | None = None, scale: Any = None,
+                mask: Any = None) -> Array:
+        x = nl.masked_scaled(x, scale, mask)
         return relaxed_softmax(x, self.params, self.base, axis=axis, tokens=tokens,
                                **self._kw()).astype(x.dtype)
 
