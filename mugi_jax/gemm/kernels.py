@@ -47,6 +47,7 @@ from jaxtyping import Array, Float
 
 from mugi_jax import formats, quant
 from mugi_jax._xla import materialised
+from mugi_jax.gemm import native
 from mugi_jax.gemm._weights import KN, as_kn
 from mugi_jax.gemm.datapaths import (DATAPATHS, AlignedGroups, CodeProducts, DequantizedWeights,
                                      Numerics)
@@ -290,6 +291,10 @@ def _exact_sequential(a32: Array, qf: Array, scales: Array | None, zeros: Array 
 
         xs = (a_g, qt.reshape(ng, group, tile), st, zt)
         out, _ = lax.scan(one_group, jnp.zeros((m, tile), jnp.float32), xs)
+        if dequant and ng == 1:
+            # one group: XLA removes the loop and simplifies +0 + y to y, which keeps a -0 that
+            # the sum from +0 makes +0 (found by the native kernel's adversarial test)
+            out = jnp.where(out == 0, jnp.zeros_like(out), out)
         return out
 
     if tile == n:
@@ -562,12 +567,21 @@ def _matmul_2d_jit(a: Array, kn: KN, numerics: Numerics, mode: str) -> Array:
 
 
 def _code_products(a: Array, kn: KN, numerics: CodeProducts, mode: str) -> Array:
-    """Mugi / MixPE: products with the codes, group sums, dequantization per group."""
-    a32 = _a32(a)
-    if mode == "fast":
-        return _fast_grouped(a32, kn, numerics.product)
-    return _exact_sequential(a32, kn.codes, kn.scales, kn.zeros, kn.group, kn.zero_point,
-                             numerics.product, numerics.accumulator)
+    """Mugi / MixPE: products with the codes, group sums, dequantization per group.  On the CPU
+    the native kernel (:mod:`mugi_jax.gemm.native`, exact mode's bits) takes the shapes where
+    it measured faster than the XLA kernel of ``mode``."""
+
+    def xla(a: Array, kn: KN) -> Array:
+        a32 = _a32(a)
+        if mode == "fast":
+            return _fast_grouped(a32, kn, numerics.product)
+        return _exact_sequential(a32, kn.codes, kn.scales, kn.zeros, kn.group, kn.zero_point,
+                                 numerics.product, numerics.accumulator)
+
+    if native.fits(a.shape[0], kn, numerics.accumulator, mode):
+        return lax.platform_dependent(
+            a, kn, cpu=lambda a, kn: native.vlp_gemm(a, kn, numerics.product), default=xla)
+    return xla(a, kn)
 
 
 _FORMATS = {"bf16": jnp.bfloat16, "e4m3": jnp.float8_e4m3fn}
