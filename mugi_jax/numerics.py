@@ -159,7 +159,10 @@ class Gemm(eqx.Module):
       mode: ``"fast"`` or ``"exact"`` (passed to ``gemm.matmul``).
       bf16_activations: round activations to BF16 before the GEMM.
       bf16_weights: round FP weights to BF16 once (``weight_scheme=None`` only): the format
-        deployed INT4 models keep their LM head / embedding in.
+        deployed INT4 models keep their LM head / embedding in.  :meth:`prepare_weight` holds
+        them as BF16 (the values, half the bytes); products of few rows (decode steps) then run
+        on the native BF16-weight kernel (:func:`gemm.bf16_weight_matmul`), which differs from
+        XLA's FP32 dot in the summation order only.
     """
 
     datapath: Any = eqx.field(default=None, static=True)
@@ -188,8 +191,8 @@ class Gemm(eqx.Module):
         """Convert an ``(in, out)`` FP32 kernel to what :meth:`matmul` consumes (done once)."""
         if isinstance(w, quant.QuantizedTensor):  # calibrated weights (models.quantize)
             return w if self.datapath is None else gemm.prepare_weight(w, self.datapath, self.mode)
-        if self.weight_scheme is None:
-            return w.astype(jnp.bfloat16).astype(jnp.float32) if self.bf16_weights else w
+        if self.weight_scheme is None:  # BF16 weights are held as BF16 (exact, half the bytes)
+            return w.astype(jnp.bfloat16) if self.bf16_weights else w
         scheme = dataclasses.replace(self.weight_scheme, axis=0,
                                      group_size=fit_group(self.weight_scheme.group_size, w.shape[0]))
         q = quant.quantize(jnp.asarray(w, jnp.float32), scheme)
@@ -206,9 +209,9 @@ class Gemm(eqx.Module):
         if self.datapath is None:
             if not isinstance(w, jax.Array):  # a QuantizedTensor on the FP32 path: dequantize
                 w = w.dequantize(jnp.float32)
-            elif self.bf16_weights:  # an unprepared kernel: what prepare_weight would store
-                w = self.prepare_weight(w)  # (so a BF16-held one keeps the prepared bits)
-            elif w.dtype == jnp.bfloat16:  # the bf16 residency of FP32 weights (opt-in rounding)
+            elif self.bf16_weights and w.dtype != jnp.bfloat16:
+                w = self.prepare_weight(w)  # an unprepared kernel: rounded here, every call
+            if w.dtype == jnp.bfloat16:  # BF16-held: prepared BF16 weights or the bf16 residency
                 return gemm.bf16_weight_matmul(x, w)  # native on CPU for decode steps
             return jnp.matmul(x.astype(jnp.float32), w, precision=jax.lax.Precision.HIGHEST)
         if isinstance(w, jax.Array):  # an unprepared FP32 kernel: quantize here (every call)

@@ -1,5 +1,5 @@
 """Weight residency (``prepare(model, policy, residency)``, ``--weight-residency``): ``int4`` and
-``bf16`` under ``mugi`` give the prepared model's logits bit for bit with fewer resident bytes;
+``bf16`` under ``mugi`` give the prepared model's logits bit for bit (``int4`` with fewer resident bytes);
 ``bf16`` under ``exact`` is the model with every projection weight rounded to BF16."""
 
 from __future__ import annotations
@@ -29,10 +29,12 @@ def test_mugi_residencies_are_bit_identical_and_smaller(tiny_model):
         held = prepare(tiny_model, policy, residency)
         got, _ = forward(held, toks, policy)
         np.testing.assert_array_equal(got, want)
-        assert resident_bytes(held) < resident_bytes(ready)
+    # the BF16 head is held in BF16 by every residency; int4 also drops the derived GEMM terms
+    assert resident_bytes(prepare(tiny_model, policy, "bf16")) == resident_bytes(ready)
     int4 = prepare(tiny_model, policy, "int4")
+    assert resident_bytes(int4) < resident_bytes(ready)
     assert isinstance(int4.layers[0].mlp.up_proj.kernel.get_value(), quant.QuantizedTensor)
-    assert int4.lm_head.kernel.get_value().dtype == jnp.bfloat16
+    assert ready.lm_head.kernel.get_value().dtype == jnp.bfloat16
 
 
 def _rounded_reference(tiny_model):
@@ -166,6 +168,27 @@ def test_bf16_weight_matmul_picks_the_native_path_for_decode_steps(monkeypatch):
     assert "mugi_decode_gemv" not in lowered(decode.NATIVE_MAX_ROWS + 1)  # prefill: XLA's dot
     monkeypatch.setenv("MUGI_JAX_NATIVE", "0")
     assert "mugi_decode_gemv" not in lowered(1)
+
+
+def test_bf16_weight_gemm_holds_bf16_and_rounds_an_unprepared_kernel_alike(monkeypatch):
+    """A BF16-weight GEMM (the ``mugi`` LM head) holds its prepared kernel in BF16, so a call
+    does not round the kernel again; an unprepared FP32 kernel is rounded in the call and gives
+    the same bits, on the native decode path (few rows) and on the XLA path (many rows)."""
+    head = numerics.Gemm(bf16_activations=True, bf16_weights=True)
+    w = jax.random.normal(jax.random.key(7), (64, 96), jnp.float32)
+    held = head.prepare_weight(w)
+    assert held.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(held.astype(jnp.float32), w.astype(jnp.bfloat16).astype(jnp.float32))
+    seen = []
+    real = decode.bf16_weight_matmul
+    monkeypatch.setattr(gemm, "bf16_weight_matmul", lambda x, v: seen.append(v.dtype) or real(x, v))
+    for rows in (1, 3, 40):
+        x = jax.random.normal(jax.random.key(rows), (rows, 64), jnp.float32)
+        got = head.matmul(x, held)
+        np.testing.assert_array_equal(got, head.matmul(x, w))
+        xb = x.astype(jnp.bfloat16).astype(jnp.float32)
+        np.testing.assert_array_equal(got, real(xb, held))
+    assert seen == [jnp.bfloat16] * 6
 
 
 def test_bad_residency(tiny_model):
