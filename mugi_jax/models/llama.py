@@ -329,20 +329,25 @@ class Attention(nnx.Module):
 
         def attend(causal: int | None) -> Array:
             # causal=t: the queries sit at slots 0..t-1, so every key after a query is masked
-            # and the attention GEMMs may skip those (same bits where it matters)
-            scores = qk.scores(qg, keys.transpose(0, 2, 1, 3), cache_fmt, row_slots,
+            # and the attention GEMMs may skip those (same bits where it matters).  They read
+            # slots 0..t-1 only, so a cache's free slots are left out: the products then have
+            # the uncached path's shapes, hence its bits (XLA:CPU's dots give other bits with
+            # other key counts, e.g. 520 slots against 512: tests/models/test_kivi.py)
+            ks, vs, m = (keys, values, mask) if causal is None else \
+                (keys[:, :t], values[:, :t], mask[..., :t])
+            scores = qk.scores(qg, ks.transpose(0, 2, 1, 3), cache_fmt, row_slots,
                                causal=causal)
             # the softmax of where(mask, scores * scale, -inf): handed over unapplied, so that
             # a fused kernel applies them as it reads the scores (the mask's rows: g x T, the
             # query heads of a KV head, head-major, shared by the KV heads)
-            row_mask = jnp.broadcast_to(mask[:, None], (b, g, t, mask.shape[-1]))
+            row_mask = jnp.broadcast_to(m[:, None], (b, g, t, m.shape[-1]))
             # tokens=t: the VLP window groups (rows at one key column) are the g query heads of
             # ONE query token - the rows a decode step puts on the array.  Groups spanning query
             # tokens would let a token's window, hence its output, depend on later tokens: the
             # model would not be causal, and the uncached path would differ from the cached one.
             probs = softmax.softmax(scores, axis=-1, tokens=t, scale=jnp.float32(cfg.attn_scale),
                                     mask=row_mask.reshape(b, 1, g * t, -1))
-            return pv.context(probs, values.transpose(0, 2, 1, 3), cache_fmt, row_slots,
+            return pv.context(probs, vs.transpose(0, 2, 1, 3), cache_fmt, row_slots,
                               causal=causal)  # B kh (g t) D
 
         if kv is None:  # keys are this call's tokens, slots 0..T-1

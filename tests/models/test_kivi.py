@@ -130,20 +130,25 @@ def test_causal_products_keep_the_bits(preset, tokens, slots):
         np.testing.assert_array_equal(np.asarray(skipped), np.asarray(whole))
 
 
-def test_uncached_and_cached_mugi_forwards_agree():
-    """End to end under ``mugi``: perplexity evaluation's uncached forward (causal skipping,
-    full-precision bands), a prefill into an empty cache with more slots (the same skipping,
-    picked at run time: the first slot is traced) and a prefill in two calls (the second starts
-    at slot 64: whole products) give the same logits, bit for bit."""
+def _one_layer_model(dim: int, n_heads: int, seed: int):
+    """A one-layer random decoder with SmolLM2's head size (64) and one KV head."""
     from flax import nnx
 
     from mugi_jax.models import Llama
     from mugi_jax.models.config import LlamaConfig
 
-    cfg = LlamaConfig(vocab_size=97, dim=128, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=64,
-                      ffn_dim=128, rope_theta=10000.0, norm_eps=1e-5, tie_embeddings=True,
-                      max_seq_len=256, bos_id=1, eos_id=2)
-    model = Llama(cfg, rngs=nnx.Rngs(3))
+    cfg = LlamaConfig(vocab_size=97, dim=dim, n_layers=1, n_heads=n_heads, n_kv_heads=1,
+                      head_dim=64, ffn_dim=128, rope_theta=10000.0, norm_eps=1e-5,
+                      tie_embeddings=True, max_seq_len=1024, bos_id=1, eos_id=2)
+    return cfg, Llama(cfg, rngs=nnx.Rngs(seed))
+
+
+def test_uncached_and_cached_mugi_forwards_agree():
+    """End to end under ``mugi``: perplexity evaluation's uncached forward (causal skipping,
+    full-precision bands), a prefill into an empty cache with more slots (the same skipping,
+    picked at run time: the first slot is traced) and a prefill in two calls (the second starts
+    at slot 64: whole products) give the same logits, bit for bit."""
+    cfg, model = _one_layer_model(dim=128, n_heads=2, seed=3)
     toks = jax.random.randint(jax.random.key(2), (1, 192), 3, cfg.vocab_size)
     full = np.asarray(forward(model, toks, "mugi")[0])
     once = np.asarray(forward(model, toks, "mugi", cache=Cache.init(cfg, 1, 256))[0])
@@ -151,3 +156,18 @@ def test_uncached_and_cached_mugi_forwards_agree():
     rest, _ = forward(model, toks[:, 64:], "mugi", cache=cache)
     np.testing.assert_array_equal(once, full)
     np.testing.assert_array_equal(np.concatenate([first, rest], 1), full)
+
+
+def test_prefill_into_a_larger_cache_off_the_grid_keeps_the_bits():
+    """A prefill of 512 tokens into an empty cache of 520 slots (off the 64-slot grid: a
+    prompt plus 8 new tokens) against the uncached forward, bit for bit.  Until the causal
+    path read only the prompt's slots, its products ran over all 520 slots (the key groups:
+    544), and XLA:CPU's dots give other bits with another key count (806,701 of the scores of
+    SmolLM2's first layer a last bit apart); the BF16 roundings and INT4 codes those flipped
+    moved SmolLM2's logits by up to 2.4, and this tiny model's by up to 0.0072."""
+    cfg, model = _one_layer_model(dim=96, n_heads=3, seed=1)
+    toks = jax.random.randint(jax.random.key(1), (1, 512), 3, cfg.vocab_size)
+    full = np.asarray(forward(model, toks, "mugi")[0])
+    once, cache = forward(model, toks, "mugi", cache=Cache.init(cfg, 1, 520))
+    np.testing.assert_array_equal(np.asarray(once), full)
+    assert int(cache.index) == 512 and not bool(cache.valid[0, 512:].any())
