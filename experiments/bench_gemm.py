@@ -12,7 +12,10 @@ ratio of medians, the median CPU-time ratio, and verdicts against the goals: fas
 than exact mode and at most 4x the baseline.  Where fast and exact mode lower to the identical
 program (the same StableHLO text: below 64 rows fast mode runs exact mode's kernel), the fast
 row says "same kernel" instead of a fast-vs-exact verdict, since their timing difference is
-noise; a verdict is printed whenever the programs differ.  Also printed: the error against float64
+noise; a verdict is printed whenever the programs differ.  Where ``gemm.matmul`` runs the
+native kernel (``mugi_jax.gemm.native``), the rows ``.../fast xla`` and ``.../exact xla`` time
+the XLA kernel of the same mode (traced under ``native.xla_only()``), interleaved with the
+rest.  Also printed: the error against float64
 ``a @ dequantize(w)`` normalised by ``|a| @ |w|`` and the fast-vs-exact deviation.  Not a test.
 """
 
@@ -26,6 +29,7 @@ import numpy as np
 
 from experiments._benchlib import fmt_ratio, interleaved, load_average, ratio, verdict
 from mugi_jax import gemm, quant
+from mugi_jax.gemm import native
 
 # The activations computed inside the timed call, by a table gather times a second input (what
 # the model feeds the down projection: the VLP SiLU's table lookup times the up projection), so
@@ -126,8 +130,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
                       f"bytes/weight (FP32 baseline 4.00)")
                 fn = jax.jit(lambda xs, w, dp=dp, mode=mode: gemm.matmul(make(*xs), w, dp,
                                                                          mode=mode))
-                calls[f"{dname}/{mode}"] = (fn, pw, fn.lower(inputs, pw).as_text())
+                lowered = fn.lower(inputs, pw)
+                calls[f"{dname}/{mode}"] = (fn, pw, lowered.as_text())
                 fns[f"{dname}/{mode}"] = (lambda fn=fn, pw=pw: fn(inputs, pw))
+                if "mugi_vlp_gemm" in calls[f"{dname}/{mode}"][2]:
+                    # gemm.matmul took the native kernel: time the XLA kernel of this mode too
+                    with native.xla_only():
+                        lowered = jax.jit(lambda xs, w, dp=dp, mode=mode: gemm.matmul(
+                            make(*xs), w, dp, mode=mode)).lower(inputs, pw)
+                    xla = lowered.compile()
+                    calls[f"{dname}/{mode} xla"] = (xla, pw, lowered.as_text())
+                    fns[f"{dname}/{mode} xla"] = (lambda xla=xla, pw=pw: xla(inputs, pw))
         times = interleaved(fns, args.repeats)
         ref = times["fp32 exact preset"]
         if not args.no_error:
@@ -141,12 +154,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    "median_ms": t.median * 1e3, "ratio_min": r[0], "ratio_median": r[1],
                    "cpu_ratio": cpu}
             notes = ""
-            if cname.endswith("/fast"):
-                ex = times[cname[:-5] + "/exact"]
+            if cname.endswith("/fast") or cname.endswith("/fast xla"):
+                ex = times[cname.replace("/fast", "/exact")]
                 rx = ratio(t, ex)
                 row["vs_exact"] = rx
                 # identical lowered programs compile to the same executable: no verdict on noise
-                row["same_kernel"] = calls[cname][2] == calls[cname[:-5] + "/exact"][2]
+                row["same_kernel"] = calls[cname][2] == calls[cname.replace("/fast", "/exact")][2]
                 vx = "same kernel" if row["same_kernel"] else verdict(rx, GOAL_VS_EXACT)
                 notes = (f"vs exact {fmt_ratio(rx)} {vx}; "
                          f"vs base {verdict(r, GOAL_VS_BASELINE)} (goal <= {GOAL_VS_BASELINE:g})")

@@ -556,17 +556,23 @@ def _matmul_2d(a: Array, kn: KN, datapath: object, mode: str) -> Array:
     numerics = datapath.numerics
     if offset_decomposed(datapath, kn.zero_point):
         kn = _offset_decompose(kn)
-    return _matmul_2d_jit(a, kn, numerics.for_kernel(), mode)
+    # whether the native kernel may be used is decided here, outside the jit, so that it is
+    # part of the compilation's key (MUGI_JAX_NATIVE, native.xla_only())
+    return _matmul_2d_jit(a, kn, numerics.for_kernel(), mode, native.allowed())
 
 
-@functools.partial(jax.jit, static_argnames=("numerics", "mode"))
-def _matmul_2d_jit(a: Array, kn: KN, numerics: Numerics, mode: str) -> Array:
+@functools.partial(jax.jit, static_argnames=("numerics", "mode", "allow_native"))
+def _matmul_2d_jit(a: Array, kn: KN, numerics: Numerics, mode: str,
+                   allow_native: bool = False) -> Array:
     kn = KN(kn.codes, _ftz(kn.scales), None if kn.zeros is None else _ftz(kn.zeros), kn.group,
             kn.zero_point)
+    if type(numerics) is CodeProducts:
+        return _code_products(a, kn, numerics, mode, allow_native)
     return _KERNELS[type(numerics)](a, kn, numerics, mode)
 
 
-def _code_products(a: Array, kn: KN, numerics: CodeProducts, mode: str) -> Array:
+def _code_products(a: Array, kn: KN, numerics: CodeProducts, mode: str,
+                   allow_native: bool = False) -> Array:
     """Mugi / MixPE: products with the codes, group sums, dequantization per group.  On the CPU
     the native kernel (:mod:`mugi_jax.gemm.native`, exact mode's bits) takes the shapes where
     it measured faster than the XLA kernel of ``mode``."""
@@ -578,7 +584,7 @@ def _code_products(a: Array, kn: KN, numerics: CodeProducts, mode: str) -> Array
         return _exact_sequential(a32, kn.codes, kn.scales, kn.zeros, kn.group, kn.zero_point,
                                  numerics.product, numerics.accumulator)
 
-    if native.fits(a.shape[0], kn, numerics.accumulator, mode):
+    if allow_native and native.fits(a.shape[0], kn, numerics.accumulator, mode):
         return lax.platform_dependent(
             a, kn, cpu=lambda a, kn: native.vlp_gemm(a, kn, numerics.product), default=xla)
     return xla(a, kn)

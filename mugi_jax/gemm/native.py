@@ -25,8 +25,9 @@ XLA kernel needs all of ``k`` too) and gives the single-device bits.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -37,12 +38,10 @@ from jaxtyping import Array
 from mugi_jax import _native
 from mugi_jax.gemm._weights import KN
 
-__all__ = ["fits", "native_available", "vlp_gemm", "MIN_ROWS", "MIN_GROUP", "METHODS"]
+__all__ = ["fits", "allowed", "xla_only", "native_available", "vlp_gemm", "MIN_ROWS", "MIN_GROUP", "METHODS"]
 
 #: Products with fewer rows keep the XLA kernels (measured crossover, ``experiments.bench_gemm``).
 MIN_ROWS = 8
-#: Fast mode: products with more rows keep fast mode's XLA kernel (per-group BF16 dots).
-FAST_MAX_ROWS = 63
 #: Groups along ``k`` smaller than this keep the XLA kernels (a per-token V cache, groups of 1).
 MIN_GROUP = 16
 
@@ -57,15 +56,35 @@ def native_available() -> bool:
     return _native.register(_FAMILY, (_HANDLER,))
 
 
+_off = [0]  # > 0 inside xla_only()
+
+
+@contextlib.contextmanager
+def xla_only() -> Iterator[None]:
+    """Within this block :func:`fits` is False: functions traced here take the XLA kernels (the
+    benchmark's comparison; ``MUGI_JAX_NATIVE=0`` does the same for a whole process)."""
+    _off[0] += 1
+    try:
+        yield
+    finally:
+        _off[0] -= 1
+
+
+def allowed() -> bool:
+    """Native kernels enabled (``MUGI_JAX_NATIVE``), not inside :func:`xla_only`, and this one
+    built and registered."""
+    return not _off[0] and native_available()
+
+
 def fits(m: int, kn: KN, accumulator: str, mode: str = "exact") -> bool:
     """Whether :func:`vlp_gemm` takes ``(m, k) @ kn`` in ``mode`` (see the module docstring):
-    exact mode from :data:`MIN_ROWS` rows, fast mode from :data:`MIN_ROWS` to
-    :data:`FAST_MAX_ROWS` rows (where fast mode's XLA kernel is exact mode's sequential one: the
-    same bits)."""
-    rows_ok = m >= MIN_ROWS and (mode == "exact" or m <= FAST_MAX_ROWS)
-    return (accumulator == "fp32" and rows_ok and kn.group >= MIN_GROUP
+    both modes from :data:`MIN_ROWS` rows: measured faster than exact mode's XLA kernel and
+    than fast mode's (per-group BF16 dots from 64 rows) at every such shape of
+    ``experiments.bench_gemm``; exact mode's order is one fast mode may use."""
+    del mode  # the same shapes in both modes (measured faster than either XLA kernel)
+    return (accumulator == "fp32" and m >= MIN_ROWS and kn.group >= MIN_GROUP
             and kn.codes.ndim == 2 and kn.codes.dtype == jnp.int8
-            and kn.zero_point in _ZERO_POINT and native_available())
+            and kn.zero_point in _ZERO_POINT and allowed())
 
 
 #: The kernel's paths (``method``): the fastest exact one available, ``vpermps`` on FP32
