@@ -4,10 +4,17 @@ Run: ``python -m experiments.bench_nonlinear [--repeats N] [--ops softmax,silu,.
 jitted and timed interleaved in the same process on the same input (FP32 for the exact op; the
 VLP kernel gets the same FP32 array and rounds it to BF16 at entry, which is part of its timed
 work); min and median wall times and a verdict per case (``experiments/_benchlib.py``).
-The SmolLM2 case is the attention softmax as the decoder calls it: head-major rows of the 3
-query heads of a KV head, a causal mask (-inf above the diagonal) and ``tokens=512`` (window
-groups of one token's query heads); the SmolLM2 decode case is a decode step at batch 8 with a
-4096-entry cache (``tokens=1``: window groups of the 3 query heads of a KV head).  ``--stages``
+The SmolLM2 cases are the attention softmax as the decoder (models/llama.py) calls it: the
+policy's ``Nonlinear`` op on the raw FP32 scores ``Q K^T`` with the attention scale (1/8) and the
+boolean mask handed over (``softmax(scores, tokens=T, scale=, mask=)``: the softmax of
+``where(mask, scores * scale, -inf)``), head-major rows of the 3 query heads of a KV head; the
+VLP side is the presets' unit (``Nonlinear(vlp_windows("llama")[0], bf16_input=True)``, FP32
+result as the model gets it), the baseline the ``exact`` preset's op (XLA fuses the scale and the
+mask into ``jax.nn.softmax``'s passes).  SmolLM2 prefill: 512 tokens, causal mask,
+``tokens=512`` (window groups of one token's query heads); SmolLM2 decode: a decode step at
+batch 8 with a 4096-entry cache whose rows have 0 - 700 left-padding slots masked
+(``tokens=1``).  The other two softmax cases are the library call ``nl.softmax`` on plain rows
+against ``jax.nn.softmax``.  ``--stages``
 also prints, for each softmax case, the time of every compiled stage (XLA:CPU fusion) of the
 exact op and of the VLP kernel, from a JAX profiler trace.  Where the native softmax kernel is in
 use (mugi_jax/_native), each softmax case also times the kernel's XLA path in the same
@@ -72,20 +79,15 @@ def activation_ops(fn: str, family: str | None) -> tuple:
             xla)
 
 
-def causal(x: jax.Array, tokens: int) -> jax.Array:
-    """``x`` (..., heads x tokens, keys) with -inf where a query token's key comes after it."""
-    keys = x.shape[-1]
-    query = jnp.tile(jnp.arange(tokens), x.shape[-2] // tokens) + (keys - tokens)
-    return jnp.where(jnp.arange(keys)[None, :] <= query[:, None], x, -jnp.inf)
-
-
-def _row(op: str, label: str, shape: tuple, tokens: int | None, exact, vlp, x: jax.Array,
-         repeats: int, xla_path=None) -> dict:
-    """One case; ``xla_path`` (softmax): the VLP kernel's XLA path, timed in the same
-    interleaved loop (exact, vlp, xla_path, exact, ...) for the native-vs-XLA comparison."""
-    fns = {"exact": lambda: exact(x), "vlp": lambda: vlp(x)}
+def _row(op: str, label: str, shape: tuple, tokens: int | None, exact, vlp, x, repeats: int,
+         xla_path=None) -> dict:
+    """One case; ``x``: the input array or a tuple of the callables' arguments; ``xla_path``:
+    the VLP kernel's XLA path, timed in the same interleaved loop (exact, vlp, xla_path, exact,
+    ...) for the native-vs-XLA comparison."""
+    args = x if isinstance(x, tuple) else (x,)
+    fns = {"exact": lambda: exact(*args), "vlp": lambda: vlp(*args)}
     if xla_path is not None:
-        fns["vlp_xla"] = lambda: xla_path(x)
+        fns["vlp_xla"] = lambda: xla_path(*args)
     t = interleaved(fns, repeats)
     r = ratio(t["vlp"], t["exact"])
     row = {"op": op, "case": label, "shape": "x".join(map(str, shape)), "tokens": tokens,
@@ -98,6 +100,49 @@ def _row(op: str, label: str, shape: tuple, tokens: int | None, exact, vlp, x: j
                     "xla_path_median_ms": 1e3 * t["vlp_xla"].median,
                     "xla_path_ratio_min": rx[0], "xla_path_ratio_median": rx[1]})
     return row
+
+
+ATTN_SCALE = 0.125  # SmolLM2-135M: 1/sqrt(head_dim 64)
+
+
+def model_scores(key: jax.Array, shape: tuple, tokens: int) -> tuple[jax.Array, jax.Array]:
+    """Raw scores ``(B, KV heads, g x T, S)`` and the decoder's per-token mask ``(B, T, S)``
+    (models/llama.py): causal for a prefill (T = S), left padding of 0 - 700 slots per row for a
+    decode step (T = 1)."""
+    b, _, rows, keys = shape
+    x = jax.random.normal(key, shape, jnp.float32) * (3.0 / ATTN_SCALE)
+    k_slots = jnp.arange(keys)
+    if tokens == keys:
+        mask = jnp.broadcast_to(k_slots[None, :] <= k_slots[:, None], (b, tokens, keys))
+    else:
+        pad = (jnp.arange(b) * 100)[:, None, None]
+        mask = jnp.broadcast_to(k_slots[None, None, :] >= pad, (b, tokens, keys))
+    return x, mask
+
+
+def _row_mask(mask: jax.Array, g: int) -> jax.Array:
+    """models/llama.py's mask of the head-major rows: ``(B, T, S)`` -> ``(B, 1, g x T, S)``."""
+    b, t, keys = mask.shape
+    return jnp.broadcast_to(mask[:, None], (b, g, t, keys)).reshape(b, 1, g * t, keys)
+
+
+def model_softmax_ops(tokens: int, g: int) -> tuple:
+    """``(exact, vlp, vlp_xla)`` jitted callables of ``(scores, mask)``: the ``exact`` preset's
+    softmax op and the presets' VLP unit as the decoder calls them (the rows' mask built from
+    the per-token one inside, as the decoder does), and the unit's call on the XLA path (FP32
+    result, as ``Nonlinear`` returns it)."""
+    impl = importlib.import_module("mugi_jax.nonlinear.softmax")
+    cfg = numerics.vlp_windows("llama")[0]
+    exact, unit = numerics.Nonlinear(), numerics.Nonlinear(cfg, bf16_input=True)
+    scale = jnp.float32(ATTN_SCALE)
+
+    def call(op):
+        return jax.jit(lambda x, m: op.softmax(x, axis=-1, tokens=tokens, scale=scale,
+                                               mask=_row_mask(m, g)))
+
+    xla = jax.jit(lambda x, m: impl._softmax_jit(x, x.ndim - 1, cfg, tokens, False, scale,
+                                                 _row_mask(m, g)).astype(jnp.float32))
+    return call(exact), call(unit), xla
 
 
 def softmax_xla_path(cfg: nl.VLPConfig, tokens: int | None):
@@ -124,18 +169,22 @@ def run(repeats: int = 21, cfg: nl.VLPConfig = nl.VLPConfig(), ops: tuple[str, .
     for op, label, shape, tokens in CASES:
         if op not in ops:
             continue
-        x = (jax.random.normal(key, shape, jnp.float32) * 3.0)
-        if tokens is not None:
-            x = causal(x, tokens)
-        # the public functions are jitted internally; wrapping them in jit removes dispatch
-        vlp = jax.jit(lambda x, t=tokens: nl.softmax(x, axis=-1, approx=cfg, tokens=t))
+        if tokens is not None:  # as the decoder calls it
+            args = model_scores(key, shape, tokens)
+            exact, vlp, xla_path = model_softmax_ops(tokens, shape[-2] // tokens)
+        else:
+            args = (jax.random.normal(key, shape, jnp.float32) * 3.0,)
+            exact = exact_softmax
+            # the public functions are jitted internally; wrapping them in jit removes dispatch
+            vlp = jax.jit(lambda x: nl.softmax(x, axis=-1, approx=cfg))
+            xla_path = softmax_xla_path(cfg, None)
         # with the native kernel in use, its XLA path is timed alongside (same loop)
-        xla_path = softmax_xla_path(cfg, tokens) if native_softmax() else None
-        rows.append(_row(op, label, shape, tokens, exact_softmax, vlp, x, repeats, xla_path))
+        xla_path = xla_path if native_softmax() else None
+        rows.append(_row(op, label, shape, tokens, exact, vlp, args, repeats, xla_path))
         if stages:
             rows[-1]["stages"] = {
-                name: stage_times(lambda f=f: f(x), repeats, f.lower(x).compile().as_text())
-                for name, f in (("exact", exact_softmax), ("vlp", vlp))}
+                name: stage_times(lambda f=f: f(*args), repeats, f.lower(*args).compile().as_text())
+                for name, f in (("exact", exact), ("vlp", vlp))}
     for fn, label, shape, family in ACTIVATION_CASES:
         if fn not in ops:
             continue

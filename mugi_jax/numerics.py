@@ -130,10 +130,11 @@ class Nonlinear(eqx.Module):
         if (isinstance(self.approx, (nl.VLPConfig, nl.MugiL))
                 and x.dtype in (jnp.float32, jnp.bfloat16)):
             # the unit rounds FP32 to BF16 at entry itself (``bf16_input`` or not: same codes)
-            # and applies the scale and mask as it reads the scores (no pass of their own)
+            # and applies the scale and mask as it reads the scores, and writes the result in
+            # the dtype asked for (no passes of their own)
             dtype = x.dtype if scale is None else jnp.result_type(x.dtype, jnp.float32)
             return nl.softmax(x, axis=axis, approx=self.approx, tokens=tokens, scale=scale,
-                              mask=mask).astype(dtype)
+                              mask=mask, out_dtype=jnp.dtype(dtype).name)
         return self._call("softmax", nl.masked_scaled(x, scale, mask), axis=axis, tokens=tokens)
 
     def activation(self, x: Float[Array, "..."], fn: str) -> Float[Array, "..."]:

@@ -60,12 +60,13 @@ inline float u2f(uint32_t u) {
 struct Params {
   const void* x;
   bool x_is_f32;
+  bool out_f32;               // the output as FP32 patterns (else BF16)
   float scale;                // step 0: x * scale when scaled
   bool scaled;
   const bool* mask;           // step 0: where(mask, x, -inf) when not null
   const int64_t* mask_batch;  // per batch index: offset of its mask
   int64_t mask_row, mask_col; // mask strides of the rows and softmax axes (0: broadcast)
-  uint16_t* out;
+  void* out;
   const uint16_t* table;      // (rows, 65536) or (65536,)
   const uint8_t* bottom_rows; // 65536 entries: table row of a group extreme; null: single row
   int64_t batch, heads, tokens, n;
@@ -183,7 +184,12 @@ inline void window_rows(const uint8_t* __restrict bottom_rows, uint32_t* __restr
   for (; i < n; ++i) off[i] = uint32_t(bottom_rows[off[i]]) << 16;
 }
 
-inline void divide_row(const float* __restrict e, float total, uint16_t* __restrict o, int64_t n) {
+// Step 5 for one row: uint16 BF16 patterns, or (uint32) the same values as FP32 patterns.
+inline uint16_t out_bits(uint32_t ob, uint16_t*) { return uint16_t(ob); }
+inline uint32_t out_bits(uint32_t ob, uint32_t*) { return ob << 16; }
+
+template <typename O>
+inline void divide_row(const float* __restrict e, float total, O* __restrict o, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     uint32_t eb = f2u(e[i]);
     uint32_t qb = f2u(e[i] / total);
@@ -191,7 +197,7 @@ inline void divide_row(const float* __restrict e, float total, uint16_t* __restr
     uint32_t ob = (qb + 0x7FFFu + ((qb >> 16) & 1u)) >> 16;  // RNE
     ob = (qb & 0x7FFFFFFFu) > 0x7F800000u ? (((qb >> 16) & 0x8000u) | 0x7FC0u) : ob;
     bool masked = eb == (uint32_t(kMaskedE) << 16) || (eb & 0x7FFF0000u) == (uint32_t(kMaskedNaN) << 16);
-    o[i] = masked ? uint16_t(0) : uint16_t(ob);
+    o[i] = out_bits(masked ? 0u : ob, o);
   }
 }
 
@@ -272,7 +278,11 @@ void run_unit(const Params& p, int64_t unit, Scratch& s) {
   for (int64_t j = 0; j < rows; ++j) {
     float* e = s.e.data();
     lookup(p.table, off, &s.z[j * n], e, n);
-    divide_row(e, pairwise_sum(e, n, s.tree.data()), p.out + offset(h0 + j), n);
+    const float total = pairwise_sum(e, n, s.tree.data());
+    if (p.out_f32)
+      divide_row(e, total, static_cast<uint32_t*>(p.out) + offset(h0 + j), n);
+    else
+      divide_row(e, total, static_cast<uint16_t*>(p.out) + offset(h0 + j), n);
   }
 }
 
@@ -322,7 +332,7 @@ struct Shared {
 
 ffi::Error SoftmaxImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::Buffer<ffi::U16> table,
                        ffi::Buffer<ffi::U8> bottom_rows, ffi::Buffer<ffi::F32> scale,
-                       ffi::Buffer<ffi::PRED> mask, ffi::Result<ffi::Buffer<ffi::BF16>> out,
+                       ffi::Buffer<ffi::PRED> mask, ffi::Result<ffi::AnyBuffer> out,
                        int64_t tokens, int64_t group, bool build_max, bool windowed, bool scaled,
                        bool masked) {
   // x: (batch..., rows, n), the softmax axis last; rows = heads x tokens, head-major; window
@@ -331,6 +341,8 @@ ffi::Error SoftmaxImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::Buffer<ffi::
   if (dims.size() < 3) return ffi::Error::InvalidArgument("softmax: x must be (batch..., rows, n)");
   if (x.element_type() != ffi::F32 && x.element_type() != ffi::BF16)
     return ffi::Error::InvalidArgument("softmax: x must be float32 or bfloat16");
+  if (out->element_type() != ffi::F32 && out->element_type() != ffi::BF16)
+    return ffi::Error::InvalidArgument("softmax: the output must be float32 or bfloat16");
   const size_t nd = dims.size();
   const int64_t n = dims[nd - 1], rows = dims[nd - 2];
   int64_t batch = 1;
@@ -392,7 +404,8 @@ ffi::Error SoftmaxImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::Buffer<ffi::
   p.mask_batch = mask_batch.data();
   p.mask_row = mask_row;
   p.mask_col = mask_col;
-  p.out = reinterpret_cast<uint16_t*>(out->typed_data());
+  p.out = out->untyped_data();
+  p.out_f32 = out->element_type() == ffi::F32;
   p.table = table.typed_data();
   p.bottom_rows = windowed ? bottom_rows.typed_data() : nullptr;
   p.batch = batch;
@@ -428,7 +441,7 @@ extern "C" void softmax_vlp_plain(const void* x, int x_is_f32, uint16_t* out,
                                   const uint16_t* table, const uint8_t* bottom_rows,
                                   int64_t batch, int64_t heads, int64_t tokens, int64_t n,
                                   int64_t group, int build_max, int ftz_daz) {
-  Params p{x, x_is_f32 != 0, 1.0f, false, nullptr, nullptr, 0, 0, out, table, bottom_rows,
+  Params p{x, x_is_f32 != 0, false, 1.0f, false, nullptr, nullptr, 0, 0, out, table, bottom_rows,
            batch, heads, tokens, n, group, build_max != 0};
 #if defined(__SSE__)
   const unsigned saved = _mm_getcsr();
@@ -449,7 +462,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(softmax_vlp, SoftmaxImpl,
                                   .Arg<ffi::Buffer<ffi::U8>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::PRED>>()
-                                  .Ret<ffi::Buffer<ffi::BF16>>()
+                                  .Ret<ffi::AnyBuffer>()
                                   .Attr<int64_t>("tokens")
                                   .Attr<int64_t>("group")
                                   .Attr<bool>("build_max")

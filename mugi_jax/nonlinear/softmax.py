@@ -320,12 +320,12 @@ def _bottom_rows(cfg: VLPConfig) -> np.ndarray:
 
 def _native_call(x: Array, table: Array, bottom_rows: Array, scale: Array, mask: Array,
                  tokens: int, group: int, build_max: bool, windowed: bool, scaled: bool,
-                 masked: bool) -> Array:
+                 masked: bool, out_f32: bool) -> Array:
     """The native kernel on ``x`` of shape ``(batch..., rows, n)`` (at least 3-d); ``scale``
     (1,) FP32 and ``mask`` (``x``'s rank, each axis ``x``'s length or 1) are applied first when
-    ``scaled`` / ``masked``."""
-    return jax.ffi.ffi_call("mugi_" + _NATIVE_HANDLER,
-                            jax.ShapeDtypeStruct(x.shape, jnp.bfloat16))(
+    ``scaled`` / ``masked``; ``out_f32``: the BF16 results written as FP32."""
+    return jax.ffi.ffi_call("mugi_" + _NATIVE_HANDLER, jax.ShapeDtypeStruct(
+        x.shape, jnp.float32 if out_f32 else jnp.bfloat16))(
         x, table, bottom_rows, scale, mask, tokens=np.int64(tokens), group=np.int64(group),
         build_max=build_max, windowed=windowed, scaled=scaled, masked=masked)
 
@@ -337,7 +337,7 @@ def _batch_spec(sharding: object, ndim: int) -> tuple:
     return spec[:ndim - 2] + (None, None)
 
 
-def _partition(tokens, group, build_max, windowed, scaled, masked, mesh, arg_shapes,
+def _partition(tokens, group, build_max, windowed, scaled, masked, out_f32, mesh, arg_shapes,
                result_shape):
     from jax.sharding import NamedSharding, PartitionSpec
 
@@ -352,21 +352,22 @@ def _partition(tokens, group, build_max, windowed, scaled, masked, mesh, arg_sha
 
     def lower(x, table, bottom_rows, scale, mask):
         return _native_call(x, table, bottom_rows, scale, mask, tokens, group, build_max,
-                            windowed, scaled, masked)
+                            windowed, scaled, masked, out_f32)
 
     return x_mesh, lower, x_sharding, (x_sharding, replicated, replicated, replicated,
                                        mask_sharding)
 
 
-def _infer(tokens, group, build_max, windowed, scaled, masked, mesh, arg_shapes, result_shape):
+def _infer(tokens, group, build_max, windowed, scaled, masked, out_f32, mesh, arg_shapes,
+           result_shape):
     from jax.sharding import NamedSharding, PartitionSpec
 
     spec = _batch_spec(arg_shapes[0].sharding, len(arg_shapes[0].shape))
     return NamedSharding(arg_shapes[0].sharding.mesh, PartitionSpec(*spec))
 
 
-def _sharding_rule(tokens, group, build_max, windowed, scaled, masked, mesh, value_types,
-                   result_types):
+def _sharding_rule(tokens, group, build_max, windowed, scaled, masked, out_f32, mesh,
+                   value_types, result_types):
     """``b0 b1 .. r n, t k, c, s, <mask> -> b0 b1 .. r n``: batch axes pass through; a mask axis
     of length 1 where x's is longer is a factor of its own."""
     x_shape, mask_shape = tuple(value_types[0].shape), tuple(value_types[4].shape)
@@ -379,12 +380,12 @@ def _sharding_rule(tokens, group, build_max, windowed, scaled, masked, mesh, val
     return rule, {"need_replication_factors": ("r", "n", "t", "k", "c", "s") + extra}
 
 
-@functools.partial(custom_partitioning, static_argnums=(5, 6, 7, 8, 9, 10))
+@functools.partial(custom_partitioning, static_argnums=(5, 6, 7, 8, 9, 10, 11))
 def _native_partitioned(x: Array, table: Array, bottom_rows: Array, scale: Array, mask: Array,
                         tokens: int, group: int, build_max: bool, windowed: bool, scaled: bool,
-                        masked: bool) -> Array:
+                        masked: bool, out_f32: bool) -> Array:
     return _native_call(x, table, bottom_rows, scale, mask, tokens, group, build_max, windowed,
-                        scaled, masked)
+                        scaled, masked, out_f32)
 
 
 # Sharded inputs: the batch axes keep their sharding (each device runs the kernel on its
@@ -421,9 +422,10 @@ def _native_fn(statics: tuple) -> object:
 
 
 def _native_softmax(x: Array, cfg: VLPConfig, tokens: int | None, scale: Array | None = None,
-                    mask: Array | None = None) -> Array:
+                    mask: Array | None = None, out_f32: bool = False) -> Array:
     """``_vlp_softmax(masked_scaled(x, scale, mask))`` by the native kernel (``x`` with the
-    softmax axis last; ``mask`` broadcastable to it, its axes in ``x``'s order)."""
+    softmax axis last; ``mask`` broadcastable to it, its axes in ``x``'s order); ``out_f32``:
+    the result as FP32."""
     if x.dtype not in (jnp.float32, jnp.bfloat16):
         x = masked_scaled(x, scale, mask)
         scale = mask = None
@@ -443,7 +445,8 @@ def _native_softmax(x: Array, cfg: VLPConfig, tokens: int | None, scale: Array |
     else:
         mask_op = jnp.asarray(mask)
         mask_op = mask_op.reshape((1,) * (x3.ndim - mask_op.ndim) + mask_op.shape)
-    statics = (t, g.size, cfg.build == "max", windowed, scale is not None, mask is not None)
+    statics = (t, g.size, cfg.build == "max", windowed, scale is not None, mask is not None,
+               out_f32)
     return _native_fn(statics)(x3, table, bottom, scale_op, mask_op).reshape(shape)
 
 
@@ -451,10 +454,11 @@ def _use_native() -> bool:
     return _native.register("softmax", (_NATIVE_HANDLER,))
 
 
-@functools.partial(jax.jit, static_argnames=("axis", "approx", "tokens", "native"))
+@functools.partial(jax.jit, static_argnames=("axis", "approx", "tokens", "native", "out_dtype"))
 def _softmax_jit(x: Array, axis: int, approx: object, tokens: int | None = None,
                  native: bool = False, scale: Array | None = None,
-                 mask: Array | None = None) -> Array:
+                 mask: Array | None = None, out_dtype: str = "bfloat16") -> Array:
+    out_f32 = out_dtype == "float32"
     if isinstance(approx, (VLPConfig, MugiL)):
         cfg = approx.config if isinstance(approx, MugiL) else approx
         if native and _use_native():  # registered in this process (a cached answer)
@@ -465,11 +469,12 @@ def _softmax_jit(x: Array, axis: int, approx: object, tokens: int | None = None,
                 ml = jnp.asarray(mask)
                 ml = jnp.moveaxis(ml.reshape((1,) * (x.ndim - ml.ndim) + ml.shape), axis, -1)
             out = jax.lax.platform_dependent(
-                xl, ml, scale, cpu=lambda v, m, s: _native_softmax(v, cfg, tokens, s, m),
-                default=lambda v, m, s: _vlp_softmax(masked_scaled(v, s, m), cfg, tokens))
+                xl, ml, scale, cpu=lambda v, m, s: _native_softmax(v, cfg, tokens, s, m, out_f32),
+                default=lambda v, m, s: _vlp_softmax(masked_scaled(v, s, m), cfg,
+                                                     tokens).astype(out_dtype))
         else:
             xl = jnp.moveaxis(masked_scaled(x, scale, mask), axis, -1)
-            out = _vlp_softmax(xl, cfg, tokens)
+            out = _vlp_softmax(xl, cfg, tokens).astype(out_dtype)
         return jnp.moveaxis(out, -1, axis)
     x = masked_scaled(x, scale, mask)
     x_ftz = flush_bf16(jnp.moveaxis(as_bf16(x), axis, -1))  # one consumer chain: fuses
@@ -480,7 +485,8 @@ def _softmax_jit(x: Array, axis: int, approx: object, tokens: int | None = None,
     u16 = jnp.uint16
     masked = jax.lax.bitcast_convert_type(x_ftz, u16) == u16(0xFF80)
     out = jnp.where(masked, u16(0), jax.lax.bitcast_convert_type(out, u16))  # -inf -> +0
-    return jnp.moveaxis(jax.lax.bitcast_convert_type(out, jnp.bfloat16), -1, axis)
+    out = jax.lax.bitcast_convert_type(out, jnp.bfloat16).astype(out_dtype)
+    return jnp.moveaxis(out, -1, axis)
 
 
 def _check_approx(approx: object) -> None:
@@ -490,7 +496,7 @@ def _check_approx(approx: object) -> None:
 
 def softmax(x: ArrayLike, axis: int = -1, approx: object = VLPConfig(),
             tokens: int | None = None, scale: ArrayLike | None = None,
-            mask: ArrayLike | None = None) -> Array:
+            mask: ArrayLike | None = None, out_dtype: str = "bfloat16") -> Array:
     """Softmax along ``axis`` with the exponential computed by ``approx``.
 
     ``Exact()``: ``jax.nn.softmax`` in FP32 (FP32 result).  Otherwise the BF16 pipeline of the
@@ -505,6 +511,9 @@ def softmax(x: ArrayLike, axis: int = -1, approx: object = VLPConfig(),
     :func:`masked_scaled` ``(x, scale, mask)``, bit for bit, i.e. of ``where(mask, x *
     float32(scale), -inf)``; the native CPU kernel applies both as it reads ``x`` (attention
     scores straight from ``Q K^T``), saving a pass.
+
+    ``out_dtype``: ``"bfloat16"`` or ``"float32"`` (the same BF16 values written as FP32, for a
+    caller that wants FP32: no conversion pass); ``Exact()`` always gives FP32.
     """
     _check_approx(approx)
     x = jnp.asarray(x)
@@ -516,13 +525,15 @@ def softmax(x: ArrayLike, axis: int = -1, approx: object = VLPConfig(),
         raise ValueError(f"axis: must be in [{-x.ndim}, {x.ndim}), got {axis}")
     check_tokens(x.shape, axis, tokens)
     check_scale_mask(x.shape, scale, mask)
+    if out_dtype not in ("bfloat16", "float32"):
+        raise ValueError(f"out_dtype: must be 'bfloat16' or 'float32', got {out_dtype!r}")
     if isinstance(approx, Exact):
         return _exact_softmax(x, axis % x.ndim, scale, mask)
     if x.size == 0:
-        return masked_scaled(x, scale, mask).astype(jnp.bfloat16)
+        return masked_scaled(x, scale, mask).astype(out_dtype)
     native = isinstance(approx, (VLPConfig, MugiL)) and _use_native()
     return _softmax_jit(x, axis % x.ndim, approx, tokens if x.ndim > 1 else None, native,
-                        scale, mask)
+                        scale, mask, out_dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("axis",))
