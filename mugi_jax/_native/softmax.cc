@@ -99,7 +99,7 @@ inline uint32_t widened(uint16_t v) { return uint32_t(v) << 16; }
 // and either zero is as good as the other (both give y = +-0, which read the same entry) - then
 // the codes.
 template <typename T, uint32_t (*Round)(T)>
-inline void row_codes(const T* __restrict x, int64_t n, uint16_t* __restrict z) {
+inline float row_codes(const T* __restrict x, int64_t n, uint16_t* __restrict z) {
   int32_t kmax = INT32_MIN;
   uint32_t nan = 0;
   for (int64_t i = 0; i < n; ++i) {
@@ -115,6 +115,7 @@ inline void row_codes(const T* __restrict x, int64_t n, uint16_t* __restrict z) 
     uint32_t y = (d + 0x7FFFu + ((d >> 16) & 1u)) >> 16;
     z[i] = uint16_t(r == 0xFF800000u ? ((y >> 6) & 0x201u) : y);
   }
+  return m;
 }
 
 // Pairwise-tree levels on v[0..size) (size a power of two; overwritten).
@@ -132,6 +133,7 @@ struct Scratch {
   std::vector<uint32_t> off;  // n table offsets (window rows)
   std::vector<float> e;       // one row of f32(e)
   std::vector<float> tree;    // the pairwise sum's levels (a power of two / 2)
+  std::vector<int64_t> lo, hi;  // per row of the unit: its live span
 };
 
 // Step 4 on e[0..n) (left intact): pairwise tree, zero-padded to a power of two; tree has room
@@ -223,48 +225,101 @@ inline void scaled_masked(const T* __restrict x, int64_t n, const Params& p,
   for (int64_t i = 0; i < n; ++i) v[i] = mb[i] ? v[i] : ninf;
 }
 
+// The span [lo, hi) of a mask row (n flags) holding every flag that is set, widened to whole
+// 16-element blocks (clamped to n); lo == hi: none is set.
+inline void mask_span(const bool* m, int64_t n, int64_t& lo, int64_t& hi) {
+  const uint8_t* mb = reinterpret_cast<const uint8_t*>(m);
+  int64_t first = 0, last = n;
+  for (; first + 8 <= n; first += 8) {
+    uint64_t w;
+    std::memcpy(&w, mb + first, 8);
+    if (w) break;
+  }
+  while (first < n && !mb[first]) ++first;
+  if (first == n) {
+    lo = hi = 0;
+    return;
+  }
+  for (; last - 8 >= first; last -= 8) {
+    uint64_t w;
+    std::memcpy(&w, mb + last - 8, 8);
+    if (w) break;
+  }
+  while (!mb[last - 1]) --last;
+  lo = first & ~int64_t(15);
+  hi = std::min(n, (last + 15) & ~int64_t(15));
+}
+
+// Codes of row j (z[j * n ...]) and its live span [lo, hi): outside it every input is -inf by
+// the mask, so its output is +0 and its e is -0 (y = -inf - max is -inf, the mask code 0x0200,
+// outside every window), or, where the maximum is NaN or -inf, y is NaN, whose masked e is a
+// NaN - but then a live y is NaN too (every y is), the sum is NaN either way and every output
+// is NaN or a masked +0.  So only the span is read and coded (its codes outside are not used).
+void unit_codes(const Params& p, int64_t b, int64_t t, int64_t h, int64_t j, Scratch& s,
+                int64_t& lo, int64_t& hi) {
+  const int64_t n = p.n;
+  const int64_t offset = ((b * p.heads + h) * p.tokens + t) * n;
+  uint16_t* z = &s.z[j * n];
+  lo = 0;
+  hi = n;
+  if (!p.scaled && p.mask == nullptr) {
+    if (p.x_is_f32)
+      row_codes<uint32_t, rounded_f32>(static_cast<const uint32_t*>(p.x) + offset, n, z);
+    else
+      row_codes<uint16_t, rounded_bf16>(static_cast<const uint16_t*>(p.x) + offset, n, z);
+    return;
+  }
+  const bool* m = p.mask == nullptr ? nullptr
+                                    : p.mask + p.mask_batch[b] + (h * p.tokens + t) * p.mask_row;
+  if (m != nullptr && p.mask_col == 1) mask_span(m, n, lo, hi);
+  if (hi == lo) {  // a fully masked row: the whole row (its y are NaN: the generic path)
+    lo = 0;
+    hi = n;
+  }
+  const int64_t len = hi - lo;
+  float* v = s.v.data();
+  if (p.x_is_f32)
+    scaled_masked(static_cast<const float*>(p.x) + offset + lo, len, p, m == nullptr ? m : m + lo,
+                  v);
+  else
+    scaled_masked(static_cast<const uint16_t*>(p.x) + offset + lo, len, p,
+                  m == nullptr ? m : m + lo, v);
+  row_codes<uint32_t, rounded_f32>(reinterpret_cast<const uint32_t*>(v), len, z + lo);
+}
+
 void run_unit(const Params& p, int64_t unit, Scratch& s) {
   const int64_t n = p.n, ngroups = (p.heads + p.group - 1) / p.group;
   const int64_t g = unit % ngroups, t = (unit / ngroups) % p.tokens, b = unit / (ngroups * p.tokens);
   const int64_t h0 = g * p.group, h1 = std::min(p.heads, h0 + p.group), rows = h1 - h0;
   auto offset = [&](int64_t h) { return ((b * p.heads + h) * p.tokens + t) * n; };
 
+  int64_t* lo = s.lo.data();
+  int64_t* hi = s.hi.data();
+  int64_t span_lo = n, span_hi = 0;  // the union of the rows' live spans
   for (int64_t j = 0; j < rows; ++j) {
-    if (p.scaled || p.mask != nullptr) {
-      const bool* m = p.mask == nullptr ? nullptr
-                                        : p.mask + p.mask_batch[b] + ((h0 + j) * p.tokens + t) * p.mask_row;
-      float* v = s.v.data();
-      if (p.x_is_f32)
-        scaled_masked(static_cast<const float*>(p.x) + offset(h0 + j), n, p, m, v);
-      else
-        scaled_masked(static_cast<const uint16_t*>(p.x) + offset(h0 + j), n, p, m, v);
-      row_codes<uint32_t, rounded_f32>(reinterpret_cast<const uint32_t*>(v), n, &s.z[j * n]);
-    } else if (p.x_is_f32) {
-      row_codes<uint32_t, rounded_f32>(static_cast<const uint32_t*>(p.x) + offset(h0 + j), n,
-                                       &s.z[j * n]);
-    } else {
-      row_codes<uint16_t, rounded_bf16>(static_cast<const uint16_t*>(p.x) + offset(h0 + j), n,
-                                        &s.z[j * n]);
-    }
+    unit_codes(p, b, t, h0 + j, j, s, lo[j], hi[j]);
+    span_lo = std::min(span_lo, lo[j]);
+    span_hi = std::max(span_hi, hi[j]);
   }
 
   uint32_t* __restrict off = s.off.data();
   if (p.bottom_rows == nullptr) {
     std::fill(off, off + n, 0u);
   } else {
-    // keys: the codes of negative normal y; else the empty-group fill (max: 0, min: 0xFFFF)
+    // keys: the codes of negative normal y; else the empty-group fill (max: 0, min: 0xFFFF).
+    // Outside a row's live span its codes are 0x0200: the fill, skipped.
     const uint32_t fill = p.build_max ? 0u : 0xFFFFu;
-    std::fill(off, off + n, fill);
+    std::fill(off + span_lo, off + span_hi, fill);
     for (int64_t j = 0; j < rows; ++j) {
       const uint16_t* __restrict zj = &s.z[j * n];
       if (p.build_max) {
-        for (int64_t i = 0; i < n; ++i) {
+        for (int64_t i = lo[j]; i < hi[j]; ++i) {
           uint32_t zi = zj[i];
           uint32_t key = uint16_t(zi - kNegNormalLo) < uint16_t(kNegNormalHi - kNegNormalLo) ? zi : 0u;
           off[i] = key > off[i] ? key : off[i];
         }
       } else {
-        for (int64_t i = 0; i < n; ++i) {
+        for (int64_t i = lo[j]; i < hi[j]; ++i) {
           uint32_t zi = zj[i];
           uint32_t key =
               uint16_t(zi - kNegNormalLo) < uint16_t(kNegNormalHi - kNegNormalLo) ? zi : 0xFFFFu;
@@ -272,17 +327,27 @@ void run_unit(const Params& p, int64_t unit, Scratch& s) {
         }
       }
     }
-    window_rows(p.bottom_rows, off, n);
+    window_rows(p.bottom_rows, off + span_lo, span_hi - span_lo);
   }
 
   for (int64_t j = 0; j < rows; ++j) {
     float* e = s.e.data();
-    lookup(p.table, off, &s.z[j * n], e, n);
+    const float masked_e = u2f(uint32_t(kMaskedE) << 16);  // e of code 0x0200 in every row
+    std::fill(e, e + lo[j], masked_e);
+    std::fill(e + hi[j], e + n, masked_e);
+    lookup(p.table, off + lo[j], &s.z[j * n + lo[j]], e + lo[j], hi[j] - lo[j]);
     const float total = pairwise_sum(e, n, s.tree.data());
-    if (p.out_f32)
-      divide_row(e, total, static_cast<uint32_t*>(p.out) + offset(h0 + j), n);
-    else
-      divide_row(e, total, static_cast<uint16_t*>(p.out) + offset(h0 + j), n);
+    if (p.out_f32) {
+      uint32_t* o = static_cast<uint32_t*>(p.out) + offset(h0 + j);
+      std::fill(o, o + lo[j], 0u);
+      std::fill(o + hi[j], o + n, 0u);
+      divide_row(e + lo[j], total, o + lo[j], hi[j] - lo[j]);
+    } else {
+      uint16_t* o = static_cast<uint16_t*>(p.out) + offset(h0 + j);
+      std::fill(o, o + lo[j], uint16_t(0));
+      std::fill(o + hi[j], o + n, uint16_t(0));
+      divide_row(e + lo[j], total, o + lo[j], hi[j] - lo[j]);
+    }
   }
 }
 
@@ -294,6 +359,8 @@ void run_units(const Params& p, int64_t begin, int64_t end) {
   s.z.resize(size_t(std::min(p.group, p.heads) * p.n));
   s.off.resize(size_t(p.n));
   s.e.resize(size_t(p.n));
+  s.lo.resize(size_t(std::min(p.group, p.heads)));
+  s.hi.resize(size_t(std::min(p.group, p.heads)));
   s.tree.resize(size_t(std::max<int64_t>(1, pow2 / 2)));
 #if defined(__SSE__)
   // XLA:CPU's multiply flushes subnormal operands and results (FTZ | DAZ): step 0 does too,
