@@ -35,6 +35,15 @@ def _bf16_product_oracle(a, w):
     return y.sum(1), bound
 
 
+@pytest.fixture(autouse=True)
+def _xla_kernels():
+    """This module tests the XLA kernels of fast mode and attention (on the CPU the native
+    kernel would take the larger products: tests/gemm/test_gemm_native.py tests that one)."""
+    from mugi_jax.gemm import native
+    with native.xla_only():
+        yield
+
+
 @pytest.fixture
 def fast_path(request, monkeypatch):
     """Force the fast-mode path of the small-``m`` cases: "sequential" (short ``k``, the default
