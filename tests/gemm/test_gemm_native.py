@@ -54,7 +54,7 @@ def _check_all(a, w, dp, with_sim=True, threads=(0, 1, 3)):
     return ref
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=4, deadline=None)
 @given(st.sampled_from(sorted(SCHEMES)), st.sampled_from(sorted(DATAPATHS)),
        st.sampled_from([16, 32, None]), st.integers(1, 40), st.integers(1, 2), st.integers(1, 70),
        st.booleans(), st.integers(0, 2**20))
@@ -132,7 +132,7 @@ def test_smollm2_shape_slice():
     a = activations(3, (64, 576), False, spread=3)
     w = weights(3, 576, 96, quant.SignMagnitudeInt4(group_size=32))
     dp = gemm.Mugi()
-    ref = _check_all(a, w, dp, with_sim=False, threads=(0, 2))
+    ref = _check_all(a, w, dp, with_sim=False, threads=(2,))
     oracle = sim.reference_matmul(a[:3], w, dp)
     assert same_bits(ref[:3], oracle)
 
@@ -185,7 +185,7 @@ def test_build_without_avx512(tmp_path):
     jax.ffi.register_ffi_target("mugi_test_vlp_gemm_portable", jax.ffi.pycapsule(handle.vlp_gemm),
                                 platform="cpu")
     dp = gemm.Mugi()
-    for scheme, specials in (("sm", True), ("asym_int", False)):
+    for scheme, specials in (("asym_int", True),):  # the offset dequantization too
         a = activations(11, (37, 64), specials)
         w = gemm.prepare_weight(weights(11, 64, 29, SCHEMES[scheme](32)), dp)
         kn = w.kn
