@@ -586,7 +586,8 @@ def _code_products(a: Array, kn: KN, numerics: CodeProducts, mode: str,
 
     if allow_native and native.fits(a.shape[0], kn, numerics.accumulator, mode):
         return lax.platform_dependent(
-            a, kn, cpu=lambda a, kn: native.vlp_gemm(a, kn, numerics.product), default=xla)
+            a, kn, cpu=lambda a, kn: native.vlp_gemm(a, kn, numerics.product, xla=xla),
+            default=xla)
     return xla(a, kn)
 
 

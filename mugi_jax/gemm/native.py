@@ -178,12 +178,29 @@ def _batchable(zero_point: str, product: str, threads: int, method: str) -> Call
     return call
 
 
-def vlp_gemm(a: Array, kn: KN, product: str, threads: int = 0, method: str = "auto") -> Array:
-    """``a`` ``(m, k)`` BF16 times the normalised weight ``kn`` (scales already flushed) on the
-    native kernel: exact mode's FP32-accumulator numerics.  ``threads``: 0 = the XLA CPU thread
-    pool (results do not depend on it); ``method``: a key of :data:`METHODS` (every path gives
-    the same bits; "auto" picks the fastest one available, the others are for tests).
-    Call only where :func:`fits` (and on the CPU)."""
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5))
+def _differentiable(a: Array, kn: KN, product: str, threads: int, method: str,
+                    xla: Callable | None) -> Array:
     zeros = kn.scales if kn.zeros is None else kn.zeros  # unread when there is no zero point
     return _batchable(kn.zero_point, product, threads, method)(
         a.astype(jnp.bfloat16), kn.codes, kn.scales, zeros)
+
+
+@_differentiable.defjvp
+def _differentiable_jvp(product, threads, method, xla, primals, tangents):
+    # the kernel has no derivative of its own: the XLA kernel's (the same function) serves
+    if xla is None:
+        raise NotImplementedError("vlp_gemm: differentiation needs the XLA kernel (xla=...)")
+    out = _differentiable(*primals, product, threads, method, xla)
+    return out, jax.jvp(xla, primals, tangents)[1]
+
+
+def vlp_gemm(a: Array, kn: KN, product: str, threads: int = 0, method: str = "auto",
+             xla: Callable | None = None) -> Array:
+    """``a`` ``(m, k)`` BF16 times the normalised weight ``kn`` (scales already flushed) on the
+    native kernel: exact mode's FP32-accumulator numerics.  ``threads``: 0 = the XLA CPU thread
+    pool (results do not depend on it); ``method``: a key of :data:`METHODS` (every path gives
+    the same bits; "auto" picks the fastest one available, the others are for tests); ``xla``:
+    the XLA kernel of the same function ``xla(a, kn)``, whose derivative the call takes (under
+    ``jax.grad`` / ``jvp``).  Call only where :func:`fits` (and on the CPU)."""
+    return _differentiable(a, kn, product, threads, method, xla)

@@ -198,3 +198,19 @@ def test_build_without_avx512(tmp_path):
             method=np.int64(0))
         assert same_bits(out, _xla_exact(a, kn, "bf16"))
     _ = handle
+
+
+def test_native_call_is_differentiable_as_the_xla_kernel():
+    """Under jax.grad the native call takes the XLA kernel's derivative (the tuner
+    differentiates through models' GEMMs)."""
+    dp = gemm.Mugi()
+    w = gemm.prepare_weight(weights(12, 64, 24, quant.SignMagnitudeInt4(group_size=32)), dp)
+    a = jax.random.normal(jax.random.PRNGKey(0), (16, 64))
+
+    def loss(a):
+        return jnp.sum(gemm.matmul(a, w, dp, mode="fast") ** 2)
+
+    assert "mugi_vlp_gemm" in jax.jit(loss).lower(a).as_text()
+    with native.xla_only():
+        want = jax.grad(loss)(a)
+    assert same_bits(jax.grad(loss)(a), want)
