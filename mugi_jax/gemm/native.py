@@ -3,7 +3,9 @@ products on the CPU.
 
 It computes exact mode's numerics (docs/numerics.md section 4) with an FP32 accumulator, bit for
 bit: products ``bf16(a q)`` (Mugi) or exact ``a q`` (MixPE) looked up from a 16-entry table per
-activation (AVX-512 ``vpermps``), summed per output sequentially in ``k`` within each group, then
+activation (AVX-512 BF16: ``vpermw`` lookups added in order by ``vdpbf16ps``, whose add order is
+checked on the CPU at first use; ``vpermps`` on FP32 tables for fewer rows; a portable scalar
+loop without AVX-512), summed per output sequentially in ``k`` within each group, then
 the group's dequantization and the sum over groups in order, every operation a separate IEEE
 FP32 operation with subnormals flushed.  Exact mode's order is one admissible fast-mode order, so
 fast mode uses it too where it is faster.  The weights are read as prepared (the int8 codes of
