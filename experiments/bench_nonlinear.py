@@ -221,7 +221,7 @@ def main() -> None:
         print(f"softmax: native kernel {'in use' if native_softmax() else 'NOT in use'} "
               "(MUGI_JAX_NATIVE=0 forces the XLA path)")
     if set(ops) - {"softmax"}:
-        used = importlib.import_module("mugi_jax.nonlinear.vlp")._native_ready()
+        used = importlib.import_module("mugi_jax.nonlinear.vlp").native_available()
         print(f"activations: native kernel {'in use' if used else 'NOT in use'} "
               "(MUGI_JAX_NATIVE=0 forces the XLA path)")
     for r in rows:

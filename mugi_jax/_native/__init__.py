@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["enabled", "register", "FLAGS", "cache_dir"]
+__all__ = ["enabled", "register", "FLAGS", "cache_dir", "mesh_axes"]
 
 #: Compiler flags.  ``-ffp-contract=off`` (no FMA contraction) and ``-fno-fast-math`` keep every
 #: FP32 operation a correctly rounded IEEE operation, as XLA computes it.
@@ -173,3 +173,9 @@ def _register(name: str, handlers: tuple[str, ...]) -> bool:
                    "(set MUGI_JAX_NATIVE=0 to silence)")
         return False
     return True
+
+
+def mesh_axes(entry: object) -> set:
+    """The mesh axes one entry of a ``PartitionSpec`` names (``None``, a name or a tuple of
+    names), for the kernels' ``custom_partitioning`` rules."""
+    return set() if entry is None else set(entry if isinstance(entry, tuple) else (entry,))

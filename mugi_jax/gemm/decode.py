@@ -56,10 +56,6 @@ def _native_ffi(x: Array, w: Array, threads: int) -> Array:
                             vmap_method="sequential")(x, w, threads=np.int64(threads))
 
 
-def _axes(entry: object) -> set:
-    return set() if entry is None else set(entry if isinstance(entry, tuple) else (entry,))
-
-
 def _partition(threads, mesh, arg_shapes, result_shape):
     """Each device multiplies its shard: ``n`` keeps the weight's split (no collective), a
     split ``k`` (row-parallel weights) gives partial sums added by ``psum`` (FP32 partial sums
@@ -73,8 +69,8 @@ def _partition(threads, mesh, arg_shapes, result_shape):
     wspec = tuple(w_shape.sharding.spec) + (None,) * (2 - len(w_shape.sharding.spec))
     mesh = w_shape.sharding.mesh
     k_axis, n_axis = wspec
-    used = _axes(k_axis) | _axes(n_axis)
-    lead = tuple(None if _axes(a) & used else a for a in xspec[:-1])
+    used = _native.mesh_axes(k_axis) | _native.mesh_axes(n_axis)
+    lead = tuple(None if _native.mesh_axes(a) & used else a for a in xspec[:-1])
     x_sharding = NamedSharding(mesh, PartitionSpec(*lead, k_axis))
     w_sharding = NamedSharding(mesh, PartitionSpec(k_axis, n_axis))
     y_sharding = NamedSharding(mesh, PartitionSpec(*lead, n_axis))

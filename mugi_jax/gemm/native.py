@@ -121,10 +121,6 @@ def _ffi(a: Array, codes: Array, scales: Array, zeros: Array, zero_point: str, p
         method=np.int64(METHODS[method]))
 
 
-def _axes(entry: object) -> set:
-    return set() if entry is None else set(entry if isinstance(entry, tuple) else (entry,))
-
-
 def _partition(zero_point, product, threads, method, mesh, arg_shapes, result_shape):
     """Rows and output columns keep their sharding; ``k`` is whole on every device (the
     sequential order of a group sum cannot be split)."""
@@ -135,7 +131,7 @@ def _partition(zero_point, product, threads, method, mesh, arg_shapes, result_sh
     wspec = tuple(codes_shape.sharding.spec) + (None,) * (2 - len(codes_shape.sharding.spec))
     mesh = codes_shape.sharding.mesh
     n_axis = wspec[1]
-    rows = None if _axes(aspec[0]) & _axes(n_axis) else aspec[0]
+    rows = None if _native.mesh_axes(aspec[0]) & _native.mesh_axes(n_axis) else aspec[0]
     a_sharding = NamedSharding(mesh, PartitionSpec(rows, None))
     w_sharding = NamedSharding(mesh, PartitionSpec(None, n_axis))
     out_sharding = NamedSharding(mesh, PartitionSpec(rows, n_axis))

@@ -450,7 +450,9 @@ def _native_softmax(x: Array, cfg: VLPConfig, tokens: int | None, scale: Array |
     return _native_fn(statics)(x3, table, bottom, scale_op, mask_op).reshape(shape)
 
 
-def _use_native() -> bool:
+def native_available() -> bool:
+    """Whether the native CPU softmax kernel (``mugi_jax/_native/softmax.cc``) is registered in
+    this process (False when ``MUGI_JAX_NATIVE=0`` or it cannot be compiled)."""
     return _native.register("softmax", (_NATIVE_HANDLER,))
 
 
@@ -461,7 +463,7 @@ def _softmax_jit(x: Array, axis: int, approx: object, tokens: int | None = None,
     out_f32 = out_dtype == "float32"
     if isinstance(approx, (VLPConfig, MugiL)):
         cfg = approx.config if isinstance(approx, MugiL) else approx
-        if native and _use_native():  # registered in this process (a cached answer)
+        if native and native_available():  # registered in this process (a cached answer)
             # the kernel applies the scale and the mask as it reads x (no pass of their own)
             xl = jnp.moveaxis(x, axis, -1)
             ml = None
@@ -531,7 +533,7 @@ def softmax(x: ArrayLike, axis: int = -1, approx: object = VLPConfig(),
         return _exact_softmax(x, axis % x.ndim, scale, mask)
     if x.size == 0:
         return masked_scaled(x, scale, mask).astype(out_dtype)
-    native = isinstance(approx, (VLPConfig, MugiL)) and _use_native()
+    native = isinstance(approx, (VLPConfig, MugiL)) and native_available()
     return _softmax_jit(x, axis % x.ndim, approx, tokens if x.ndim > 1 else None, native,
                         scale, mask, out_dtype)
 

@@ -343,7 +343,7 @@ def _vlp_xla(x: Array, fn: functions.Function, cfg: VLPConfig, axis: int, out_dt
 _NATIVE_HANDLER = "vlp_activation"
 
 
-def _native_ready() -> bool:
+def native_available() -> bool:
     """Whether the native CPU kernel (``mugi_jax/_native/vlp_activation.cc``) is registered;
     False when native kernels are disabled (``MUGI_JAX_NATIVE=0``) or cannot be compiled."""
     from mugi_jax import _native
@@ -474,7 +474,7 @@ def _vlp_jit(x: Array, fn: functions.Function, cfg: VLPConfig, axis: int,
         return _vlp_xla(x, fn, cfg, axis, out_dtype)
 
     last = x.ndim == 0 or norm_axis(axis, x.ndim) == x.ndim - 1
-    if native and last and _native_ready():
+    if native and last and native_available():
         return jax.lax.platform_dependent(
             x, cpu=lambda x: _vlp_native(x, fn, cfg, out_dtype), default=xla)
     return xla(x)

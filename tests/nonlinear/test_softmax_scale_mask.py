@@ -187,4 +187,4 @@ def test_bad_scale_mask_out_dtype(kw, msg):
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="no g++: the native kernel is not built")
 def test_the_kernel_is_in_use():
-    assert sm._use_native()
+    assert sm.native_available()

@@ -31,7 +31,7 @@ from .strategies import BF16, bf16_values, vlp_configs
 vlp_module = sys.modules["mugi_jax.nonlinear.vlp"]
 
 pytestmark = pytest.mark.skipif(
-    not vlp_module._native_ready(),
+    not vlp_module.native_available(),
     reason="native kernels unavailable (MUGI_JAX_NATIVE=0 or no C++ compiler)")
 
 SETTINGS = settings(max_examples=30, deadline=None,
