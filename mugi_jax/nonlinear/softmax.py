@@ -318,16 +318,105 @@ def _bottom_rows(cfg: VLPConfig) -> np.ndarray:
     return rows
 
 
+def _rounded_magnitude(a: np.ndarray | int, shift: int) -> np.ndarray | int:
+    """``a`` rounded half to even at bit ``shift`` (then shifted down): a BF16 magnitude pattern
+    rounded to ``7 - shift`` mantissa bits, the carry going into the exponent."""
+    if shift == 0:
+        return a
+    return (a + (1 << (shift - 1)) - 1 + ((a >> shift) & 1)) >> shift
+
+
+_PERM_SLOTS = 128  # slots of a permute-form row: two pairs of 32-lane word permutes
+_PERM_ROWS = 8     # table rows the permute form takes
+
+
+@functools.lru_cache(maxsize=64)
+def _compact_tables(cfg: VLPConfig, single: bool, windowed: bool
+                    ) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]] | None:
+    """The native kernel's compact forms of :func:`_softmax_exp_table` (and, ``windowed``, of
+    :func:`_bottom_rows`), derived from the tables and checked against them: ``(compact,
+    compact_rows, (a_lo, a_hi, k_lo, k_hi, shift, ra_lo, ra_hi))``, or None where they do not
+    compress so (the kernel then reads the full tables).
+
+    The codes the kernel meets are mostly *regular*: +0 and the non-positive, non-NaN y
+    patterns ``0x8000 | a`` (a <= 0x7F80, -inf included).  A table row, as a function of the
+    magnitude a, is f(0) on zero and subnormal a (a subnormal y counts as zero), constant on
+    ``[0x80, a_lo]`` (below the stored exponents) and on ``[a_hi, 0x7F80]`` (exp underflows):
+    so row r of ``compact`` is ``f(0)`` followed by the entries of ``[a_lo, a_hi]`` (about 1500
+    entries for the default unit against 65536), and a code reads index ``0`` for ``a < 0x80``,
+    else ``1 + clamp(a, a_lo, a_hi) - a_lo`` (one entry of padding follows the rows: the kernel
+    reads 32-bit words).  Where every row is moreover a function of ``ra`` =
+    :func:`_rounded_magnitude` ``(a, shift)`` (the unit rounds y's mantissa to M bits first)
+    with at most 128 slots (``0`` for zero/subnormal a, else ``1 + clamp(ra, ra_lo, ra_hi) -
+    ra_lo``), and there are at most 8 rows, those slots follow (128 per row; ``shift`` -1:
+    none): the kernel then looks them up by in-register permutes instead of gathers.
+    ``compact_rows[clamp(key, k_lo, k_hi) - k_lo]`` is the table row of a window key (the
+    bottom rows are constant outside ``[k_lo, k_hi]`` on the keys the kernel meets).  Other
+    codes (NaN y, masked inputs) read the full tables."""
+    full = np.asarray(_softmax_exp_table(cfg, single)).reshape(-1, 1 << 16)
+    nrows = full.shape[0]
+    neg = full[:, 0x8000:0xFF81]  # by magnitude a = 0 .. 0x7F80
+    changes = np.nonzero((neg[:, 0x81:] != neg[:, 0x80:-1]).any(axis=0))[0] + 0x81
+    if not changes.size:
+        a_lo = a_hi = 0x80
+    else:
+        a_lo, a_hi = int(changes[0]) - 1, int(changes[-1])
+    width = a_hi - a_lo + 2
+    compact = np.concatenate([neg[:, :1], neg[:, a_lo:a_hi + 1]], axis=1)
+    compact = np.append(compact.reshape(-1), np.uint16(0)).astype(np.uint16)
+    codes = np.concatenate([[0], np.arange(0x8000, 0xFF81)])
+    want = full[:, codes]
+    a = codes & 0x7FFF
+    index = np.where(a < 0x80, 0, np.clip(a, a_lo, a_hi) - a_lo + 1)
+    if not np.array_equal(compact[np.arange(nrows)[:, None] * width + index[None, :]], want):
+        return None  # e.g. a subnormal y not reading f(0): the full tables
+    perm_form = (-1, 0, 0)
+    for shift in range(7, -1, -1):  # the coarsest rounding the rows are functions of
+        ra_lo, ra_hi = _rounded_magnitude(a_lo, shift), _rounded_magnitude(a_hi, shift)
+        if ra_hi - ra_lo + 2 > _PERM_SLOTS or nrows > _PERM_ROWS:
+            break
+        slot = np.where(a < 0x80, 0,
+                        np.clip(_rounded_magnitude(a, shift), ra_lo, ra_hi) - ra_lo + 1)
+        perm = np.zeros((nrows, _PERM_SLOTS), np.uint16)
+        perm[:, slot] = want
+        if np.array_equal(perm[:, slot], want):
+            compact = np.concatenate([compact, perm.reshape(-1)])
+            perm_form = (shift, int(ra_lo), int(ra_hi))
+            break
+    k_lo = k_hi = 0
+    compact_rows = np.zeros(1, np.int32)
+    if windowed:
+        # the keys the kernel meets: the codes of negative normal y, and the empty group's fill
+        bottom = _bottom_rows(cfg).astype(np.int64)
+        lo, hi = _NEG_NORMAL
+        steps = np.nonzero(bottom[lo + 1:hi] != bottom[lo:hi - 1])[0] + lo
+        k_lo, k_hi = (int(steps[0]), int(steps[-1]) + 1) if steps.size else (lo, lo)
+        compact_rows = bottom[k_lo:k_hi + 1].astype(np.int32)
+        keys = np.append(np.arange(lo, hi), 0 if cfg.build == "max" else 0xFFFF)
+        if (not np.array_equal(compact_rows[np.clip(keys, k_lo, k_hi) - k_lo], bottom[keys])
+                or bottom[keys].max() >= nrows):
+            return None
+    compact.setflags(write=False)
+    compact_rows.setflags(write=False)
+    return compact, compact_rows, (a_lo, a_hi, k_lo, k_hi) + perm_form
+
+
 def _native_call(x: Array, table: Array, bottom_rows: Array, scale: Array, mask: Array,
-                 tokens: int, group: int, build_max: bool, windowed: bool, scaled: bool,
-                 masked: bool, out_f32: bool) -> Array:
+                 compact: Array, compact_rows: Array, tokens: int, group: int, build_max: bool,
+                 windowed: bool, scaled: bool, masked: bool, out_f32: bool,
+                 ranges: tuple[int, ...] | None) -> Array:
     """The native kernel on ``x`` of shape ``(batch..., rows, n)`` (at least 3-d); ``scale``
     (1,) FP32 and ``mask`` (``x``'s rank, each axis ``x``'s length or 1) are applied first when
-    ``scaled`` / ``masked``; ``out_f32``: the BF16 results written as FP32."""
+    ``scaled`` / ``masked``; ``out_f32``: the BF16 results written as FP32; ``ranges``: those of
+    the compact tables (:func:`_compact_tables`), None: the full tables only."""
+    a_lo, a_hi, k_lo, k_hi, shift, ra_lo, ra_hi = ranges or (0x80, 0x80, 0, 0, -1, 0, 0)
     return jax.ffi.ffi_call("mugi_" + _NATIVE_HANDLER, jax.ShapeDtypeStruct(
         x.shape, jnp.float32 if out_f32 else jnp.bfloat16))(
-        x, table, bottom_rows, scale, mask, tokens=np.int64(tokens), group=np.int64(group),
-        build_max=build_max, windowed=windowed, scaled=scaled, masked=masked)
+        x, table, bottom_rows, scale, mask, compact, compact_rows, tokens=np.int64(tokens),
+        group=np.int64(group), build_max=build_max, windowed=windowed, scaled=scaled,
+        masked=masked, compacted=ranges is not None, a_lo=np.int64(a_lo), a_hi=np.int64(a_hi),
+        k_lo=np.int64(k_lo), k_hi=np.int64(k_hi), shift=np.int64(shift), ra_lo=np.int64(ra_lo),
+        ra_hi=np.int64(ra_hi))
 
 
 def _batch_spec(sharding: object, ndim: int) -> tuple:
@@ -337,8 +426,8 @@ def _batch_spec(sharding: object, ndim: int) -> tuple:
     return spec[:ndim - 2] + (None, None)
 
 
-def _partition(tokens, group, build_max, windowed, scaled, masked, out_f32, mesh, arg_shapes,
-               result_shape):
+def _partition(tokens, group, build_max, windowed, scaled, masked, out_f32, ranges, mesh,
+               arg_shapes, result_shape):
     from jax.sharding import NamedSharding, PartitionSpec
 
     x_shape, mask_shape = arg_shapes[0].shape, arg_shapes[4].shape
@@ -350,42 +439,44 @@ def _partition(tokens, group, build_max, windowed, scaled, masked, out_f32, mesh
         a if m == n else None for a, m, n in zip(spec, mask_shape, x_shape))))
     replicated = NamedSharding(x_mesh, PartitionSpec())
 
-    def lower(x, table, bottom_rows, scale, mask):
-        return _native_call(x, table, bottom_rows, scale, mask, tokens, group, build_max,
-                            windowed, scaled, masked, out_f32)
+    def lower(x, table, bottom_rows, scale, mask, compact, compact_rows):
+        return _native_call(x, table, bottom_rows, scale, mask, compact, compact_rows, tokens,
+                            group, build_max, windowed, scaled, masked, out_f32, ranges)
 
     return x_mesh, lower, x_sharding, (x_sharding, replicated, replicated, replicated,
-                                       mask_sharding)
+                                       mask_sharding, replicated, replicated)
 
 
-def _infer(tokens, group, build_max, windowed, scaled, masked, out_f32, mesh, arg_shapes,
-           result_shape):
+def _infer(tokens, group, build_max, windowed, scaled, masked, out_f32, ranges, mesh,
+           arg_shapes, result_shape):
     from jax.sharding import NamedSharding, PartitionSpec
 
     spec = _batch_spec(arg_shapes[0].sharding, len(arg_shapes[0].shape))
     return NamedSharding(arg_shapes[0].sharding.mesh, PartitionSpec(*spec))
 
 
-def _sharding_rule(tokens, group, build_max, windowed, scaled, masked, out_f32, mesh,
+def _sharding_rule(tokens, group, build_max, windowed, scaled, masked, out_f32, ranges, mesh,
                    value_types, result_types):
-    """``b0 b1 .. r n, t k, c, s, <mask> -> b0 b1 .. r n``: batch axes pass through; a mask axis
-    of length 1 where x's is longer is a factor of its own."""
+    """``b0 b1 .. r n, t k, c, s, <mask>, u, v -> b0 b1 .. r n``: batch axes pass through; a
+    mask axis of length 1 where x's is longer is a factor of its own."""
     x_shape, mask_shape = tuple(value_types[0].shape), tuple(value_types[4].shape)
     nb = len(x_shape) - 2
     xf = [f"b{i}" for i in range(nb)] + ["r", "n"]
     mf = [f if m == n else f"m{i}" for i, (f, m, n) in enumerate(zip(xf, mask_shape, x_shape))]
     x_s = " ".join(xf)
-    rule = f"{x_s}, t k, c, s, {' '.join(mf)} -> {x_s}"
+    rule = f"{x_s}, t k, c, s, {' '.join(mf)}, u, v -> {x_s}"
     extra = tuple(f for f in mf if f.startswith("m"))
-    return rule, {"need_replication_factors": ("r", "n", "t", "k", "c", "s") + extra}
+    # in the order the factors first appear in the rule
+    return rule, {"need_replication_factors": ("r", "n", "t", "k", "c", "s") + extra + ("u", "v")}
 
 
-@functools.partial(custom_partitioning, static_argnums=(5, 6, 7, 8, 9, 10, 11))
+@functools.partial(custom_partitioning, static_argnums=tuple(range(7, 15)))
 def _native_partitioned(x: Array, table: Array, bottom_rows: Array, scale: Array, mask: Array,
-                        tokens: int, group: int, build_max: bool, windowed: bool, scaled: bool,
-                        masked: bool, out_f32: bool) -> Array:
-    return _native_call(x, table, bottom_rows, scale, mask, tokens, group, build_max, windowed,
-                        scaled, masked, out_f32)
+                        compact: Array, compact_rows: Array, tokens: int, group: int,
+                        build_max: bool, windowed: bool, scaled: bool, masked: bool,
+                        out_f32: bool, ranges: tuple[int, ...] | None) -> Array:
+    return _native_call(x, table, bottom_rows, scale, mask, compact, compact_rows, tokens, group,
+                        build_max, windowed, scaled, masked, out_f32, ranges)
 
 
 # Sharded inputs: the batch axes keep their sharding (each device runs the kernel on its
@@ -400,12 +491,13 @@ def _native_fn(statics: tuple) -> object:
     axes of the kernel (a batched mask keeps its own; a batched scale is applied before the
     call, on the XLA side)."""
     @jax.custom_batching.custom_vmap
-    def call(x, table, bottom_rows, scale, mask):
-        return _native_partitioned(x, table, bottom_rows, scale, mask, *statics)
+    def call(x, table, bottom_rows, scale, mask, compact, compact_rows):
+        return _native_partitioned(x, table, bottom_rows, scale, mask, compact, compact_rows,
+                                   *statics)
 
     @call.def_vmap
-    def _(axis_size, in_batched, x, table, bottom_rows, scale, mask):
-        if in_batched[1] or in_batched[2]:
+    def _(axis_size, in_batched, x, table, bottom_rows, scale, mask, compact, compact_rows):
+        if in_batched[1] or in_batched[2] or in_batched[5] or in_batched[6]:
             raise NotImplementedError("softmax: the native kernel's tables are not batched")
         if not in_batched[0]:
             x = jnp.broadcast_to(x, (axis_size,) + x.shape)
@@ -415,8 +507,8 @@ def _native_fn(statics: tuple) -> object:
             x = x.astype(jnp.float32) * scale.reshape((axis_size,) + (1,) * (x.ndim - 1))
             unscaled = statics[:4] + (False,) + statics[5:]
             return _native_fn(unscaled)(x, table, bottom_rows, jnp.ones((1,), jnp.float32),
-                                        mask), True
-        return call(x, table, bottom_rows, scale, mask), True
+                                        mask, compact, compact_rows), True
+        return call(x, table, bottom_rows, scale, mask, compact, compact_rows), True
 
     return call
 
@@ -445,9 +537,13 @@ def _native_softmax(x: Array, cfg: VLPConfig, tokens: int | None, scale: Array |
     else:
         mask_op = jnp.asarray(mask)
         mask_op = mask_op.reshape((1,) * (x3.ndim - mask_op.ndim) + mask_op.shape)
+    packed = _compact_tables(cfg, g.size == 1, windowed)
+    compact, compact_rows, ranges = packed if packed else (np.zeros(1, np.uint16),
+                                                          np.zeros(1, np.int32), None)
     statics = (t, g.size, cfg.build == "max", windowed, scale is not None, mask is not None,
-               out_f32)
-    return _native_fn(statics)(x3, table, bottom, scale_op, mask_op).reshape(shape)
+               out_f32, ranges)
+    return _native_fn(statics)(x3, table, bottom, scale_op, mask_op, jnp.asarray(compact),
+                               jnp.asarray(compact_rows)).reshape(shape)
 
 
 def native_available() -> bool:

@@ -190,27 +190,41 @@ def test_window_below_the_top(build):
     assert native.view(np.uint16)[0, 1] != top.view(np.uint16)[0, 1]  # the window matters here
 
 
-def _plain(x, cfg, tokens, ftz_daz):
+def _plain(x, cfg, tokens, ftz_daz, form="permute"):
     """The kernel's ``softmax_vlp_plain`` entry on ``x`` (rows, n), on this thread, with the
-    MXCSR FTZ/DAZ bits set or cleared."""
+    MXCSR FTZ/DAZ bits set or cleared, reading the tables in ``form``: "full" (the full tables
+    only), "compact" (gathers from the compact rows) or "permute" (the permute form where the
+    configuration has one, else as "compact")."""
     import ctypes
 
     lib = _native._libraries["softmax"]
     fn = lib.softmax_vlp_plain
     fn.restype = None
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
-                   ctypes.c_void_p] + [ctypes.c_int64] * 5 + [ctypes.c_int, ctypes.c_int]
+    fn.argtypes = ([ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * 6
+                   + [ctypes.c_int64] * 13 + [ctypes.c_int, ctypes.c_int])
     rows, n = x.shape
     heads = rows // tokens
     group = min(cfg.window_group, heads)
     windowed = group > 1 and cfg.lut_exponents != cfg.window
     table = np.ascontiguousarray(sm._softmax_exp_table(cfg, group == 1))
+    table_rows = table.size >> 16
     bottom = np.ascontiguousarray(sm._bottom_rows(cfg)) if windowed else None
+    compact = rows_of_keys = perm = None
+    ranges = (0x80, 0x80, 0, 0, -1, 0, 0)
+    if form != "full":
+        compact, rows_of_keys, ranges = sm._compact_tables(cfg, group == 1, windowed)
+        a_lo, a_hi = ranges[:2]
+        if form == "permute" and ranges[4] >= 0:
+            perm = compact[table_rows * (a_hi - a_lo + 2) + 1:]
     xs = np.ascontiguousarray(x if x.dtype == np.float32 else x.view(np.uint16))
     out = np.empty(x.shape, np.uint16)
-    fn(xs.ctypes.data, int(x.dtype == np.float32), out.ctypes.data, table.ctypes.data,
-       None if bottom is None else bottom.ctypes.data, 1, heads, tokens, n, group,
-       int(cfg.build == "max"), int(ftz_daz))
+
+    def ptr(a):
+        return None if a is None else a.ctypes.data
+
+    fn(xs.ctypes.data, int(x.dtype == np.float32), out.ctypes.data, ptr(table), ptr(bottom),
+       ptr(compact), ptr(rows_of_keys) if windowed else None, ptr(perm), table_rows, *ranges, 1,
+       heads, tokens, n, group, int(cfg.build == "max"), int(ftz_daz))
     return out.view(BF16)
 
 
@@ -227,15 +241,17 @@ def test_results_do_not_depend_on_the_flush_to_zero_mode(dtype):
         [1e-39, -1e-39, 5e-40, -3.0, -1e-45, 0.0] + [-0.5] * 6,       # subnormal inputs
         [1e-39, -1e-39, -2e-39, -3e-39, -1e-45, -0.0] + [-4e-39] * 6,  # subnormal maximum
     ], np.float32)
+    rows = np.tile(rows, (1, 3))  # 36 columns: the kernel's 16- and 32-lane blocks too
     x = rows if dtype == "float32" else rows.astype(BF16)
     for cfg in (nl.VLPConfig(mantissa_bits=7, e_top=7, window_group=1),
                 nl.VLPConfig(mantissa_bits=7, e_top=7, window_group=2),
                 nl.VLPConfig(window_group=4, build="min", e_top=-100)):
         _, xla = _native_and_xla(x, cfg, -1, 1)
         for mode in (0, 1):
-            got = _plain(x, cfg, 1, mode)
-            np.testing.assert_array_equal(got.view(np.uint16), xla.view(np.uint16),
-                                          err_msg=f"{cfg} ftz_daz={mode}")
+            for form in ("permute", "compact", "full"):
+                got = _plain(x, cfg, 1, mode, form)
+                np.testing.assert_array_equal(got.view(np.uint16), xla.view(np.uint16),
+                                              err_msg=f"{cfg} ftz_daz={mode} {form}")
 
 
 def test_other_float_dtypes_round_at_entry():
