@@ -214,3 +214,16 @@ def test_native_call_is_differentiable_as_the_xla_kernel():
     with native.xla_only():
         want = jax.grad(loss)(a)
     assert same_bits(jax.grad(loss)(a), want)
+
+
+def test_pair_path_row_and_column_remainders():
+    """The pair path's register blocks (8 rows x 48 columns): every remainder of rows in a
+    block (items of 32 rows: 33, 38, 40 rows leave 1, 6, 8) and a partial column block,
+    against the XLA kernel and the NumPy simulator, on every path."""
+    rng = np.random.default_rng(7)
+    k, n = 64, 100  # two groups of 32; columns 48 + 48 + 4
+    w = quant.quantize(jnp.asarray(rng.standard_normal((k, n)), jnp.float32),
+                       quant.SignMagnitudeInt4(group_size=32, axis=0))
+    a = jnp.asarray(rng.standard_normal((40, k)), jnp.float32).astype(jnp.bfloat16)
+    for m in (33, 38, 40):
+        _check_all(a[:m], w, gemm.Mugi(), threads=(0,))
