@@ -143,3 +143,20 @@ def test_masked_scaled_rows_on_the_permute_form():
     xla = formats.to_numpy(sm._softmax_jit(x, 3, cfg, 1, False, jnp.float32(0.125), mask,
                                            "float32"))
     np.testing.assert_array_equal(native.view(np.uint32), xla.view(np.uint32))
+
+
+@pytest.mark.parametrize("cfg", [nl.VLPConfig(), nl.VLPConfig(lut_exponents=9, window_group=3)])
+@pytest.mark.parametrize("out_dtype", ["bfloat16", "float32"])
+def test_long_rows_divide_by_quotient_tables(cfg, out_dtype):
+    """Rows of 600 keys with one or two table rows (a single-row table; windows of 2 rows): the
+    kernel divides by per-row quotient tables of the permute slots (special lanes by their own
+    division), with and without a live span (left padding): XLA path and simulator bits."""
+    assert _native.register("softmax", [sm._NATIVE_HANDLER])
+    x = _scores(5, (2, 3, 600), "float32")
+    x[0, 0, :77] = -np.inf  # a live span starting inside a block
+    xj = jnp.asarray(x)
+    native = formats.to_numpy(sm._softmax_jit(xj, 2, cfg, 1, True, out_dtype=out_dtype))
+    xla = formats.to_numpy(sm._softmax_jit(xj, 2, cfg, 1, False, out_dtype=out_dtype))
+    native, xla = native.astype(BF16), xla.astype(BF16)  # FP32 out holds BF16 values: exact
+    assert same_bits_nan_aware(native, xla)
+    assert same_bits_nan_aware(native, _simulated(x, cfg, 1))
