@@ -248,18 +248,28 @@ float row_max(const T* __restrict x, int64_t n, const Params& p, const bool* __r
     nan = vn != 0;
   }
 #endif
-  for (; i < n; ++i) {
-    uint32_t u = widened(x[i]);
-    if (step0) {
-      float f = u2f(u);
-      if (p.scaled) f = f * scale;
-      if (per_col && !mb[i]) f = ninf;
-      v[i] = f;
-      u = f2u(f);
+  // (the tail, or the whole row without AVX-512: one branch-free loop per case, which
+  // vectorise)
+  if (!step0) {
+    for (; i < n; ++i) {
+      uint32_t u = widened(x[i]);
+      int32_t k = order_key(u);
+      kmax = k > kmax ? k : kmax;
+      nan |= (u & 0x7FFFFFFFu) > 0x7F800000u;
     }
-    int32_t k = order_key(u);
-    kmax = k > kmax ? k : kmax;
-    nan |= (u & 0x7FFFFFFFu) > 0x7F800000u;
+  } else {
+    if (p.scaled)
+      for (int64_t k0 = i; k0 < n; ++k0) v[k0] = u2f(widened(x[k0])) * scale;
+    else
+      for (int64_t k0 = i; k0 < n; ++k0) v[k0] = u2f(widened(x[k0]));
+    if (per_col)
+      for (int64_t k0 = i; k0 < n; ++k0) v[k0] = mb[k0] ? v[k0] : ninf;
+    for (; i < n; ++i) {
+      uint32_t u = f2u(v[i]);
+      int32_t k = order_key(u);
+      kmax = k > kmax ? k : kmax;
+      nan |= (u & 0x7FFFFFFFu) > 0x7F800000u;
+    }
   }
   if (nan) return u2f(0x7FC00000u);
   const uint32_t top = uint32_t(order_key(uint32_t(kmax)));
@@ -294,17 +304,20 @@ void row_codes(const T* __restrict x, int64_t n, float m, uint16_t* __restrict z
     }
   }
 #endif
-  for (; i < n; ++i) {
+  const int64_t start = i;
+  for (; i < n; ++i) {  // (one branch-free loop per step: they vectorise without AVX-512)
     uint32_t r;
     if constexpr (sizeof(T) == 4)
       r = rounded_f32(x[i]);
     else
       r = rounded_bf16(x[i]);
-    uint32_t zi = code_of(r, m);
-    z[i] = uint16_t(zi);
-    if (ext != nullptr) {
-      uint32_t key = uint16_t(zi - kNegNormalLo) < uint16_t(kNegNormalHi - kNegNormalLo)
-                         ? zi : (build_max ? 0u : 0xFFFFu);
+    z[i] = uint16_t(code_of(r, m));
+  }
+  if (ext != nullptr) {
+    const uint32_t fill = build_max ? 0u : 0xFFFFu;
+    for (i = start; i < n; ++i) {
+      uint32_t zi = z[i];
+      uint32_t key = uint16_t(zi - kNegNormalLo) < uint16_t(kNegNormalHi - kNegNormalLo) ? zi : fill;
       ext[i] = build_max ? (key > ext[i] ? key : ext[i]) : (key < ext[i] ? key : ext[i]);
     }
   }
