@@ -132,24 +132,35 @@ class LayerStack:
 
 @struct.dataclass
 class Cache:
-    """KV cache of all layers: ``k``/``v`` are ``(layers, batch, slots, kv_heads, head_dim)``,
-    ``valid`` is ``(batch, slots)``, ``index`` the next slot to write (scalar int32)."""
+    """KV cache of all layers: ``k``/``v`` hold one ``(batch * kv_heads, slots, head_dim)``
+    array per layer (row ``b * kv_heads + h``: batch row ``b``, KV head ``h``), ``valid`` is
+    ``(batch, slots)``, ``index`` the next slot to write (scalar int32).
 
-    k: Float[Array, "L B S H D"]
-    v: Float[Array, "L B S H D"]
+    This layout is what a decode step can update in place: a step writes its token's rows into
+    each layer's array (``dynamic_update_slice``, in place in the decode loop's carry) and the
+    attention GEMMs read that array as it is - head-major, with the batch and head dimensions
+    merged as XLA's batched dot merges them (a ``(batch, kv_heads, ...)`` array made XLA:CPU
+    give the GEMMs a reshaped copy and copy every layer's cache twice per step).  The previous
+    layout, one ``(layers, batch, slots, kv_heads, head_dim)`` array, made every step slice each
+    layer out, transpose it for the GEMMs and stack the layers back (SmolLM2, 576 slots: ~12 of
+    ~45 ms per step; docs/models.md "Throughput")."""
+
+    k: tuple[Float[Array, "BH S D"], ...]
+    v: tuple[Float[Array, "BH S D"], ...]
     valid: Bool[Array, "B S"]
     index: Int[Array, ""]
 
     @classmethod
     def init(cls, config: DecoderConfig, batch: int, slots: int,
              dtype: jnp.dtype = jnp.float32) -> "Cache":
-        shape = (config.n_layers, batch, slots, config.n_kv_heads, config.head_dim)
-        return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+        shape = (batch * config.n_kv_heads, slots, config.head_dim)
+        zeros = tuple(jnp.zeros(shape, dtype) for _ in range(config.n_layers))
+        return cls(k=zeros, v=tuple(jnp.zeros(shape, dtype) for _ in range(config.n_layers)),
                    valid=jnp.zeros((batch, slots), bool), index=jnp.zeros((), jnp.int32))
 
     @property
     def slots(self) -> int:
-        return self.k.shape[2]
+        return self.k[0].shape[1]
 
 
 def rope_frequencies(head_dim: int, theta: float,
@@ -302,19 +313,26 @@ class Attention(nnx.Module):
         qk = policy.op(a + "scores", numerics.SCORES)
         pv = policy.op(a + "context", numerics.CONTEXT)
         cache_fmt = policy.op(a + "kv_cache", numerics.KV_CACHE)
-        k = cache_fmt.store(rot(k).transpose(0, 2, 1, 3), qk).transpose(0, 2, 1, 3)
-        v = cache_fmt.store(v.transpose(0, 2, 1, 3), pv).transpose(0, 2, 1, 3)
+        # head-major (B, KV heads, T, D): the cache's layout and the attention GEMMs' operands
+        k = cache_fmt.store(rot(k).transpose(0, 2, 1, 3), qk)
+        v = cache_fmt.store(v.transpose(0, 2, 1, 3), pv)
         if kv is None:  # keys are this call's tokens, slots 0..T-1
             keys, values, key_valid = k, v, valid
             new_kv = None
         else:
             ck, cv, cvalid = kv
             start = q_slots[0]
-            keys = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, start, 0, 0))
-            values = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, start, 0, 0))
+            # the new rows written into the layer's cache array (rows: batch x KV heads), which
+            # a decode loop carries, so XLA updates it in place; the attention GEMMs read the
+            # written array as it is (their batch dimensions, merged, are its rows)
+            def write(c: Array, x: Array) -> Array:
+                rows = x.astype(c.dtype).reshape(b * cfg.n_kv_heads, t, cfg.head_dim)
+                return jax.lax.dynamic_update_slice(c, rows, (0, start, 0))
+
+            new_kv = (write(ck, k), write(cv, v))
+            keys, values = (c.reshape(b, cfg.n_kv_heads, *c.shape[1:]) for c in new_kv)
             key_valid = cvalid
-            new_kv = (keys, values)
-        k_slots = jnp.arange(keys.shape[1])
+        k_slots = jnp.arange(keys.shape[2])
         causal = k_slots[None, :] <= q_slots[:, None]  # T S
         if self.window is not None:
             # valid slots of a row are contiguous (padding is on the left), so a slot distance
@@ -334,9 +352,8 @@ class Attention(nnx.Module):
             # the uncached path's shapes, hence its bits (XLA:CPU's dots give other bits with
             # other key counts, e.g. 520 slots against 512: tests/models/test_kivi.py)
             ks, vs, m = (keys, values, mask) if causal is None else \
-                (keys[:, :t], values[:, :t], mask[..., :t])
-            scores = qk.scores(qg, ks.transpose(0, 2, 1, 3), cache_fmt, row_slots,
-                               causal=causal)
+                (keys[:, :, :t], values[:, :, :t], mask[..., :t])
+            scores = qk.scores(qg, ks, cache_fmt, row_slots, causal=causal)
             # the softmax of where(mask, scores * scale, -inf): handed over unapplied, so that
             # a fused kernel applies them as it reads the scores (the mask's rows: g x T, the
             # query heads of a KV head, head-major, shared by the KV heads)
@@ -347,8 +364,7 @@ class Attention(nnx.Module):
             # model would not be causal, and the uncached path would differ from the cached one.
             probs = softmax.softmax(scores, axis=-1, tokens=t, scale=jnp.float32(cfg.attn_scale),
                                     mask=row_mask.reshape(b, 1, g * t, -1))
-            return pv.context(probs, vs.transpose(0, 2, 1, 3), cache_fmt, row_slots,
-                              causal=causal)  # B kh (g t) D
+            return pv.context(probs, vs, cache_fmt, row_slots, causal=causal)  # B kh (g t) D
 
         if kv is None:  # keys are this call's tokens, slots 0..T-1
             out = attend(t)
@@ -460,7 +476,8 @@ class Llama(nnx.Module):
 
     def _scan_layers(self, stack: LayerStack, x: Array, positions: Array, q_slots: Array,
                      policy: numerics.Policy, cache: Cache | None, cvalid: Array | None,
-                     valid: Array) -> tuple[Array, Array | None, Array | None]:
+                     valid: Array) -> tuple[Array, tuple[Array, ...] | None,
+                                        tuple[Array, ...] | None]:
         """Run the layers as :class:`LayerStack` says: the head unrolled, one ``lax.scan`` over
         the groups (the traced program holds ``period`` layers, not ``n_layers``), the tail
         unrolled.  Every layer computes exactly what the unrolled loop computes (same ops, same
@@ -475,8 +492,8 @@ class Llama(nnx.Module):
                 kv = None if cache is None else (cache.k[i], cache.v[i], cvalid)
                 x, nkv = block(x, positions, q_slots, policy, kv, valid)
                 if nkv is not None:
-                    new_k.append(nkv[0][None])
-                    new_v.append(nkv[1][None])
+                    new_k.append(nkv[0])
+                    new_v.append(nkv[1])
             return x
 
         def group(x: Array, xs: Any) -> tuple[Array, Any]:
@@ -494,16 +511,17 @@ class Llama(nnx.Module):
         x = unrolled(x, stack.head, 0)
         kv_xs = None
         if cache is not None:
-            per_group = lambda a: a[first:end].reshape(g, p, *a.shape[1:])  # noqa: E731
+            # the scan's slices of the scanned layers' caches (a prefill: one copy of the cache)
+            per_group = lambda a: jnp.stack(a[first:end]).reshape(g, p, *a[0].shape)  # noqa: E731
             kv_xs = (per_group(cache.k), per_group(cache.v))
         x, scanned_kv = jax.lax.scan(group, x, (jnp.arange(g), kv_xs))
         if cache is not None:
-            new_k.append(scanned_kv[0].reshape(g * p, *scanned_kv[0].shape[2:]))
-            new_v.append(scanned_kv[1].reshape(g * p, *scanned_kv[1].shape[2:]))
+            new_k.extend(scanned_kv[0][gi, j] for gi in range(g) for j in range(p))
+            new_v.extend(scanned_kv[1][gi, j] for gi in range(g) for j in range(p))
         x = unrolled(x, stack.tail, end)
         if cache is None:
             return x, None, None
-        return x, jnp.concatenate(new_k), jnp.concatenate(new_v)
+        return x, tuple(new_k), tuple(new_v)
 
     def __call__(self, tokens: Int[Array, "B T"], policy: numerics.Policy = numerics.EXACT, *,
                  cache: Cache | None = None, valid: Bool[Array, "B T"] | None = None,
@@ -536,7 +554,7 @@ class Llama(nnx.Module):
                     new_k.append(nkv[0])
                     new_v.append(nkv[1])
             if cache is not None:
-                new_k, new_v = jnp.stack(new_k), jnp.stack(new_v)
+                new_k, new_v = tuple(new_k), tuple(new_v)
         else:
             x, new_k, new_v = self._scan_layers(stack, x, positions, q_slots, policy, cache,
                                                 cvalid if cache is not None else None, valid)

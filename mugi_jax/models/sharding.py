@@ -221,13 +221,15 @@ def shard_prepared(model: nnx.Module, policy: Any, mesh: Mesh, fallback: bool = 
 
 
 def cache_sharding(mesh: Mesh, config: Any, fallback: bool = False) -> Any:
-    """Shardings of a :class:`~mugi_jax.models.llama.Cache`: rows along ``data``, KV heads along
-    ``model`` (when they divide)."""
+    """Shardings of a :class:`~mugi_jax.models.llama.Cache`: rows along ``data``.  A layer's
+    cache rows are ``batch x kv_heads`` merged, batch-major, so a ``data`` group holds every KV
+    head of its batch rows: the heads are not split along ``model`` (a merged axis split along
+    ``data`` and ``model`` would give a device the heads of a batch row only when one batch row
+    falls to each ``data`` group)."""
     from mugi_jax.models.llama import Cache
 
-    replicated = check_divisible(config, mesh, fallback)
-    heads = None if "kv_heads" in replicated else LOGICAL_AXIS_RULES["kv_heads"]
-    kv = NamedSharding(mesh, P(None, "data", None, heads, None))
+    check_divisible(config, mesh, fallback)
+    kv = (NamedSharding(mesh, P("data", None, None)),) * config.n_layers  # one per layer
     return Cache(k=kv, v=kv, valid=NamedSharding(mesh, P("data", None)),
                  index=NamedSharding(mesh, P()))
 

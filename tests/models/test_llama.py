@@ -31,6 +31,33 @@ def test_cached_prefill_and_decode_equal_uncached(tiny_model, tiny_config):
     assert int(cache.index) == 12
 
 
+def test_cache_rows_hold_each_rows_and_heads_keys(tiny_model, tiny_config):
+    """Layer 0's cache after a prefill and two decode steps holds, at row ``b * kv_heads + h``
+    and slot ``s``, the RoPE'd key / the value of batch row ``b``, KV head ``h``, token ``s``,
+    computed here from the weights (embedding, norm, projection, rotation) for each token."""
+    from mugi_jax.models.llama import rope
+
+    cfg = tiny_config
+    toks = _tokens(2, 9, seed=3)
+    cache = Cache.init(cfg, 2, 12)
+    _, cache = forward(tiny_model, toks[:, :7], cache=cache)
+    for i in (7, 8):
+        _, cache = forward(tiny_model, toks[:, i:i + 1], cache=cache)
+    assert len(cache.k) == cfg.n_layers and cache.slots == 12
+    assert cache.k[0].shape == (2 * cfg.n_kv_heads, 12, cfg.head_dim)
+    block = tiny_model.layers[0]
+    h = block.attn_norm(jnp.take(tiny_model.embed[...], toks, axis=0))
+    k = (h @ block.attn.k_proj.kernel[...]).reshape(2, 9, cfg.n_kv_heads, cfg.head_dim)
+    v = (h @ block.attn.v_proj.kernel[...]).reshape(2, 9, cfg.n_kv_heads, cfg.head_dim)
+    k = rope(k, jnp.broadcast_to(jnp.arange(9), (2, 9)), cfg.rope_theta, cfg.rope_layout)
+    for b in range(2):
+        for hd in range(cfg.n_kv_heads):
+            row = b * cfg.n_kv_heads + hd
+            np.testing.assert_allclose(cache.k[0][row, :9], k[b, :, hd], atol=1e-5)
+            np.testing.assert_allclose(cache.v[0][row, :9], v[b, :, hd], atol=1e-5)
+            assert not np.asarray(cache.k[0][row, 9:]).any()  # free slots untouched
+
+
 def test_left_padding_does_not_change_logits(tiny_model):
     toks = _tokens(1, 6)
     ref, _ = forward(tiny_model, toks)
