@@ -92,16 +92,12 @@ def load_average() -> str:
         return "n/a"
 
 
-def stage_times(fn: Callable[[], Any], repeats: int, hlo_text: str = "") -> list[dict]:
-    """Time of each compiled stage (XLA:CPU thunk: one fusion, reduction, gather, ...) of
-    ``fn``'s repeated calls, read from a JAX profiler trace: rows ``{"stage", "shape", "op",
-    "calls", "min_us", "median_us"}``, slowest first.  ``hlo_text`` (the compiled module's
-    ``as_text()``) names each stage's output shape and source op.  Conditionals (whose branches
-    are timed as their own stages) and runtime bookkeeping are left out."""
+def trace_events(fn: Callable[[], Any], repeats: int) -> list[dict]:
+    """The events of a JAX profiler trace (Perfetto JSON) of ``repeats`` calls of ``fn``, after
+    one untimed call (compilation and first-use work left out)."""
     import glob
     import gzip
     import json
-    import re
     import tempfile
 
     jax.block_until_ready(fn())
@@ -113,7 +109,18 @@ def stage_times(fn: Callable[[], Any], repeats: int, hlo_text: str = "") -> list
         (path,) = glob.glob(f"{tmp}/**/perfetto_trace.json.gz", recursive=True)
         with gzip.open(path) as f:
             trace = json.load(f)
-    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    return trace["traceEvents"] if isinstance(trace, dict) else trace
+
+
+def stage_times(fn: Callable[[], Any], repeats: int, hlo_text: str = "") -> list[dict]:
+    """Time of each compiled stage (XLA:CPU thunk: one fusion, reduction, gather, ...) of
+    ``fn``'s repeated calls, read from a JAX profiler trace: rows ``{"stage", "shape", "op",
+    "calls", "min_us", "median_us"}``, slowest first.  ``hlo_text`` (the compiled module's
+    ``as_text()``) names each stage's output shape and source op.  Conditionals (whose branches
+    are timed as their own stages) and runtime bookkeeping are left out."""
+    import re
+
+    events = trace_events(fn, repeats)
     shapes = {m[1]: (m[2], m[3]) for m in re.finditer(
         r"%([\w.-]+) = (\S+) (?:fusion|gather|reduce|copy)\(.*?op_name=\"([^\"]*)\"", hlo_text)}
     durations: dict[str, list[float]] = {}

@@ -34,17 +34,12 @@ from __future__ import annotations
 import argparse
 import collections
 import functools
-import glob
-import gzip
-import json
 import re
-import tempfile
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments._benchlib import fmt_ratio, interleaved, load_average, ratio
+from experiments._benchlib import fmt_ratio, interleaved, load_average, ratio, trace_events
 from mugi_jax import data, eval as ev, models, numerics
 from mugi_jax.models.generate import _prefill
 from mugi_jax.numerics import Gemm, Nonlinear, Policy, Rule
@@ -96,16 +91,7 @@ def stages(fn: functools.partial, repeats: int, vocab: int) -> list[tuple[str, f
         target = re.search(r'custom_call_target="([^"]*)"', m.group(4))
         meta[m.group(1)] = (m.group(3), m.group(2), op_name.group(1) if op_name else "",
                             target.group(1) if target else "")
-    jax.block_until_ready(fn())
-    with tempfile.TemporaryDirectory() as tmp:
-        jax.profiler.start_trace(tmp, create_perfetto_trace=True)
-        for _ in range(repeats):
-            jax.block_until_ready(fn())
-        jax.profiler.stop_trace()
-        (path,) = glob.glob(f"{tmp}/**/perfetto_trace.json.gz", recursive=True)
-        with gzip.open(path) as f:
-            trace = json.load(f)
-    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    events = trace_events(fn, repeats)
     total: dict[str, float] = collections.defaultdict(float)
     names: dict[str, set] = collections.defaultdict(set)
     for e in events:
