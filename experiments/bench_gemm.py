@@ -52,6 +52,10 @@ SHAPES = {  # label: (m, k, n, group); the g32 rows are what the mugi preset run
     "decode (8x4096)@(4096x4096)": (8, 4096, 4096, 128),
     "prefill (512x4096)@(4096x4096)": (512, 4096, 4096, 128),
     FUSED: (512, 1536, 576, 32),
+    # a 7B model's batch-1 decode: one row, long reductions (fast mode's XLA kernel reduces a
+    # group at once here, not by the sequential scan)
+    "7B decode b1 (1x4096)@(4096x4096)": (1, 4096, 4096, 128),
+    "7B decode b1 down (1x11008)@(11008x4096)": (1, 11008, 4096, 128),
 }
 DATAPATHS = {
     "mugi": gemm.Mugi(),
